@@ -1,0 +1,634 @@
+/* api/ctl/virtnodectl.c - the operator's and controller's command-line client.
+ *
+ * It speaks to agents exactly as a controller does: oslo.messaging 2.0 calls and casts on
+ * the control exchange (through scheduler-client's AMQP link), and reads the central
+ * database for host capacity.  Settings come from the agent's configuration file
+ * ([amqp], [database], [DEFAULT] host), overridden by options. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <glib.h>
+
+#include "api/json.h"
+#include "api/methods.h"
+#include "scheduler-client/amqp/rpc.h"
+#include "scheduler-client/report/report.h"
+
+#define DEFAULT_CONFIG "/etc/virtnode/virtnode.conf"
+
+typedef struct {
+    char *config;
+    char *url;
+    char *exchange;
+    char *topic;
+    char *host;     /* target agent */
+    gboolean host_given; /* -H on the command line */
+    char *db;
+    char *db_password;
+    int timeout;
+    gboolean json;
+    gboolean no_wait;
+    VnRpc *rpc;
+} Ctl;
+
+static void die(int code, const char *fmt, ...) G_GNUC_PRINTF(2, 3) G_GNUC_NORETURN;
+static void die(int code, const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("virtnodectl: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(code);
+}
+
+/* Reads what the client needs from the agent's configuration file. */
+static void load_config(Ctl *c)
+{
+    g_autoptr(GKeyFile) kf = g_key_file_new();
+    const char *path = c->config ? c->config : DEFAULT_CONFIG;
+    g_autoptr(GError) err = NULL;
+
+    if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, &err)) {
+        if (c->config)
+            die(2, "%s: %s", path, err->message);
+        return;
+    }
+#define FROM(field, section, key)                                                          \
+    if (!c->field)                                                                         \
+        c->field = g_key_file_get_string(kf, section, key, NULL);
+    FROM(url, "amqp", "transport_url");
+    FROM(exchange, "amqp", "control_exchange");
+    FROM(topic, "amqp", "topic");
+    FROM(host, "DEFAULT", "host");
+    FROM(db, "database", "connection");
+#undef FROM
+    g_autofree char *pwfile = g_key_file_get_string(kf, "database", "password_file", NULL);
+    if (pwfile && *pwfile && !c->db_password) {
+        g_autofree char *pw = NULL;
+        if (g_file_get_contents(pwfile, &pw, NULL, NULL)) {
+            g_strstrip(pw);
+            c->db_password = g_steal_pointer(&pw);
+        }
+    }
+}
+
+static void connect_link(Ctl *c)
+{
+    g_autoptr(GError) err = NULL;
+    g_auto(GStrv) urls = NULL;
+    VnRpcConfig rc = { 0 };
+
+    if (!c->url)
+        c->url = g_strdup(g_getenv("VIRTNODE_TRANSPORT_URL") ? g_getenv("VIRTNODE_TRANSPORT_URL")
+                                                              : "amqp://guest:guest@127.0.0.1:5672/");
+    urls = g_strsplit(c->url, ",", -1);
+    for (char **u = urls; *u; u++)
+        g_strstrip(*u);
+    rc.urls = urls;
+    rc.exchange = c->exchange ? c->exchange : "virtnode";
+    rc.topic = c->topic ? c->topic : "compute";
+    rc.connection_name = "virtnodectl";
+    rc.heartbeat = 30;
+    rc.connect_timeout = 5;
+    rc.reconnect_min = 1;
+    rc.reconnect_max = 5;
+    c->rpc = vn_rpc_new(&rc, NULL, &err);
+    if (!c->rpc)
+        die(2, "%s", err->message);
+    vn_rpc_start(c->rpc);
+    if (!vn_rpc_wait_connected(c->rpc, MIN(c->timeout, 15)))
+        die(1, "cannot reach the message broker (%s)", "see [amqp] transport_url");
+}
+
+/* Calls @method on the target host; exits with the remote failure on error. */
+static json_object *call(Ctl *c, const char *host, const char *method, json_object *args,
+                         int timeout)
+{
+    g_autoptr(GError) err = NULL;
+    json_object *result = NULL;
+
+    if (!vn_rpc_call(c->rpc, host, method, args, "1.1", NULL, timeout, MIN(timeout, 30), &result,
+                     &err))
+        die(1, "%s on %s: %s", method, host ? host : "(any host)", err->message);
+    return result;
+}
+
+static void cast(Ctl *c, const char *host, const char *method, json_object *args)
+{
+    g_autoptr(GError) err = NULL;
+
+    if (!vn_rpc_cast(c->rpc, host, method, args, "1.1", NULL, &err))
+        die(1, "%s: %s", method, err->message);
+    if (!vn_rpc_flush(c->rpc, 10))
+        die(1, "the cast %s could not be delivered to the broker", method);
+}
+
+static void print_json(json_object *o)
+{
+    printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
+                                                         JSON_C_TO_STRING_NOSLASHESCAPE));
+}
+
+static const char *str(json_object *o, const char *key)
+{
+    json_object *v = vn_json_member(o, key);
+
+    return v ? json_object_get_string(v) : "-";
+}
+
+static void print_instance(Ctl *c, json_object *i)
+{
+    if (c->json) {
+        print_json(i);
+        return;
+    }
+    json_object *f = vn_json_member(i, "flavor");
+    json_object *fault = vn_json_member(i, "fault");
+    printf("uuid:           %s\n", str(i, "uuid"));
+    printf("name:           %s\n", str(i, "name"));
+    printf("host:           %s\n", str(i, "host"));
+    printf("vm_state:       %s\n", str(i, "vm_state"));
+    printf("task_state:     %s\n", str(i, "task_state"));
+    printf("power_state:    %s\n", str(i, "power_state"));
+    printf("flavor:         %s (%s vCPU, %s MiB, %s GiB)\n", str(f, "name"), str(f, "vcpus"),
+           str(f, "memory_mb"), str(f, "root_gb"));
+    printf("image:          %s\n", str(vn_json_member(i, "image"), "id"));
+    printf("launched_at:    %s\n", str(i, "launched_at"));
+    printf("security_label: %s\n", str(i, "security_label"));
+    if (fault)
+        printf("fault:          %s: %s\n", str(fault, "class"), str(fault, "message"));
+}
+
+static json_object *uuid_args(const char *uuid)
+{
+    json_object *a = json_object_new_object();
+    g_autofree char *u = vn_uuid_canonical(uuid);
+
+    if (!u)
+        die(2, "'%s' is not a uuid", uuid);
+    json_object_object_add(a, "instance_uuid", json_object_new_string(u));
+    return a;
+}
+
+/* The host of an instance: -H, else the central database's instances row, else the
+ * configuration's own host. */
+static const char *host_of(Ctl *c, const char *uuid)
+{
+    static char *found;
+    g_autoptr(GError) err = NULL;
+
+    if (c->host_given)
+        return c->host;
+    if (!found && c->db && *c->db)
+        found = vn_report_query_instance_host(c->db, c->db_password, uuid, &err);
+    if (found)
+        return found;
+    if (c->host)
+        return c->host;
+    die(2, "which host runs %s? give -H HOST (%s)", uuid, err ? err->message : "no database");
+}
+
+/* Polls get_instance until the instance settles, showing task and progress. */
+static void wait_settled(Ctl *c, const char *host, const char *uuid, const char *want)
+{
+    gint64 end = g_get_monotonic_time() + (gint64)c->timeout * G_TIME_SPAN_SECOND;
+    g_autofree char *last = NULL;
+
+    gint64 grace = g_get_monotonic_time() + 10 * G_TIME_SPAN_SECOND;
+
+    for (;;) {
+        g_autoptr(json_object) args = uuid_args(uuid);
+        g_autoptr(GError) err = NULL;
+        g_autoptr(json_object) i = NULL;
+
+        if (!vn_rpc_call(c->rpc, host, "get_instance", args, "1.1", NULL, 30, 0, &i, &err)) {
+            /* a build just sent may not have made its record yet */
+            if (g_get_monotonic_time() < grace && strstr(err->message, "InstanceNotFound")) {
+                g_usleep(200 * 1000);
+                continue;
+            }
+            die(1, "get_instance on %s: %s", host, err->message);
+        }
+        const char *vm = str(i, "vm_state");
+        const char *task = str(i, "task_state");
+        g_autofree char *line = g_strdup_printf("%s / %s (%s%%)", vm, task, str(i, "progress"));
+
+        if (!c->json && isatty(1))
+            fprintf(stderr, "\r  %-60s", line);
+        else if (!c->json && g_strcmp0(line, last) != 0)
+            fprintf(stderr, "  %s\n", line);
+        g_free(last);
+        last = g_strdup(line);
+        if (strcmp(task, "-") == 0 || strcmp(task, "null") == 0) {
+            if (!c->json && isatty(1))
+                fputc('\n', stderr);
+            print_instance(c, i);
+            if (strcmp(vm, "error") == 0 || (want && strcmp(vm, want) != 0))
+                exit(1);
+            return;
+        }
+        if (g_get_monotonic_time() > end)
+            die(1, "instance %s did not settle within %d s", uuid, c->timeout);
+        g_usleep(500 * 1000);
+    }
+}
+
+static int cmd_boot(Ctl *c, int argc, char **argv)
+{
+    g_autofree char *uuid = NULL, *name = NULL, *image_id = NULL, *url = NULL, *sha = NULL;
+    g_autofree char *fmt = NULL, *flavor = NULL, *project = NULL, *user = NULL;
+    g_auto(GStrv) meta = NULL;
+    gint64 size = 0;
+    int vcpus = 1, mem = 128, root = 1, eph = 0, swap = 0;
+    GOptionEntry e[] = {
+        { "uuid", 0, 0, G_OPTION_ARG_STRING, &uuid, "Instance uuid (default: new)", "UUID" },
+        { "name", 0, 0, G_OPTION_ARG_STRING, &name, "Instance name", "NAME" },
+        { "image-url", 0, 0, G_OPTION_ARG_STRING, &url, "Image URL (http/https)", "URL" },
+        { "image-sha256", 0, 0, G_OPTION_ARG_STRING, &sha, "Image sha256", "HEX" },
+        { "image-id", 0, 0, G_OPTION_ARG_STRING, &image_id, "Image id (default: the sha256)", "ID" },
+        { "image-format", 0, 0, G_OPTION_ARG_STRING, &fmt, "qcow2 (default) or raw", "FMT" },
+        { "image-size", 0, 0, G_OPTION_ARG_INT64, &size, "Image size in bytes", "N" },
+        { "flavor", 0, 0, G_OPTION_ARG_STRING, &flavor, "Flavor name", "NAME" },
+        { "vcpus", 0, 0, G_OPTION_ARG_INT, &vcpus, "vCPUs (1)", "N" },
+        { "memory-mb", 0, 0, G_OPTION_ARG_INT, &mem, "Memory MiB (128)", "N" },
+        { "root-gb", 0, 0, G_OPTION_ARG_INT, &root, "Root disk GiB (1)", "N" },
+        { "ephemeral-gb", 0, 0, G_OPTION_ARG_INT, &eph, "Ephemeral disk GiB (0)", "N" },
+        { "swap-mb", 0, 0, G_OPTION_ARG_INT, &swap, "Swap MiB (0)", "N" },
+        { "meta", 0, 0, G_OPTION_ARG_STRING_ARRAY, &meta, "Metadata KEY=VALUE (repeat)", "KV" },
+        { "project", 0, 0, G_OPTION_ARG_STRING, &project, "Project id", "ID" },
+        { "user", 0, 0, G_OPTION_ARG_STRING, &user, "User id", "ID" },
+        { NULL, 0, 0, 0, NULL, NULL, NULL },
+    };
+    g_autoptr(GOptionContext) ctx = g_option_context_new("- boot an instance");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(json_object) args = json_object_new_object();
+    json_object *inst = json_object_new_object();
+    json_object *fl = json_object_new_object();
+    json_object *im = json_object_new_object();
+    json_object *md = json_object_new_object();
+
+    g_option_context_add_main_entries(ctx, e, NULL);
+    if (!g_option_context_parse(ctx, &argc, &argv, &err))
+        die(2, "boot: %s", err->message);
+    if (!name || !url || !sha)
+        die(2, "boot needs --name, --image-url and --image-sha256");
+    if (!uuid)
+        uuid = g_uuid_string_random();
+    json_object_object_add(inst, "uuid", json_object_new_string(uuid));
+    json_object_object_add(inst, "name", json_object_new_string(name));
+    json_object_object_add(inst, "project_id", json_object_new_string(project ? project : "admin"));
+    json_object_object_add(inst, "user_id", json_object_new_string(user ? user : "admin"));
+    json_object_object_add(fl, "name", json_object_new_string(flavor ? flavor : "custom"));
+    json_object_object_add(fl, "vcpus", json_object_new_int(vcpus));
+    json_object_object_add(fl, "memory_mb", json_object_new_int(mem));
+    json_object_object_add(fl, "root_gb", json_object_new_int(root));
+    json_object_object_add(fl, "ephemeral_gb", json_object_new_int(eph));
+    json_object_object_add(fl, "swap_mb", json_object_new_int(swap));
+    json_object_object_add(fl, "extra_specs", json_object_new_object());
+    json_object_object_add(inst, "flavor", fl);
+    json_object_object_add(im, "id", json_object_new_string(image_id ? image_id : sha));
+    json_object_object_add(im, "url", json_object_new_string(url));
+    json_object_object_add(im, "sha256", json_object_new_string(sha));
+    json_object_object_add(im, "disk_format", json_object_new_string(fmt ? fmt : "qcow2"));
+    if (size > 0)
+        json_object_object_add(im, "size", json_object_new_int64(size));
+    json_object_object_add(inst, "image", im);
+    for (char **m = meta; m && *m; m++) {
+        char *eq = strchr(*m, '=');
+        if (!eq)
+            die(2, "--meta '%s' is not KEY=VALUE", *m);
+        *eq = '\0';
+        json_object_object_add(md, *m, json_object_new_string(eq + 1));
+    }
+    json_object_object_add(inst, "metadata", md);
+    json_object_object_add(args, "instance", inst);
+    json_object_object_add(args, "networks", json_object_new_array());
+    json_object_object_add(args, "block_device_mapping", json_object_new_array());
+    if (!c->host)
+        die(2, "boot: which host? give -H HOST (or [DEFAULT] host in the configuration)");
+    cast(c, c->host, "build_and_run_instance", args);
+    fprintf(stderr, "build of %s ('%s') sent to %s\n", uuid, name, c->host);
+    if (!c->no_wait)
+        wait_settled(c, c->host, uuid, "active");
+    else
+        printf("%s\n", uuid);
+    return 0;
+}
+
+static int cmd_instance_op(Ctl *c, const char *method, const char *want, int argc, char **argv)
+{
+    gboolean hard = FALSE;
+    int lines = 0;
+    GOptionEntry e[] = {
+        { "hard", 0, 0, G_OPTION_ARG_NONE, &hard, "Hard reboot", NULL },
+        { "lines", 0, 0, G_OPTION_ARG_INT, &lines, "Console lines from the end", "N" },
+        { NULL, 0, 0, 0, NULL, NULL, NULL },
+    };
+    g_autoptr(GOptionContext) ctx = g_option_context_new("UUID");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(json_object) args = NULL;
+    g_autoptr(json_object) res = NULL;
+    const char *host;
+
+    g_option_context_add_main_entries(ctx, e, NULL);
+    if (!g_option_context_parse(ctx, &argc, &argv, &err) || argc != 2)
+        die(2, "%s UUID: %s", method, err ? err->message : "one uuid is needed");
+    args = uuid_args(argv[1]);
+    host = host_of(c, argv[1]);
+    if (strcmp(method, "reboot_instance") == 0)
+        json_object_object_add(args, "reboot_type", json_object_new_string(hard ? "HARD" : "SOFT"));
+    if (strcmp(method, "get_console_output") == 0) {
+        if (lines > 0)
+            json_object_object_add(args, "tail_length", json_object_new_int(lines));
+        res = call(c, host, method, args, c->timeout);
+        fputs(json_object_get_string(res), stdout);
+        return 0;
+    }
+    if (strcmp(method, "get_instance") == 0) {
+        res = call(c, host, method, args, c->timeout);
+        print_instance(c, res);
+        return 0;
+    }
+    res = call(c, host, method, args, c->timeout);
+    if (want)
+        wait_settled(c, host, argv[1], want);
+    else if (res)
+        print_instance(c, res);
+    return 0;
+}
+
+static int cmd_list(Ctl *c)
+{
+    g_autoptr(json_object) args = json_object_new_object();
+    g_autoptr(json_object) res = call(c, c->host, "list_instances", args, c->timeout);
+
+    if (c->json) {
+        print_json(res);
+        return 0;
+    }
+    printf("%-36s  %-16s  %-10s  %-14s  %s\n", "UUID", "NAME", "VM_STATE", "TASK", "POWER");
+    for (size_t i = 0; i < json_object_array_length(res); i++) {
+        json_object *o = json_object_array_get_idx(res, i);
+        printf("%-36s  %-16.16s  %-10s  %-14s  %s\n", str(o, "uuid"), str(o, "name"),
+               str(o, "vm_state"), str(o, "task_state"), str(o, "power_state"));
+    }
+    return 0;
+}
+
+static int cmd_host(Ctl *c, int argc, char **argv)
+{
+    g_autoptr(GError) err = NULL;
+    const char *host = argc > 1 ? argv[1] : c->host;
+    g_autofree char *text = NULL;
+    g_autoptr(json_object) o = NULL;
+
+    if (!host)
+        die(2, "host: which host?");
+    if (!c->db || !*c->db)
+        die(2, "host: no database connection ([database] connection or --db)");
+    text = vn_report_query_host(c->db, c->db_password, host, &err);
+    if (!text)
+        die(1, "%s", err->message);
+    o = json_tokener_parse(text);
+    if (c->json || !o) {
+        printf("%s\n", text);
+        return 0;
+    }
+    json_object *svc = vn_json_member(o, "service");
+    json_object *cap = vn_json_member(o, "capacity");
+    if (!svc && !cap)
+        die(1, "host '%s' has never reported", host);
+    double age = svc ? json_object_get_double(vn_json_member(svc, "heartbeat_age_s")) : -1;
+    printf("host:                 %s\n", host);
+    printf("heartbeat:            %.1f s ago (report_count %s)%s\n", age,
+           str(svc, "report_count"), age > 60 ? "  DOWN" : "");
+    if (cap) {
+        printf("hypervisor:           %s %s on %s\n", str(cap, "hypervisor_type"),
+               str(cap, "hypervisor_version"), str(cap, "hypervisor_hostname"));
+        printf("vcpus:                %s used of %s (ratio %s)\n", str(cap, "vcpus_used"),
+               str(cap, "vcpus"), str(cap, "cpu_allocation_ratio"));
+        printf("memory_mb:            %s used of %s, %s free (ratio %s)\n",
+               str(cap, "memory_mb_used"), str(cap, "memory_mb"), str(cap, "free_ram_mb"),
+               str(cap, "ram_allocation_ratio"));
+        printf("local_gb:             %s used of %s, %s free, least available %s\n",
+               str(cap, "local_gb_used"), str(cap, "local_gb"), str(cap, "free_disk_gb"),
+               str(cap, "disk_available_least"));
+        printf("running_vms:          %s\n", str(cap, "running_vms"));
+        printf("updated_at:           %s\n", str(cap, "updated_at"));
+    }
+    printf("instances:            %s\n", str(o, "instances"));
+    return 0;
+}
+
+static void progress_line(json_object *m)
+{
+    gint64 mt = json_object_get_int64(vn_json_member(m, "memory_total"));
+    gint64 mr = json_object_get_int64(vn_json_member(m, "memory_remaining"));
+    gint64 dt = json_object_get_int64(vn_json_member(m, "disk_total"));
+    gint64 dr = json_object_get_int64(vn_json_member(m, "disk_remaining"));
+    gint64 bps = json_object_get_int64(vn_json_member(m, "memory_bps"));
+    int pct = mt > 0 ? (int)((mt - mr) * 100 / mt) : 0;
+    char bar[31];
+
+    for (int i = 0; i < 30; i++)
+        bar[i] = i < pct * 30 / 100 ? '#' : '.';
+    bar[30] = '\0';
+    fprintf(stderr, "\r%-9s [%s] mem %" G_GINT64_FORMAT "/%" G_GINT64_FORMAT " MiB left",
+            str(m, "status"), bar, mr >> 20, mt >> 20);
+    if (dt > 0)
+        fprintf(stderr, ", disk %" G_GINT64_FORMAT "/%" G_GINT64_FORMAT " MiB left", dr >> 20,
+                dt >> 20);
+    fprintf(stderr, ", %.1f MiB/s, downtime step %s ms, pass %s   ", bps / 1048576.0,
+            str(m, "downtime_step_ms"), str(m, "iterations"));
+}
+
+static int cmd_migrate(Ctl *c, int argc, char **argv)
+{
+    g_autofree char *to = NULL;
+    gboolean block = FALSE, no_block = FALSE;
+    GOptionEntry e[] = {
+        { "to", 0, 0, G_OPTION_ARG_STRING, &to, "Destination host", "HOST" },
+        { "block", 0, 0, G_OPTION_ARG_NONE, &block, "Insist on block migration", NULL },
+        { "no-block", 0, 0, G_OPTION_ARG_NONE, &no_block, "Insist on shared storage", NULL },
+        { NULL, 0, 0, 0, NULL, NULL, NULL },
+    };
+    g_autoptr(GOptionContext) ctx = g_option_context_new("UUID --to HOST");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(json_object) args = NULL;
+    gint64 end = g_get_monotonic_time() + (gint64)c->timeout * G_TIME_SPAN_SECOND;
+    const char *host;
+    gboolean seen = FALSE;
+
+    g_option_context_add_main_entries(ctx, e, NULL);
+    if (!g_option_context_parse(ctx, &argc, &argv, &err) || argc != 2 || !to)
+        die(2, "migrate UUID --to HOST: %s", err ? err->message : "uuid and --to are needed");
+    args = uuid_args(argv[1]);
+    host = host_of(c, argv[1]);
+    json_object_object_add(args, "dest_host", json_object_new_string(to));
+    json_object_object_add(args, "block_migration",
+                           block ? json_object_new_boolean(TRUE)
+                                 : no_block ? json_object_new_boolean(FALSE) : NULL);
+    cast(c, host, "live_migration", args);
+    fprintf(stderr, "live migration of %s from %s to %s requested\n", argv[1], host, to);
+    if (c->no_wait)
+        return 0;
+    for (;;) {
+        g_autoptr(json_object) q = uuid_args(argv[1]);
+        g_autoptr(GError) e2 = NULL;
+        json_object *m = NULL;
+        if (vn_rpc_call(c->rpc, host, "get_migration", q, "1.1", NULL, 10, 0, &m, &e2)) {
+            g_autoptr(json_object) mm = m;
+            const char *status = str(mm, "status");
+            seen = TRUE;
+            progress_line(mm);
+            if (strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 ||
+                strcmp(status, "cancelled") == 0 || strcmp(status, "error") == 0) {
+                fputc('\n', stderr);
+                print_json(mm);
+                return strcmp(status, "completed") == 0 ? 0 : 1;
+            }
+        } else if (seen || g_get_monotonic_time() > end) {
+            die(1, "%s", e2->message);
+        }
+        if (g_get_monotonic_time() > end)
+            die(1, "the migration did not end within %d s", c->timeout);
+        g_usleep(500 * 1000);
+    }
+}
+
+static int cmd_raw(Ctl *c, gboolean is_call, int argc, char **argv)
+{
+    g_autoptr(json_object) args = NULL;
+    g_autoptr(json_object) res = NULL;
+
+    if (argc < 2)
+        die(2, "%s METHOD [JSON-ARGS]", is_call ? "call" : "cast");
+    args = argc > 2 ? json_tokener_parse(argv[2]) : json_object_new_object();
+    if (!args)
+        die(2, "the arguments are not JSON");
+    if (!is_call) {
+        cast(c, c->host, argv[1], args);
+        return 0;
+    }
+    res = call(c, c->host, argv[1], args, c->timeout);
+    if (res)
+        print_json(res);
+    else
+        printf("null\n");
+    return 0;
+}
+
+static const char *usage =
+    "COMMAND [ARGS]\n\n"
+    "Commands (the target agent is -H HOST, default [DEFAULT] host of the configuration):\n"
+    "  ping [HOST]                  call ping on HOST\n"
+    "  boot --name N --image-url U --image-sha256 H [...]   build an instance, wait for it\n"
+    "  delete|start|stop|pause|unpause|suspend|resume UUID\n"
+    "  reboot UUID [--hard]\n"
+    "  show UUID                    the instance record\n"
+    "  list                         the instances of the host\n"
+    "  console UUID [--lines N]     the tail of the serial console\n"
+    "  host [HOST]                  capacity and heartbeat age (central database)\n"
+    "  migrate UUID --to HOST [--block|--no-block]   live migration with progress\n"
+    "  migration-show UUID | migration-abort UUID | migration-force-complete UUID\n"
+    "  call METHOD [JSON] | cast METHOD [JSON]   raw RPC";
+
+int main(int argc, char **argv)
+{
+    Ctl c = { 0 };
+    GOptionEntry e[] = {
+        { "config", 'c', 0, G_OPTION_ARG_FILENAME, &c.config, "Configuration file", "FILE" },
+        { "url", 0, 0, G_OPTION_ARG_STRING, &c.url, "Broker URL(s)", "URL" },
+        { "exchange", 0, 0, G_OPTION_ARG_STRING, &c.exchange, "Control exchange", "NAME" },
+        { "topic", 0, 0, G_OPTION_ARG_STRING, &c.topic, "RPC topic", "NAME" },
+        { "host", 'H', 0, G_OPTION_ARG_STRING, &c.host, "Target host", "HOST" },
+        { "db", 0, 0, G_OPTION_ARG_STRING, &c.db, "Database connection", "CONNINFO" },
+        { "timeout", 't', 0, G_OPTION_ARG_INT, &c.timeout, "Seconds to wait (300)", "S" },
+        { "json", 'j', 0, G_OPTION_ARG_NONE, &c.json, "JSON output", NULL },
+        { "no-wait", 0, 0, G_OPTION_ARG_NONE, &c.no_wait, "Do not wait for the outcome", NULL },
+        { NULL, 0, 0, 0, NULL, NULL, NULL },
+    };
+    g_autoptr(GOptionContext) ctx = g_option_context_new(usage);
+    g_autoptr(GError) err = NULL;
+    const char *cmd;
+    int rc;
+
+    g_option_context_add_main_entries(ctx, e, NULL);
+    g_option_context_set_strict_posix(ctx, TRUE);
+    if (!g_option_context_parse(ctx, &argc, &argv, &err))
+        die(2, "%s", err->message);
+    if (argc < 2) {
+        g_autofree char *help = g_option_context_get_help(ctx, TRUE, NULL);
+        fputs(help, stderr);
+        return 2;
+    }
+    if (c.timeout <= 0)
+        c.timeout = 300;
+    c.host_given = c.host != NULL;
+    load_config(&c);
+    cmd = argv[1];
+    argc--;
+    argv++;
+    if (strcmp(cmd, "host") == 0)
+        return cmd_host(&c, argc, argv);
+    connect_link(&c);
+    if (strcmp(cmd, "ping") == 0) {
+        g_autoptr(json_object) args = json_object_new_object();
+        g_autoptr(json_object) res = NULL;
+        gint64 t0 = g_get_monotonic_time();
+        json_object_object_add(args, "arg", json_object_new_string("virtnodectl"));
+        res = call(&c, argc > 1 ? argv[1] : c.host, "ping", args, MIN(c.timeout, 30));
+        if (c.json)
+            print_json(res);
+        else
+            printf("%s answered in %.1f ms\n", str(res, "host"),
+                   (g_get_monotonic_time() - t0) / 1000.0);
+        rc = 0;
+    } else if (strcmp(cmd, "boot") == 0) {
+        rc = cmd_boot(&c, argc, argv);
+    } else if (strcmp(cmd, "delete") == 0) {
+        rc = cmd_instance_op(&c, "terminate_instance", NULL, argc, argv);
+    } else if (strcmp(cmd, "start") == 0 || strcmp(cmd, "stop") == 0 ||
+               strcmp(cmd, "pause") == 0 || strcmp(cmd, "unpause") == 0 ||
+               strcmp(cmd, "suspend") == 0 || strcmp(cmd, "resume") == 0 ||
+               strcmp(cmd, "reboot") == 0) {
+        g_autofree char *method = g_strdup_printf("%s_instance", cmd);
+        rc = cmd_instance_op(&c, method, NULL, argc, argv);
+    } else if (strcmp(cmd, "show") == 0) {
+        rc = cmd_instance_op(&c, "get_instance", NULL, argc, argv);
+    } else if (strcmp(cmd, "console") == 0) {
+        rc = cmd_instance_op(&c, "get_console_output", NULL, argc, argv);
+    } else if (strcmp(cmd, "list") == 0) {
+        rc = cmd_list(&c);
+    } else if (strcmp(cmd, "migrate") == 0) {
+        rc = cmd_migrate(&c, argc, argv);
+    } else if (strcmp(cmd, "migration-show") == 0 || strcmp(cmd, "migration-abort") == 0 ||
+               strcmp(cmd, "migration-force-complete") == 0) {
+        const char *method = strcmp(cmd, "migration-show") == 0    ? "get_migration"
+                             : strcmp(cmd, "migration-abort") == 0 ? "live_migration_abort"
+                                                                   : "live_migration_force_complete";
+        g_autoptr(json_object) args = NULL;
+        if (argc != 2)
+            die(2, "%s UUID", cmd);
+        args = uuid_args(argv[1]);
+        if (strcmp(method, "get_migration") == 0) {
+            g_autoptr(json_object) res = call(&c, host_of(&c, argv[1]), method, args, c.timeout);
+            print_json(res);
+        } else {
+            cast(&c, host_of(&c, argv[1]), method, args);
+            fprintf(stderr, "%s sent\n", method);
+        }
+        rc = 0;
+    } else if (strcmp(cmd, "call") == 0 || strcmp(cmd, "cast") == 0) {
+        rc = cmd_raw(&c, strcmp(cmd, "call") == 0, argc, argv);
+    } else {
+        die(2, "unknown command '%s' (see --help)", cmd);
+    }
+    vn_rpc_free(c.rpc);
+    return rc;
+}
