@@ -1,0 +1,928 @@
+/* scheduler-client/report/reporter.c - the reporter thread (see report.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "scheduler-client/backoff.h"
+#include "scheduler-client/report/report.h"
+#include "scheduler-client/report/schema.h"
+
+#define MAX_PARAMS 32
+
+GQuark vn_report_error_quark(void)
+{
+    return g_quark_from_static_string("vn-report-error");
+}
+
+/* ------------------------------------------------------------------ rows */
+
+void vn_capacity_free(VnCapacity *c)
+{
+    if (!c)
+        return;
+    g_free(c->host);
+    g_free(c->hypervisor_type);
+    g_free(c->hypervisor_hostname);
+    g_free(c->cpu_info);
+    g_free(c->stats);
+    g_free(c);
+}
+
+gboolean vn_capacity_equal(const VnCapacity *a, const VnCapacity *b)
+{
+    if (!a || !b)
+        return a == b;
+    return g_strcmp0(a->host, b->host) == 0 && g_strcmp0(a->hypervisor_type, b->hypervisor_type) == 0 &&
+           a->hypervisor_version == b->hypervisor_version &&
+           g_strcmp0(a->hypervisor_hostname, b->hypervisor_hostname) == 0 &&
+           g_strcmp0(a->cpu_info, b->cpu_info) == 0 && a->vcpus == b->vcpus &&
+           a->vcpus_used == b->vcpus_used && a->memory_mb == b->memory_mb &&
+           a->memory_mb_used == b->memory_mb_used && a->free_ram_mb == b->free_ram_mb &&
+           a->local_gb == b->local_gb && a->local_gb_used == b->local_gb_used &&
+           a->free_disk_gb == b->free_disk_gb &&
+           a->disk_available_least == b->disk_available_least && a->running_vms == b->running_vms &&
+           a->cpu_allocation_ratio == b->cpu_allocation_ratio &&
+           a->ram_allocation_ratio == b->ram_allocation_ratio &&
+           a->disk_allocation_ratio == b->disk_allocation_ratio &&
+           a->reserved_host_memory_mb == b->reserved_host_memory_mb &&
+           a->reserved_host_disk_mb == b->reserved_host_disk_mb &&
+           a->reserved_host_cpus == b->reserved_host_cpus && g_strcmp0(a->stats, b->stats) == 0;
+}
+
+void vn_instance_row_free(VnInstanceRow *r)
+{
+    if (!r)
+        return;
+    g_free(r->uuid);
+    g_free(r->host);
+    g_free(r->name);
+    g_free(r->project_id);
+    g_free(r->user_id);
+    g_free(r->vm_state);
+    g_free(r->task_state);
+    g_free(r->flavor);
+    g_free(r->image);
+    g_free(r->fault);
+    g_free(r);
+}
+
+void vn_action_row_free(VnActionRow *r)
+{
+    if (!r)
+        return;
+    g_free(r->instance_uuid);
+    g_free(r->request_id);
+    g_free(r->action);
+    g_free(r->result);
+    g_free(r->message);
+    g_free(r);
+}
+
+void vn_migration_row_free(VnMigrationRow *r)
+{
+    if (!r)
+        return;
+    g_free(r->id);
+    g_free(r->instance_uuid);
+    g_free(r->source_host);
+    g_free(r->dest_host);
+    g_free(r->status);
+    g_free(r->error_message);
+    g_free(r);
+}
+
+VnMigrationRow *vn_migration_row_copy(const VnMigrationRow *s)
+{
+    VnMigrationRow *r = g_new0(VnMigrationRow, 1);
+
+    *r = *s;
+    r->id = g_strdup(s->id);
+    r->instance_uuid = g_strdup(s->instance_uuid);
+    r->source_host = g_strdup(s->source_host);
+    r->dest_host = g_strdup(s->dest_host);
+    r->status = g_strdup(s->status);
+    r->error_message = g_strdup(s->error_message);
+    return r;
+}
+
+/* ------------------------------------------------------------------ statement params */
+
+typedef struct {
+    const char *v[MAX_PARAMS];
+    GPtrArray *owned;
+    int n;
+} Params;
+
+static void p_init(Params *p)
+{
+    memset(p, 0, sizeof(*p));
+    p->owned = g_ptr_array_new_with_free_func(g_free);
+}
+
+static void p_clear(Params *p)
+{
+    g_ptr_array_unref(p->owned);
+}
+
+static void p_str(Params *p, const char *s)
+{
+    g_assert(p->n < MAX_PARAMS);
+    p->v[p->n++] = s;
+}
+
+static void p_own(Params *p, char *s)
+{
+    g_ptr_array_add(p->owned, s);
+    p_str(p, s);
+}
+
+static void p_int(Params *p, gint64 v)
+{
+    p_own(p, g_strdup_printf("%" G_GINT64_FORMAT, v));
+}
+
+static void p_dbl(Params *p, double v)
+{
+    char buf[G_ASCII_DTOSTR_BUF_SIZE];
+
+    p_own(p, g_strdup(g_ascii_dtostr(buf, sizeof(buf), v)));
+}
+
+static void p_time(Params *p, gint64 unix_s)
+{
+    if (unix_s > 0)
+        p_int(p, unix_s);
+    else
+        p_str(p, NULL);
+}
+
+/* ------------------------------------------------------------------ reporter */
+
+struct _VnReporter {
+    char *conninfo;
+    char *password;
+    int connect_timeout;
+    char *host;
+    char *binary;
+    char *topic;
+    char *version;
+    int debounce_ms;
+    VnReporterHooks hooks;
+
+    GThread *thread;
+    GMutex lock;
+    GCond cond;
+    gboolean stop;
+    int report_interval;
+    int heartbeat_interval;
+    gboolean capacity_dirty;
+    gint64 capacity_due;
+    gboolean actions_pending;
+    GHashTable *instances;  /* uuid -> VnInstanceRow* */
+    GHashTable *migrations; /* id -> VnMigrationRow* */
+    gboolean idle;          /* nothing waits to be written */
+    VnReporterStats stats;
+
+    /* reporter thread only */
+    PGconn *conn;
+    VnCapacity *written;
+    gint64 next_heartbeat;
+    gint64 next_report;
+    VnBackoff backoff;
+    gint64 next_connect;
+    gboolean outage;
+};
+
+static const char *const sql_heartbeat =
+    "INSERT INTO services (host, \"binary\", topic, version, report_count, last_seen_up) "
+    "VALUES ($1, $2, $3, $4, 1, now()) ON CONFLICT (host, \"binary\") DO UPDATE SET "
+    "report_count = services.report_count + 1, last_seen_up = now(), "
+    "topic = EXCLUDED.topic, version = EXCLUDED.version, updated_at = now()";
+
+static const char *const sql_capacity =
+    "INSERT INTO compute_nodes (host, hypervisor_type, hypervisor_version, hypervisor_hostname,"
+    " cpu_info, vcpus, vcpus_used, memory_mb, memory_mb_used, free_ram_mb, local_gb,"
+    " local_gb_used, free_disk_gb, disk_available_least, running_vms, cpu_allocation_ratio,"
+    " ram_allocation_ratio, disk_allocation_ratio, reserved_host_memory_mb,"
+    " reserved_host_disk_mb, reserved_host_cpus, stats) VALUES ($1, $2, $3, $4, $5::jsonb,"
+    " $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22::jsonb)"
+    " ON CONFLICT (host) DO UPDATE SET hypervisor_type = EXCLUDED.hypervisor_type,"
+    " hypervisor_version = EXCLUDED.hypervisor_version,"
+    " hypervisor_hostname = EXCLUDED.hypervisor_hostname, cpu_info = EXCLUDED.cpu_info,"
+    " vcpus = EXCLUDED.vcpus, vcpus_used = EXCLUDED.vcpus_used,"
+    " memory_mb = EXCLUDED.memory_mb, memory_mb_used = EXCLUDED.memory_mb_used,"
+    " free_ram_mb = EXCLUDED.free_ram_mb, local_gb = EXCLUDED.local_gb,"
+    " local_gb_used = EXCLUDED.local_gb_used, free_disk_gb = EXCLUDED.free_disk_gb,"
+    " disk_available_least = EXCLUDED.disk_available_least,"
+    " running_vms = EXCLUDED.running_vms,"
+    " cpu_allocation_ratio = EXCLUDED.cpu_allocation_ratio,"
+    " ram_allocation_ratio = EXCLUDED.ram_allocation_ratio,"
+    " disk_allocation_ratio = EXCLUDED.disk_allocation_ratio,"
+    " reserved_host_memory_mb = EXCLUDED.reserved_host_memory_mb,"
+    " reserved_host_disk_mb = EXCLUDED.reserved_host_disk_mb,"
+    " reserved_host_cpus = EXCLUDED.reserved_host_cpus, stats = EXCLUDED.stats,"
+    " updated_at = now()";
+
+static const char *const sql_instance =
+    "INSERT INTO instances (uuid, host, name, project_id, user_id, vm_state, task_state,"
+    " power_state, flavor, image, fault, launched_at, terminated_at, generation) VALUES"
+    " ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11,"
+    " to_timestamp($12::double precision), to_timestamp($13::double precision), $14)"
+    " ON CONFLICT (uuid) DO UPDATE SET"
+    " host = EXCLUDED.host, name = EXCLUDED.name, project_id = EXCLUDED.project_id,"
+    " user_id = EXCLUDED.user_id, vm_state = EXCLUDED.vm_state,"
+    " task_state = EXCLUDED.task_state, power_state = EXCLUDED.power_state,"
+    " flavor = EXCLUDED.flavor, image = EXCLUDED.image, fault = EXCLUDED.fault,"
+    " launched_at = EXCLUDED.launched_at, terminated_at = EXCLUDED.terminated_at,"
+    " generation = EXCLUDED.generation, updated_at = now()"
+    " WHERE instances.generation < EXCLUDED.generation";
+
+static const char *const sql_action =
+    "INSERT INTO instance_actions (host, local_id, instance_uuid, request_id, action,"
+    " start_time, finish_time, result, message) VALUES ($1, $2, $3::uuid, $4, $5,"
+    " to_timestamp($6::double precision), to_timestamp($7::double precision), $8, $9)"
+    " ON CONFLICT (host, local_id) DO UPDATE SET finish_time = EXCLUDED.finish_time,"
+    " result = EXCLUDED.result, message = EXCLUDED.message";
+
+static const char *const sql_migration =
+    "INSERT INTO migrations (id, instance_uuid, source_host, dest_host, status,"
+    " block_migration, memory_total, memory_processed, memory_remaining, disk_total,"
+    " disk_processed, disk_remaining, downtime_ms, started_at, finished_at, error_message)"
+    " VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+    " to_timestamp($14::double precision), to_timestamp($15::double precision), $16)"
+    " ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,"
+    " memory_total = EXCLUDED.memory_total, memory_processed = EXCLUDED.memory_processed,"
+    " memory_remaining = EXCLUDED.memory_remaining, disk_total = EXCLUDED.disk_total,"
+    " disk_processed = EXCLUDED.disk_processed, disk_remaining = EXCLUDED.disk_remaining,"
+    " downtime_ms = EXCLUDED.downtime_ms, finished_at = EXCLUDED.finished_at,"
+    " error_message = EXCLUDED.error_message, updated_at = now()";
+
+static const struct {
+    const char *name;
+    const char *const *sql;
+} statements[] = {
+    { "vn_heartbeat", &sql_heartbeat }, { "vn_capacity", &sql_capacity },
+    { "vn_instance", &sql_instance },   { "vn_action", &sql_action },
+    { "vn_migration", &sql_migration },
+};
+
+static PGconn *open_conn(const char *conninfo, const char *password, int timeout,
+                         const char *appname, GError **error)
+{
+    g_autofree char *t = g_strdup_printf("%d", timeout > 0 ? timeout : 5);
+    /* our defaults first: the operator's connection string (dbname, expanded) overrides
+     * them; a password from a file comes last */
+    const char *keys[] = { "connect_timeout", "application_name", "keepalives",
+                           "keepalives_idle", "keepalives_interval", "keepalives_count",
+                           "dbname", password ? "password" : NULL, NULL };
+    const char *vals[] = { t, appname, "1", "10", "5", "3", conninfo, password, NULL };
+    PGconn *conn = PQconnectdbParams(keys, vals, 1);
+
+    if (!conn || PQstatus(conn) != CONNECTION_OK) {
+        g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_CONNECT, "connecting to PostgreSQL: %s",
+                    conn ? g_strstrip(PQerrorMessage(conn)) : "out of memory");
+        PQfinish(conn);
+        return NULL;
+    }
+    return conn;
+}
+
+static gboolean exec_ok(PGresult *res)
+{
+    ExecStatusType st = PQresultStatus(res);
+
+    return st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+}
+
+static gboolean prepare_all(PGconn *conn, GError **error)
+{
+    g_autoptr(PGresult) r = PQexec(conn, "SET statement_timeout = '15s'");
+
+    for (gsize i = 0; i < G_N_ELEMENTS(statements); i++) {
+        g_autoptr(PGresult) p = PQprepare(conn, statements[i].name, *statements[i].sql, 0, NULL);
+        if (!exec_ok(p)) {
+            g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_QUERY, "preparing %s: %s",
+                        statements[i].name, g_strstrip(PQresultErrorMessage(p)));
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
+/* Runs prepared @name; on failure tells whether the connection is gone. */
+static gboolean run_prepared(VnReporter *r, const char *name, Params *p, gboolean *lost,
+                             GError **error)
+{
+    g_autoptr(PGresult) res = PQexecPrepared(r->conn, name, p->n, p->v, NULL, NULL, 0);
+
+    *lost = FALSE;
+    if (exec_ok(res)) {
+        g_mutex_lock(&r->lock);
+        r->stats.writes++;
+        g_mutex_unlock(&r->lock);
+        return TRUE;
+    }
+    *lost = PQstatus(r->conn) != CONNECTION_OK;
+    g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_QUERY, "%s: %s", name,
+                g_strstrip(PQresultErrorMessage(res)));
+    return FALSE;
+}
+
+static void drop_connection(VnReporter *r, const char *why)
+{
+    if (!r->outage) {
+        g_warning("database: %s; the agent goes on and catches up when it is back", why);
+        g_mutex_lock(&r->lock);
+        r->stats.outages++;
+        g_mutex_unlock(&r->lock);
+    }
+    r->outage = TRUE;
+    PQfinish(r->conn);
+    r->conn = NULL;
+    g_mutex_lock(&r->lock);
+    r->stats.connected = FALSE;
+    g_mutex_unlock(&r->lock);
+    r->next_connect = g_get_monotonic_time() +
+                      (gint64)(vn_backoff_next(&r->backoff, g_random_double()) * G_TIME_SPAN_SECOND);
+}
+
+/* Connects (when due), migrates the schema, prepares statements, schedules a full sync. */
+static void try_connect(VnReporter *r)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *app = g_strdup_printf("virtnoded %s", r->host);
+    int version = 0;
+
+    if (g_get_monotonic_time() < r->next_connect)
+        return;
+    r->conn = open_conn(r->conninfo, r->password, r->connect_timeout, app, &err);
+    if (r->conn && !vn_schema_migrate(r->conn, &version, &err)) {
+        PQfinish(r->conn);
+        r->conn = NULL;
+    }
+    if (r->conn && !prepare_all(r->conn, &err)) {
+        PQfinish(r->conn);
+        r->conn = NULL;
+    }
+    if (!r->conn) {
+        if (!r->outage) {
+            g_warning("database: %s; retrying with back-off", err->message);
+            g_mutex_lock(&r->lock);
+            r->stats.outages++;
+            g_mutex_unlock(&r->lock);
+        } else {
+            g_debug("database: %s", err->message);
+        }
+        r->outage = TRUE;
+        r->next_connect = g_get_monotonic_time() +
+                          (gint64)(vn_backoff_next(&r->backoff, g_random_double()) *
+                                   G_TIME_SPAN_SECOND);
+        return;
+    }
+    if (r->outage)
+        g_message("database: connected again; writing the current state");
+    else
+        g_message("database: connected (schema version %d)", version);
+    r->outage = FALSE;
+    vn_backoff_reset(&r->backoff);
+    /* whatever was written before may be stale: write everything again */
+    vn_capacity_free(r->written);
+    r->written = NULL;
+    r->next_heartbeat = 0;
+    if (r->hooks.all_instances) {
+        g_autoptr(GPtrArray) rows = r->hooks.all_instances(r->hooks.user_data);
+        g_mutex_lock(&r->lock);
+        for (guint i = 0; rows && i < rows->len; i++) {
+            VnInstanceRow *row = g_ptr_array_index(rows, i);
+            if (!g_hash_table_contains(r->instances, row->uuid))
+                g_hash_table_insert(r->instances, g_strdup(row->uuid), row);
+            else
+                vn_instance_row_free(row);
+            rows->pdata[i] = NULL;
+        }
+        g_mutex_unlock(&r->lock);
+    }
+    g_mutex_lock(&r->lock);
+    r->actions_pending = TRUE;
+    r->capacity_dirty = TRUE;
+    r->capacity_due = 0;
+    r->stats.connected = TRUE;
+    g_mutex_unlock(&r->lock);
+}
+
+static gboolean write_heartbeat(VnReporter *r, gboolean *lost, GError **error)
+{
+    Params p;
+    gboolean ok;
+
+    p_init(&p);
+    p_str(&p, r->host);
+    p_str(&p, r->binary);
+    p_str(&p, r->topic);
+    p_str(&p, r->version);
+    ok = run_prepared(r, "vn_heartbeat", &p, lost, error);
+    p_clear(&p);
+    if (ok) {
+        g_mutex_lock(&r->lock);
+        r->stats.last_heartbeat = g_get_real_time() / G_USEC_PER_SEC;
+        g_mutex_unlock(&r->lock);
+    }
+    return ok;
+}
+
+static gboolean write_capacity(VnReporter *r, const VnCapacity *c, gboolean *lost, GError **error)
+{
+    Params p;
+    gboolean ok;
+
+    p_init(&p);
+    p_str(&p, c->host);
+    p_str(&p, c->hypervisor_type);
+    p_int(&p, c->hypervisor_version);
+    p_str(&p, c->hypervisor_hostname);
+    p_str(&p, c->cpu_info ? c->cpu_info : "{}");
+    p_int(&p, c->vcpus);
+    p_int(&p, c->vcpus_used);
+    p_int(&p, c->memory_mb);
+    p_int(&p, c->memory_mb_used);
+    p_int(&p, c->free_ram_mb);
+    p_int(&p, c->local_gb);
+    p_int(&p, c->local_gb_used);
+    p_int(&p, c->free_disk_gb);
+    p_int(&p, c->disk_available_least);
+    p_int(&p, c->running_vms);
+    p_dbl(&p, c->cpu_allocation_ratio);
+    p_dbl(&p, c->ram_allocation_ratio);
+    p_dbl(&p, c->disk_allocation_ratio);
+    p_int(&p, c->reserved_host_memory_mb);
+    p_int(&p, c->reserved_host_disk_mb);
+    p_int(&p, c->reserved_host_cpus);
+    p_str(&p, c->stats ? c->stats : "{}");
+    ok = run_prepared(r, "vn_capacity", &p, lost, error);
+    p_clear(&p);
+    return ok;
+}
+
+static gboolean write_instance(VnReporter *r, const VnInstanceRow *row, gboolean *lost,
+                               GError **error)
+{
+    Params p;
+    gboolean ok;
+
+    p_init(&p);
+    p_str(&p, row->uuid);
+    p_str(&p, row->host);
+    p_str(&p, row->name ? row->name : "");
+    p_str(&p, row->project_id);
+    p_str(&p, row->user_id);
+    p_str(&p, row->vm_state);
+    p_str(&p, row->task_state);
+    p_int(&p, row->power_state);
+    p_str(&p, row->flavor ? row->flavor : "{}");
+    p_str(&p, row->image ? row->image : "{}");
+    p_str(&p, row->fault);
+    p_time(&p, row->launched_at);
+    p_time(&p, row->terminated_at);
+    p_int(&p, row->generation);
+    ok = run_prepared(r, "vn_instance", &p, lost, error);
+    p_clear(&p);
+    return ok;
+}
+
+static gboolean write_action(VnReporter *r, const VnActionRow *a, gboolean *lost, GError **error)
+{
+    Params p;
+    gboolean ok;
+
+    p_init(&p);
+    p_str(&p, r->host);
+    p_int(&p, a->local_id);
+    p_str(&p, a->instance_uuid);
+    p_str(&p, a->request_id);
+    p_str(&p, a->action);
+    p_time(&p, a->start);
+    p_time(&p, a->finish);
+    p_str(&p, a->result);
+    p_str(&p, a->message);
+    ok = run_prepared(r, "vn_action", &p, lost, error);
+    p_clear(&p);
+    return ok;
+}
+
+static gboolean write_migration(VnReporter *r, const VnMigrationRow *m, gboolean *lost,
+                                GError **error)
+{
+    Params p;
+    gboolean ok;
+
+    p_init(&p);
+    p_str(&p, m->id);
+    p_str(&p, m->instance_uuid);
+    p_str(&p, m->source_host);
+    p_str(&p, m->dest_host);
+    p_str(&p, m->status);
+    p_str(&p, m->block_migration ? "true" : "false");
+    p_int(&p, m->memory_total);
+    p_int(&p, m->memory_processed);
+    p_int(&p, m->memory_remaining);
+    p_int(&p, m->disk_total);
+    p_int(&p, m->disk_processed);
+    p_int(&p, m->disk_remaining);
+    if (m->downtime_ms >= 0)
+        p_int(&p, m->downtime_ms);
+    else
+        p_str(&p, NULL);
+    p_time(&p, m->started_at);
+    p_time(&p, m->finished_at);
+    p_str(&p, m->error_message);
+    ok = run_prepared(r, "vn_migration", &p, lost, error);
+    p_clear(&p);
+    return ok;
+}
+
+/* Writes the rows waiting in @table with @write; keeps those not written (unless a newer
+ * one arrived meanwhile).  FALSE when the connection was lost. */
+static gboolean write_table(VnReporter *r, GHashTable **table, GDestroyNotify free_row,
+                            gboolean (*write)(VnReporter *, gconstpointer, gboolean *, GError **))
+{
+    GHashTable *batch;
+    GHashTableIter it;
+    gpointer k, v;
+    gboolean lost = FALSE;
+
+    g_mutex_lock(&r->lock);
+    if (g_hash_table_size(*table) == 0) {
+        g_mutex_unlock(&r->lock);
+        return TRUE;
+    }
+    batch = *table;
+    *table = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, free_row);
+    g_mutex_unlock(&r->lock);
+
+    g_hash_table_iter_init(&it, batch);
+    while (!lost && g_hash_table_iter_next(&it, &k, &v)) {
+        g_autoptr(GError) err = NULL;
+        if (write(r, v, &lost, &err)) {
+            g_hash_table_iter_remove(&it);
+        } else if (!lost) {
+            /* the database refused this row: log it and move on */
+            g_warning("database: dropping an update of %s: %s", (char *)k, err->message);
+            g_hash_table_iter_remove(&it);
+        }
+    }
+    /* what was not written goes back, unless something newer replaced it meanwhile */
+    g_mutex_lock(&r->lock);
+    g_hash_table_iter_init(&it, batch);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        if (!g_hash_table_contains(*table, k)) {
+            g_hash_table_iter_steal(&it);
+            g_hash_table_insert(*table, k, v);
+        }
+    }
+    g_mutex_unlock(&r->lock);
+    g_hash_table_destroy(batch);
+    return !lost;
+}
+
+static gboolean write_instance_any(VnReporter *r, gconstpointer row, gboolean *lost, GError **e)
+{
+    return write_instance(r, row, lost, e);
+}
+
+static gboolean write_migration_any(VnReporter *r, gconstpointer row, gboolean *lost, GError **e)
+{
+    return write_migration(r, row, lost, e);
+}
+
+static gboolean write_actions(VnReporter *r)
+{
+    g_autoptr(GPtrArray) rows = NULL;
+    g_autoptr(GPtrArray) done = g_ptr_array_new();
+    gboolean lost = FALSE;
+
+    g_mutex_lock(&r->lock);
+    gboolean pending = r->actions_pending;
+    r->actions_pending = FALSE;
+    g_mutex_unlock(&r->lock);
+    if (!pending || !r->hooks.pending_actions)
+        return TRUE;
+    rows = r->hooks.pending_actions(r->hooks.user_data);
+    for (guint i = 0; rows && i < rows->len && !lost; i++) {
+        g_autoptr(GError) err = NULL;
+        VnActionRow *a = g_ptr_array_index(rows, i);
+        if (write_action(r, a, &lost, &err) || !lost)
+            g_ptr_array_add(done, a);
+        if (err && !lost)
+            g_warning("database: dropping action %" G_GINT64_FORMAT ": %s", a->local_id,
+                      err->message);
+    }
+    if (done->len && r->hooks.actions_written)
+        r->hooks.actions_written(done, r->hooks.user_data);
+    if (lost) {
+        g_mutex_lock(&r->lock);
+        r->actions_pending = TRUE;
+        g_mutex_unlock(&r->lock);
+    }
+    return !lost;
+}
+
+/* One round of due work; FALSE when the connection was lost. */
+static gboolean work(VnReporter *r)
+{
+    gint64 now = g_get_monotonic_time();
+    g_autoptr(GError) err = NULL;
+    gboolean lost = FALSE;
+
+    g_mutex_lock(&r->lock);
+    gint64 hb_every = (gint64)r->heartbeat_interval * G_TIME_SPAN_SECOND;
+    gint64 rep_every = (gint64)r->report_interval * G_TIME_SPAN_SECOND;
+    gboolean capacity_now = (r->capacity_dirty && now >= r->capacity_due) || now >= r->next_report;
+    if (capacity_now)
+        r->capacity_dirty = FALSE;
+    g_mutex_unlock(&r->lock);
+
+    if (now >= r->next_heartbeat) {
+        if (!write_heartbeat(r, &lost, &err) && lost)
+            return FALSE;
+        if (err)
+            g_warning("database: heartbeat: %s", err->message);
+        g_clear_error(&err);
+        r->next_heartbeat = now + hb_every;
+    }
+    if (capacity_now && r->hooks.capacity) {
+        g_autoptr(VnCapacity) c = r->hooks.capacity(r->hooks.user_data);
+        r->next_report = now + rep_every;
+        if (c && !vn_capacity_equal(c, r->written)) {
+            if (!write_capacity(r, c, &lost, &err)) {
+                g_mutex_lock(&r->lock);
+                r->capacity_dirty = TRUE;
+                g_mutex_unlock(&r->lock);
+                if (lost)
+                    return FALSE;
+                g_warning("database: capacity: %s", err->message);
+            } else {
+                vn_capacity_free(r->written);
+                r->written = g_steal_pointer(&c);
+            }
+        }
+    }
+    if (!write_table(r, &r->instances, (GDestroyNotify)vn_instance_row_free, write_instance_any) ||
+        !write_table(r, &r->migrations, (GDestroyNotify)vn_migration_row_free,
+                     write_migration_any) ||
+        !write_actions(r))
+        return FALSE;
+    return TRUE;
+}
+
+/* Monotonic time of the next thing due (called with the lock held). */
+static gint64 next_due_locked(VnReporter *r)
+{
+    gint64 next = MIN(r->next_heartbeat, r->next_report);
+
+    if (r->capacity_dirty)
+        next = MIN(next, r->capacity_due);
+    if (!r->conn)
+        next = MIN(next, r->next_connect);
+    if (r->conn && (g_hash_table_size(r->instances) || g_hash_table_size(r->migrations) ||
+                    r->actions_pending))
+        next = 0;
+    return next;
+}
+
+static gpointer reporter_thread(gpointer data)
+{
+    VnReporter *r = data;
+
+    for (;;) {
+        g_mutex_lock(&r->lock);
+        if (r->stop) {
+            g_mutex_unlock(&r->lock);
+            break;
+        }
+        gint64 due = next_due_locked(r);
+        r->idle = r->conn && due > g_get_monotonic_time() && !r->capacity_dirty;
+        g_cond_broadcast(&r->cond);
+        if (due > g_get_monotonic_time())
+            g_cond_wait_until(&r->cond, &r->lock, due);
+        gboolean stop = r->stop;
+        r->stats.pending_instances = g_hash_table_size(r->instances);
+        g_mutex_unlock(&r->lock);
+        if (stop)
+            break;
+        if (!r->conn) {
+            try_connect(r);
+            continue;
+        }
+        if (!work(r))
+            drop_connection(r, "connection lost");
+    }
+    return NULL;
+}
+
+VnReporter *vn_reporter_new(const VnReporterConfig *cfg, const VnReporterHooks *hooks,
+                            GError **error)
+{
+    VnReporter *r;
+
+    if (!vn_report_conninfo_check(cfg->connection, error))
+        return NULL;
+    r = g_new0(VnReporter, 1);
+    r->conninfo = g_strdup(cfg->connection);
+    r->password = g_strdup(cfg->password);
+    r->connect_timeout = cfg->connect_timeout;
+    r->host = g_strdup(cfg->host);
+    r->binary = g_strdup(cfg->binary ? cfg->binary : "virtnode-compute");
+    r->topic = g_strdup(cfg->topic ? cfg->topic : "compute");
+    r->version = g_strdup(cfg->version ? cfg->version : "0");
+    r->debounce_ms = cfg->debounce_ms > 0 ? cfg->debounce_ms : 200;
+    r->report_interval = MAX(cfg->report_interval, 1);
+    r->heartbeat_interval = MAX(cfg->heartbeat_interval, 1);
+    if (hooks)
+        r->hooks = *hooks;
+    g_mutex_init(&r->lock);
+    g_cond_init(&r->cond);
+    r->instances = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                         (GDestroyNotify)vn_instance_row_free);
+    r->migrations = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                          (GDestroyNotify)vn_migration_row_free);
+    vn_backoff_init(&r->backoff, MAX(cfg->retry_min, 1), MAX(cfg->retry_max, cfg->retry_min));
+    return r;
+}
+
+void vn_reporter_start(VnReporter *r)
+{
+    if (!r->thread)
+        r->thread = g_thread_new("db-reporter", reporter_thread, r);
+}
+
+void vn_reporter_set_intervals(VnReporter *r, int report_interval, int heartbeat_interval)
+{
+    g_mutex_lock(&r->lock);
+    r->report_interval = MAX(report_interval, 1);
+    r->heartbeat_interval = MAX(heartbeat_interval, 1);
+    g_cond_broadcast(&r->cond);
+    g_mutex_unlock(&r->lock);
+}
+
+void vn_reporter_capacity_changed(VnReporter *r)
+{
+    g_mutex_lock(&r->lock);
+    if (!r->capacity_dirty) {
+        r->capacity_dirty = TRUE;
+        r->capacity_due = g_get_monotonic_time() + (gint64)r->debounce_ms * 1000;
+    }
+    r->idle = FALSE;
+    g_cond_broadcast(&r->cond);
+    g_mutex_unlock(&r->lock);
+}
+
+void vn_reporter_instance(VnReporter *r, VnInstanceRow *row)
+{
+    g_mutex_lock(&r->lock);
+    g_hash_table_replace(r->instances, g_strdup(row->uuid), row);
+    r->idle = FALSE;
+    g_cond_broadcast(&r->cond);
+    g_mutex_unlock(&r->lock);
+}
+
+void vn_reporter_migration(VnReporter *r, VnMigrationRow *row)
+{
+    g_mutex_lock(&r->lock);
+    g_hash_table_replace(r->migrations, g_strdup(row->id), row);
+    r->idle = FALSE;
+    g_cond_broadcast(&r->cond);
+    g_mutex_unlock(&r->lock);
+}
+
+void vn_reporter_actions_pending(VnReporter *r)
+{
+    g_mutex_lock(&r->lock);
+    r->actions_pending = TRUE;
+    r->idle = FALSE;
+    g_cond_broadcast(&r->cond);
+    g_mutex_unlock(&r->lock);
+}
+
+gboolean vn_reporter_flush(VnReporter *r, double timeout_s)
+{
+    gint64 end = g_get_monotonic_time() + (gint64)(timeout_s * G_TIME_SPAN_SECOND);
+    gboolean idle;
+
+    g_mutex_lock(&r->lock);
+    g_cond_broadcast(&r->cond);
+    while (!r->idle && r->thread) {
+        if (!g_cond_wait_until(&r->cond, &r->lock, end))
+            break;
+    }
+    idle = r->idle;
+    g_mutex_unlock(&r->lock);
+    return idle;
+}
+
+void vn_reporter_get_stats(VnReporter *r, VnReporterStats *out)
+{
+    g_mutex_lock(&r->lock);
+    *out = r->stats;
+    out->pending_instances = g_hash_table_size(r->instances);
+    g_mutex_unlock(&r->lock);
+}
+
+void vn_reporter_free(VnReporter *r)
+{
+    if (!r)
+        return;
+    g_mutex_lock(&r->lock);
+    r->stop = TRUE;
+    g_cond_broadcast(&r->cond);
+    g_mutex_unlock(&r->lock);
+    if (r->thread)
+        g_thread_join(r->thread);
+    PQfinish(r->conn);
+    vn_capacity_free(r->written);
+    g_hash_table_destroy(r->instances);
+    g_hash_table_destroy(r->migrations);
+    g_mutex_clear(&r->lock);
+    g_cond_clear(&r->cond);
+    g_free(r->conninfo);
+    if (r->password)
+        memset(r->password, 0, strlen(r->password));
+    g_free(r->password);
+    g_free(r->host);
+    g_free(r->binary);
+    g_free(r->topic);
+    g_free(r->version);
+    g_free(r);
+}
+
+gboolean vn_report_conninfo_check(const char *value, GError **error)
+{
+    char *msg = NULL;
+    PQconninfoOption *opts;
+
+    if (!value || !*value)
+        return TRUE; /* empty: reporting disabled */
+    opts = PQconninfoParse(value, &msg);
+    if (!opts) {
+        g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_CONFIG,
+                    "not a PostgreSQL connection string: %s",
+                    msg ? g_strstrip(msg) : "out of memory");
+        PQfreemem(msg);
+        return FALSE;
+    }
+    PQconninfoFree(opts);
+    return TRUE;
+}
+
+char *vn_report_query_host(const char *connection, const char *password, const char *host,
+                           GError **error)
+{
+    g_autoptr(PGconn) conn = open_conn(connection, password, 5, "virtnodectl", error);
+    g_autoptr(PGresult) res = NULL;
+    const char *params[] = { host };
+
+    if (!conn)
+        return NULL;
+    res = PQexecParams(
+        conn,
+        "SELECT json_build_object("
+        " 'host', $1::text,"
+        " 'service', (SELECT row_to_json(s) FROM (SELECT \"binary\", topic, version, report_count,"
+        "   disabled, disabled_reason, last_seen_up,"
+        "   extract(epoch FROM now() - last_seen_up)::double precision AS heartbeat_age_s"
+        "   FROM services WHERE host = $1) s),"
+        " 'capacity', (SELECT row_to_json(c) FROM compute_nodes c WHERE c.host = $1),"
+        " 'instances', (SELECT count(*) FROM instances i WHERE i.host = $1 AND"
+        "   i.vm_state <> 'deleted'))::text",
+        1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_QUERY, "reading host '%s': %s", host,
+                    g_strstrip(PQresultErrorMessage(res)));
+        return NULL;
+    }
+    return g_strdup(PQgetvalue(res, 0, 0));
+}
+
+char *vn_report_query_instance_host(const char *connection, const char *password,
+                                    const char *uuid, GError **error)
+{
+    g_autoptr(PGconn) conn = open_conn(connection, password, 5, "virtnodectl", error);
+    g_autoptr(PGresult) res = NULL;
+    const char *params[] = { uuid };
+
+    if (!conn)
+        return NULL;
+    res = PQexecParams(conn, "SELECT host FROM instances WHERE uuid = $1::uuid AND host IS NOT NULL",
+                       1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_QUERY, "reading instance %s: %s", uuid,
+                    g_strstrip(PQresultErrorMessage(res)));
+        return NULL;
+    }
+    if (PQntuples(res) != 1) {
+        g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_QUERY,
+                    "the database knows no host for instance %s", uuid);
+        return NULL;
+    }
+    return g_strdup(PQgetvalue(res, 0, 0));
+}
