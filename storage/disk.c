@@ -1,0 +1,129 @@
+/* storage/disk.c - instance disks (see disk.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <glib/gstdio.h>
+
+#include "storage/disk.h"
+#include "storage/image_inspect.h"
+#include "storage/stor_error.h"
+
+#define QEMU_IMG_TIMEOUT_S 120
+
+/* Runs qemu-img with @argv (NULL-terminated, without the program). */
+static gboolean qemu_img(const char *const *argv, GError **error)
+{
+    g_autoptr(GPtrArray) args = g_ptr_array_new();
+    g_autoptr(GSubprocess) p = NULL;
+    g_autofree char *out = NULL;
+    g_autofree char *err = NULL;
+    g_autoptr(GError) e = NULL;
+
+    g_ptr_array_add(args, (gpointer) "qemu-img");
+    for (const char *const *a = argv; *a; a++)
+        g_ptr_array_add(args, (gpointer)*a);
+    g_ptr_array_add(args, NULL);
+    p = g_subprocess_newv((const char *const *)args->pdata,
+                          G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_PIPE, &e);
+    if (!p) {
+        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOOL, "running qemu-img: %s", e->message);
+        return FALSE;
+    }
+    if (!g_subprocess_communicate_utf8(p, NULL, NULL, &out, &err, &e)) {
+        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOOL, "qemu-img: %s", e->message);
+        return FALSE;
+    }
+    if (!g_subprocess_get_successful(p)) {
+        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOOL, "qemu-img %s: %s", argv[0],
+                    err && *err ? g_strstrip(err) : "failed");
+        return FALSE;
+    }
+    return TRUE;
+}
+
+gboolean vn_disk_virtual_size(const char *path, guint64 *out, GError **error)
+{
+    VnImageInfo info;
+
+    if (!vn_image_inspect_file(path, &info, error))
+        return FALSE;
+    *out = info.virtual_size;
+    return TRUE;
+}
+
+gboolean vn_disk_create_overlay(const char *path, const char *base, const char *base_format,
+                                guint64 size, GError **error)
+{
+    guint64 base_size = 0;
+    g_autofree char *size_text = NULL;
+
+    if (!vn_disk_virtual_size(base, &base_size, error))
+        return FALSE;
+    if (size == 0)
+        size = base_size;
+    if (size < base_size) {
+        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_INVALID,
+                    "the disk (%" G_GUINT64_FORMAT " bytes) would be smaller than its image (%"
+                    G_GUINT64_FORMAT " bytes)",
+                    size, base_size);
+        return FALSE;
+    }
+    size_text = g_strdup_printf("%" G_GUINT64_FORMAT, size);
+    const char *argv[] = { "create", "-q", "-f", "qcow2", "-F", base_format, "-b", base,
+                           path, size_text, NULL };
+    return qemu_img(argv, error);
+}
+
+gboolean vn_disk_create_blank(const char *path, guint64 size, GError **error)
+{
+    g_autofree char *size_text = g_strdup_printf("%" G_GUINT64_FORMAT, size);
+    const char *argv[] = { "create", "-q", "-f", "qcow2", path, size_text, NULL };
+
+    return qemu_img(argv, error);
+}
+
+guint64 vn_disk_allocated(const char *path)
+{
+    struct stat st;
+
+    return stat(path, &st) == 0 ? (guint64)st.st_blocks * 512 : 0;
+}
+
+char *vn_disk_backing_file(const char *path, GError **error)
+{
+    g_autofree guint8 *buf = g_malloc(VN_IMAGE_HEADER_BYTES);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n;
+
+    if (fd < 0) {
+        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "opening '%s': %s", path,
+                    g_strerror(errno));
+        return NULL;
+    }
+    n = pread(fd, buf, VN_IMAGE_HEADER_BYTES, 0);
+    close(fd);
+    return n > 0 ? vn_image_backing_name(buf, (gsize)n) : NULL;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)ftw;
+    return (flag == FTW_DP ? rmdir(path) : unlink(path)) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+gboolean vn_disk_remove_tree(const char *dir, GError **error)
+{
+    if (!g_file_test(dir, G_FILE_TEST_EXISTS))
+        return TRUE;
+    if (nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS) < 0) {
+        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "removing '%s': %s", dir,
+                    g_strerror(errno));
+        return FALSE;
+    }
+    return TRUE;
+}

@@ -1,0 +1,30 @@
+/* storage/disk.h - instance disks: qcow2 overlays on cached bases (thin provisioning),
+ * blank ephemeral and swap disks, and what a disk file says about itself.
+ *
+ * Disks are made with qemu-img (QEMU's own tool, as Nova does); the qcow2 header is read
+ * directly, with the same checks as images. */
+#pragma once
+
+#include <gio/gio.h>
+
+/* Creates a qcow2 overlay at @path whose backing file is @base (of @base_format), with a
+ * virtual size of @size bytes (0: the base's).  The overlay is never smaller than the
+ * base: VN_STOR_ERROR_INVALID then. */
+gboolean vn_disk_create_overlay(const char *path, const char *base, const char *base_format,
+                                guint64 size, GError **error);
+
+/* Creates a blank qcow2 disk of @size bytes. */
+gboolean vn_disk_create_blank(const char *path, guint64 size, GError **error);
+
+/* The virtual size of @path (qcow2 header, or the file size of a raw file). */
+gboolean vn_disk_virtual_size(const char *path, guint64 *out, GError **error);
+
+/* Bytes @path occupies on disk now. */
+guint64 vn_disk_allocated(const char *path);
+
+/* The backing file named by the qcow2 header of @path, or NULL (no backing file, or not
+ * qcow2).  Caller frees. */
+char *vn_disk_backing_file(const char *path, GError **error);
+
+/* Removes @dir and everything in it; no error when it does not exist. */
+gboolean vn_disk_remove_tree(const char *dir, GError **error);
