@@ -1,0 +1,116 @@
+/* agent/agent.h - the daemon's one object: configuration, the components it wires
+ * together (journal, instance store, libvirt, image cache, tracker, AMQP link, reporter,
+ * status endpoint, dispatcher) and the agent's life cycle.
+ *
+ * Start-up: journal -> instances -> libvirt -> reconcile -> reporter -> AMQP -> HTTP ->
+ * ready.  Stop (SIGTERM): stop consuming, let running operations finish within
+ * graceful_shutdown_timeout, flush replies and reports, exit 0.  Reload (SIGHUP): build a
+ * new configuration, apply what can be applied, warn about the rest. */
+#pragma once
+
+#include <gio/gio.h>
+#include <json-c/json.h>
+
+#include "agent/config.h"
+#include "agent/instance_store.h"
+#include "agent/journal.h"
+#include "agent/tracker.h"
+#include "agent/virt/conn.h"
+#include "scheduler-client/amqp/rpc.h"
+#include "scheduler-client/report/report.h"
+#include "storage/image_cache.h"
+
+typedef struct _VnAgent VnAgent;
+typedef struct _VnDispatcher VnDispatcher;
+typedef struct _VnMigrations VnMigrations;
+typedef struct _VnStatusServer VnStatusServer;
+
+/* Where replies go: the AMQP link normally, a test's sink in unit tests. */
+typedef void (*VnReplyFunc)(gpointer data, const char *reply_q, const char *msg_id,
+                            json_object *result, const VnRpcFailure *failure);
+
+/* Counters shown on /metrics (updated atomically). */
+typedef struct {
+    gint requests_total;
+    gint requests_failed;
+    gint duplicates;
+    gint builds_ok;
+    gint builds_failed;
+    gint ops_running;
+    gint migrations_ok;
+    gint migrations_failed;
+    gint power_syncs;
+} VnAgentCounters;
+
+struct _VnAgent {
+    GMutex cfg_lock;
+    VnConfig *cfg; /* current; take a reference with vn_agent_config */
+    char *config_path;
+
+    GMainLoop *loop;
+    int lock_fd;
+    gboolean ready;
+    gboolean stopping;
+    int exit_code;
+    gint64 started_at;
+
+    VnJournal *journal;
+    VnInstanceStore *store;
+    VnVirtConn *virt;
+    VnImageCache *images;
+    VnTracker *tracker;
+    VnRpc *rpc;
+    VnReporter *reporter;
+    VnStatusServer *http;
+    VnDispatcher *dispatcher;
+    VnMigrations *migrations;
+
+    VnReplyFunc reply;
+    gpointer reply_data;
+
+    char *mac_model;       /* "selinux" / "apparmor" when the host has one */
+    gboolean dac_available;
+
+    VnAgentCounters counters;
+    GPtrArray *timers;       /* GSource ids */
+    GThreadPool *sync_pool;  /* one thread: power-state syncs, in order */
+};
+
+/* A new agent of @cfg (reference taken); nothing is started.  @config_path is re-read on
+ * reload (NULL: no reload). */
+VnAgent *vn_agent_new(VnConfig *cfg, const char *config_path);
+void vn_agent_free(VnAgent *a);
+
+/* Opens everything and starts serving; FALSE (logged) when a required part fails. */
+gboolean vn_agent_start(VnAgent *a, GError **error);
+
+/* Runs the main loop until a stop; returns the exit code. */
+int vn_agent_run(VnAgent *a);
+
+/* Graceful stop (also the SIGTERM handler's work). */
+void vn_agent_request_stop(VnAgent *a);
+
+/* Re-reads the configuration file (SIGHUP). */
+void vn_agent_reload(VnAgent *a);
+
+/* The current configuration (a reference: vn_config_unref it, or use g_autoptr). */
+VnConfig *vn_agent_config(VnAgent *a);
+
+/* Directory of an instance, and its files. Caller frees. */
+char *vn_agent_instance_dir(VnAgent *a, const char *uuid);
+
+/* Sends a reply through the configured sink. */
+void vn_agent_reply(VnAgent *a, const char *reply_q, const char *msg_id, json_object *result,
+                    const VnRpcFailure *failure);
+
+/* Publishes a versioned notification about @rec (may be NULL for service events). */
+void vn_agent_notify_instance(VnAgent *a, const char *event_type, const VnInstanceRecord *rec,
+                              const char *fault);
+void vn_agent_notify_service(VnAgent *a, const char *event_type);
+
+/* Announces that the capacity moved (debounced write to the database). */
+void vn_agent_capacity_changed(VnAgent *a);
+
+/* Creates the parts that the unit tests drive without services: journal, store, tracker,
+ * dispatcher, libvirt connection (cfg's uri) and image cache.  vn_agent_start calls it. */
+gboolean vn_agent_open_local(VnAgent *a, GError **error);

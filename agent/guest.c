@@ -1,0 +1,209 @@
+/* agent/guest.c - a guest's files, domain description and labels (see guest.h). */
+#include <string.h>
+
+#include "agent/guest.h"
+#include "agent/virt/domain.h"
+#include "agent/virt/virt.h"
+#include "storage/disk.h"
+
+#define MAX_GUEST_STRINGS 64
+
+char *vn_guest_file(VnAgent *a, const char *uuid, const char *name)
+{
+    g_autofree char *dir = vn_agent_instance_dir(a, uuid);
+
+    return g_build_filename(dir, name, NULL);
+}
+
+char *vn_guest_domain_name(const char *uuid)
+{
+    return g_strdup_printf("instance-%s", uuid);
+}
+
+static gboolean guest_string_ok(const char *s, gboolean key)
+{
+    for (const char *p = s; *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return FALSE;
+        if (key && !g_ascii_isalnum(*p) && *p != '.' && *p != '_' && *p != '-')
+            return FALSE;
+    }
+    return *s != '\0' || !key;
+}
+
+static const char *cpu_mode_name(const VnConfig *cfg)
+{
+    switch (cfg->cpu_mode) {
+    case VN_CPU_MODE_HOST_MODEL:
+        return "host-model";
+    case VN_CPU_MODE_HOST_PASSTHROUGH:
+        return "host-passthrough";
+    case VN_CPU_MODE_CUSTOM:
+        return "custom";
+    case VN_CPU_MODE_NONE:
+        return NULL;
+    default:
+        /* TCG cannot provide the host's model; KVM guests get the closest migratable one */
+        return cfg->virt_type == VN_VIRT_TYPE_KVM ? "host-model" : NULL;
+    }
+}
+
+/* Adds the disk file @name of the instance when it exists. */
+static gboolean add_disk(VnDomainSpec *s, const char *dir, const char *name, const char *target,
+                         gboolean required, GError **error)
+{
+    g_autofree char *path = g_build_filename(dir, name, NULL);
+    g_autofree char *backing = NULL;
+    g_autoptr(GError) err = NULL;
+
+    if (!g_file_test(path, G_FILE_TEST_IS_REGULAR)) {
+        if (required) {
+            g_set_error(error, VN_VIRT_ERROR, VN_VIRT_ERROR_XML, "disk '%s' is missing", path);
+            return FALSE;
+        }
+        return TRUE;
+    }
+    backing = vn_disk_backing_file(path, &err);
+    if (err) {
+        g_propagate_error(error, g_steal_pointer(&err));
+        return FALSE;
+    }
+    vn_domain_spec_add_disk(s, path, "qcow2", backing, NULL, target);
+    return TRUE;
+}
+
+VnDomainSpec *vn_guest_domain_spec(VnAgent *a, const VnInstanceRecord *rec, int dac_uid,
+                                   GError **error)
+{
+    g_autoptr(VnConfig) cfg = vn_agent_config(a);
+    g_autoptr(VnDomainSpec) s = vn_domain_spec_new();
+    g_autofree char *dir = vn_agent_instance_dir(a, rec->uuid);
+    GHashTableIter it;
+    gpointer k, v;
+    guint n = 0;
+
+    s->uuid = g_strdup(rec->uuid);
+    s->domain_name = vn_guest_domain_name(rec->uuid);
+    s->instance_name = g_strdup(rec->name);
+    s->project_id = g_strdup(rec->project_id);
+    s->user_id = g_strdup(rec->user_id);
+    s->request_id = g_strdup(rec->request_id);
+    s->created_at = rec->created_at;
+    s->flavor_name = g_strdup(rec->flavor.name);
+    s->vcpus = rec->flavor.vcpus;
+    s->memory_mb = rec->flavor.memory_mb;
+    s->root_gb = rec->flavor.root_gb;
+    s->ephemeral_gb = rec->flavor.ephemeral_gb;
+    s->swap_mb = rec->flavor.swap_mb;
+    s->image_id = g_strdup(rec->image.id);
+    s->image_sha256 = g_strdup(rec->image.sha256);
+    s->domain_type = g_strdup(vn_virt_type_name(cfg->virt_type));
+    s->cpu_mode = g_strdup(cpu_mode_name(cfg));
+    if (s->cpu_mode && strcmp(s->cpu_mode, "custom") == 0)
+        s->cpu_model = g_strdup(cfg->cpu_model);
+    s->console_log = g_build_filename(dir, VN_GUEST_CONSOLE, NULL);
+    s->dac_uid = dac_uid;
+    s->mac_model = g_strdup(a->mac_model);
+    if (!add_disk(s, dir, VN_GUEST_ROOT_DISK, "vda", TRUE, error) ||
+        !add_disk(s, dir, VN_GUEST_EPHEMERAL_DISK, "vdb", FALSE, error) ||
+        !add_disk(s, dir, VN_GUEST_SWAP_DISK, "vdc", FALSE, error))
+        return NULL;
+    /* the root disk's base is the cached image, in the format it was declared */
+    VnDiskSpec *root = g_ptr_array_index(s->disks, 0);
+    if (root->backing_path)
+        root->backing_format = g_strdup(rec->image.disk_format);
+    g_hash_table_iter_init(&it, rec->metadata);
+    while (g_hash_table_iter_next(&it, &k, &v) && n < MAX_GUEST_STRINGS) {
+        if (!guest_string_ok(k, TRUE) || !guest_string_ok(v, FALSE))
+            continue;
+        g_hash_table_insert(s->guest_strings, g_strdup(k), g_strdup(v));
+        n++;
+    }
+    return g_steal_pointer(&s);
+}
+
+static gboolean label_fail(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+static gboolean label_fail(GError **error, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    g_autofree char *m = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error_literal(error, VN_VIRT_ERROR, VN_VIRT_ERROR_LABEL, m);
+    return FALSE;
+}
+
+/* The uuid of another running guest that carries @label, or NULL. */
+static const char *label_owner(const char *uuid, const char *label, GPtrArray *recs)
+{
+    for (guint i = 0; i < recs->len; i++) {
+        VnInstanceRecord *r = g_ptr_array_index(recs, i);
+        if (strcmp(r->uuid, uuid) == 0 || !r->security_label ||
+            r->power_state != VN_POWER_RUNNING)
+            continue;
+        g_auto(GStrv) parts = g_strsplit(r->security_label, ";", -1);
+        if (g_strv_contains((const char *const *)parts, label))
+            return r->uuid;
+    }
+    return NULL;
+}
+
+char *vn_guest_verify_confinement(VnAgent *a, const VnInstanceRecord *rec, int dac_uid,
+                                  GError **error)
+{
+    g_autoptr(VnConfig) cfg = vn_agent_config(a);
+    g_autoptr(GPtrArray) labels = vn_domain_security_labels(a->virt, rec->uuid, error);
+    g_autoptr(GPtrArray) recs = NULL;
+    g_autofree char *want_dac = NULL;
+    gboolean dac_seen = FALSE, mac_seen = FALSE;
+
+    if (!labels)
+        return NULL;
+    recs = vn_instance_store_list(a->store, FALSE);
+    if (dac_uid > 0)
+        want_dac = g_strdup_printf("dac:+%d:+%d", dac_uid, dac_uid);
+    for (guint i = 0; i < labels->len; i++) {
+        const char *l = g_ptr_array_index(labels, i);
+        const char *owner;
+        if (g_str_has_prefix(l, "dac:")) {
+            dac_seen = TRUE;
+            if (want_dac && strcmp(l, want_dac) != 0)
+                return label_fail(error, "the guest runs as '%s', not its own identity '%s'",
+                                  l + 4, want_dac + 4),
+                       NULL;
+            if (cfg->require_confinement &&
+                (strcmp(l, "dac:+0:+0") == 0 || strcmp(l, "dac:0:0") == 0))
+                return label_fail(error, "QEMU runs as root"), NULL;
+        }
+        if (a->mac_model && g_str_has_prefix(l, a->mac_model) && l[strlen(a->mac_model)] == ':') {
+            if (!l[strlen(a->mac_model) + 1])
+                return label_fail(error, "the guest has an empty %s label", a->mac_model), NULL;
+            mac_seen = TRUE;
+        }
+        if ((dac_uid > 0 || !g_str_has_prefix(l, "dac:")) &&
+            (owner = label_owner(rec->uuid, l, recs)))
+            return label_fail(error, "security label '%s' is also the label of instance %s", l,
+                              owner),
+                   NULL;
+    }
+    if (want_dac && !dac_seen)
+        return label_fail(error, "no DAC label was applied to the guest"), NULL;
+    if (a->mac_model && !mac_seen)
+        return label_fail(error, "no %s label was applied to the guest", a->mac_model), NULL;
+    if (cfg->require_confinement && !want_dac && !mac_seen)
+        return label_fail(error, "the guest is not confined (no per-guest identity, no MAC "
+                                 "label) and require_confinement is set"),
+               NULL;
+    g_ptr_array_add(labels, NULL);
+    return g_strjoinv(";", (char **)labels->pdata);
+}
+
+gboolean vn_guest_remove(VnAgent *a, const char *uuid, GError **error)
+{
+    g_autofree char *dir = vn_agent_instance_dir(a, uuid);
+
+    if (!vn_domain_undefine(a->virt, uuid, error))
+        return FALSE;
+    return vn_disk_remove_tree(dir, error);
+}

@@ -1,0 +1,556 @@
+/* agent/instance_store.c - instance records with compare-and-set changes (see
+ * instance_store.h). */
+#include <string.h>
+
+#include "agent/instance_store.h"
+#include "api/error.h"
+#include "api/json.h"
+
+struct _VnInstanceStore {
+    GMutex lock;
+    VnJournal *journal;
+    char *host;
+    GHashTable *records; /* uuid -> VnInstanceRecord* */
+    VnInstanceChangedFunc listener;
+    gpointer listener_data;
+};
+
+static gint64 now_s(void)
+{
+    return g_get_real_time() / G_USEC_PER_SEC;
+}
+
+VnInstanceStore *vn_instance_store_new(VnJournal *journal, const char *host, GError **error)
+{
+    g_autoptr(VnInstanceStore) s = g_new0(VnInstanceStore, 1);
+    g_autoptr(GPtrArray) rows = NULL;
+
+    g_mutex_init(&s->lock);
+    s->journal = journal;
+    s->host = g_strdup(host);
+    s->records = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                       (GDestroyNotify)vn_instance_record_free);
+    rows = vn_journal_load_instances(journal, error);
+    if (!rows)
+        return NULL;
+    for (guint i = 0; i < rows->len; i++) {
+        g_autoptr(GError) err = NULL;
+        g_autoptr(json_object) obj = json_tokener_parse(g_ptr_array_index(rows, i));
+        VnInstanceRecord *rec = obj ? vn_instance_record_from_json(obj, &err) : NULL;
+        if (!rec) {
+            g_warning("journal: skipping an unreadable instance record: %s",
+                      err ? err->message : "not JSON");
+            continue;
+        }
+        g_hash_table_insert(s->records, g_strdup(rec->uuid), rec);
+    }
+    return g_steal_pointer(&s);
+}
+
+void vn_instance_store_free(VnInstanceStore *s)
+{
+    if (!s)
+        return;
+    g_hash_table_destroy(s->records);
+    g_mutex_clear(&s->lock);
+    g_free(s->host);
+    g_free(s);
+}
+
+void vn_instance_store_set_listener(VnInstanceStore *s, VnInstanceChangedFunc func,
+                                    gpointer user_data)
+{
+    g_mutex_lock(&s->lock);
+    s->listener = func;
+    s->listener_data = user_data;
+    g_mutex_unlock(&s->lock);
+}
+
+VnInstanceRecord *vn_instance_store_get(VnInstanceStore *s, const char *uuid)
+{
+    VnInstanceRecord *r;
+
+    g_mutex_lock(&s->lock);
+    r = g_hash_table_lookup(s->records, uuid);
+    r = r ? vn_instance_record_copy(r) : NULL;
+    g_mutex_unlock(&s->lock);
+    return r;
+}
+
+static gint by_uuid(gconstpointer a, gconstpointer b)
+{
+    const VnInstanceRecord *x = *(VnInstanceRecord *const *)a;
+    const VnInstanceRecord *y = *(VnInstanceRecord *const *)b;
+
+    return strcmp(x->uuid, y->uuid);
+}
+
+GPtrArray *vn_instance_store_list(VnInstanceStore *s, gboolean with_deleted)
+{
+    GPtrArray *out = g_ptr_array_new_with_free_func((GDestroyNotify)vn_instance_record_free);
+    GHashTableIter it;
+    gpointer k, v;
+
+    g_mutex_lock(&s->lock);
+    g_hash_table_iter_init(&it, s->records);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        VnInstanceRecord *r = v;
+        if (with_deleted || r->vm_state != VN_VM_DELETED)
+            g_ptr_array_add(out, vn_instance_record_copy(r));
+    }
+    g_mutex_unlock(&s->lock);
+    g_ptr_array_sort(out, by_uuid);
+    return out;
+}
+
+/* Persists @rec (called with the lock held); on failure the caller restores the old
+ * record, so memory never shows what the journal does not hold. */
+static gboolean persist_locked(VnInstanceStore *s, VnInstanceRecord *rec, GError **error)
+{
+    g_autoptr(json_object) obj = NULL;
+    g_autofree char *text = NULL;
+
+    rec->updated_at = now_s();
+    /* a clock-based generation stays ahead of anything an earlier life of this uuid (or
+     * another host, before a migration) wrote */
+    rec->generation = MAX(rec->generation + 1, g_get_real_time());
+    obj = vn_instance_record_to_json(rec);
+    text = vn_json_to_string(obj);
+    return vn_journal_save_instance(s->journal, rec->uuid, text, error);
+}
+
+static void notify(VnInstanceStore *s, VnInstanceRecord *copy)
+{
+    VnInstanceChangedFunc f;
+    gpointer d;
+
+    g_mutex_lock(&s->lock);
+    f = s->listener;
+    d = s->listener_data;
+    g_mutex_unlock(&s->lock);
+    if (f)
+        f(copy, d);
+    vn_instance_record_free(copy);
+}
+
+typedef gboolean (*Change)(VnInstanceRecord *rec, gpointer data, GError **error);
+
+/* Applies @change to a copy of the record of @uuid; when it agrees and the copy is
+ * persisted, the copy replaces the record and listeners hear of it. */
+static gboolean update(VnInstanceStore *s, const char *uuid, Change change, gpointer data,
+                       GError **error)
+{
+    VnInstanceRecord *cur, *next;
+    VnInstanceRecord *copy;
+
+    g_mutex_lock(&s->lock);
+    cur = g_hash_table_lookup(s->records, uuid);
+    if (!cur) {
+        g_mutex_unlock(&s->lock);
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_NOT_FOUND,
+                    "instance %s is not on this host", uuid);
+        return FALSE;
+    }
+    next = vn_instance_record_copy(cur);
+    if (!change(next, data, error) || !persist_locked(s, next, error)) {
+        vn_instance_record_free(next);
+        g_mutex_unlock(&s->lock);
+        return FALSE;
+    }
+    g_hash_table_replace(s->records, g_strdup(uuid), next);
+    copy = vn_instance_record_copy(next);
+    g_mutex_unlock(&s->lock);
+    notify(s, copy);
+    return TRUE;
+}
+
+gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *spec,
+                                  const char *request_id, GError **error)
+{
+    VnInstanceRecord *cur, *rec;
+
+    g_mutex_lock(&s->lock);
+    cur = g_hash_table_lookup(s->records, spec->uuid);
+    if (cur && cur->vm_state != VN_VM_DELETED) {
+        g_mutex_unlock(&s->lock);
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_EXISTS,
+                    "instance %s already exists on this host (vm_state %s)", spec->uuid,
+                    vn_vm_state_name(cur->vm_state));
+        return FALSE;
+    }
+    rec = vn_instance_record_copy(spec);
+    g_free(rec->host);
+    rec->host = g_strdup(s->host);
+    rec->vm_state = VN_VM_BUILDING;
+    rec->task_state = VN_TASK_SCHEDULING;
+    rec->power_state = VN_POWER_NOSTATE;
+    rec->created_at = now_s();
+    rec->launched_at = rec->terminated_at = 0;
+    rec->progress = 0;
+    g_clear_pointer(&rec->fault_class, g_free);
+    g_clear_pointer(&rec->fault_message, g_free);
+    rec->fault_at = 0;
+    rec->guest_uid = 0;
+    g_clear_pointer(&rec->security_label, g_free);
+    g_free(rec->request_id);
+    rec->request_id = g_strdup(request_id);
+    if (!persist_locked(s, rec, error)) {
+        vn_instance_record_free(rec);
+        g_mutex_unlock(&s->lock);
+        return FALSE;
+    }
+    g_hash_table_replace(s->records, g_strdup(rec->uuid), rec);
+    VnInstanceRecord *copy = vn_instance_record_copy(rec);
+    g_mutex_unlock(&s->lock);
+    notify(s, copy);
+    return TRUE;
+}
+
+gboolean vn_instance_store_put(VnInstanceStore *s, const VnInstanceRecord *in, GError **error)
+{
+    VnInstanceRecord *rec = vn_instance_record_copy(in);
+
+    g_mutex_lock(&s->lock);
+    if (!persist_locked(s, rec, error)) {
+        vn_instance_record_free(rec);
+        g_mutex_unlock(&s->lock);
+        return FALSE;
+    }
+    g_hash_table_replace(s->records, g_strdup(rec->uuid), rec);
+    VnInstanceRecord *copy = vn_instance_record_copy(rec);
+    g_mutex_unlock(&s->lock);
+    notify(s, copy);
+    return TRUE;
+}
+
+typedef struct {
+    const VnVmState *allowed;
+    VnTaskState task;
+    const char *request_id;
+} BeginArgs;
+
+static gboolean vm_allowed(VnVmState vm, const VnVmState *allowed)
+{
+    for (const VnVmState *a = allowed; *a != VN_VM_LAST; a++) {
+        if (*a == vm)
+            return TRUE;
+    }
+    return FALSE;
+}
+
+static gboolean change_begin(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    BeginArgs *a = data;
+
+    if (r->task_state != VN_TASK_NONE) {
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID_STATE,
+                    "instance %s is busy: task_state %s", r->uuid,
+                    vn_task_state_name(r->task_state));
+        return FALSE;
+    }
+    if (!vm_allowed(r->vm_state, a->allowed)) {
+        g_set_error(error, VN_API_ERROR, r->vm_state == VN_VM_DELETED ? VN_API_ERROR_NOT_FOUND
+                                                                      : VN_API_ERROR_INVALID_STATE,
+                    "instance %s is %s: cannot start %s", r->uuid, vn_vm_state_name(r->vm_state),
+                    vn_task_state_name(a->task));
+        return FALSE;
+    }
+    r->task_state = a->task;
+    r->progress = 0;
+    if (a->request_id) {
+        g_free(r->request_id);
+        r->request_id = g_strdup(a->request_id);
+    }
+    return TRUE;
+}
+
+gboolean vn_instance_store_begin_task(VnInstanceStore *s, const char *uuid,
+                                      const VnVmState *allowed, VnTaskState task,
+                                      const char *request_id, GError **error)
+{
+    BeginArgs a = { allowed, task, request_id };
+
+    return update(s, uuid, change_begin, &a, error);
+}
+
+typedef struct {
+    VnTaskState from, to;
+} NextArgs;
+
+static gboolean change_next(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    NextArgs *a = data;
+
+    if (r->task_state != a->from) {
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID_STATE,
+                    "instance %s changed meanwhile: task_state %s, expected %s", r->uuid,
+                    vn_task_state_name(r->task_state) ? vn_task_state_name(r->task_state) : "none",
+                    vn_task_state_name(a->from));
+        return FALSE;
+    }
+    r->task_state = a->to;
+    return TRUE;
+}
+
+gboolean vn_instance_store_next_task(VnInstanceStore *s, const char *uuid, VnTaskState from,
+                                     VnTaskState to, GError **error)
+{
+    NextArgs a = { from, to };
+
+    return update(s, uuid, change_next, &a, error);
+}
+
+typedef struct {
+    VnTaskState task;
+    VnVmState vm;
+    int power;
+} EndArgs;
+
+static gboolean change_end(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    EndArgs *a = data;
+
+    if (r->task_state != a->task) {
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID_STATE,
+                    "instance %s changed meanwhile: task_state %s, expected %s", r->uuid,
+                    vn_task_state_name(r->task_state) ? vn_task_state_name(r->task_state) : "none",
+                    vn_task_state_name(a->task) ? vn_task_state_name(a->task) : "none");
+        return FALSE;
+    }
+    r->vm_state = a->vm;
+    r->task_state = VN_TASK_NONE;
+    r->progress = 0;
+    if (a->power >= 0)
+        r->power_state = (VnPowerState)a->power;
+    return TRUE;
+}
+
+gboolean vn_instance_store_end_task(VnInstanceStore *s, const char *uuid, VnTaskState task,
+                                    VnVmState vm, int power, GError **error)
+{
+    EndArgs a = { task, vm, power };
+
+    return update(s, uuid, change_end, &a, error);
+}
+
+typedef struct {
+    const char *cls;
+    const char *msg;
+} FaultArgs;
+
+static gboolean change_error(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    FaultArgs *a = data;
+
+    r->vm_state = VN_VM_ERROR;
+    r->task_state = VN_TASK_NONE;
+    r->progress = 0;
+    g_free(r->fault_class);
+    g_free(r->fault_message);
+    r->fault_class = g_strdup(a->cls);
+    /* faults go out as JSON strings: keep them on one line */
+    r->fault_message = g_strdup(a->msg);
+    for (char *p = r->fault_message; p && *p; p++) {
+        if ((unsigned char)*p < 0x20)
+            *p = ' ';
+    }
+    r->fault_at = now_s();
+    return TRUE;
+}
+
+gboolean vn_instance_store_set_error(VnInstanceStore *s, const char *uuid,
+                                     const char *fault_class, const char *fault_message,
+                                     GError **error)
+{
+    FaultArgs a = { fault_class, fault_message };
+
+    return update(s, uuid, change_error, &a, error);
+}
+
+typedef struct {
+    VnPowerState power;
+    int vm;
+} PowerArgs;
+
+static gboolean change_power(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    PowerArgs *a = data;
+
+    if (r->power_state == a->power && (a->vm < 0 || r->vm_state == (VnVmState)a->vm)) {
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_EXISTS, "unchanged");
+        return FALSE;
+    }
+    r->power_state = a->power;
+    if (a->vm >= 0)
+        r->vm_state = (VnVmState)a->vm;
+    return TRUE;
+}
+
+gboolean vn_instance_store_set_power(VnInstanceStore *s, const char *uuid, VnPowerState power,
+                                     int vm, GError **error)
+{
+    PowerArgs a = { power, vm };
+    g_autoptr(GError) err = NULL;
+
+    if (update(s, uuid, change_power, &a, &err))
+        return TRUE;
+    if (g_error_matches(err, VN_API_ERROR, VN_API_ERROR_EXISTS))
+        return TRUE; /* nothing to change: no write, no report */
+    g_propagate_error(error, g_steal_pointer(&err));
+    return FALSE;
+}
+
+static gboolean change_clear_task(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    r->task_state = VN_TASK_NONE;
+    r->progress = 0;
+    return TRUE;
+}
+
+gboolean vn_instance_store_clear_task(VnInstanceStore *s, const char *uuid, GError **error)
+{
+    return update(s, uuid, change_clear_task, NULL, error);
+}
+
+static gboolean change_launched(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    r->launched_at = now_s();
+    g_free(r->security_label);
+    r->security_label = g_strdup(data);
+    g_clear_pointer(&r->fault_class, g_free);
+    g_clear_pointer(&r->fault_message, g_free);
+    r->fault_at = 0;
+    return TRUE;
+}
+
+gboolean vn_instance_store_set_launched(VnInstanceStore *s, const char *uuid,
+                                        const char *security_label, GError **error)
+{
+    return update(s, uuid, change_launched, (gpointer)security_label, error);
+}
+
+static gboolean change_label(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    g_free(r->security_label);
+    r->security_label = g_strdup(data);
+    return TRUE;
+}
+
+gboolean vn_instance_store_set_label(VnInstanceStore *s, const char *uuid, const char *label,
+                                     GError **error)
+{
+    return update(s, uuid, change_label, (gpointer)label, error);
+}
+
+static gboolean change_host(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    g_free(r->host);
+    r->host = g_strdup(data);
+    return TRUE;
+}
+
+gboolean vn_instance_store_set_host(VnInstanceStore *s, const char *uuid, const char *host,
+                                    GError **error)
+{
+    return update(s, uuid, change_host, (gpointer)host, error);
+}
+
+static gboolean change_deleted(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    r->vm_state = VN_VM_DELETED;
+    r->task_state = VN_TASK_NONE;
+    r->power_state = VN_POWER_NOSTATE;
+    r->terminated_at = now_s();
+    r->progress = 0;
+    return TRUE;
+}
+
+gboolean vn_instance_store_mark_deleted(VnInstanceStore *s, const char *uuid, GError **error)
+{
+    return update(s, uuid, change_deleted, NULL, error);
+}
+
+gboolean vn_instance_store_forget(VnInstanceStore *s, const char *uuid, GError **error)
+{
+    gboolean ok;
+
+    g_mutex_lock(&s->lock);
+    ok = vn_journal_delete_instance(s->journal, uuid, error);
+    if (ok)
+        g_hash_table_remove(s->records, uuid);
+    g_mutex_unlock(&s->lock);
+    return ok;
+}
+
+void vn_instance_store_set_progress(VnInstanceStore *s, const char *uuid, int percent)
+{
+    VnInstanceRecord *r;
+
+    g_mutex_lock(&s->lock);
+    r = g_hash_table_lookup(s->records, uuid);
+    if (r)
+        r->progress = CLAMP(percent, 0, 100);
+    g_mutex_unlock(&s->lock);
+}
+
+typedef struct {
+    VnInstanceStore *store;
+    int min, max;
+    int uid;
+} UidArgs;
+
+/* Runs under the store's lock (inside update), so two builds never get the same uid. */
+static gboolean change_uid(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    UidArgs *a = data;
+    g_autoptr(GHashTable) used = g_hash_table_new(g_direct_hash, g_direct_equal);
+    GHashTableIter it;
+    gpointer k, v;
+
+    if (r->guest_uid >= a->min && r->guest_uid <= a->max) {
+        a->uid = r->guest_uid;
+        return TRUE;
+    }
+    g_hash_table_iter_init(&it, a->store->records);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        VnInstanceRecord *o = v;
+        if (o->vm_state != VN_VM_DELETED && o->guest_uid > 0 && strcmp(o->uuid, r->uuid) != 0)
+            g_hash_table_add(used, GINT_TO_POINTER(o->guest_uid));
+    }
+    for (int u = a->min; u <= a->max; u++) {
+        if (!g_hash_table_contains(used, GINT_TO_POINTER(u))) {
+            a->uid = r->guest_uid = u;
+            return TRUE;
+        }
+    }
+    g_set_error(error, VN_API_ERROR, VN_API_ERROR_INSUFFICIENT_RESOURCES,
+                "no free guest uid in [%d, %d]", a->min, a->max);
+    return FALSE;
+}
+
+int vn_instance_store_allocate_uid(VnInstanceStore *s, const char *uuid, int min, int max,
+                                   GError **error)
+{
+    UidArgs a = { s, min, max, 0 };
+
+    return update(s, uuid, change_uid, &a, error) ? a.uid : 0;
+}
+
+guint vn_instance_store_purge_deleted(VnInstanceStore *s, gint64 before)
+{
+    g_autoptr(GPtrArray) gone = g_ptr_array_new_with_free_func(g_free);
+    GHashTableIter it;
+    gpointer k, v;
+
+    g_mutex_lock(&s->lock);
+    g_hash_table_iter_init(&it, s->records);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        VnInstanceRecord *r = v;
+        if (r->vm_state == VN_VM_DELETED && r->terminated_at && r->terminated_at < before)
+            g_ptr_array_add(gone, g_strdup(k));
+    }
+    g_mutex_unlock(&s->lock);
+    for (guint i = 0; i < gone->len; i++)
+        vn_instance_store_forget(s, g_ptr_array_index(gone, i), NULL);
+    return gone->len;
+}

@@ -1,0 +1,95 @@
+/* agent/instance_store.h - the instances of this host and their state machine.
+ *
+ * Records live in memory and in the journal (every change is persisted before it is
+ * visible).  Changes are compare-and-set under one lock: an operation claims an instance
+ * by setting its task_state, and only when no other task is running and the vm_state
+ * allows it (Nova's expected_task_state), so two operations can never both proceed.
+ * Readers get copies. */
+#pragma once
+
+#include <glib.h>
+
+#include "agent/journal.h"
+#include "api/instance.h"
+
+typedef struct _VnInstanceStore VnInstanceStore;
+
+/* Called after every persisted change, outside the lock, with the new record. */
+typedef void (*VnInstanceChangedFunc)(const VnInstanceRecord *rec, gpointer user_data);
+
+VnInstanceStore *vn_instance_store_new(VnJournal *journal, const char *host, GError **error);
+void vn_instance_store_free(VnInstanceStore *s);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VnInstanceStore, vn_instance_store_free)
+
+void vn_instance_store_set_listener(VnInstanceStore *s, VnInstanceChangedFunc func,
+                                    gpointer user_data);
+
+/* A copy of the record, or NULL when unknown. */
+VnInstanceRecord *vn_instance_store_get(VnInstanceStore *s, const char *uuid);
+
+/* Copies of all records (deleted ones too when @with_deleted), sorted by uuid. */
+GPtrArray *vn_instance_store_list(VnInstanceStore *s, gboolean with_deleted);
+
+/* Records a new instance from a build spec: vm_state building, task_state scheduling.
+ * A uuid already known (and not deleted) is VN_API_ERROR_EXISTS. */
+gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *spec,
+                                  const char *request_id, GError **error);
+
+/* Adopts a record as is (an instance arriving by live migration, or reconciliation). */
+gboolean vn_instance_store_put(VnInstanceStore *s, const VnInstanceRecord *rec, GError **error);
+
+/* Claims @uuid for @task: no task may be running and vm_state must be one of @allowed
+ * (terminated by VN_VM_LAST).  VN_API_ERROR_NOT_FOUND / _INVALID_STATE otherwise. */
+gboolean vn_instance_store_begin_task(VnInstanceStore *s, const char *uuid,
+                                      const VnVmState *allowed, VnTaskState task,
+                                      const char *request_id, GError **error);
+
+/* Moves from task @from to task @to (a build's steps); fails if @from is not current. */
+gboolean vn_instance_store_next_task(VnInstanceStore *s, const char *uuid, VnTaskState from,
+                                     VnTaskState to, GError **error);
+
+/* Ends task @task: vm_state @vm, power @power (< 0 keeps it), task none; clears progress.
+ * Fails when @task is not the running task (someone else changed the instance). */
+gboolean vn_instance_store_end_task(VnInstanceStore *s, const char *uuid, VnTaskState task,
+                                    VnVmState vm, int power, GError **error);
+
+/* vm_state error with @fault (class and message), task none. */
+gboolean vn_instance_store_set_error(VnInstanceStore *s, const char *uuid,
+                                     const char *fault_class, const char *fault_message,
+                                     GError **error);
+
+/* The hypervisor's power state (and the vm_state it implies, when @vm >= 0). */
+gboolean vn_instance_store_set_power(VnInstanceStore *s, const char *uuid, VnPowerState power,
+                                     int vm, GError **error);
+
+/* Sets task_state none without other changes (restart recovery). */
+gboolean vn_instance_store_clear_task(VnInstanceStore *s, const char *uuid, GError **error);
+
+/* Marks launched now (a build succeeded). */
+gboolean vn_instance_store_set_launched(VnInstanceStore *s, const char *uuid,
+                                        const char *security_label, GError **error);
+
+/* The security labels read back from the running guest. */
+gboolean vn_instance_store_set_label(VnInstanceStore *s, const char *uuid, const char *label,
+                                     GError **error);
+
+/* Host after a migration. */
+gboolean vn_instance_store_set_host(VnInstanceStore *s, const char *uuid, const char *host,
+                                    GError **error);
+
+/* vm_state deleted, terminated now; the record stays for reporting until purged. */
+gboolean vn_instance_store_mark_deleted(VnInstanceStore *s, const char *uuid, GError **error);
+
+/* Forgets a record entirely (journal too). */
+gboolean vn_instance_store_forget(VnInstanceStore *s, const char *uuid, GError **error);
+
+/* Progress of the running task, in memory only (not worth a disk write). */
+void vn_instance_store_set_progress(VnInstanceStore *s, const char *uuid, int percent);
+
+/* A DAC uid in [@min, @max] that no live instance uses, recorded in the instance's record;
+ * the record's own uid when it has one.  0 when the range is exhausted. */
+int vn_instance_store_allocate_uid(VnInstanceStore *s, const char *uuid, int min, int max,
+                                   GError **error);
+
+/* Forgets deleted records whose terminated_at is older than @before (unix seconds). */
+guint vn_instance_store_purge_deleted(VnInstanceStore *s, gint64 before);

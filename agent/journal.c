@@ -1,0 +1,532 @@
+/* agent/journal.c - SQLite journal (see journal.h). */
+#include <string.h>
+
+#include <glib.h>
+#include <sqlite3.h>
+
+#include "agent/journal.h"
+
+#define SCHEMA_VERSION 1
+
+struct _VnJournal {
+    GMutex lock;
+    sqlite3 *db;
+    char *path;
+};
+
+GQuark vn_journal_error_quark(void)
+{
+    return g_quark_from_static_string("vn-journal-error");
+}
+
+static gboolean db_error(VnJournal *j, GError **error, const char *what)
+{
+    g_set_error(error, VN_JOURNAL_ERROR, sqlite3_errcode(j->db), "journal %s: %s: %s", j->path,
+                what, sqlite3_errmsg(j->db));
+    return FALSE;
+}
+
+static gboolean exec(VnJournal *j, const char *sql, GError **error)
+{
+    char *msg = NULL;
+
+    if (sqlite3_exec(j->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        g_set_error(error, VN_JOURNAL_ERROR, sqlite3_errcode(j->db), "journal %s: %s", j->path,
+                    msg ? msg : sqlite3_errmsg(j->db));
+        sqlite3_free(msg);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static const char *schema =
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS requests ("
+    "  unique_id TEXT PRIMARY KEY, method TEXT NOT NULL, instance_uuid TEXT,"
+    "  msg_id TEXT, reply_q TEXT, request_id TEXT, body TEXT NOT NULL,"
+    "  received_at INTEGER NOT NULL, state TEXT NOT NULL, reply TEXT, finished_at INTEGER);"
+    "CREATE INDEX IF NOT EXISTS requests_state ON requests (state, received_at);"
+    "CREATE TABLE IF NOT EXISTS instances ("
+    "  uuid TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS actions ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT, instance_uuid TEXT NOT NULL, request_id TEXT,"
+    "  action TEXT NOT NULL, start INTEGER NOT NULL, finish INTEGER, result TEXT,"
+    "  message TEXT, reported INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX IF NOT EXISTS actions_reported ON actions (reported);"
+    "CREATE TABLE IF NOT EXISTS outbox ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT, event_type TEXT NOT NULL,"
+    "  priority TEXT NOT NULL, payload TEXT NOT NULL, created_at INTEGER NOT NULL);";
+
+VnJournal *vn_journal_open(const char *path, GError **error)
+{
+    g_autoptr(VnJournal) j = g_new0(VnJournal, 1);
+    g_autofree char *version = NULL;
+
+    g_mutex_init(&j->lock);
+    j->path = g_strdup(path);
+    if (sqlite3_open_v2(path, &j->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        db_error(j, error, "cannot open");
+        return NULL;
+    }
+    sqlite3_busy_timeout(j->db, 5000);
+    if (!exec(j, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+              error) ||
+        !exec(j, "BEGIN;", error) || !exec(j, schema, error))
+        return NULL;
+    g_autofree char *sql = g_strdup_printf(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '%d');",
+        SCHEMA_VERSION);
+    if (!exec(j, sql, error) || !exec(j, "COMMIT;", error))
+        return NULL;
+    return g_steal_pointer(&j);
+}
+
+void vn_journal_free(VnJournal *j)
+{
+    if (!j)
+        return;
+    if (j->db)
+        sqlite3_close(j->db);
+    g_mutex_clear(&j->lock);
+    g_free(j->path);
+    g_free(j);
+}
+
+/* A prepared statement with positional text/int binds; see bind_args. */
+static sqlite3_stmt *prepare(VnJournal *j, const char *sql, GError **error)
+{
+    sqlite3_stmt *st = NULL;
+
+    if (sqlite3_prepare_v2(j->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        db_error(j, error, "preparing a statement");
+        return NULL;
+    }
+    return st;
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(sqlite3_stmt, sqlite3_finalize)
+
+static void bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+    if (s)
+        sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+static char *col_text(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+
+    return t ? g_strdup((const char *)t) : NULL;
+}
+
+void vn_journal_request_clear(VnJournalRequest *r)
+{
+    g_free(r->unique_id);
+    g_free(r->method);
+    g_free(r->instance_uuid);
+    g_free(r->msg_id);
+    g_free(r->reply_q);
+    g_free(r->request_id);
+    g_free(r->body);
+    g_free(r->state);
+    g_free(r->reply);
+    memset(r, 0, sizeof(*r));
+}
+
+void vn_journal_request_free_full(VnJournalRequest *r)
+{
+    if (r) {
+        vn_journal_request_clear(r);
+        g_free(r);
+    }
+}
+
+#define REQUEST_COLUMNS                                                                    \
+    "unique_id, method, instance_uuid, msg_id, reply_q, request_id, body, received_at, state, " \
+    "reply"
+
+static VnJournalRequest *row_request(sqlite3_stmt *st)
+{
+    VnJournalRequest *r = g_new0(VnJournalRequest, 1);
+
+    r->unique_id = col_text(st, 0);
+    r->method = col_text(st, 1);
+    r->instance_uuid = col_text(st, 2);
+    r->msg_id = col_text(st, 3);
+    r->reply_q = col_text(st, 4);
+    r->request_id = col_text(st, 5);
+    r->body = col_text(st, 6);
+    r->received_at = sqlite3_column_int64(st, 7);
+    r->state = col_text(st, 8);
+    r->reply = col_text(st, 9);
+    return r;
+}
+
+static VnJournalVerdict accept_locked(VnJournal *j, const VnJournalRequest *r,
+                                      VnJournalRequest **previous, GError **error)
+{
+    g_autoptr(sqlite3_stmt) st = prepare(j,
+                                         "INSERT OR IGNORE INTO requests (" REQUEST_COLUMNS
+                                         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'accepted', "
+                                         "NULL)",
+                                         error);
+
+    if (!st)
+        return (VnJournalVerdict)-1;
+    bind_text(st, 1, r->unique_id);
+    bind_text(st, 2, r->method);
+    bind_text(st, 3, r->instance_uuid);
+    bind_text(st, 4, r->msg_id);
+    bind_text(st, 5, r->reply_q);
+    bind_text(st, 6, r->request_id);
+    bind_text(st, 7, r->body);
+    sqlite3_bind_int64(st, 8, r->received_at);
+    if (sqlite3_step(st) != SQLITE_DONE)
+        return db_error(j, error, "recording a request"), (VnJournalVerdict)-1;
+    if (sqlite3_changes(j->db) > 0)
+        return VN_JOURNAL_NEW;
+    if (previous) {
+        g_autoptr(sqlite3_stmt) q =
+            prepare(j, "SELECT " REQUEST_COLUMNS " FROM requests WHERE unique_id = ?1", error);
+        if (!q)
+            return (VnJournalVerdict)-1;
+        bind_text(q, 1, r->unique_id);
+        if (sqlite3_step(q) == SQLITE_ROW)
+            *previous = row_request(q);
+    }
+    return VN_JOURNAL_DUPLICATE;
+}
+
+VnJournalVerdict vn_journal_accept(VnJournal *j, const VnJournalRequest *r,
+                                   VnJournalRequest **previous, GError **error)
+{
+    VnJournalVerdict v;
+
+    if (previous)
+        *previous = NULL;
+    g_mutex_lock(&j->lock);
+    v = accept_locked(j, r, previous, error);
+    g_mutex_unlock(&j->lock);
+    return v;
+}
+
+static gboolean exec_text_args(VnJournal *j, const char *sql, const char *what, GError **error,
+                               int n, ...)
+{
+    va_list ap;
+    gboolean ok = FALSE;
+
+    g_mutex_lock(&j->lock);
+    {
+        g_autoptr(sqlite3_stmt) st = prepare(j, sql, error);
+        if (st) {
+            va_start(ap, n);
+            for (int i = 1; i <= n; i++)
+                bind_text(st, i, va_arg(ap, const char *));
+            va_end(ap);
+            ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, what);
+        }
+    }
+    g_mutex_unlock(&j->lock);
+    return ok;
+}
+
+gboolean vn_journal_set_running(VnJournal *j, const char *unique_id, GError **error)
+{
+    return exec_text_args(j, "UPDATE requests SET state = 'running' WHERE unique_id = ?1",
+                          "marking a request running", error, 1, unique_id);
+}
+
+gboolean vn_journal_finish(VnJournal *j, const char *unique_id, const char *reply,
+                           GError **error)
+{
+    g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
+
+    return exec_text_args(j,
+                          "UPDATE requests SET state = 'done', reply = ?2, finished_at = ?3 "
+                          "WHERE unique_id = ?1",
+                          "finishing a request", error, 3, unique_id, reply, now);
+}
+
+/* Runs @sql (optionally binding @limit to ?1) and collects @row(st) for every row. */
+static GPtrArray *query_rows(VnJournal *j, const char *sql, int limit, gpointer (*row)(sqlite3_stmt *),
+                             GDestroyNotify free_row, const char *what, GError **error)
+{
+    g_autoptr(GPtrArray) out = g_ptr_array_new_with_free_func(free_row);
+    int rc;
+
+    g_mutex_lock(&j->lock);
+    {
+        g_autoptr(sqlite3_stmt) st = prepare(j, sql, error);
+        if (!st) {
+            g_mutex_unlock(&j->lock);
+            return NULL;
+        }
+        if (limit > 0)
+            sqlite3_bind_int(st, 1, limit);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+            g_ptr_array_add(out, row(st));
+        if (rc != SQLITE_DONE) {
+            db_error(j, error, what);
+            g_mutex_unlock(&j->lock);
+            return NULL;
+        }
+    }
+    g_mutex_unlock(&j->lock);
+    return g_steal_pointer(&out);
+}
+
+static gpointer row_request_any(sqlite3_stmt *st)
+{
+    return row_request(st);
+}
+
+GPtrArray *vn_journal_unfinished(VnJournal *j, GError **error)
+{
+    return query_rows(j,
+                      "SELECT " REQUEST_COLUMNS " FROM requests WHERE state != 'done' "
+                      "ORDER BY received_at, rowid",
+                      0, row_request_any,
+                      (GDestroyNotify)vn_journal_request_free_full, "reading unfinished requests",
+                      error);
+}
+
+int vn_journal_prune(VnJournal *j, gint64 before, GError **error)
+{
+    int n = -1;
+
+    g_mutex_lock(&j->lock);
+    {
+        g_autoptr(sqlite3_stmt) st =
+            prepare(j, "DELETE FROM requests WHERE state = 'done' AND received_at < ?1", error);
+        if (st) {
+            sqlite3_bind_int64(st, 1, before);
+            if (sqlite3_step(st) == SQLITE_DONE)
+                n = sqlite3_changes(j->db);
+            else
+                db_error(j, error, "pruning requests");
+        }
+        /* reported, finished actions older than a day are of no further use here */
+        g_autoptr(sqlite3_stmt) a = prepare(
+            j, "DELETE FROM actions WHERE reported = 1 AND finish IS NOT NULL AND finish < ?1",
+            NULL);
+        if (a) {
+            sqlite3_bind_int64(a, 1, before - 86400);
+            sqlite3_step(a);
+        }
+    }
+    g_mutex_unlock(&j->lock);
+    return n;
+}
+
+gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *json,
+                                  GError **error)
+{
+    g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
+
+    return exec_text_args(j,
+                          "INSERT INTO instances (uuid, record, updated_at) VALUES (?1, ?2, ?3) "
+                          "ON CONFLICT (uuid) DO UPDATE SET record = excluded.record, "
+                          "updated_at = excluded.updated_at",
+                          "saving an instance", error, 3, uuid, json, now);
+}
+
+gboolean vn_journal_delete_instance(VnJournal *j, const char *uuid, GError **error)
+{
+    return exec_text_args(j, "DELETE FROM instances WHERE uuid = ?1", "deleting an instance",
+                          error, 1, uuid);
+}
+
+static gpointer row_text0(sqlite3_stmt *st)
+{
+    return col_text(st, 0);
+}
+
+GPtrArray *vn_journal_load_instances(VnJournal *j, GError **error)
+{
+    return query_rows(j, "SELECT record FROM instances ORDER BY uuid", 0, row_text0, g_free,
+                      "loading instances", error);
+}
+
+gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *request_id,
+                               const char *action, gint64 start, GError **error)
+{
+    gint64 id = -1;
+
+    g_mutex_lock(&j->lock);
+    {
+        g_autoptr(sqlite3_stmt) st = prepare(j,
+                                             "INSERT INTO actions (instance_uuid, request_id, "
+                                             "action, start) VALUES (?1, ?2, ?3, ?4)",
+                                             error);
+        if (st) {
+            bind_text(st, 1, uuid);
+            bind_text(st, 2, request_id);
+            bind_text(st, 3, action);
+            sqlite3_bind_int64(st, 4, start);
+            if (sqlite3_step(st) == SQLITE_DONE)
+                id = sqlite3_last_insert_rowid(j->db);
+            else
+                db_error(j, error, "recording an action");
+        }
+    }
+    g_mutex_unlock(&j->lock);
+    return id;
+}
+
+gboolean vn_journal_action_finish(VnJournal *j, gint64 id, const char *result,
+                                  const char *message, gint64 finish, GError **error)
+{
+    gboolean ok = FALSE;
+
+    g_mutex_lock(&j->lock);
+    {
+        g_autoptr(sqlite3_stmt) st = prepare(j,
+                                             "UPDATE actions SET result = ?2, message = ?3, "
+                                             "finish = ?4, reported = 0 WHERE id = ?1",
+                                             error);
+        if (st) {
+            sqlite3_bind_int64(st, 1, id);
+            bind_text(st, 2, result);
+            bind_text(st, 3, message);
+            sqlite3_bind_int64(st, 4, finish);
+            ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "finishing an action");
+        }
+    }
+    g_mutex_unlock(&j->lock);
+    return ok;
+}
+
+void vn_journal_action_free(VnJournalAction *a)
+{
+    if (!a)
+        return;
+    g_free(a->instance_uuid);
+    g_free(a->request_id);
+    g_free(a->action);
+    g_free(a->result);
+    g_free(a->message);
+    g_free(a);
+}
+
+static gpointer row_action(sqlite3_stmt *st)
+{
+    VnJournalAction *a = g_new0(VnJournalAction, 1);
+
+    a->id = sqlite3_column_int64(st, 0);
+    a->instance_uuid = col_text(st, 1);
+    a->request_id = col_text(st, 2);
+    a->action = col_text(st, 3);
+    a->start = sqlite3_column_int64(st, 4);
+    a->finish = sqlite3_column_int64(st, 5);
+    a->result = col_text(st, 6);
+    a->message = col_text(st, 7);
+    return a;
+}
+
+GPtrArray *vn_journal_actions_unreported(VnJournal *j, int limit, GError **error)
+{
+    return query_rows(j,
+                      "SELECT id, instance_uuid, request_id, action, start, finish, result, "
+                      "message FROM actions WHERE reported = 0 ORDER BY id LIMIT ?1",
+                      limit > 0 ? limit : 1000, row_action,
+                      (GDestroyNotify)vn_journal_action_free, "reading actions", error);
+}
+
+gboolean vn_journal_actions_mark_reported(VnJournal *j, const VnJournalAction *a, GError **error)
+{
+    gboolean ok = FALSE;
+
+    g_mutex_lock(&j->lock);
+    {
+        /* only when unchanged since read: a finish that raced the report is sent again */
+        g_autoptr(sqlite3_stmt) st = prepare(j,
+                                             "UPDATE actions SET reported = 1 WHERE id = ?1 "
+                                             "AND finish IS ?2",
+                                             error);
+        if (st) {
+            sqlite3_bind_int64(st, 1, a->id);
+            if (a->finish)
+                sqlite3_bind_int64(st, 2, a->finish);
+            else
+                sqlite3_bind_null(st, 2);
+            ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "marking an action");
+        }
+    }
+    g_mutex_unlock(&j->lock);
+    return ok;
+}
+
+gint64 vn_journal_outbox_add(VnJournal *j, const char *event_type, const char *priority,
+                             const char *payload, GError **error)
+{
+    gint64 id = -1;
+
+    g_mutex_lock(&j->lock);
+    {
+        g_autoptr(sqlite3_stmt) st = prepare(j,
+                                             "INSERT INTO outbox (event_type, priority, payload, "
+                                             "created_at) VALUES (?1, ?2, ?3, ?4)",
+                                             error);
+        if (st) {
+            bind_text(st, 1, event_type);
+            bind_text(st, 2, priority);
+            bind_text(st, 3, payload);
+            sqlite3_bind_int64(st, 4, g_get_real_time() / G_USEC_PER_SEC);
+            if (sqlite3_step(st) == SQLITE_DONE)
+                id = sqlite3_last_insert_rowid(j->db);
+            else
+                db_error(j, error, "queueing a notification");
+        }
+    }
+    g_mutex_unlock(&j->lock);
+    return id;
+}
+
+gboolean vn_journal_outbox_remove(VnJournal *j, gint64 id, GError **error)
+{
+    gboolean ok = FALSE;
+
+    g_mutex_lock(&j->lock);
+    {
+        g_autoptr(sqlite3_stmt) st = prepare(j, "DELETE FROM outbox WHERE id = ?1", error);
+        if (st) {
+            sqlite3_bind_int64(st, 1, id);
+            ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "removing a notification");
+        }
+    }
+    g_mutex_unlock(&j->lock);
+    return ok;
+}
+
+void vn_journal_notification_free(VnJournalNotification *n)
+{
+    if (!n)
+        return;
+    g_free(n->event_type);
+    g_free(n->priority);
+    g_free(n->payload);
+    g_free(n);
+}
+
+static gpointer row_notification(sqlite3_stmt *st)
+{
+    VnJournalNotification *n = g_new0(VnJournalNotification, 1);
+
+    n->id = sqlite3_column_int64(st, 0);
+    n->event_type = col_text(st, 1);
+    n->priority = col_text(st, 2);
+    n->payload = col_text(st, 3);
+    return n;
+}
+
+GPtrArray *vn_journal_outbox_pending(VnJournal *j, GError **error)
+{
+    return query_rows(j, "SELECT id, event_type, priority, payload FROM outbox ORDER BY id", 0,
+                      row_notification, (GDestroyNotify)vn_journal_notification_free,
+                      "reading the outbox", error);
+}

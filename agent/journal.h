@@ -1,0 +1,105 @@
+/* agent/journal.h - the agent's memory across crashes, in SQLite (WAL, synchronous=FULL):
+ *
+ *   requests   every state-changing request, recorded before the broker is acknowledged,
+ *              with its _unique_id (duplicates are recognised for duplicate_window
+ *              seconds, across restarts), its reply address, and once done its reply;
+ *   instances  the instance records (JSON) of this host;
+ *   actions    one row per operation on an instance, until reported to the database;
+ *   outbox     notifications not yet confirmed by the broker.
+ *
+ * Thread-safe: one connection behind a mutex. */
+#pragma once
+
+#include <glib.h>
+
+#define VN_JOURNAL_ERROR (vn_journal_error_quark())
+GQuark vn_journal_error_quark(void);
+
+typedef struct _VnJournal VnJournal;
+
+typedef struct {
+    char *unique_id;
+    char *method;
+    char *instance_uuid; /* may be NULL */
+    char *msg_id;        /* calls only */
+    char *reply_q;       /* calls only */
+    char *request_id;
+    char *body;          /* the request (inner oslo message) as JSON */
+    gint64 received_at;  /* unix seconds */
+    char *state;         /* "accepted", "running" or "done" */
+    char *reply;         /* the reply's result or failure JSON once done */
+} VnJournalRequest;
+
+void vn_journal_request_clear(VnJournalRequest *r);
+void vn_journal_request_free_full(VnJournalRequest *r);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VnJournalRequest, vn_journal_request_free_full)
+
+typedef enum {
+    VN_JOURNAL_NEW,       /* recorded now: run it */
+    VN_JOURNAL_DUPLICATE, /* seen before: do not run it again */
+} VnJournalVerdict;
+
+VnJournal *vn_journal_open(const char *path, GError **error);
+void vn_journal_free(VnJournal *j);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VnJournal, vn_journal_free)
+
+/* Records @r unless its unique_id is known.  For a duplicate, *previous (when not NULL)
+ * receives the stored request (with its reply once done). */
+VnJournalVerdict vn_journal_accept(VnJournal *j, const VnJournalRequest *r,
+                                   VnJournalRequest **previous, GError **error);
+
+gboolean vn_journal_set_running(VnJournal *j, const char *unique_id, GError **error);
+
+/* Marks the request done and keeps @reply (JSON text, may be NULL) for duplicates. */
+gboolean vn_journal_finish(VnJournal *j, const char *unique_id, const char *reply,
+                           GError **error);
+
+/* Requests accepted or running but not done, oldest first (VnJournalRequest*). */
+GPtrArray *vn_journal_unfinished(VnJournal *j, GError **error);
+
+/* Forgets done requests received before @before (unix seconds); returns how many. */
+int vn_journal_prune(VnJournal *j, gint64 before, GError **error);
+
+/* Instances: @json is the record's JSON text. */
+gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *json,
+                                  GError **error);
+gboolean vn_journal_delete_instance(VnJournal *j, const char *uuid, GError **error);
+GPtrArray *vn_journal_load_instances(VnJournal *j, GError **error); /* char* JSON texts */
+
+/* Actions (instance_actions of the central database). */
+gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *request_id,
+                               const char *action, gint64 start, GError **error);
+gboolean vn_journal_action_finish(VnJournal *j, gint64 id, const char *result,
+                                  const char *message, gint64 finish, GError **error);
+
+typedef struct {
+    gint64 id;
+    char *instance_uuid;
+    char *request_id;
+    char *action;
+    gint64 start;
+    gint64 finish; /* 0 while running */
+    char *result;  /* NULL while running */
+    char *message;
+} VnJournalAction;
+
+void vn_journal_action_free(VnJournalAction *a);
+/* Actions changed since they were last reported, up to @limit (VnJournalAction*). */
+GPtrArray *vn_journal_actions_unreported(VnJournal *j, int limit, GError **error);
+gboolean vn_journal_actions_mark_reported(VnJournal *j, const VnJournalAction *a,
+                                          GError **error);
+
+/* Notification outbox. */
+gint64 vn_journal_outbox_add(VnJournal *j, const char *event_type, const char *priority,
+                             const char *payload, GError **error);
+gboolean vn_journal_outbox_remove(VnJournal *j, gint64 id, GError **error);
+
+typedef struct {
+    gint64 id;
+    char *event_type;
+    char *priority;
+    char *payload;
+} VnJournalNotification;
+
+void vn_journal_notification_free(VnJournalNotification *n);
+GPtrArray *vn_journal_outbox_pending(VnJournal *j, GError **error);

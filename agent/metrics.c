@@ -1,0 +1,97 @@
+/* agent/metrics.c - Prometheus exposition of the agent's counters and gauges. */
+#include "agent/metrics.h"
+#include "api/instance.h"
+
+static void metric(GString *out, const char *name, const char *type, const char *help,
+                   const char *labels, double value)
+{
+    g_string_append_printf(out, "# HELP %s %s\n# TYPE %s %s\n%s%s %.17g\n", name, help, name,
+                           type, name, labels ? labels : "", value);
+}
+
+static void sample(GString *out, const char *name, const char *labels, double value)
+{
+    g_string_append_printf(out, "%s%s %.17g\n", name, labels, value);
+}
+
+char *vn_agent_metrics(VnAgent *a)
+{
+    GString *out = g_string_new(NULL);
+    VnAgentCounters *c = &a->counters;
+    int by_state[VN_VM_LAST] = { 0 };
+    g_autoptr(GPtrArray) recs = a->store ? vn_instance_store_list(a->store, FALSE) : NULL;
+
+    metric(out, "virtnode_ready", "gauge", "1 when the agent takes work", NULL,
+           a->ready && !a->stopping);
+    metric(out, "virtnode_start_time_seconds", "gauge", "Unix time the agent started", NULL,
+           (double)a->started_at);
+    metric(out, "virtnode_requests_total", "counter", "RPC requests received", NULL,
+           g_atomic_int_get(&c->requests_total));
+    metric(out, "virtnode_requests_failed_total", "counter", "RPC requests answered with a failure",
+           NULL, g_atomic_int_get(&c->requests_failed));
+    metric(out, "virtnode_duplicate_requests_total", "counter",
+           "Requests recognised by their _unique_id and not applied again", NULL,
+           g_atomic_int_get(&c->duplicates));
+    g_string_append(out, "# HELP virtnode_builds_total Builds by result\n"
+                         "# TYPE virtnode_builds_total counter\n");
+    sample(out, "virtnode_builds_total", "{result=\"ok\"}", g_atomic_int_get(&c->builds_ok));
+    sample(out, "virtnode_builds_total", "{result=\"failed\"}", g_atomic_int_get(&c->builds_failed));
+    g_string_append(out, "# HELP virtnode_live_migrations_total Outgoing live migrations by result\n"
+                         "# TYPE virtnode_live_migrations_total counter\n");
+    sample(out, "virtnode_live_migrations_total", "{result=\"ok\"}",
+           g_atomic_int_get(&c->migrations_ok));
+    sample(out, "virtnode_live_migrations_total", "{result=\"failed\"}",
+           g_atomic_int_get(&c->migrations_failed));
+    metric(out, "virtnode_operations_running", "gauge", "Operations running now", NULL,
+           g_atomic_int_get(&c->ops_running));
+    metric(out, "virtnode_power_state_syncs_total", "counter",
+           "Instance states changed to follow the hypervisor", NULL,
+           g_atomic_int_get(&c->power_syncs));
+    for (guint i = 0; recs && i < recs->len; i++) {
+        VnInstanceRecord *r = g_ptr_array_index(recs, i);
+        if (r->vm_state < VN_VM_LAST)
+            by_state[r->vm_state]++;
+    }
+    g_string_append(out, "# HELP virtnode_instances Instances of this host by vm_state\n"
+                         "# TYPE virtnode_instances gauge\n");
+    for (int s = 0; s < VN_VM_LAST; s++) {
+        g_autofree char *l = g_strdup_printf("{vm_state=\"%s\"}", vn_vm_state_name(s));
+        if (s != VN_VM_DELETED)
+            sample(out, "virtnode_instances", l, by_state[s]);
+    }
+    if (a->rpc) {
+        VnRpcStats rs;
+        vn_rpc_get_stats(a->rpc, &rs);
+        metric(out, "virtnode_amqp_connected", "gauge", "1 when the broker link is up", NULL,
+               rs.connected);
+        metric(out, "virtnode_amqp_reconnects_total", "counter", "Broker reconnections", NULL,
+               (double)rs.reconnects);
+        metric(out, "virtnode_amqp_rejected_total", "counter",
+               "Messages rejected as malformed or invalid", NULL, (double)rs.rejected);
+        metric(out, "virtnode_amqp_outbox", "gauge", "Messages waiting for the broker", NULL,
+               rs.outbox);
+        metric(out, "virtnode_amqp_keepalives_total", "counter",
+               "Call-monitor keep-alive replies sent", NULL, (double)rs.keepalives_sent);
+        metric(out, "virtnode_notifications_total", "counter", "Notifications confirmed", NULL,
+               (double)rs.notifications_sent);
+    }
+    if (a->reporter) {
+        VnReporterStats ds;
+        vn_reporter_get_stats(a->reporter, &ds);
+        metric(out, "virtnode_database_connected", "gauge", "1 when the database is reachable",
+               NULL, ds.connected);
+        metric(out, "virtnode_database_writes_total", "counter", "Rows written", NULL,
+               (double)ds.writes);
+        metric(out, "virtnode_database_outages_total", "counter", "Database outages", NULL,
+               (double)ds.outages);
+        metric(out, "virtnode_database_last_heartbeat_seconds", "gauge",
+               "Unix time of the last heartbeat written", NULL, (double)ds.last_heartbeat);
+    }
+    if (a->virt)
+        metric(out, "virtnode_libvirt_connected", "gauge", "1 when libvirtd answers", NULL,
+               vn_virt_conn_is_alive(a->virt));
+    if (a->images)
+        metric(out, "virtnode_image_cache_bytes", "gauge", "Bytes of cached images", NULL,
+               (double)vn_image_cache_usage(a->images));
+    return g_string_free(out, FALSE);
+}

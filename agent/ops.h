@@ -1,0 +1,44 @@
+/* agent/ops.h - the operations behind the RPC methods.  Each runs in a worker thread with
+ * its instance to itself (see dispatcher.h), returns its result (NULL for a JSON null) or
+ * fails with a GError whose message the controller reads. */
+#pragma once
+
+#include <json-c/json.h>
+
+#include "agent/dispatcher.h"
+
+/* Runs @op's method. */
+gboolean vn_ops_run(VnOp *op, json_object **result, GError **error);
+
+/* ping, answered in the AMQP thread. */
+json_object *vn_ops_ping(VnAgent *a, const VnRequest *req);
+
+/* ops_build.c */
+gboolean vn_op_build(VnOp *op, json_object **result, GError **error);
+
+/* ops_power.c */
+gboolean vn_op_terminate(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_start(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_stop(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_reboot(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_pause(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_unpause(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_suspend(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_resume(VnOp *op, json_object **result, GError **error);
+
+/* ops_query.c */
+gboolean vn_op_get_instance(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_list_instances(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_console_output(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_host_info(VnOp *op, json_object **result, GError **error);
+
+/* ops_migrate.c */
+gboolean vn_op_live_migration(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_check_dest(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_check_source(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_pre_live_migration(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_post_live_migration_dest(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_rollback_dest(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_migration_abort(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_migration_force_complete(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_get_migration(VnOp *op, json_object **result, GError **error);

@@ -1,0 +1,231 @@
+/* agent/reconcile.c - libvirt vs records vs journal (see reconcile.h). */
+#include <string.h>
+
+#include "agent/dispatcher.h"
+#include "agent/guest.h"
+#include "agent/reconcile.h"
+#include "agent/virt/domain.h"
+#include "agent/virt/domain_xml.h"
+#include "agent/virt/virt.h"
+#include "api/error.h"
+#include "api/json.h"
+#include "storage/disk.h"
+
+int vn_reconcile_rule(VnVmState vm, VnPowerState power, gboolean *force_off)
+{
+    *force_off = FALSE;
+    switch (vm) {
+    case VN_VM_ACTIVE:
+        /* the guest shut itself down or crashed: it is stopped now */
+        if (power == VN_POWER_SHUTDOWN || power == VN_POWER_CRASHED)
+            return VN_VM_STOPPED;
+        return -1; /* paused or suspended from outside: only the power state follows */
+    case VN_VM_STOPPED:
+        /* started behind the agent's back: Nova powers it off again */
+        if (power == VN_POWER_RUNNING)
+            *force_off = TRUE;
+        return -1;
+    case VN_VM_PAUSED:
+        if (power == VN_POWER_SHUTDOWN || power == VN_POWER_CRASHED)
+            return VN_VM_STOPPED;
+        if (power == VN_POWER_RUNNING)
+            return VN_VM_ACTIVE;
+        return -1;
+    default:
+        return -1; /* building, suspended, error, deleted: left as they are */
+    }
+}
+
+void vn_reconcile_sync_one(VnAgent *a, const char *uuid)
+{
+    g_autoptr(VnInstanceRecord) rec = vn_instance_store_get(a->store, uuid);
+    g_autoptr(GError) err = NULL;
+    VnPowerState power = VN_POWER_NOSTATE;
+    gboolean force_off = FALSE;
+    int vm;
+
+    if (!rec || rec->vm_state == VN_VM_DELETED || rec->vm_state == VN_VM_BUILDING ||
+        rec->task_state != VN_TASK_NONE)
+        return;
+    if (a->dispatcher && vn_dispatcher_busy(a->dispatcher, uuid))
+        return;
+    if (!vn_domain_power_state(a->virt, uuid, &power, &err)) {
+        if (!g_error_matches(err, VN_VIRT_ERROR, VN_VIRT_ERROR_NOT_FOUND))
+            return; /* libvirt unreachable: try again later */
+        if (rec->vm_state != VN_VM_ERROR) {
+            g_warning("instance %s has no domain any more", uuid);
+            vn_instance_store_set_error(a->store, uuid, "InstanceNotFound",
+                                        "the domain of this instance disappeared from the "
+                                        "hypervisor",
+                                        NULL);
+            vn_agent_capacity_changed(a);
+        }
+        return;
+    }
+    vm = vn_reconcile_rule(rec->vm_state, power, &force_off);
+    if (force_off) {
+        g_message("instance %s is stopped but its guest runs: powering it off", uuid);
+        g_clear_error(&err);
+        if (vn_domain_destroy(a->virt, uuid, &err))
+            power = VN_POWER_SHUTDOWN;
+        else
+            g_warning("powering off %s: %s", uuid, err->message);
+    }
+    if (power != rec->power_state || vm >= 0) {
+        g_info("instance %s: power state %d -> %d%s%s", uuid, rec->power_state, power,
+               vm >= 0 ? ", vm_state " : "", vm >= 0 ? vn_vm_state_name(vm) : "");
+        g_atomic_int_inc(&a->counters.power_syncs);
+        vn_instance_store_set_power(a->store, uuid, power, vm, NULL);
+        vn_agent_capacity_changed(a);
+    }
+}
+
+/* Removes domains of ours that no live record knows. */
+static gboolean remove_orphan_domains(VnAgent *a, GError **error)
+{
+    g_auto(GStrv) uuids = vn_domain_list(a->virt, error);
+
+    if (!uuids)
+        return FALSE;
+    for (char **u = uuids; *u; u++) {
+        g_autoptr(VnInstanceRecord) rec = vn_instance_store_get(a->store, *u);
+        g_autoptr(GError) err = NULL;
+        g_autofree char *xml = NULL;
+        g_autoptr(VnDomainInfo) info = NULL;
+
+        if (rec && rec->vm_state != VN_VM_DELETED)
+            continue;
+        xml = vn_domain_get_xml(a->virt, *u, FALSE, &err);
+        info = xml ? vn_domain_xml_parse(xml, strlen(xml), &err) : NULL;
+        if (!info || !info->ours)
+            continue; /* not ours: never touched */
+        g_message("removing domain %s ('%s'): no live instance of this host owns it", *u,
+                  info->instance_name ? info->instance_name : "?");
+        if (!vn_guest_remove(a, *u, &err))
+            g_warning("removing orphan domain %s: %s", *u, err->message);
+    }
+    return TRUE;
+}
+
+/* An instance that was migrating when the agent stopped. */
+static void reconcile_migrating(VnAgent *a, const VnInstanceRecord *r, gboolean unfinished)
+{
+    g_autoptr(VnConfig) cfg = vn_agent_config(a);
+    gboolean exists = FALSE;
+    VnPowerState power = VN_POWER_NOSTATE;
+
+    if (!vn_domain_exists(a->virt, r->uuid, &exists, NULL))
+        return;
+    if (g_strcmp0(r->host, cfg->host) == 0) {
+        /* leaving: the journal's replay of live_migration finishes or undoes it */
+        if (unfinished)
+            return;
+        if (exists) {
+            vn_domain_power_state(a->virt, r->uuid, &power, NULL);
+            vn_instance_store_end_task(a->store, r->uuid, VN_TASK_MIGRATING,
+                                       power == VN_POWER_PAUSED ? VN_VM_PAUSED : VN_VM_ACTIVE,
+                                       power, NULL);
+        } else {
+            vn_instance_store_forget(a->store, r->uuid, NULL);
+        }
+        return;
+    }
+    /* arriving: a guest libvirt brought here is adopted; otherwise the source's rollback
+     * (queued for this host) removes the record */
+    if (exists && vn_domain_power_state(a->virt, r->uuid, &power, NULL) &&
+        (power == VN_POWER_RUNNING || power == VN_POWER_PAUSED)) {
+        g_message("adopting instance %s, which arrived by migration", r->uuid);
+        vn_instance_store_set_host(a->store, r->uuid, cfg->host, NULL);
+        vn_instance_store_end_task(a->store, r->uuid, VN_TASK_MIGRATING,
+                                   power == VN_POWER_PAUSED ? VN_VM_PAUSED : VN_VM_ACTIVE, power,
+                                   NULL);
+    }
+}
+
+static gboolean has_unfinished(GPtrArray *unfinished, const char *uuid)
+{
+    for (guint i = 0; unfinished && i < unfinished->len; i++) {
+        VnJournalRequest *r = g_ptr_array_index(unfinished, i);
+        if (g_strcmp0(r->instance_uuid, uuid) == 0)
+            return TRUE;
+    }
+    return FALSE;
+}
+
+gboolean vn_reconcile_startup(VnAgent *a, GPtrArray *unfinished, GError **error)
+{
+    g_autoptr(GPtrArray) recs = NULL;
+
+    if (!remove_orphan_domains(a, error))
+        return FALSE;
+    recs = vn_instance_store_list(a->store, FALSE);
+    for (guint i = 0; i < recs->len; i++) {
+        VnInstanceRecord *r = g_ptr_array_index(recs, i);
+        g_autoptr(GError) err = NULL;
+
+        if (r->task_state == VN_TASK_NONE && r->vm_state != VN_VM_BUILDING) {
+            vn_reconcile_sync_one(a, r->uuid);
+            continue;
+        }
+        if (r->task_state == VN_TASK_MIGRATING) {
+            reconcile_migrating(a, r, has_unfinished(unfinished, r->uuid));
+            continue;
+        }
+        if (has_unfinished(unfinished, r->uuid)) {
+            /* its request runs again from the journal; a build's replay rolls it back */
+            if (r->vm_state != VN_VM_BUILDING)
+                vn_instance_store_clear_task(a->store, r->uuid, NULL);
+            continue;
+        }
+        if (r->vm_state == VN_VM_BUILDING) {
+            g_message("instance %s was being built when the agent stopped: rolling it back",
+                      r->uuid);
+            if (!vn_guest_remove(a, r->uuid, &err))
+                g_warning("rolling back %s: %s", r->uuid, err->message);
+            vn_instance_store_set_error(a->store, r->uuid,
+                                        vn_api_error_class(VN_API_ERROR_INTERRUPTED),
+                                        "the agent restarted during the build; everything it "
+                                        "made was removed",
+                                        NULL);
+            continue;
+        }
+        vn_instance_store_clear_task(a->store, r->uuid, NULL);
+        vn_reconcile_sync_one(a, r->uuid);
+    }
+    vn_tracker_load(a->tracker);
+    vn_agent_capacity_changed(a);
+    return TRUE;
+}
+
+static gboolean is_uuid_name(const char *name)
+{
+    g_autofree char *u = vn_uuid_canonical(name);
+
+    return u != NULL;
+}
+
+GHashTable *vn_reconcile_bases_in_use(const char *instances_path)
+{
+    GHashTable *in_use = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_autoptr(GDir) top = g_dir_open(instances_path, 0, NULL);
+    const char *name;
+
+    /* every instance folder counts, including other hosts' on shared storage */
+    while (top && (name = g_dir_read_name(top))) {
+        if (!is_uuid_name(name))
+            continue;
+        g_autofree char *dir = g_build_filename(instances_path, name, NULL);
+        g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+        const char *f;
+        while (d && (f = g_dir_read_name(d))) {
+            g_autofree char *path = g_build_filename(dir, f, NULL);
+            char *backing;
+            if (!g_str_has_prefix(f, "disk"))
+                continue;
+            backing = vn_disk_backing_file(path, NULL);
+            if (backing)
+                g_hash_table_add(in_use, backing);
+        }
+    }
+    return in_use;
+}

@@ -1,0 +1,344 @@
+/* agent/tracker.c - host resources, claims and the capacity row (see tracker.h). */
+#include <string.h>
+#include <sys/statvfs.h>
+
+#include <json-c/json.h>
+
+#include "agent/tracker.h"
+#include "agent/virt/host.h"
+#include "api/error.h"
+#include "api/json.h"
+#include "storage/disk.h"
+
+typedef struct {
+    int vcpus;
+    gint64 memory_mb;
+    gint64 disk_gb;
+} Allocation;
+
+struct _VnTracker {
+    GMutex lock;
+    char *host;
+    char *instances_path;
+    VnInstanceStore *store;
+    VnHostInventory inv;
+    GHashTable *alloc; /* uuid -> Allocation* */
+    double cpu_ratio, ram_ratio, disk_ratio;
+    int reserved_cpus;
+    gint64 reserved_mem_mb;
+    gint64 reserved_disk_mb;
+    guint64 cache_bytes;
+    int running_ops;
+    guint64 failed_builds;
+};
+
+static void inventory_clear(VnHostInventory *i)
+{
+    g_free(i->hypervisor_type);
+    g_free(i->hypervisor_hostname);
+    g_free(i->cpu_info);
+    memset(i, 0, sizeof(*i));
+}
+
+VnTracker *vn_tracker_new(const char *host, const char *instances_path, VnInstanceStore *store)
+{
+    VnTracker *t = g_new0(VnTracker, 1);
+
+    g_mutex_init(&t->lock);
+    t->host = g_strdup(host);
+    t->instances_path = g_strdup(instances_path);
+    t->store = store;
+    t->alloc = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    t->cpu_ratio = 4.0;
+    t->ram_ratio = 1.0;
+    t->disk_ratio = 1.0;
+    t->reserved_mem_mb = 512;
+    return t;
+}
+
+void vn_tracker_free(VnTracker *t)
+{
+    if (!t)
+        return;
+    inventory_clear(&t->inv);
+    g_hash_table_destroy(t->alloc);
+    g_mutex_clear(&t->lock);
+    g_free(t->host);
+    g_free(t->instances_path);
+    g_free(t);
+}
+
+void vn_tracker_set_config(VnTracker *t, const VnConfig *cfg)
+{
+    g_mutex_lock(&t->lock);
+    t->cpu_ratio = cfg->cpu_allocation_ratio;
+    t->ram_ratio = cfg->ram_allocation_ratio;
+    t->disk_ratio = cfg->disk_allocation_ratio;
+    t->reserved_cpus = cfg->reserved_host_cpus;
+    t->reserved_mem_mb = cfg->reserved_host_memory_mb;
+    t->reserved_disk_mb = cfg->reserved_host_disk_mb;
+    g_mutex_unlock(&t->lock);
+}
+
+void vn_tracker_set_inventory(VnTracker *t, const VnHostInventory *inv)
+{
+    g_mutex_lock(&t->lock);
+    inventory_clear(&t->inv);
+    t->inv.hypervisor_type = g_strdup(inv->hypervisor_type);
+    t->inv.hypervisor_version = inv->hypervisor_version;
+    t->inv.hypervisor_hostname = g_strdup(inv->hypervisor_hostname);
+    t->inv.cpu_info = g_strdup(inv->cpu_info);
+    t->inv.vcpus = inv->vcpus;
+    t->inv.memory_mb = inv->memory_mb;
+    g_mutex_unlock(&t->lock);
+}
+
+gboolean vn_tracker_refresh(VnTracker *t, VnVirtConn *virt, GError **error)
+{
+    g_autoptr(VnHostFacts) f = vn_host_facts_read(virt, error);
+    g_autofree char *cpu = NULL;
+
+    if (!f)
+        return FALSE;
+    cpu = vn_host_facts_cpu_info_json(f);
+    VnHostInventory inv = { f->hypervisor_type, f->hypervisor_version, f->hostname, cpu, f->cpus,
+                            f->memory_mb };
+    vn_tracker_set_inventory(t, &inv);
+    return TRUE;
+}
+
+static Allocation *allocation_of(const VnFlavor *f)
+{
+    Allocation *a = g_new0(Allocation, 1);
+
+    a->vcpus = f->vcpus;
+    a->memory_mb = f->memory_mb;
+    a->disk_gb = (gint64)f->root_gb + f->ephemeral_gb + (f->swap_mb + 1023) / 1024;
+    return a;
+}
+
+static gboolean holds_resources(const VnInstanceRecord *r)
+{
+    return r->vm_state != VN_VM_DELETED && r->vm_state != VN_VM_ERROR;
+}
+
+void vn_tracker_load(VnTracker *t)
+{
+    g_autoptr(GPtrArray) recs = vn_instance_store_list(t->store, FALSE);
+
+    g_mutex_lock(&t->lock);
+    g_hash_table_remove_all(t->alloc);
+    for (guint i = 0; i < recs->len; i++) {
+        VnInstanceRecord *r = g_ptr_array_index(recs, i);
+        if (holds_resources(r))
+            g_hash_table_insert(t->alloc, g_strdup(r->uuid), allocation_of(&r->flavor));
+    }
+    g_mutex_unlock(&t->lock);
+}
+
+gboolean vn_tracker_fits(double total, double reserved, double ratio, double used, double req)
+{
+    return used + req <= (total - reserved) * ratio + 1e-9;
+}
+
+/* Totals of all allocations except @skip (called with the lock held). */
+static Allocation used_locked(VnTracker *t, const char *skip)
+{
+    Allocation sum = { 0 };
+    GHashTableIter it;
+    gpointer k, v;
+
+    g_hash_table_iter_init(&it, t->alloc);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        Allocation *a = v;
+        if (skip && strcmp(k, skip) == 0)
+            continue;
+        sum.vcpus += a->vcpus;
+        sum.memory_mb += a->memory_mb;
+        sum.disk_gb += a->disk_gb;
+    }
+    return sum;
+}
+
+static gint64 disk_total_gb(const char *path)
+{
+    struct statvfs st;
+
+    if (statvfs(path, &st) < 0)
+        return 0;
+    return (gint64)((guint64)st.f_frsize * st.f_blocks / (G_GUINT64_CONSTANT(1) << 30));
+}
+
+static gboolean claim(VnTracker *t, const char *uuid, const VnFlavor *flavor, gboolean record,
+                      GError **error)
+{
+    g_autofree Allocation *req = allocation_of(flavor);
+    gint64 disk_gb = disk_total_gb(t->instances_path);
+    gboolean ok = TRUE;
+    GString *why = g_string_new(NULL);
+
+    g_mutex_lock(&t->lock);
+    Allocation used = used_locked(t, uuid);
+    if (t->inv.vcpus <= 0 || t->inv.memory_mb <= 0) {
+        g_string_append(why, "the host's inventory is not known yet");
+        ok = FALSE;
+    }
+    if (ok && !vn_tracker_fits(t->inv.vcpus, t->reserved_cpus, t->cpu_ratio, used.vcpus,
+                               req->vcpus)) {
+        g_string_append_printf(why, "vcpus: %d requested, %d of %.0f free; ", req->vcpus,
+                               (int)((t->inv.vcpus - t->reserved_cpus) * t->cpu_ratio) - used.vcpus,
+                               (t->inv.vcpus - t->reserved_cpus) * t->cpu_ratio);
+        ok = FALSE;
+    }
+    if (t->inv.memory_mb > 0 && !vn_tracker_fits((double)t->inv.memory_mb,
+                                                 (double)t->reserved_mem_mb, t->ram_ratio,
+                                                 (double)used.memory_mb, (double)req->memory_mb)) {
+        g_string_append_printf(
+            why, "memory: %" G_GINT64_FORMAT " MiB requested, %.0f MiB free; ", req->memory_mb,
+            (t->inv.memory_mb - t->reserved_mem_mb) * t->ram_ratio - used.memory_mb);
+        ok = FALSE;
+    }
+    if (disk_gb > 0 && !vn_tracker_fits((double)disk_gb, t->reserved_disk_mb / 1024.0, t->disk_ratio,
+                                        (double)used.disk_gb, (double)req->disk_gb)) {
+        g_string_append_printf(why, "disk: %" G_GINT64_FORMAT " GiB requested, %.0f GiB free; ",
+                               req->disk_gb,
+                               (disk_gb - t->reserved_disk_mb / 1024.0) * t->disk_ratio -
+                                   used.disk_gb);
+        ok = FALSE;
+    }
+    if (ok && record)
+        g_hash_table_replace(t->alloc, g_strdup(uuid), g_steal_pointer(&req));
+    g_mutex_unlock(&t->lock);
+    if (!ok) {
+        if (why->len > 2 && why->str[why->len - 2] == ';')
+            g_string_truncate(why, why->len - 2);
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_INSUFFICIENT_RESOURCES,
+                    "insufficient resources on host %s: %s", t->host, why->str);
+    }
+    g_string_free(why, TRUE);
+    return ok;
+}
+
+gboolean vn_tracker_claim(VnTracker *t, const char *uuid, const VnFlavor *flavor, GError **error)
+{
+    return claim(t, uuid, flavor, TRUE, error);
+}
+
+gboolean vn_tracker_check(VnTracker *t, const char *uuid, const VnFlavor *flavor, GError **error)
+{
+    return claim(t, uuid, flavor, FALSE, error);
+}
+
+void vn_tracker_drop(VnTracker *t, const char *uuid)
+{
+    g_mutex_lock(&t->lock);
+    g_hash_table_remove(t->alloc, uuid);
+    g_mutex_unlock(&t->lock);
+}
+
+void vn_tracker_set_cache_bytes(VnTracker *t, guint64 bytes)
+{
+    g_mutex_lock(&t->lock);
+    t->cache_bytes = bytes;
+    g_mutex_unlock(&t->lock);
+}
+
+void vn_tracker_set_workload(VnTracker *t, int running_ops, guint64 failed_builds)
+{
+    g_mutex_lock(&t->lock);
+    t->running_ops = running_ops;
+    t->failed_builds = failed_builds;
+    g_mutex_unlock(&t->lock);
+}
+
+/* Bytes the instances' thin disks may still grow by: virtual size - allocated. */
+static guint64 growth_bytes(const char *instances_path, GPtrArray *recs)
+{
+    guint64 total = 0;
+
+    for (guint i = 0; i < recs->len; i++) {
+        VnInstanceRecord *r = g_ptr_array_index(recs, i);
+        g_autofree char *dir = g_build_filename(instances_path, r->uuid, NULL);
+        g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+        const char *name;
+        while (d && (name = g_dir_read_name(d))) {
+            g_autofree char *p = g_build_filename(dir, name, NULL);
+            guint64 virt = 0;
+            if (!g_str_has_prefix(name, "disk") || !vn_disk_virtual_size(p, &virt, NULL))
+                continue;
+            guint64 alloc = vn_disk_allocated(p);
+            if (virt > alloc)
+                total += virt - alloc;
+        }
+    }
+    return total;
+}
+
+static void stats_add(json_object *stats, const char *key)
+{
+    json_object *v = NULL;
+    int n = json_object_object_get_ex(stats, key, &v) ? json_object_get_int(v) : 0;
+
+    json_object_object_add(stats, key, json_object_new_int(n + 1));
+}
+
+VnCapacity *vn_tracker_capacity(VnTracker *t)
+{
+    g_autoptr(GPtrArray) recs = vn_instance_store_list(t->store, FALSE);
+    g_autoptr(json_object) stats = json_object_new_object();
+    VnCapacity *c = g_new0(VnCapacity, 1);
+    struct statvfs st;
+    guint64 free_bytes = 0;
+    int running = 0;
+
+    for (guint i = 0; i < recs->len; i++) {
+        VnInstanceRecord *r = g_ptr_array_index(recs, i);
+        g_autofree char *vm = g_strdup_printf("num_vm_%s", vn_vm_state_name(r->vm_state));
+        g_autofree char *task = g_strdup_printf(
+            "num_task_%s", r->task_state ? vn_task_state_name(r->task_state) : "None");
+        g_autofree char *proj = g_strdup_printf("num_proj_%s", r->project_id ? r->project_id : "");
+        stats_add(stats, "num_instances");
+        stats_add(stats, vm);
+        stats_add(stats, task);
+        stats_add(stats, proj);
+        if (r->power_state == VN_POWER_RUNNING)
+            running++;
+    }
+    if (statvfs(t->instances_path, &st) == 0)
+        free_bytes = (guint64)st.f_frsize * st.f_bavail;
+    guint64 growth = growth_bytes(t->instances_path, recs);
+    gint64 total_gb = disk_total_gb(t->instances_path);
+
+    g_mutex_lock(&t->lock);
+    Allocation used = used_locked(t, NULL);
+    c->host = g_strdup(t->host);
+    c->hypervisor_type = g_strdup(t->inv.hypervisor_type ? t->inv.hypervisor_type : "unknown");
+    c->hypervisor_version = t->inv.hypervisor_version;
+    c->hypervisor_hostname = g_strdup(t->inv.hypervisor_hostname ? t->inv.hypervisor_hostname : t->host);
+    c->cpu_info = g_strdup(t->inv.cpu_info ? t->inv.cpu_info : "{}");
+    c->vcpus = t->inv.vcpus;
+    c->vcpus_used = used.vcpus;
+    c->memory_mb = t->inv.memory_mb;
+    c->memory_mb_used = used.memory_mb + t->reserved_mem_mb;
+    c->free_ram_mb = c->memory_mb - c->memory_mb_used;
+    c->local_gb = total_gb;
+    c->local_gb_used = used.disk_gb + t->reserved_disk_mb / 1024;
+    c->free_disk_gb = c->local_gb - c->local_gb_used;
+    c->disk_available_least =
+        (gint64)((free_bytes > growth ? free_bytes - growth : 0) / (G_GUINT64_CONSTANT(1) << 30));
+    c->running_vms = running;
+    c->cpu_allocation_ratio = t->cpu_ratio;
+    c->ram_allocation_ratio = t->ram_ratio;
+    c->disk_allocation_ratio = t->disk_ratio;
+    c->reserved_host_memory_mb = t->reserved_mem_mb;
+    c->reserved_host_disk_mb = t->reserved_disk_mb;
+    c->reserved_host_cpus = t->reserved_cpus;
+    json_object_object_add(stats, "io_workload", json_object_new_int(t->running_ops));
+    json_object_object_add(stats, "failed_builds", json_object_new_int64((gint64)t->failed_builds));
+    json_object_object_add(stats, "image_cache_bytes", json_object_new_int64((gint64)t->cache_bytes));
+    g_mutex_unlock(&t->lock);
+    if (!json_object_object_get_ex(stats, "num_instances", NULL))
+        json_object_object_add(stats, "num_instances", json_object_new_int(0));
+    c->stats = g_strdup(json_object_to_json_string_ext(stats, JSON_C_TO_STRING_PLAIN));
+    return c;
+}

@@ -1,0 +1,38 @@
+/* agent/virt/conn.h - the agent's one shared libvirt connection.
+ *
+ * libvirt's default event loop runs in a thread of its own, so keepalives detect a dead
+ * libvirtd and domain events arrive.  When libvirtd restarts, the next user of the
+ * connection reopens it (at most once a second) and the event callbacks are registered
+ * again; the outage and the recovery are logged once each. */
+#pragma once
+
+#include <glib.h>
+#include <libvirt/libvirt.h>
+
+#include "agent/virt/job.h"
+
+typedef struct _VnVirtConn VnVirtConn;
+
+typedef struct {
+    /* a domain lifecycle event (virDomainEventType, detail), in the event thread */
+    void (*lifecycle)(const char *uuid, int event, int detail, gpointer user_data);
+    /* a job (migration) finished on a domain of this host, in the event thread */
+    void (*job_completed)(const char *uuid, const VnJobStats *stats, gpointer user_data);
+    /* the connection went down (FALSE) or came back (TRUE) */
+    void (*connection)(gboolean up, gpointer user_data);
+    gpointer user_data;
+} VnVirtHandlers;
+
+VnVirtConn *vn_virt_conn_new(const char *uri, int keepalive_interval, int keepalive_count,
+                             const VnVirtHandlers *handlers);
+void vn_virt_conn_free(VnVirtConn *c);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VnVirtConn, vn_virt_conn_free)
+
+/* The connection, opened or reopened if needed; the caller owns a reference
+ * (g_autoptr(virConnect) or virConnectClose). */
+virConnectPtr vn_virt_conn_get(VnVirtConn *c, GError **error);
+
+/* TRUE when the connection is open and libvirtd answers keepalives. */
+gboolean vn_virt_conn_is_alive(VnVirtConn *c);
+
+const char *vn_virt_conn_uri(VnVirtConn *c);

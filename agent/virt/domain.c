@@ -1,0 +1,353 @@
+/* agent/virt/domain.c - domain operations by uuid (see domain.h). */
+#include <string.h>
+
+#include <libvirt/virterror.h>
+
+#include "agent/virt/domain.h"
+#include "agent/virt/host.h"
+#include "agent/virt/virt.h"
+
+static virDomainPtr lookup(virConnectPtr conn, const char *uuid, GError **error)
+{
+    virDomainPtr dom = virDomainLookupByUUIDString(conn, uuid);
+
+    if (!dom)
+        vn_virt_error(error, "looking up the domain of instance %s", uuid);
+    return dom;
+}
+
+/* The domain of instance @uuid (it keeps its own reference to the connection). */
+static virDomainPtr domain_get(VnVirtConn *c, const char *uuid, GError **error)
+{
+    g_autoptr(virConnect) conn = vn_virt_conn_get(c, error);
+
+    return conn ? lookup(conn, uuid, error) : NULL;
+}
+
+gboolean vn_domain_create(VnVirtConn *c, const char *xml, GError **error)
+{
+    g_autoptr(virConnect) conn = vn_virt_conn_get(c, error);
+    g_autoptr(virDomain) dom = NULL;
+
+    if (!conn)
+        return FALSE;
+    dom = virDomainDefineXML(conn, xml);
+    if (!dom)
+        return vn_virt_error(error, "defining the domain");
+    if (virDomainCreate(dom) < 0) {
+        g_autoptr(GError) err = NULL;
+        vn_virt_error(&err, "starting the domain");
+        /* leave nothing half-made: the caller also undefines, this is the first line */
+        virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
+                                        VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA);
+        virResetLastError();
+        g_propagate_error(error, g_steal_pointer(&err));
+        return FALSE;
+    }
+    return TRUE;
+}
+
+gboolean vn_domain_redefine(VnVirtConn *c, const char *xml, GError **error)
+{
+    g_autoptr(virConnect) conn = vn_virt_conn_get(c, error);
+    g_autoptr(virDomain) dom = NULL;
+
+    if (!conn)
+        return FALSE;
+    dom = virDomainDefineXML(conn, xml);
+    return dom ? TRUE : vn_virt_error(error, "redefining the domain");
+}
+
+gboolean vn_domain_exists(VnVirtConn *c, const char *uuid, gboolean *exists, GError **error)
+{
+    g_autoptr(virConnect) conn = vn_virt_conn_get(c, error);
+    g_autoptr(virDomain) dom = NULL;
+    g_autoptr(GError) err = NULL;
+
+    if (!conn)
+        return FALSE;
+    dom = lookup(conn, uuid, &err);
+    if (!dom && !g_error_matches(err, VN_VIRT_ERROR, VN_VIRT_ERROR_NOT_FOUND)) {
+        g_propagate_error(error, g_steal_pointer(&err));
+        return FALSE;
+    }
+    *exists = dom != NULL;
+    return TRUE;
+}
+
+static VnPowerState power_from_virt(int state)
+{
+    switch (state) {
+    case VIR_DOMAIN_RUNNING:
+    case VIR_DOMAIN_BLOCKED:
+        return VN_POWER_RUNNING;
+    case VIR_DOMAIN_PAUSED:
+        return VN_POWER_PAUSED;
+    case VIR_DOMAIN_SHUTDOWN:
+    case VIR_DOMAIN_SHUTOFF:
+        return VN_POWER_SHUTDOWN;
+    case VIR_DOMAIN_CRASHED:
+        return VN_POWER_CRASHED;
+    case VIR_DOMAIN_PMSUSPENDED:
+        return VN_POWER_SUSPENDED;
+    default:
+        return VN_POWER_NOSTATE;
+    }
+}
+
+gboolean vn_domain_power_state(VnVirtConn *c, const char *uuid, VnPowerState *out,
+                               GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+    int state = 0, reason = 0;
+
+    if (!dom)
+        return FALSE;
+    if (virDomainGetState(dom, &state, &reason, 0) < 0)
+        return vn_virt_error(error, "reading the state of instance %s", uuid);
+    *out = power_from_virt(state);
+    return TRUE;
+}
+
+gboolean vn_domain_start(VnVirtConn *c, const char *uuid, GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+
+    if (!dom)
+        return FALSE;
+    if (virDomainCreate(dom) < 0)
+        return vn_virt_error(error, "starting instance %s", uuid);
+    return TRUE;
+}
+
+gboolean vn_domain_shutdown(VnVirtConn *c, const char *uuid, GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+
+    if (!dom)
+        return FALSE;
+    if (virDomainShutdownFlags(dom, VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN) < 0)
+        return vn_virt_error(error, "pressing the power button of instance %s", uuid);
+    return TRUE;
+}
+
+gboolean vn_domain_wait_state(VnVirtConn *c, const char *uuid, VnPowerState want,
+                              double timeout_s, GCancellable *cancel, GError **error)
+{
+    gint64 end = g_get_monotonic_time() + (gint64)(timeout_s * G_TIME_SPAN_SECOND);
+
+    for (;;) {
+        VnPowerState st;
+        if (!vn_domain_power_state(c, uuid, &st, error))
+            return FALSE;
+        if (st == want)
+            return TRUE;
+        if (g_cancellable_set_error_if_cancelled(cancel, error))
+            return FALSE;
+        if (g_get_monotonic_time() >= end) {
+            g_set_error(error, VN_VIRT_ERROR, VN_VIRT_ERROR_TIMEOUT,
+                        "instance %s did not reach power state %d within %.0f s", uuid, want,
+                        timeout_s);
+            return FALSE;
+        }
+        g_usleep(200 * 1000);
+    }
+}
+
+gboolean vn_domain_destroy(VnVirtConn *c, const char *uuid, GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+    int state = 0, reason = 0;
+
+    if (!dom)
+        return FALSE;
+    if (virDomainGetState(dom, &state, &reason, 0) == 0 && state == VIR_DOMAIN_SHUTOFF)
+        return TRUE;
+    if (virDomainDestroyFlags(dom, VIR_DOMAIN_DESTROY_GRACEFUL) < 0) {
+        /* QEMU did not exit on SIGTERM within libvirt's grace: kill it */
+        virResetLastError();
+        if (virDomainDestroy(dom) < 0 &&
+            !(virDomainGetState(dom, &state, &reason, 0) == 0 && state == VIR_DOMAIN_SHUTOFF))
+            return vn_virt_error(error, "powering off instance %s", uuid);
+    }
+    return TRUE;
+}
+
+gboolean vn_domain_stop(VnVirtConn *c, const char *uuid, int timeout_s, int retry_s,
+                        gboolean force, GCancellable *cancel, gboolean *graceful,
+                        GError **error)
+{
+    gint64 end = g_get_monotonic_time() + (gint64)timeout_s * G_TIME_SPAN_SECOND;
+    VnPowerState st;
+
+    *graceful = FALSE;
+    if (!vn_domain_power_state(c, uuid, &st, error))
+        return FALSE;
+    if (st == VN_POWER_SHUTDOWN) {
+        *graceful = TRUE;
+        return TRUE;
+    }
+    while (timeout_s > 0 && st == VN_POWER_RUNNING) {
+        g_autoptr(GError) err = NULL;
+        gint64 left = end - g_get_monotonic_time();
+        if (left <= 0)
+            break;
+        if (!vn_domain_shutdown(c, uuid, &err))
+            g_debug("power button of %s: %s", uuid, err->message);
+        double wait = MIN((double)left / G_TIME_SPAN_SECOND, (double)MAX(retry_s, 1));
+        g_clear_error(&err);
+        if (vn_domain_wait_state(c, uuid, VN_POWER_SHUTDOWN, wait, cancel, &err)) {
+            *graceful = TRUE;
+            return TRUE;
+        }
+        if (!g_error_matches(err, VN_VIRT_ERROR, VN_VIRT_ERROR_TIMEOUT)) {
+            g_propagate_error(error, g_steal_pointer(&err));
+            return FALSE;
+        }
+        if (!vn_domain_power_state(c, uuid, &st, error))
+            return FALSE;
+    }
+    if (!force)
+        return TRUE;
+    if (timeout_s > 0)
+        g_info("instance %s did not power off within %d s: forcing it", uuid, timeout_s);
+    return vn_domain_destroy(c, uuid, error);
+}
+
+gboolean vn_domain_undefine(VnVirtConn *c, const char *uuid, GError **error)
+{
+    g_autoptr(virConnect) conn = vn_virt_conn_get(c, error);
+    g_autoptr(virDomain) dom = NULL;
+    g_autoptr(GError) err = NULL;
+
+    if (!conn)
+        return FALSE;
+    dom = lookup(conn, uuid, &err);
+    if (!dom) {
+        if (g_error_matches(err, VN_VIRT_ERROR, VN_VIRT_ERROR_NOT_FOUND))
+            return TRUE;
+        g_propagate_error(error, g_steal_pointer(&err));
+        return FALSE;
+    }
+    if (virDomainIsActive(dom) == 1 && !vn_domain_destroy(c, uuid, error))
+        return FALSE;
+    if (virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
+                                        VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
+                                        VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA) < 0) {
+        virErrorPtr e = virGetLastError();
+        if (e && e->code == VIR_ERR_NO_DOMAIN) {
+            virResetLastError();
+            return TRUE;
+        }
+        return vn_virt_error(error, "removing the domain of instance %s", uuid);
+    }
+    return TRUE;
+}
+
+gboolean vn_domain_pause(VnVirtConn *c, const char *uuid, GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+
+    if (!dom)
+        return FALSE;
+    if (virDomainSuspend(dom) < 0)
+        return vn_virt_error(error, "pausing instance %s", uuid);
+    return TRUE;
+}
+
+gboolean vn_domain_unpause(VnVirtConn *c, const char *uuid, GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+
+    if (!dom)
+        return FALSE;
+    if (virDomainResume(dom) < 0)
+        return vn_virt_error(error, "unpausing instance %s", uuid);
+    return TRUE;
+}
+
+gboolean vn_domain_managed_save(VnVirtConn *c, const char *uuid, GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+
+    if (!dom)
+        return FALSE;
+    if (virDomainManagedSave(dom, 0) < 0)
+        return vn_virt_error(error, "saving the memory of instance %s", uuid);
+    return TRUE;
+}
+
+char *vn_domain_get_xml(VnVirtConn *c, const char *uuid, gboolean migratable, GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+    char *xml;
+    char *out;
+
+    if (!dom)
+        return NULL;
+    xml = virDomainGetXMLDesc(dom, migratable ? VIR_DOMAIN_XML_MIGRATABLE | VIR_DOMAIN_XML_SECURE
+                                              : VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+    if (!xml) {
+        vn_virt_error(error, "reading the XML of instance %s", uuid);
+        return NULL;
+    }
+    out = g_strdup(xml);
+    free(xml);
+    return out;
+}
+
+char **vn_domain_list(VnVirtConn *c, GError **error)
+{
+    g_autoptr(virConnect) conn = vn_virt_conn_get(c, error);
+    virDomainPtr *doms = NULL;
+    GPtrArray *out;
+    int n;
+
+    if (!conn)
+        return NULL;
+    n = virConnectListAllDomains(conn, &doms, 0);
+    if (n < 0) {
+        vn_virt_error(error, "listing domains");
+        return NULL;
+    }
+    out = g_ptr_array_new();
+    for (int i = 0; i < n; i++) {
+        char uuid[VIR_UUID_STRING_BUFLEN];
+        if (virDomainGetUUIDString(doms[i], uuid) == 0)
+            g_ptr_array_add(out, g_strdup(uuid));
+        virDomainFree(doms[i]);
+    }
+    free(doms);
+    g_ptr_array_add(out, NULL);
+    return (char **)g_ptr_array_free(out, FALSE);
+}
+
+GPtrArray *vn_domain_security_labels(VnVirtConn *c, const char *uuid, GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+    g_auto(GStrv) models = NULL;
+    virSecurityLabelPtr labels = NULL;
+    GPtrArray *out;
+    int n;
+
+    if (!dom)
+        return NULL;
+    models = vn_host_security_models(c, error);
+    if (!models)
+        return NULL;
+    n = virDomainGetSecurityLabelList(dom, &labels);
+    if (n < 0) {
+        vn_virt_error(error, "reading the security labels of instance %s", uuid);
+        return NULL;
+    }
+    out = g_ptr_array_new_with_free_func(g_free);
+    for (int i = 0; i < n; i++) {
+        const char *model = i < (int)g_strv_length(models) ? models[i] : "unknown";
+        /* the "none" model confines nothing and has no label */
+        if (strcmp(model, "none") == 0)
+            continue;
+        g_ptr_array_add(out, g_strdup_printf("%s:%s", model, labels[i].label));
+    }
+    free(labels);
+    return out;
+}

@@ -1,0 +1,61 @@
+/* agent/virt/domain.h - what the agent does to domains, by instance uuid.
+ *
+ * Domains are persistent (defined, then started), as Nova's are.  Power states use Nova's
+ * integers (api/instance.h). */
+#pragma once
+
+#include <gio/gio.h>
+
+#include "agent/virt/conn.h"
+#include "api/instance.h"
+
+/* Defines @xml (persistent) and starts it; on a start failure the definition is removed
+ * again so nothing half-made stays behind. */
+gboolean vn_domain_create(VnVirtConn *c, const char *xml, GError **error);
+
+/* Redefines a domain from @xml (e.g. before a hard reboot) without starting it. */
+gboolean vn_domain_redefine(VnVirtConn *c, const char *xml, GError **error);
+
+gboolean vn_domain_exists(VnVirtConn *c, const char *uuid, gboolean *exists, GError **error);
+
+/* Nova's power state of the domain; VN_VIRT_ERROR_NOT_FOUND when there is none. */
+gboolean vn_domain_power_state(VnVirtConn *c, const char *uuid, VnPowerState *out,
+                               GError **error);
+
+gboolean vn_domain_start(VnVirtConn *c, const char *uuid, GError **error);
+
+/* Presses the ACPI power button once. */
+gboolean vn_domain_shutdown(VnVirtConn *c, const char *uuid, GError **error);
+
+/* Stops the guest gracefully: presses the power button every @retry_s seconds until it is
+ * off or @timeout_s passed (0: no graceful part); then, when @force, powers it off.
+ * *graceful tells whether the guest powered itself off. */
+gboolean vn_domain_stop(VnVirtConn *c, const char *uuid, int timeout_s, int retry_s,
+                        gboolean force, GCancellable *cancel, gboolean *graceful,
+                        GError **error);
+
+/* Powers the guest off at once; no error when it is not running. */
+gboolean vn_domain_destroy(VnVirtConn *c, const char *uuid, GError **error);
+
+/* Removes the definition (and any managed-save image); no error when there is none. */
+gboolean vn_domain_undefine(VnVirtConn *c, const char *uuid, GError **error);
+
+gboolean vn_domain_pause(VnVirtConn *c, const char *uuid, GError **error);
+gboolean vn_domain_unpause(VnVirtConn *c, const char *uuid, GError **error);
+
+/* Saves the guest's memory and stops it (Nova's suspend); vn_domain_start resumes it. */
+gboolean vn_domain_managed_save(VnVirtConn *c, const char *uuid, GError **error);
+
+/* Waits up to @timeout_s for the domain to be in power state @state. */
+gboolean vn_domain_wait_state(VnVirtConn *c, const char *uuid, VnPowerState state,
+                              double timeout_s, GCancellable *cancel, GError **error);
+
+/* The domain's XML (@migratable: as sent to a destination).  Caller frees. */
+char *vn_domain_get_xml(VnVirtConn *c, const char *uuid, gboolean migratable, GError **error);
+
+/* uuids of every domain libvirt knows (defined or running).  NULL-terminated. */
+char **vn_domain_list(VnVirtConn *c, GError **error);
+
+/* The security labels of the running guest as "model:label" strings, in the order of
+ * the host's security models. */
+GPtrArray *vn_domain_security_labels(VnVirtConn *c, const char *uuid, GError **error);

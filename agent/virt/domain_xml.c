@@ -1,0 +1,433 @@
+/* agent/virt/domain_xml.c - domain XML with libxml2 (see domain_xml.h). */
+#include <string.h>
+
+#include <libxml/xpathInternals.h>
+
+#include "agent/virt/domain_xml.h"
+#include "agent/virt/virt.h"
+#include "agent/virt/xmlutil.h"
+
+static void disk_free(VnDiskSpec *d)
+{
+    g_free(d->path);
+    g_free(d->format);
+    g_free(d->backing_path);
+    g_free(d->backing_format);
+    g_free(d->target);
+    g_free(d);
+}
+
+VnDomainSpec *vn_domain_spec_new(void)
+{
+    VnDomainSpec *s = g_new0(VnDomainSpec, 1);
+
+    s->disks = g_ptr_array_new_with_free_func((GDestroyNotify)disk_free);
+    s->guest_strings = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    return s;
+}
+
+void vn_domain_spec_free(VnDomainSpec *s)
+{
+    if (!s)
+        return;
+    g_free(s->uuid);
+    g_free(s->domain_name);
+    g_free(s->instance_name);
+    g_free(s->project_id);
+    g_free(s->user_id);
+    g_free(s->request_id);
+    g_free(s->flavor_name);
+    g_free(s->image_id);
+    g_free(s->image_sha256);
+    g_free(s->domain_type);
+    g_free(s->cpu_mode);
+    g_free(s->cpu_model);
+    g_ptr_array_unref(s->disks);
+    g_free(s->console_log);
+    g_free(s->mac_model);
+    g_hash_table_unref(s->guest_strings);
+    g_free(s);
+}
+
+void vn_domain_spec_add_disk(VnDomainSpec *s, const char *path, const char *format,
+                             const char *backing_path, const char *backing_format,
+                             const char *target)
+{
+    VnDiskSpec *d = g_new0(VnDiskSpec, 1);
+
+    d->path = g_strdup(path);
+    d->format = g_strdup(format);
+    d->backing_path = g_strdup(backing_path);
+    d->backing_format = g_strdup(backing_format);
+    d->target = g_strdup(target);
+    g_ptr_array_add(s->disks, d);
+}
+
+/* ------------------------------------------------------------------ building */
+
+static xmlNodePtr child(xmlNodePtr parent, const char *name, const char *text)
+{
+    return xmlNewTextChild(parent, NULL, BAD_CAST name, text ? BAD_CAST text : NULL);
+}
+
+static xmlNodePtr childf(xmlNodePtr parent, const char *name, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
+static xmlNodePtr childf(xmlNodePtr parent, const char *name, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    g_autofree char *text = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    return child(parent, name, text);
+}
+
+static void prop(xmlNodePtr node, const char *name, const char *value)
+{
+    if (value)
+        xmlNewProp(node, BAD_CAST name, BAD_CAST value);
+}
+
+static void propi(xmlNodePtr node, const char *name, gint64 value)
+{
+    g_autofree char *v = g_strdup_printf("%" G_GINT64_FORMAT, value);
+
+    xmlNewProp(node, BAD_CAST name, BAD_CAST v);
+}
+
+static void build_metadata(xmlNodePtr dom, const VnDomainSpec *s)
+{
+    xmlNodePtr meta = child(dom, "metadata", NULL);
+    xmlNodePtr inst = xmlNewChild(meta, NULL, BAD_CAST "instance", NULL);
+    xmlNsPtr ns = xmlNewNs(inst, BAD_CAST VN_DOMAIN_XML_NS, BAD_CAST VN_DOMAIN_XML_PREFIX);
+    xmlNodePtr n;
+
+    xmlSetNs(inst, ns);
+    n = xmlNewTextChild(inst, ns, BAD_CAST "uuid", BAD_CAST s->uuid);
+    n = xmlNewTextChild(inst, ns, BAD_CAST "name", BAD_CAST(s->instance_name ? s->instance_name : ""));
+    if (s->created_at > 0) {
+        g_autoptr(GDateTime) dt = g_date_time_new_from_unix_utc(s->created_at);
+        g_autofree char *t = dt ? g_date_time_format(dt, "%Y-%m-%dT%H:%M:%SZ") : NULL;
+        if (t)
+            xmlNewTextChild(inst, ns, BAD_CAST "created", BAD_CAST t);
+    }
+    n = xmlNewChild(inst, ns, BAD_CAST "owner", NULL);
+    prop(n, "project", s->project_id ? s->project_id : "");
+    prop(n, "user", s->user_id ? s->user_id : "");
+    n = xmlNewChild(inst, ns, BAD_CAST "flavor", NULL);
+    prop(n, "name", s->flavor_name ? s->flavor_name : "");
+    propi(n, "vcpus", s->vcpus);
+    propi(n, "memory_mb", s->memory_mb);
+    propi(n, "root_gb", s->root_gb);
+    propi(n, "ephemeral_gb", s->ephemeral_gb);
+    propi(n, "swap_mb", s->swap_mb);
+    n = xmlNewChild(inst, ns, BAD_CAST "image", NULL);
+    prop(n, "id", s->image_id ? s->image_id : "");
+    prop(n, "sha256", s->image_sha256 ? s->image_sha256 : "");
+    if (s->request_id) {
+        n = xmlNewChild(inst, ns, BAD_CAST "request", NULL);
+        prop(n, "id", s->request_id);
+    }
+}
+
+static void build_sysinfo(xmlNodePtr dom, const VnDomainSpec *s)
+{
+    xmlNodePtr si = child(dom, "sysinfo", NULL);
+    xmlNodePtr sys;
+    g_autoptr(GList) keys = g_hash_table_get_keys(s->guest_strings);
+
+    prop(si, "type", "smbios");
+    sys = child(si, "system", NULL);
+    prop(child(sys, "entry", "virtnode"), "name", "manufacturer");
+    prop(child(sys, "entry", "virtnode compute"), "name", "product");
+    prop(child(sys, "entry", s->uuid), "name", "serial");
+    prop(child(sys, "entry", s->uuid), "name", "uuid");
+    if (!keys)
+        return;
+    keys = g_list_sort(keys, (GCompareFunc)strcmp);
+    xmlNodePtr oem = child(si, "oemStrings", NULL);
+    for (GList *l = keys; l; l = l->next) {
+        g_autofree char *e = g_strdup_printf("virtnode:%s=%s", (char *)l->data,
+                                             (char *)g_hash_table_lookup(s->guest_strings, l->data));
+        child(oem, "entry", e);
+    }
+}
+
+static void build_cpu(xmlNodePtr dom, const VnDomainSpec *s)
+{
+    xmlNodePtr cpu;
+
+    if (!s->cpu_mode)
+        return;
+    cpu = child(dom, "cpu", NULL);
+    prop(cpu, "mode", s->cpu_mode);
+    if (strcmp(s->cpu_mode, "custom") == 0) {
+        prop(cpu, "match", "exact");
+        prop(child(cpu, "model", s->cpu_model), "fallback", "allow");
+    }
+}
+
+static void build_disk(xmlNodePtr devices, const VnDomainSpec *s, const VnDiskSpec *d)
+{
+    xmlNodePtr disk = child(devices, "disk", NULL);
+    xmlNodePtr n;
+
+    prop(disk, "type", "file");
+    prop(disk, "device", "disk");
+    n = child(disk, "driver", NULL);
+    prop(n, "name", "qemu");
+    prop(n, "type", d->format);
+    prop(n, "cache", "none");
+    prop(n, "discard", "unmap");
+    prop(child(disk, "source", NULL), "file", d->path);
+    if (d->backing_path) {
+        /* the backing chain stated explicitly: the shared base is never relabelled to
+         * one guest's identity (other guests read it too) */
+        xmlNodePtr bs = child(disk, "backingStore", NULL);
+        prop(bs, "type", "file");
+        prop(child(bs, "format", NULL), "type", d->backing_format ? d->backing_format : "raw");
+        xmlNodePtr src = child(bs, "source", NULL);
+        prop(src, "file", d->backing_path);
+        if (s->dac_uid > 0) {
+            xmlNodePtr sl = child(src, "seclabel", NULL);
+            prop(sl, "model", "dac");
+            prop(sl, "relabel", "no");
+        }
+        child(bs, "backingStore", NULL);
+    }
+    n = child(disk, "target", NULL);
+    prop(n, "dev", d->target);
+    prop(n, "bus", "virtio");
+}
+
+static void build_devices(xmlNodePtr dom, const VnDomainSpec *s)
+{
+    xmlNodePtr dev = child(dom, "devices", NULL);
+    xmlNodePtr n;
+
+    for (guint i = 0; i < s->disks->len; i++)
+        build_disk(dev, s, g_ptr_array_index(s->disks, i));
+    n = child(dev, "serial", NULL);
+    prop(n, "type", "file");
+    xmlNodePtr src = child(n, "source", NULL);
+    prop(src, "path", s->console_log);
+    prop(src, "append", "on");
+    n = child(dev, "console", NULL);
+    prop(n, "type", "file");
+    src = child(n, "source", NULL);
+    prop(src, "path", s->console_log);
+    prop(src, "append", "on");
+    prop(child(n, "target", NULL), "type", "serial");
+    n = child(dev, "memballoon", NULL);
+    prop(n, "model", "virtio");
+    prop(child(n, "stats", NULL), "period", "10");
+}
+
+static void build_seclabels(xmlNodePtr dom, const VnDomainSpec *s)
+{
+    xmlNodePtr n;
+
+    if (s->mac_model) {
+        n = child(dom, "seclabel", NULL);
+        prop(n, "type", "dynamic");
+        prop(n, "model", s->mac_model);
+        prop(n, "relabel", "yes");
+    }
+    if (s->dac_uid > 0) {
+        n = child(dom, "seclabel", NULL);
+        prop(n, "type", "static");
+        prop(n, "model", "dac");
+        prop(n, "relabel", "yes");
+        childf(n, "label", "+%d:+%d", s->dac_uid, s->dac_uid);
+    }
+}
+
+static gboolean spec_valid(const VnDomainSpec *s, GError **error)
+{
+    if (!s->uuid || !s->domain_name || !s->domain_type || s->vcpus <= 0 || s->memory_mb <= 0 ||
+        !s->console_log || s->disks->len == 0) {
+        g_set_error(error, VN_VIRT_ERROR, VN_VIRT_ERROR_XML,
+                    "incomplete domain description for %s", s->uuid ? s->uuid : "(no uuid)");
+        return FALSE;
+    }
+    if (s->cpu_mode && strcmp(s->cpu_mode, "custom") == 0 && !s->cpu_model) {
+        g_set_error(error, VN_VIRT_ERROR, VN_VIRT_ERROR_XML, "cpu mode custom needs a model");
+        return FALSE;
+    }
+    return TRUE;
+}
+
+char *vn_domain_xml_build(const VnDomainSpec *s, GError **error)
+{
+    g_autoptr(xmlDoc) doc = NULL;
+    xmlNodePtr dom, n;
+    char *out;
+
+    if (!spec_valid(s, error))
+        return NULL;
+    doc = xmlNewDoc(BAD_CAST "1.0");
+    dom = xmlNewDocNode(doc, NULL, BAD_CAST "domain", NULL);
+    xmlDocSetRootElement(doc, dom);
+    prop(dom, "type", s->domain_type);
+    child(dom, "name", s->domain_name);
+    child(dom, "uuid", s->uuid);
+    child(dom, "title", s->instance_name);
+    build_metadata(dom, s);
+    n = childf(dom, "memory", "%d", s->memory_mb);
+    prop(n, "unit", "MiB");
+    n = childf(dom, "currentMemory", "%d", s->memory_mb);
+    prop(n, "unit", "MiB");
+    childf(dom, "vcpu", "%d", s->vcpus);
+    build_sysinfo(dom, s);
+    n = child(dom, "os", NULL);
+    xmlNodePtr t = child(n, "type", "hvm");
+    prop(t, "arch", "x86_64");
+    prop(child(n, "boot", NULL), "dev", "hd");
+    prop(child(n, "smbios", NULL), "mode", "sysinfo");
+    n = child(dom, "features", NULL);
+    child(n, "acpi", NULL);
+    child(n, "apic", NULL);
+    build_cpu(dom, s);
+    n = child(dom, "clock", NULL);
+    prop(n, "offset", "utc");
+    child(dom, "on_poweroff", "destroy");
+    child(dom, "on_reboot", "restart");
+    child(dom, "on_crash", "destroy");
+    build_devices(dom, s);
+    build_seclabels(dom, s);
+
+    out = vn_xml_dump(doc);
+    if (!out)
+        g_set_error(error, VN_VIRT_ERROR, VN_VIRT_ERROR_XML, "cannot serialise the domain XML");
+    return out;
+}
+
+/* ------------------------------------------------------------------ reading */
+
+static int xpath_int(xmlXPathContextPtr ctx, const char *expr)
+{
+    g_autofree char *s = vn_xpath_string(ctx, expr);
+    gint64 v = s ? g_ascii_strtoll(s, NULL, 10) : 0;
+
+    return v < 0 || v > G_MAXINT32 ? 0 : (int)v;
+}
+
+void vn_domain_info_free(VnDomainInfo *i)
+{
+    if (!i)
+        return;
+    g_free(i->uuid);
+    g_free(i->name);
+    g_free(i->instance_uuid);
+    g_free(i->instance_name);
+    g_free(i->project_id);
+    g_free(i->user_id);
+    g_free(i->request_id);
+    g_free(i->flavor_name);
+    g_free(i->image_id);
+    g_free(i->image_sha256);
+    g_ptr_array_unref(i->disk_paths);
+    g_free(i->console_log);
+    g_free(i->dac_label);
+    g_free(i);
+}
+
+VnDomainInfo *vn_domain_xml_parse(const char *xml, gsize len, GError **error)
+{
+    g_autoptr(xmlDoc) doc = vn_xml_read(xml, len, "domain", error);
+    g_autoptr(xmlXPathContext) ctx = NULL;
+    g_autoptr(VnDomainInfo) info = NULL;
+
+    if (!doc)
+        return NULL;
+    ctx = xmlXPathNewContext(doc);
+    xmlXPathRegisterNs(ctx, BAD_CAST "vn", BAD_CAST VN_DOMAIN_XML_NS);
+    info = g_new0(VnDomainInfo, 1);
+    info->disk_paths = g_ptr_array_new_with_free_func(g_free);
+    info->uuid = vn_xpath_string(ctx, "/domain/uuid");
+    info->name = vn_xpath_string(ctx, "/domain/name");
+    info->instance_uuid = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:uuid");
+    info->ours = info->instance_uuid != NULL;
+    info->instance_name = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:name");
+    info->project_id = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:owner/@project");
+    info->user_id = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:owner/@user");
+    info->request_id = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:request/@id");
+    info->flavor_name = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:flavor/@name");
+    info->vcpus = xpath_int(ctx, "/domain/metadata/vn:instance/vn:flavor/@vcpus");
+    info->memory_mb = xpath_int(ctx, "/domain/metadata/vn:instance/vn:flavor/@memory_mb");
+    info->root_gb = xpath_int(ctx, "/domain/metadata/vn:instance/vn:flavor/@root_gb");
+    info->ephemeral_gb = xpath_int(ctx, "/domain/metadata/vn:instance/vn:flavor/@ephemeral_gb");
+    info->swap_mb = xpath_int(ctx, "/domain/metadata/vn:instance/vn:flavor/@swap_mb");
+    info->image_id = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:image/@id");
+    info->image_sha256 = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:image/@sha256");
+    info->console_log = vn_xpath_string(ctx, "/domain/devices/serial[@type='file']/source/@path");
+    info->dac_label =
+        vn_xpath_string(ctx, "/domain/seclabel[@model='dac' and @type='static']/label");
+    g_auto(GStrv) disks = vn_xpath_strings(ctx, "/domain/devices/disk[@type='file']/source/@file");
+    for (char **d = disks; *d; d++)
+        g_ptr_array_add(info->disk_paths, g_strdup(*d));
+    if (!info->uuid) {
+        g_set_error(error, VN_VIRT_ERROR, VN_VIRT_ERROR_XML, "domain XML without a uuid");
+        return NULL;
+    }
+    return g_steal_pointer(&info);
+}
+
+static void rebase_attr(xmlNodePtr node, const char *attr, const char *from, const char *to)
+{
+    xmlChar *v = xmlGetProp(node, BAD_CAST attr);
+    gsize flen = strlen(from);
+
+    if (v && strncmp((const char *)v, from, flen) == 0 &&
+        (((const char *)v)[flen] == '/' || ((const char *)v)[flen] == '\0')) {
+        g_autofree char *nv = g_strconcat(to, (const char *)v + flen, NULL);
+        xmlSetProp(node, BAD_CAST attr, BAD_CAST nv);
+    }
+    xmlFree(v);
+}
+
+static void rebase_walk(xmlNodePtr node, const char *from, const char *to)
+{
+    for (xmlNodePtr n = node; n; n = n->next) {
+        if (n->type != XML_ELEMENT_NODE)
+            continue;
+        if (xmlStrcmp(n->name, BAD_CAST "source") == 0) {
+            rebase_attr(n, "file", from, to);
+            rebase_attr(n, "path", from, to);
+        }
+        rebase_walk(n->children, from, to);
+    }
+}
+
+static void set_dac_label(xmlNodePtr root, int uid)
+{
+    g_autofree char *label = g_strdup_printf("+%d:+%d", uid, uid);
+
+    for (xmlNodePtr n = root->children; n; n = n->next) {
+        if (n->type != XML_ELEMENT_NODE || xmlStrcmp(n->name, BAD_CAST "seclabel") != 0)
+            continue;
+        xmlChar *model = xmlGetProp(n, BAD_CAST "model");
+        gboolean dac = model && xmlStrcmp(model, BAD_CAST "dac") == 0;
+        xmlFree(model);
+        if (!dac)
+            continue;
+        for (xmlNodePtr c = n->children; c; c = c->next) {
+            if (c->type == XML_ELEMENT_NODE && xmlStrcmp(c->name, BAD_CAST "label") == 0)
+                xmlNodeSetContent(c, BAD_CAST label);
+        }
+    }
+}
+
+char *vn_domain_xml_for_destination(const char *xml, const char *from_dir, const char *to_dir,
+                                    int dac_uid, GError **error)
+{
+    g_autoptr(xmlDoc) doc = vn_xml_read(xml, strlen(xml), "domain", error);
+
+    if (!doc)
+        return NULL;
+    if (from_dir && to_dir && strcmp(from_dir, to_dir) != 0)
+        rebase_walk(xmlDocGetRootElement(doc), from_dir, to_dir);
+    if (dac_uid > 0)
+        set_dac_label(xmlDocGetRootElement(doc), dac_uid);
+    return vn_xml_dump(doc);
+}

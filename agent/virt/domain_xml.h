@@ -1,0 +1,101 @@
+/* agent/virt/domain_xml.h - domain XML, built and read with libxml2 (never by string
+ * concatenation), from a plain description of the guest.
+ *
+ * Every domain carries its instance's identity in <metadata> (namespace
+ * VN_DOMAIN_XML_NS), so the domain alone says whose it is: the start-up reconciliation
+ * needs nothing else.  The builder is pure: it is unit-tested with golden files. */
+#pragma once
+
+#include <glib.h>
+
+#define VN_DOMAIN_XML_NS "http://virtnode.org/xmlns/instance/1.0"
+#define VN_DOMAIN_XML_PREFIX "virtnode"
+
+typedef struct {
+    char *path;           /* the disk file */
+    char *format;         /* "qcow2" or "raw" */
+    char *backing_path;   /* the cached base (read-only, shared), or NULL */
+    char *backing_format;
+    char *target;         /* "vda", "vdb", ... */
+} VnDiskSpec;
+
+typedef struct {
+    /* identity */
+    char *uuid;
+    char *domain_name;    /* e.g. "instance-<uuid>" */
+    char *instance_name;  /* the tenant's name for it */
+    char *project_id;
+    char *user_id;
+    char *request_id;
+    gint64 created_at;
+
+    /* flavor and image, recorded in the metadata */
+    char *flavor_name;
+    int vcpus;
+    int memory_mb;
+    int root_gb;
+    int ephemeral_gb;
+    int swap_mb;
+    char *image_id;
+    char *image_sha256;
+
+    /* hypervisor */
+    char *domain_type;    /* "kvm" or "qemu" */
+    char *cpu_mode;       /* NULL (none), "host-model", "host-passthrough", "custom" */
+    char *cpu_model;      /* for custom */
+
+    GPtrArray *disks;     /* VnDiskSpec* */
+    char *console_log;    /* serial console file */
+
+    /* security labels */
+    int dac_uid;          /* > 0: QEMU runs as +uid:+uid and backing files are not relabelled */
+    char *mac_model;      /* "selinux"/"apparmor": a dynamic label of that model; NULL none */
+
+    /* key=value strings for the guest (SMBIOS OEM strings "virtnode:key=value") */
+    GHashTable *guest_strings;
+} VnDomainSpec;
+
+VnDomainSpec *vn_domain_spec_new(void);
+void vn_domain_spec_free(VnDomainSpec *s);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VnDomainSpec, vn_domain_spec_free)
+void vn_domain_spec_add_disk(VnDomainSpec *s, const char *path, const char *format,
+                             const char *backing_path, const char *backing_format,
+                             const char *target);
+
+/* The domain XML for @spec.  Caller frees. */
+char *vn_domain_xml_build(const VnDomainSpec *spec, GError **error);
+
+/* What the agent reads back from a domain's XML: its metadata and the files it uses. */
+typedef struct {
+    char *uuid;           /* from <uuid> */
+    char *name;           /* from <name> */
+    gboolean ours;        /* it carries our metadata */
+    char *instance_uuid;  /* from the metadata */
+    char *instance_name;
+    char *project_id;
+    char *user_id;
+    char *request_id;
+    char *flavor_name;
+    int vcpus;
+    int memory_mb;
+    int root_gb;
+    int ephemeral_gb;
+    int swap_mb;
+    char *image_id;
+    char *image_sha256;
+    GPtrArray *disk_paths; /* char*: file sources of disks (top images) */
+    char *console_log;
+    char *dac_label;      /* "+uid:+gid" of a static DAC seclabel, or NULL */
+} VnDomainInfo;
+
+void vn_domain_info_free(VnDomainInfo *i);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VnDomainInfo, vn_domain_info_free)
+
+/* Reads @xml (from libvirt: validated like any outside input). */
+VnDomainInfo *vn_domain_xml_parse(const char *xml, gsize len, GError **error);
+
+/* The destination XML of a migration: every file path under @from_dir moved under
+ * @to_dir, and the static DAC identity changed to @dac_uid (> 0) picked by the
+ * destination.  Caller frees. */
+char *vn_domain_xml_for_destination(const char *xml, const char *from_dir, const char *to_dir,
+                                    int dac_uid, GError **error);
