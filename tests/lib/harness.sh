@@ -1,0 +1,335 @@
+#!/bin/bash
+# Real services for one test run, each on its own ports and folders so it never collides
+# with services already running on the machine:
+#   - a RabbitMQ node (own node name, AMQP/distribution/epmd ports, loopback only)
+#   - a PostgreSQL 15 cluster (initdb in the run folder, trust auth, loopback only)
+#   - two libvirtd "hosts", a and b, each in its own mount+UTS namespace with private
+#     /run/libvirt, /var/lib/libvirt, /etc/libvirt, ..., listening on 127.0.0.2 and
+#     127.0.0.3 (TCP, no auth), with its own migration port range and its own private
+#     folder bind-mounted over $RUN/private (non-shared instance storage)
+#   - an HTTP image server on 127.0.0.1 that counts requests (tests/lib/imageserver.py)
+#   - the test guest image (tests/guest/build.sh, cached)
+#
+#   harness.sh start RUN_DIR            start all; writes RUN_DIR/env (KEY='value' lines)
+#   harness.sh stop RUN_DIR             stop all, kill guests and agents of this run
+#   harness.sh rabbit-stop|rabbit-start RUN_DIR
+#   harness.sh pg-stop|pg-start RUN_DIR
+#   harness.sh host-stop|host-start RUN_DIR a|b
+#   harness.sh ns RUN_DIR a|b CMD...     run CMD in host a's (or b's) namespaces
+#
+# Every failure says which service failed and why, and exits non-zero.  'start' first
+# cleans up whatever an interrupted earlier run in RUN_DIR left behind.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+SRC=$(cd "$HERE/../.." && pwd)
+PY=/usr/bin/python3
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+RABBIT_BIN=/usr/lib/rabbitmq/bin
+
+die() { echo "harness: $*" >&2; exit 1; }
+log() { echo "harness: $*" >&2; }
+
+cmd=${1:-}; RUN=${2:-}
+[ -n "$cmd" ] && [ -n "$RUN" ] || die "usage: $0 start|stop|...|ns RUN_DIR [...]"
+mkdir -p "$RUN"
+RUN=$(cd "$RUN" && pwd)
+ENVF=$RUN/env
+
+envget() { sed -n "s/^$1='\(.*\)'$/\1/p" "$ENVF" 2>/dev/null | tail -n 1; }
+envset() {
+    local k=$1 v=$2
+    touch "$ENVF"
+    sed -i "/^$k=/d" "$ENVF"
+    printf "%s='%s'\n" "$k" "$v" >> "$ENVF"
+}
+
+free_ports() { # N -> N free TCP ports on loopback, one per line
+    "$PY" - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+print("\n".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_port() { # HOST PORT SECONDS
+    local i
+    for i in $(seq $(($3 * 10))); do
+        port_open "$1" "$2" && return 0
+        sleep 0.1
+    done
+    port_open "$1" "$2"
+}
+
+# ---------------------------------------------------------------- RabbitMQ
+rabbit_env() {
+    local R=$RUN/rabbitmq
+    export HOME=$R RABBITMQ_NODENAME=$(envget RABBIT_NODE)
+    export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$(envget AMQP_PORT)
+    export RABBITMQ_DIST_PORT=$(envget RABBIT_DIST_PORT) ERL_EPMD_PORT=$(envget RABBIT_EPMD_PORT)
+    export ERL_EPMD_ADDRESS=127.0.0.1
+    export RABBITMQ_MNESIA_BASE=$R/mnesia RABBITMQ_LOG_BASE=$R/log
+    export RABBITMQ_CONFIG_FILE=$R/rabbitmq RABBITMQ_ENABLED_PLUGINS_FILE=$R/enabled_plugins
+    export RABBITMQ_PID_FILE=$R/pid
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+}
+
+rabbit_start() {
+    local R=$RUN/rabbitmq
+    mkdir -p "$R/mnesia" "$R/log"
+    echo '[].' > "$R/enabled_plugins"
+    cat > "$R/rabbitmq.conf" <<EOF
+listeners.tcp.1 = 127.0.0.1:$(envget AMQP_PORT)
+loopback_users = none
+log.file.level = warning
+EOF
+    (
+        rabbit_env
+        "$RABBIT_BIN/rabbitmq-server" -detached > "$R/start.out" 2>&1 ||
+            { cat "$R/start.out" >&2; exit 1; }
+        if ! timeout 90 "$RABBIT_BIN/rabbitmqctl" -n "$RABBITMQ_NODENAME" wait "$R/pid" \
+            --timeout 80 > "$R/wait.out" 2>&1; then
+            log "RabbitMQ did not start:"; tail -n 20 "$R/wait.out" "$R"/log/*.log >&2 || true
+            exit 1
+        fi
+    ) || die "RabbitMQ failed to start (logs in $R/log)"
+    log "RabbitMQ up on 127.0.0.1:$(envget AMQP_PORT)"
+}
+
+rabbit_stop() {
+    local R=$RUN/rabbitmq
+    [ -f "$R/pid" ] || return 0
+    local pid; pid=$(cat "$R/pid" 2>/dev/null || true)
+    (
+        rabbit_env
+        timeout 30 "$RABBIT_BIN/rabbitmqctl" -n "$RABBITMQ_NODENAME" stop "$R/pid" \
+            > "$R/stop.out" 2>&1 || true
+    )
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
+    rm -f "$R/pid"
+}
+
+epmd_stop() {
+    local port; port=$(envget RABBIT_EPMD_PORT)
+    [ -n "$port" ] || return 0
+    ERL_EPMD_PORT=$port timeout 5 epmd -kill >/dev/null 2>&1 || true
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+as_pg() { runuser -u postgres -- "$@"; }
+
+pg_start() {
+    local D=$RUN/postgres
+    mkdir -p "$D"; chown postgres: "$D"
+    if [ ! -f "$D/data/PG_VERSION" ]; then
+        as_pg "$PGBIN/initdb" -D "$D/data" -A trust -U postgres --no-sync -E UTF8 \
+            --locale=C.UTF-8 > "$D/initdb.log" 2>&1 ||
+            { cat "$D/initdb.log" >&2; die "PostgreSQL initdb failed"; }
+    fi
+    as_pg "$PGBIN/pg_ctl" -D "$D/data" -l "$D/pg.log" -w -t 60 -o \
+        "-p $(envget PG_PORT) -k $D -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400 -c full_page_writes=off" \
+        start > "$D/start.out" 2>&1 ||
+        { cat "$D/start.out" >&2; tail -n 20 "$D/pg.log" >&2 || true; die "PostgreSQL failed to start"; }
+    log "PostgreSQL up on 127.0.0.1:$(envget PG_PORT)"
+}
+
+pg_stop() {
+    local D=$RUN/postgres
+    [ -f "$D/data/postmaster.pid" ] || return 0
+    as_pg "$PGBIN/pg_ctl" -D "$D/data" -m immediate -w -t 30 stop > /dev/null 2>&1 || true
+}
+
+# ---------------------------------------------------------------- libvirtd hosts
+host_ip() { case $1 in a) echo 127.0.0.2 ;; b) echo 127.0.0.3 ;; *) die "no host '$1'" ;; esac; }
+
+host_start() {
+    local H=$1 IP; IP=$(host_ip "$1")
+    local R=$RUN/hosts/$H PORT MIG
+    PORT=$(envget "HOST_${H^^}_PORT"); MIG=$(envget "HOST_${H^^}_MIGRATION_PORT")
+    mkdir -p "$R"/{run,lib,cache,log,etc,private} "$RUN/private"
+    cp -rn /etc/libvirt/. "$R/etc/" 2>/dev/null || true
+    rm -f "$R"/etc/qemu/networks/autostart/* "$R"/etc/qemu/*.xml 2>/dev/null || true
+    local last=${IP##*.}
+    cat > "$R/etc/libvirtd.conf" <<EOF
+listen_tls = 0
+listen_tcp = 1
+listen_addr = "$IP"
+tcp_port = "$PORT"
+auth_tcp = "none"
+host_uuid = "$(printf '00000000-0000-4000-8000-0000000001%02x' "$last")"
+unix_sock_dir = "/run/libvirt"
+log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+keepalive_interval = 5
+EOF
+    cat > "$R/etc/qemu.conf" <<EOF
+migration_address = "$IP"
+migration_host = "$IP"
+migration_port_min = $MIG
+migration_port_max = $((MIG + 15))
+user = "root"
+group = "root"
+dynamic_ownership = 1
+remember_owner = 0
+stdio_handler = "file"
+EOF
+    rm -f "$R/run/libvirt-sock" "$R/run/libvirt-sock-ro" "$R/run/libvirt-admin-sock"
+    unshare --mount --uts --propagation private bash -c "
+        hostname host-$H
+        mkdir -p /run/libvirt
+        mount --bind $R/run   /run/libvirt
+        mount --bind $R/lib   /var/lib/libvirt
+        mount --bind $R/cache /var/cache/libvirt
+        mount --bind $R/log   /var/log/libvirt
+        mount --bind $R/etc   /etc/libvirt
+        mount --bind $R/private $RUN/private
+        exec libvirtd --listen -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid
+    " > "$R/libvirtd.out" 2>&1 &
+    local p=$! i
+    echo "$p" > "$R/pid"
+    for i in $(seq 100); do
+        [ -S "$R/run/libvirt-sock" ] && port_open "$IP" "$PORT" && break
+        kill -0 "$p" 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! kill -0 "$p" 2>/dev/null || ! wait_port "$IP" "$PORT" 2; then
+        tail -n 5 "$R/libvirtd.out" "$R/log/libvirtd.log" >&2 2>/dev/null || true
+        die "libvirtd host $H failed to start on $IP:$PORT"
+    fi
+    readlink "/proc/$p/ns/mnt" > "$R/mntns"
+    # warm the QEMU capabilities cache: the first domain start otherwise pays for the probe
+    timeout 60 virsh -q -c "qemu+tcp://$IP:$PORT/system" capabilities > /dev/null ||
+        die "libvirtd host $H does not answer on $IP:$PORT"
+    log "libvirtd host $H up on $IP:$PORT (pid $p)"
+}
+
+host_stop() {
+    local H=$1 IP; IP=$(host_ip "$1")
+    local R=$RUN/hosts/$H PORT p d
+    PORT=$(envget "HOST_${H^^}_PORT")
+    p=$(cat "$R/pid" 2>/dev/null || true)
+    if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+        local uri="qemu+tcp://$IP:$PORT/system"
+        for d in $(timeout 10 virsh -q -c "$uri" list --all --name 2>/dev/null); do
+            timeout 10 virsh -q -c "$uri" destroy "$d" > /dev/null 2>&1 || true
+            timeout 10 virsh -q -c "$uri" undefine --managed-save "$d" > /dev/null 2>&1 || true
+        done
+        kill "$p" 2>/dev/null || true
+        for _ in $(seq 25); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+        # about one libvirtd stop in four hangs in its udev driver shutdown: SIGKILL it
+        kill -9 "$p" 2>/dev/null || true
+    fi
+    # guests whose libvirtd died keep running: kill every process of this host's namespace
+    if [ -f "$R/mntns" ]; then
+        local ns; ns=$(cat "$R/mntns")
+        for d in /proc/[0-9]*; do
+            [ "$(readlink "$d/ns/mnt" 2>/dev/null)" = "$ns" ] && kill -9 "${d#/proc/}" 2>/dev/null || true
+        done
+    fi
+    rm -f "$R/pid" "$R/run/libvirt-sock" "$R/run/libvirt-sock-ro" "$R/run/libvirt-admin-sock"
+}
+
+host_ns() {
+    local H=$1; shift
+    local p; p=$(cat "$RUN/hosts/$H/pid" 2>/dev/null) || die "host $H is not running"
+    exec nsenter -t "$p" -m -u -- "$@"
+}
+
+# ---------------------------------------------------------------- image server
+images_start() {
+    mkdir -p "$RUN/images"
+    "$PY" "$HERE/imageserver.py" --port "$(envget IMAGE_PORT)" --root "$RUN/images" \
+        > "$RUN/imageserver.log" 2>&1 &
+    echo $! > "$RUN/imageserver.pid"
+    wait_port 127.0.0.1 "$(envget IMAGE_PORT)" 10 ||
+        { cat "$RUN/imageserver.log" >&2; die "image server failed to start"; }
+    log "image server up on 127.0.0.1:$(envget IMAGE_PORT)"
+}
+
+# ---------------------------------------------------------------- whole run
+kill_run_processes() { # every process whose command line names this run's folder
+    local d self=$$
+    for d in /proc/[0-9]*; do
+        local pid=${d#/proc/}
+        [ "$pid" = "$self" ] && continue
+        tr '\0' ' ' < "$d/cmdline" 2>/dev/null | grep -qF -- "$RUN/" || continue
+        case "$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null)" in *harness.sh*) continue ;; esac
+        # the databases and the broker are stopped in order below
+        case "$(cat "$d/comm" 2>/dev/null)" in postgres | beam.smp | erl_child_setup | epmd) continue ;; esac
+        kill -9 "$pid" 2>/dev/null || true
+    done
+}
+
+stop_all() {
+    [ -f "$ENVF" ] || return 0
+    kill_run_processes
+    host_stop a || true
+    host_stop b || true
+    rabbit_stop || true
+    epmd_stop || true
+    pg_stop || true
+    [ -f "$RUN/imageserver.pid" ] && kill "$(cat "$RUN/imageserver.pid")" 2>/dev/null || true
+    rm -f "$RUN/imageserver.pid"
+    log "all services of $RUN stopped"
+}
+
+start_all() {
+    stop_all
+    rm -rf "$RUN"/{rabbitmq,postgres,hosts,private,images,shared,agents}
+    rm -f "$ENVF"
+    mkdir -p "$RUN"
+    chmod 755 "$RUN"
+    local ports; mapfile -t ports < <(free_ports 9)
+    envset RUN_DIR "$RUN"
+    envset SRC_DIR "$SRC"
+    envset RABBIT_NODE "vntest-$$-$RANDOM@localhost"
+    envset AMQP_PORT "${ports[0]}"
+    envset RABBIT_DIST_PORT "${ports[1]}"
+    envset RABBIT_EPMD_PORT "${ports[2]}"
+    envset AMQP_URL "amqp://guest:guest@127.0.0.1:${ports[0]}/"
+    envset PG_PORT "${ports[3]}"
+    envset PG_DSN "host=127.0.0.1 port=${ports[3]} user=postgres dbname=postgres"
+    envset HOST_A_PORT "${ports[4]}"
+    envset HOST_B_PORT "${ports[5]}"
+    envset HOST_A_URI "qemu+tcp://127.0.0.2:${ports[4]}/system"
+    envset HOST_B_URI "qemu+tcp://127.0.0.3:${ports[5]}/system"
+    # migration port ranges: 16 ports each, above the ephemeral range's usual start
+    local base=$(( 20000 + (${ports[6]} % 2000) * 16 ))
+    envset HOST_A_MIGRATION_PORT "$base"
+    envset HOST_B_MIGRATION_PORT "$((base + 16))"
+    envset IMAGE_PORT "${ports[7]}"
+    envset IMAGE_URL "http://127.0.0.1:${ports[7]}"
+    envset SHARED_DIR "$RUN/shared"
+    envset PRIVATE_DIR "$RUN/private"
+    mkdir -p "$RUN/shared" "$RUN/private" "$RUN/agents"
+
+    local guest
+    guest=$(bash "$SRC/tests/guest/build.sh" | tail -n 1) || die "test guest image build failed"
+    envset GUEST_IMAGE "$guest"
+
+    # RabbitMQ takes ~10 s: start it in the background while the rest comes up
+    rabbit_start & local rpid=$!
+    pg_start
+    host_start a
+    host_start b
+    images_start
+    wait "$rpid" || die "RabbitMQ failed to start"
+    log "services ready; environment in $ENVF"
+}
+
+case "$cmd" in
+start) start_all ;;
+stop) stop_all ;;
+rabbit-stop) rabbit_stop; log "RabbitMQ stopped" ;;
+rabbit-start) rabbit_start ;;
+pg-stop) pg_stop; log "PostgreSQL stopped" ;;
+pg-start) pg_start ;;
+host-stop) host_stop "${3:?host}"; log "host $3 stopped" ;;
+host-start) host_start "${3:?host}" ;;
+ns) H=${3:?host}; shift 3; host_ns "$H" "$@" ;;
+*) die "unknown command '$cmd'" ;;
+esac
