@@ -129,7 +129,7 @@ static void finish_op(VnDispatcher *d, VnOp *op, gboolean ok, json_object *resul
         g_atomic_int_inc(&a->counters.requests_failed);
         g_warning("%s failed: %s", op->info->name, fail.message);
     }
-    vn_agent_reply(a, op->msg->reply_q, op->msg->msg_id, ok ? result : NULL, ok ? NULL : &fail);
+    /* the journal first: a duplicate arriving after the reply gets the recorded one */
     if (op->info->journaled && op->unique_id) {
         g_autoptr(GError) jerr = NULL;
         record = reply_record(ok ? result : NULL, ok ? NULL : &fail);
@@ -159,6 +159,8 @@ static void finish_op(VnDispatcher *d, VnOp *op, gboolean ok, json_object *resul
     d->pending--;
     g_cond_broadcast(&d->idle);
     g_mutex_unlock(&d->lock);
+    /* the reply last: when the caller hears back, the agent's state is settled */
+    vn_agent_reply(a, op->msg->reply_q, op->msg->msg_id, ok ? result : NULL, ok ? NULL : &fail);
 }
 
 static void worker(gpointer data, gpointer user_data)

@@ -181,8 +181,11 @@ char *vn_guest_verify_confinement(VnAgent *a, const VnInstanceRecord *rec, int d
                 return label_fail(error, "the guest has an empty %s label", a->mac_model), NULL;
             mac_seen = TRUE;
         }
-        if ((dac_uid > 0 || !g_str_has_prefix(l, "dac:")) &&
-            (owner = label_owner(rec->uuid, l, recs)))
+        /* a per-guest identity and a MAC label must be the guest's own; labels of other
+         * models (a test driver's) are not meant to be unique */
+        gboolean own = (dac_uid > 0 && g_str_has_prefix(l, "dac:")) ||
+                       (a->mac_model && g_str_has_prefix(l, a->mac_model));
+        if (own && (owner = label_owner(rec->uuid, l, recs)))
             return label_fail(error, "security label '%s' is also the label of instance %s", l,
                               owner),
                    NULL;

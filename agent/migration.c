@@ -677,7 +677,17 @@ static gboolean run_migration(Flow *f, const VnInstanceRecord *rec, GError **err
     json_object *uid = md_get(f->md, "dest_guest_uid");
     MigrateThread t = { 0 };
     GThread *th;
-    static char *block_disks[] = { "vda", "vdb", "vdc", NULL };
+    g_autoptr(GPtrArray) block_disks = g_ptr_array_new();
+    json_object *disks = md_get(f->md, "disks");
+
+    /* the local disks to copy, by their targets in the domain */
+    if (disks && vn_json_member(disks, VN_GUEST_ROOT_DISK))
+        g_ptr_array_add(block_disks, (gpointer) "vda");
+    if (disks && vn_json_member(disks, VN_GUEST_EPHEMERAL_DISK))
+        g_ptr_array_add(block_disks, (gpointer) "vdb");
+    if (disks && vn_json_member(disks, VN_GUEST_SWAP_DISK))
+        g_ptr_array_add(block_disks, (gpointer) "vdc");
+    g_ptr_array_add(block_disks, NULL);
 
     xml = vn_domain_get_xml(a->virt, f->uuid, TRUE, error);
     if (!xml)
@@ -694,7 +704,7 @@ static gboolean run_migration(Flow *f, const VnInstanceRecord *rec, GError **err
     t.params.bandwidth_mib = (guint64)cfg->live_migration_bandwidth;
     t.params.parallel = cfg->live_migration_parallel_connections;
     t.params.block = f->block;
-    t.params.block_disks = block_disks;
+    t.params.block_disks = (char **)block_disks->pdata;
     t.params.shared_unsafe = f->shared;
     t.params.post_copy = cfg->live_migration_permit_post_copy;
     t.params.auto_converge = cfg->live_migration_permit_auto_converge &&

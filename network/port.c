@@ -16,8 +16,10 @@ char *vn_net_mac_normalize(const char *text, GError **error)
 
     for (const char *p = text ? text : ""; *p; p++) {
         if (g_ascii_isxdigit(*p)) {
-            if (n >= 12)
+            if (n >= 12) {
+                n = -1;
                 break;
+            }
             hex[n++] = g_ascii_tolower(*p);
         } else if (*p != ':' && *p != '-') {
             n = -1;

@@ -24,6 +24,28 @@ static virDomainPtr domain_get(VnVirtConn *c, const char *uuid, GError **error)
     return conn ? lookup(conn, uuid, error) : NULL;
 }
 
+/* Undefines with its managed-save image and metadata, with fewer flags on drivers that
+ * do not know them all. */
+static gboolean undefine(virDomainPtr dom)
+{
+    static const unsigned int flags[] = {
+        VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
+            VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA,
+        VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
+        VIR_DOMAIN_UNDEFINE_MANAGED_SAVE,
+    };
+
+    for (gsize i = 0; i < G_N_ELEMENTS(flags); i++) {
+        if (virDomainUndefineFlags(dom, flags[i]) == 0)
+            return TRUE;
+        virErrorPtr e = virGetLastError();
+        if (!e || (e->code != VIR_ERR_INVALID_ARG && e->code != VIR_ERR_NO_SUPPORT))
+            return FALSE;
+        virResetLastError();
+    }
+    return FALSE;
+}
+
 gboolean vn_domain_create(VnVirtConn *c, const char *xml, GError **error)
 {
     g_autoptr(virConnect) conn = vn_virt_conn_get(c, error);
@@ -38,8 +60,7 @@ gboolean vn_domain_create(VnVirtConn *c, const char *xml, GError **error)
         g_autoptr(GError) err = NULL;
         vn_virt_error(&err, "starting the domain");
         /* leave nothing half-made: the caller also undefines, this is the first line */
-        virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
-                                        VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA);
+        undefine(dom);
         virResetLastError();
         g_propagate_error(error, g_steal_pointer(&err));
         return FALSE;
@@ -126,7 +147,11 @@ gboolean vn_domain_shutdown(VnVirtConn *c, const char *uuid, GError **error)
 
     if (!dom)
         return FALSE;
-    if (virDomainShutdownFlags(dom, VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN) < 0)
+    if (virDomainShutdownFlags(dom, VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN) == 0)
+        return TRUE;
+    /* a driver without the ACPI method: its own way of asking the guest */
+    virResetLastError();
+    if (virDomainShutdown(dom) < 0)
         return vn_virt_error(error, "pressing the power button of instance %s", uuid);
     return TRUE;
 }
@@ -231,9 +256,7 @@ gboolean vn_domain_undefine(VnVirtConn *c, const char *uuid, GError **error)
     }
     if (virDomainIsActive(dom) == 1 && !vn_domain_destroy(c, uuid, error))
         return FALSE;
-    if (virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
-                                        VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
-                                        VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA) < 0) {
+    if (!undefine(dom)) {
         virErrorPtr e = virGetLastError();
         if (e && e->code == VIR_ERR_NO_DOMAIN) {
             virResetLastError();
@@ -337,8 +360,20 @@ GPtrArray *vn_domain_security_labels(VnVirtConn *c, const char *uuid, GError **e
         return NULL;
     n = virDomainGetSecurityLabelList(dom, &labels);
     if (n < 0) {
-        vn_virt_error(error, "reading the security labels of instance %s", uuid);
-        return NULL;
+        virErrorPtr e = virGetLastError();
+        if (!e || e->code != VIR_ERR_NO_SUPPORT) {
+            vn_virt_error(error, "reading the security labels of instance %s", uuid);
+            return NULL;
+        }
+        /* a driver with only the primary model's label */
+        virResetLastError();
+        labels = calloc(1, sizeof(*labels));
+        if (!labels || virDomainGetSecurityLabel(dom, labels) < 0) {
+            free(labels);
+            vn_virt_error(error, "reading the security label of instance %s", uuid);
+            return NULL;
+        }
+        n = 1;
     }
     out = g_ptr_array_new_with_free_func(g_free);
     for (int i = 0; i < n; i++) {

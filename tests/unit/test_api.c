@@ -1,0 +1,257 @@
+/* Unit tests of api/: request validation, the method table, the instance record. */
+#include "tests/unit/testutil.h"
+
+#include <string.h>
+
+#include "api/error.h"
+#include "api/instance.h"
+#include "api/json.h"
+#include "api/methods.h"
+
+/* The build request of the compute issue, as written there. */
+static const char *build_args =
+    "{\"instance\": {\"uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\", \"name\": \"vm-1\","
+    " \"project_id\": \"p1\", \"user_id\": \"u1\","
+    " \"flavor\": {\"name\": \"m1.tiny\", \"vcpus\": 1, \"memory_mb\": 128,"
+    "   \"root_gb\": 1, \"ephemeral_gb\": 0, \"swap_mb\": 0, \"extra_specs\": {}},"
+    " \"image\": {\"id\": \"guest-1\", \"url\": \"http://127.0.0.1:8099/guest.qcow2\","
+    "   \"sha256\": \"ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789\","
+    "   \"disk_format\": \"qcow2\", \"size\": 12345678},"
+    " \"metadata\": {}},"
+    " \"networks\": [], \"block_device_mapping\": []}";
+
+static VnRequest *parse(VnMethod m, const char *args, GError **error)
+{
+    g_autoptr(json_object) o = json_tokener_parse(args);
+
+    assert_non_null(o);
+    return vn_request_parse(vn_method_info(m), o, error);
+}
+
+static void test_build_request_as_written(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnRequest) r = parse(VN_METHOD_BUILD_AND_RUN_INSTANCE, build_args, &err);
+
+    (void)state;
+    assert_non_null(r);
+    assert_string_equal(r->instance_uuid, "0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01");
+    assert_string_equal(r->spec->name, "vm-1");
+    assert_int_equal(r->spec->flavor.memory_mb, 128);
+    assert_int_equal(r->spec->flavor.root_gb, 1);
+    /* checksums are kept lower-case */
+    assert_string_equal(r->spec->image.sha256,
+                        "abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789");
+    assert_int_equal(r->spec->image.size, 12345678);
+}
+
+/* Replaces the first @from in build_args with @to and expects @needle in the error. */
+static void expect_build_error(const char *from, const char *to, const char *needle,
+                               VnApiErrorCode code)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *args = NULL;
+    const char *at = strstr(build_args, from);
+    g_autoptr(VnRequest) r = NULL;
+
+    assert_non_null(at);
+    args = g_strdup_printf("%.*s%s%s", (int)(at - build_args), build_args, to, at + strlen(from));
+    r = parse(VN_METHOD_BUILD_AND_RUN_INSTANCE, args, &err);
+    assert_null(r);
+    assert_true(g_error_matches(err, VN_API_ERROR, code));
+    if (!strstr(err->message, needle))
+        fail_msg("'%s' does not contain '%s'", err->message, needle);
+}
+
+static void test_build_request_errors(void **state)
+{
+    (void)state;
+    expect_build_error("\"vcpus\": 1", "\"vcpus\": \"1\"", "instance.flavor.vcpus: expected an integer",
+                       VN_API_ERROR_INVALID);
+    expect_build_error("\"vcpus\": 1", "\"vcpus\": 0", "instance.flavor.vcpus: must be between 1",
+                       VN_API_ERROR_INVALID);
+    expect_build_error("\"memory_mb\": 128", "\"memory_mb\": 99999999999",
+                       "instance.flavor.memory_mb", VN_API_ERROR_INVALID);
+    expect_build_error("\"uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\"", "\"uuid\": \"nope\"",
+                       "instance.uuid", VN_API_ERROR_INVALID);
+    expect_build_error("http://127.0.0.1:8099/guest.qcow2", "file:///etc/passwd",
+                       "instance.image.url: only http:// and https://", VN_API_ERROR_INVALID);
+    expect_build_error("\"disk_format\": \"qcow2\"", "\"disk_format\": \"vmdk\"",
+                       "instance.image.disk_format: 'vmdk' is not supported", VN_API_ERROR_INVALID);
+    expect_build_error("ABCDEF0123456789", "XYZDEF0123456789",
+                       "instance.image.sha256: expected 64 hexadecimal digits", VN_API_ERROR_INVALID);
+    expect_build_error("\"name\": \"vm-1\"", "\"name\": \"vm\\u0001\"",
+                       "instance.name: contains control characters", VN_API_ERROR_INVALID);
+    expect_build_error("\"metadata\": {}", "\"metadata\": {\"k\": 5}",
+                       "instance.metadata.k: expected a string", VN_API_ERROR_INVALID);
+    expect_build_error("\"networks\": []", "\"networks\": {}", "networks: expected a list",
+                       VN_API_ERROR_INVALID);
+    expect_build_error("\"networks\": []", "\"networks\": [{\"id\": \"n\"}]",
+                       "networks: this agent does not attach networks yet", VN_API_ERROR_UNSUPPORTED);
+    expect_build_error("\"networks\": []", "\"networks\": [], \"x\": 1", "x: unexpected argument",
+                       VN_API_ERROR_INVALID);
+    expect_build_error("\"root_gb\": 1", "\"root_gb\": 0, \"y\": 2",
+                       "instance.flavor.y: unexpected argument", VN_API_ERROR_INVALID);
+    expect_build_error("\"size\": 12345678", "\"size\": 12345678, \"min_ram\": 4096",
+                       "less than the image's min_ram", VN_API_ERROR_INVALID);
+    expect_build_error("\"size\": 12345678", "\"size\": 2147483648",
+                       "does not fit in 1 GiB", VN_API_ERROR_INVALID);
+}
+
+static void test_other_requests(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnRequest) r = NULL;
+
+    (void)state;
+    r = parse(VN_METHOD_REBOOT_INSTANCE,
+              "{\"instance_uuid\": \"0B5E1C5E-8F1D-4C1A-9D4E-2F7C9A6B1E01\", \"reboot_type\": \"HARD\"}",
+              &err);
+    assert_non_null(r);
+    assert_int_equal(r->reboot_type, VN_REBOOT_HARD);
+    assert_string_equal(r->instance_uuid, "0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01");
+    g_clear_pointer(&r, vn_request_free);
+
+    r = parse(VN_METHOD_REBOOT_INSTANCE,
+              "{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\", \"reboot_type\": \"WARM\"}",
+              &err);
+    assert_null(r);
+    assert_non_null(strstr(err->message, "reboot_type: 'WARM' is not SOFT or HARD"));
+    g_clear_error(&err);
+
+    r = parse(VN_METHOD_STOP_INSTANCE,
+              "{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\", \"timeout\": 5}", &err);
+    assert_non_null(r);
+    assert_int_equal(r->stop_timeout, 5);
+    assert_true(r->clean_shutdown);
+    g_clear_pointer(&r, vn_request_free);
+
+    r = parse(VN_METHOD_PING, "{\"arg\": {\"x\": [1, 2]}}", &err);
+    assert_non_null(r);
+    assert_non_null(r->ping_arg);
+    g_clear_pointer(&r, vn_request_free);
+
+    r = parse(VN_METHOD_LIVE_MIGRATION,
+              "{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\", \"dest_host\": "
+              "\"host-b\", \"block_migration\": null}",
+              &err);
+    assert_non_null(r);
+    assert_int_equal(r->block_migration, -1);
+    assert_string_equal(r->dest_host, "host-b");
+    g_clear_pointer(&r, vn_request_free);
+
+    r = parse(VN_METHOD_LIVE_MIGRATION,
+              "{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\", \"dest_host\": "
+              "\"../x\"}",
+              &err);
+    assert_null(r);
+    assert_non_null(strstr(err->message, "dest_host"));
+    g_clear_error(&err);
+
+    r = parse(VN_METHOD_GET_INSTANCE, "{}", &err);
+    assert_null(r);
+    assert_non_null(strstr(err->message, "instance_uuid: missing"));
+}
+
+static void test_method_lookup(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    const VnMethodInfo *m;
+
+    (void)state;
+    m = vn_method_lookup(NULL, "build_and_run_instance", "1.0", &err);
+    assert_non_null(m);
+    assert_int_equal(m->kind, VN_KIND_BUILD);
+    assert_true(m->journaled);
+    m = vn_method_lookup(NULL, "ping", NULL, &err);
+    assert_non_null(m);
+    m = vn_method_lookup("baseapi", "ping", "1.1", &err);
+    assert_non_null(m);
+    m = vn_method_lookup(NULL, "live_migration", "1.1", &err);
+    assert_non_null(m);
+
+    m = vn_method_lookup(NULL, "frobnicate", "1.0", &err);
+    assert_null(m);
+    assert_true(g_error_matches(err, VN_API_ERROR, VN_API_ERROR_NO_SUCH_METHOD));
+    assert_non_null(strstr(err->message, "frobnicate"));
+    assert_string_equal(vn_api_error_class(err->code), "NoSuchMethod");
+    g_clear_error(&err);
+
+    m = vn_method_lookup(NULL, "ping", "2.0", &err);
+    assert_null(m);
+    assert_true(g_error_matches(err, VN_API_ERROR, VN_API_ERROR_UNSUPPORTED_VERSION));
+    g_clear_error(&err);
+    m = vn_method_lookup(NULL, "ping", "1.9", &err);
+    assert_null(m);
+    g_clear_error(&err);
+    m = vn_method_lookup(NULL, "ping", "x.y", &err);
+    assert_null(m);
+    g_clear_error(&err);
+    m = vn_method_lookup("baseapi", "terminate_instance", "1.0", &err);
+    assert_null(m);
+    assert_true(g_error_matches(err, VN_API_ERROR, VN_API_ERROR_NO_SUCH_METHOD));
+}
+
+static void test_record_round_trip(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnRequest) r = parse(VN_METHOD_BUILD_AND_RUN_INSTANCE, build_args, &err);
+    g_autoptr(VnInstanceRecord) rec = vn_instance_record_copy(r->spec);
+    g_autoptr(json_object) o = NULL;
+    g_autoptr(VnInstanceRecord) back = NULL;
+
+    (void)state;
+    rec->host = g_strdup("host-a");
+    rec->vm_state = VN_VM_ACTIVE;
+    rec->task_state = VN_TASK_REBOOTING;
+    rec->power_state = VN_POWER_RUNNING;
+    rec->launched_at = 1795290000;
+    rec->fault_class = g_strdup("X");
+    rec->fault_message = g_strdup("went wrong");
+    rec->guest_uid = 30001;
+    rec->generation = 42;
+    g_hash_table_insert(rec->metadata, g_strdup("vn.mode"), g_strdup("dirty"));
+    o = vn_instance_record_to_json(rec);
+    assert_string_equal(json_object_get_string(json_object_object_get(o, "launched_at")),
+                        "2026-11-21T19:40:00Z");
+    assert_int_equal(json_object_get_int(json_object_object_get(o, "power_state")), 1);
+    back = vn_instance_record_from_json(o, &err);
+    assert_non_null(back);
+    assert_int_equal(back->vm_state, VN_VM_ACTIVE);
+    assert_int_equal(back->task_state, VN_TASK_REBOOTING);
+    assert_int_equal(back->launched_at, 1795290000);
+    assert_string_equal(back->fault_message, "went wrong");
+    assert_int_equal(back->guest_uid, 30001);
+    assert_int_equal(back->generation, 42);
+    assert_string_equal(g_hash_table_lookup(back->metadata, "vn.mode"), "dirty");
+
+    /* a record with an impossible state is refused */
+    json_object_object_add(o, "power_state", json_object_new_int(2));
+    g_autoptr(VnInstanceRecord) bad = vn_instance_record_from_json(o, &err);
+    assert_null(bad);
+}
+
+static void test_uuid_canonical(void **state)
+{
+    g_autofree char *a = vn_uuid_canonical("0B5E1C5E-8F1D-4C1A-9D4E-2F7C9A6B1E01");
+    g_autofree char *b = vn_uuid_canonical("0b5e1c5e8f1d4c1a9d4e2f7c9a6b1e01");
+    g_autofree char *c = vn_uuid_canonical("0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e0g");
+
+    (void)state;
+    assert_string_equal(a, "0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01");
+    assert_null(b);
+    assert_null(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_build_request_as_written),
+        cmocka_unit_test(test_build_request_errors),
+        cmocka_unit_test(test_other_requests),
+        cmocka_unit_test(test_method_lookup),
+        cmocka_unit_test(test_record_round_trip),
+        cmocka_unit_test(test_uuid_canonical),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,239 @@
+/* Unit tests of scheduler-client: the oslo.messaging envelope, broker URLs, back-off. */
+#include "tests/unit/testutil.h"
+
+#include <string.h>
+
+#include "scheduler-client/amqp/envelope.h"
+#include "scheduler-client/amqp/url.h"
+#include "scheduler-client/backoff.h"
+#include "scheduler-client/sched_error.h"
+
+/* A call as oslo.messaging 14 (Debian 12) puts it on the wire. */
+static const char *oslo_call =
+    "{\"oslo.version\": \"2.0\", \"oslo.message\": \"{\\\"method\\\": \\\"ping\\\", "
+    "\\\"args\\\": {\\\"arg\\\": \\\"hello\\\"}, \\\"namespace\\\": \\\"baseapi\\\", "
+    "\\\"version\\\": \\\"1.1\\\", \\\"_unique_id\\\": \\\"4a0c1f8e6f0d4c59bd1d4c3e3b3f3f11\\\", "
+    "\\\"_msg_id\\\": \\\"7c1d9b2f0a8e4e0e9a5c6d7e8f9a0b1c\\\", "
+    "\\\"_reply_q\\\": \\\"reply_0123456789abcdef0123456789abcdef\\\", \\\"_timeout\\\": 30, "
+    "\\\"_context_request_id\\\": \\\"req-11111111-2222-3333-4444-555555555555\\\", "
+    "\\\"_context_project_id\\\": \\\"p1\\\", \\\"_context_roles\\\": [\\\"admin\\\"]}\"}";
+
+static void test_decode_oslo_call(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    VnRpcMessage *m = NULL;
+
+    (void)state;
+    assert_true(vn_envelope_decode_request(oslo_call, strlen(oslo_call), &m, &err));
+    assert_string_equal(m->method, "ping");
+    assert_string_equal(m->namespace_, "baseapi");
+    assert_string_equal(m->version, "1.1");
+    assert_string_equal(m->unique_id, "4a0c1f8e6f0d4c59bd1d4c3e3b3f3f11");
+    assert_string_equal(m->msg_id, "7c1d9b2f0a8e4e0e9a5c6d7e8f9a0b1c");
+    assert_string_equal(m->reply_q, "reply_0123456789abcdef0123456789abcdef");
+    assert_int_equal(m->timeout, 30);
+    assert_string_equal(m->request_id, "req-11111111-2222-3333-4444-555555555555");
+    assert_string_equal(json_object_get_string(json_object_object_get(m->context, "project_id")),
+                        "p1");
+    assert_true(json_object_is_type(json_object_object_get(m->context, "roles"), json_type_array));
+    assert_string_equal(json_object_get_string(json_object_object_get(m->args, "arg")), "hello");
+    vn_rpc_message_free(m);
+}
+
+static void test_encode_decode_round_trip(void **state)
+{
+    g_autoptr(VnRpcMessage) m = vn_rpc_message_new();
+    g_autoptr(GError) err = NULL;
+    g_autofree char *body = NULL;
+    VnRpcMessage *back = NULL;
+
+    (void)state;
+    m->method = g_strdup("stop_instance");
+    m->args = json_tokener_parse("{\"instance_uuid\": \"x\", \"timeout\": 3}");
+    m->version = g_strdup("1.0");
+    m->unique_id = vn_envelope_new_id();
+    m->context = json_tokener_parse("{\"request_id\": \"req-9\"}");
+    body = vn_envelope_encode_request(m);
+    assert_true(vn_envelope_decode_request(body, strlen(body), &back, &err));
+    assert_string_equal(back->method, "stop_instance");
+    assert_string_equal(back->unique_id, m->unique_id);
+    assert_null(back->msg_id); /* a cast */
+    assert_string_equal(back->request_id, "req-9");
+    assert_int_equal(json_object_get_int(json_object_object_get(back->args, "timeout")), 3);
+    assert_int_equal(strlen(m->unique_id), 32);
+    vn_rpc_message_free(back);
+}
+
+/* Each bad body fails with @needle in the error; *out keeps what could be read. */
+static void expect_bad(const char *body, const char *needle, gboolean reply_readable)
+{
+    g_autoptr(GError) err = NULL;
+    VnRpcMessage *m = NULL;
+
+    assert_false(vn_envelope_decode_request(body, strlen(body), &m, &err));
+    assert_non_null(err);
+    if (!strstr(err->message, needle))
+        fail_msg("'%s' does not contain '%s'", err->message, needle);
+    if (reply_readable) {
+        assert_non_null(m);
+        assert_non_null(m->reply_q);
+        assert_non_null(m->msg_id);
+    }
+    vn_rpc_message_free(m);
+}
+
+static void test_bad_envelopes(void **state)
+{
+    (void)state;
+    expect_bad("not json", "not JSON", FALSE);
+    expect_bad("{\"a\": 1} trailing", "not JSON", FALSE);
+    expect_bad("[1, 2]", "not a JSON object", FALSE);
+    expect_bad("{\"oslo.version\": \"3.0\", \"oslo.message\": \"{}\"}", "not compatible with 2.0",
+               FALSE);
+    expect_bad("{\"oslo.version\": 2, \"oslo.message\": \"{}\"}", "oslo.version is not a string",
+               FALSE);
+    expect_bad("{\"oslo.version\": \"2.0\", \"oslo.message\": 5}", "oslo.message is not a string",
+               FALSE);
+    expect_bad("{\"oslo.version\": \"2.0\", \"oslo.message\": \"{broken\"}", "not JSON", FALSE);
+    expect_bad("{\"args\": {}, \"_msg_id\": \"m1\", \"_reply_q\": \"reply_x\"}",
+               "'method' is missing", TRUE);
+    expect_bad("{\"method\": \"ping\", \"args\": [1], \"_msg_id\": \"m1\", \"_reply_q\": \"reply_x\"}",
+               "'args' is not an object", TRUE);
+    expect_bad("{\"method\": \"p i n g\", \"_msg_id\": \"m1\", \"_reply_q\": \"reply_x\"}",
+               "'method' is not a method name", TRUE);
+    expect_bad("{\"method\": \"ping\", \"version\": 1.0, \"_msg_id\": \"m\", \"_reply_q\": \"r\"}",
+               "'version' is not a string", TRUE);
+    expect_bad("{\"method\": \"ping\", \"_timeout\": \"soon\", \"_msg_id\": \"m\", \"_reply_q\": \"r\"}",
+               "'_timeout' is not a number", TRUE);
+    /* invalid UTF-8 is refused by the parser */
+    expect_bad("{\"method\": \"p\xff\"}", "not JSON", FALSE);
+}
+
+static void test_raw_v1_message_accepted(void **state)
+{
+    const char *body = "{\"method\": \"ping\", \"args\": {\"arg\": 1}, \"_unique_id\": \"u\"}";
+    g_autoptr(GError) err = NULL;
+    VnRpcMessage *m = NULL;
+
+    (void)state;
+    assert_true(vn_envelope_decode_request(body, strlen(body), &m, &err));
+    assert_string_equal(m->method, "ping");
+    vn_rpc_message_free(m);
+}
+
+static void test_reply_and_failure(void **state)
+{
+    g_autoptr(json_object) result = json_tokener_parse("{\"service\": \"virtnode\"}");
+    g_autofree char *ok = vn_envelope_encode_reply("m1", result, NULL, TRUE);
+    VnRpcFailure f = { "InstanceNotFound", "virtnode.exception", "instance x is not here" };
+    g_autofree char *bad = vn_envelope_encode_reply("m2", NULL, &f, TRUE);
+    g_autofree char *ka = vn_envelope_encode_reply("m3", NULL, NULL, FALSE);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnRpcReply) r1 = vn_envelope_decode_reply(ok, strlen(ok), &err);
+    g_autoptr(VnRpcReply) r2 = vn_envelope_decode_reply(bad, strlen(bad), &err);
+    g_autoptr(VnRpcReply) r3 = vn_envelope_decode_reply(ka, strlen(ka), &err);
+
+    (void)state;
+    assert_string_equal(r1->msg_id, "m1");
+    assert_true(r1->ending);
+    assert_null(r1->failure_class);
+    assert_string_equal(json_object_get_string(json_object_object_get(r1->result, "service")),
+                        "virtnode");
+    assert_string_equal(r2->failure_class, "InstanceNotFound");
+    assert_string_equal(r2->failure_module, "virtnode.exception");
+    assert_string_equal(r2->failure_message, "instance x is not here");
+    assert_false(r3->ending);
+    assert_null(r3->result);
+
+    /* the failure is a JSON string with oslo's six members */
+    g_autoptr(json_object) outer = json_tokener_parse(bad);
+    g_autoptr(json_object) inner =
+        json_tokener_parse(json_object_get_string(json_object_object_get(outer, "oslo.message")));
+    json_object *fs = json_object_object_get(inner, "failure");
+    assert_true(json_object_is_type(fs, json_type_string));
+    g_autoptr(json_object) fo = json_tokener_parse(json_object_get_string(fs));
+    for (const char *const *k = (const char *const[]){ "class", "module", "message", "tb", "args",
+                                                       "kwargs", NULL };
+         *k; k++)
+        assert_true(json_object_object_get_ex(fo, *k, NULL));
+}
+
+static void test_notification(void **state)
+{
+    g_autoptr(json_object) payload = json_tokener_parse("{\"a\": 1}");
+    g_autofree char *body =
+        vn_envelope_encode_notification("compute.host-a", "instance.create.end", "INFO", payload);
+    g_autoptr(json_object) outer = json_tokener_parse(body);
+    g_autoptr(json_object) m =
+        json_tokener_parse(json_object_get_string(json_object_object_get(outer, "oslo.message")));
+
+    (void)state;
+    assert_string_equal(json_object_get_string(json_object_object_get(outer, "oslo.version")), "2.0");
+    assert_string_equal(json_object_get_string(json_object_object_get(m, "event_type")),
+                        "instance.create.end");
+    assert_string_equal(json_object_get_string(json_object_object_get(m, "priority")), "INFO");
+    assert_string_equal(json_object_get_string(json_object_object_get(m, "publisher_id")),
+                        "compute.host-a");
+    assert_non_null(json_object_object_get(m, "message_id"));
+    assert_non_null(json_object_object_get(m, "timestamp"));
+}
+
+static void test_urls(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnAmqpUrl) u = vn_amqp_url_parse("amqps://agent:pw@broker.example:5671/cloud", &err);
+    g_autofree char *shown = NULL;
+
+    (void)state;
+    assert_non_null(u);
+    assert_true(u->ssl);
+    assert_string_equal(u->user, "agent");
+    assert_string_equal(u->password, "pw");
+    assert_int_equal(u->port, 5671);
+    assert_string_equal(u->vhost, "cloud");
+    shown = vn_amqp_url_display(u);
+    assert_null(strstr(shown, "pw"));
+    g_autoptr(VnAmqpUrl) bad = vn_amqp_url_parse("amqp://user:secret@host:notaport/", &err);
+    assert_null(bad);
+    assert_null(strstr(err->message, "secret"));
+    g_clear_error(&err);
+    assert_false(vn_amqp_url_list_check("amqp://h/, http://x", &err));
+    g_clear_error(&err);
+    assert_true(vn_amqp_url_list_check("amqp://a/, amqp://b:5673/", &err));
+}
+
+static void test_backoff(void **state)
+{
+    VnBackoff b;
+    double prev_cap = 0;
+
+    (void)state;
+    vn_backoff_init(&b, 1, 30);
+    for (int i = 0; i < 10; i++) {
+        double lo = vn_backoff_next(&b, 0.0);
+        b.failures--; /* the same step again, with the other jitter extreme */
+        double hi = vn_backoff_next(&b, 0.999999);
+        double cap = MIN(30.0, 1.0 * (1 << i));
+        assert_true(lo >= cap * 0.5 - 1e-9 && lo <= cap + 1e-9);
+        assert_true(hi <= cap + 1e-9 && hi > lo);
+        assert_true(cap >= prev_cap);
+        prev_cap = cap;
+    }
+    vn_backoff_reset(&b);
+    assert_true(vn_backoff_next(&b, 0.5) <= 1.0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_decode_oslo_call),
+        cmocka_unit_test(test_encode_decode_round_trip),
+        cmocka_unit_test(test_bad_envelopes),
+        cmocka_unit_test(test_raw_v1_message_accepted),
+        cmocka_unit_test(test_reply_and_failure),
+        cmocka_unit_test(test_notification),
+        cmocka_unit_test(test_urls),
+        cmocka_unit_test(test_backoff),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,248 @@
+/* Unit tests of storage/image_inspect and storage/disk: what an image really is, and the
+ * policy that refuses unsafe ones.  Real qcow2 files are made with qemu-img. */
+#include "tests/unit/testutil.h"
+
+#include <string.h>
+
+#include "storage/disk.h"
+#include "storage/image_inspect.h"
+#include "storage/stor_error.h"
+
+#define GIB (G_GUINT64_CONSTANT(1) << 30)
+
+static char *dir;
+
+static int setup(void **state)
+{
+    (void)state;
+    dir = vn_test_tmpdir();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    vn_test_rmtree(dir);
+    g_free(dir);
+    return 0;
+}
+
+static void inspect_file(const char *path, VnImageInfo *info)
+{
+    g_autoptr(GError) err = NULL;
+
+    if (!vn_image_inspect_file(path, info, &err))
+        fail_msg("%s: %s", path, err->message);
+}
+
+static void test_plain_qcow2(void **state)
+{
+    g_autofree char *p = g_build_filename(dir, "plain.qcow2", NULL);
+    g_autofree char *cmd = g_strdup_printf("qemu-img create -q -f qcow2 %s 64M", p);
+    g_autoptr(GError) err = NULL;
+    VnImageInfo i;
+
+    (void)state;
+    assert_true(vn_test_run(cmd));
+    inspect_file(p, &i);
+    assert_int_equal(i.format, VN_IMAGE_FORMAT_QCOW2);
+    assert_int_equal(i.virtual_size, 64 << 20);
+    assert_int_equal(i.qcow2_version, 3);
+    assert_false(i.has_backing_file);
+    assert_false(i.has_data_file);
+    assert_true(vn_image_check(&i, "qcow2", GIB, &err));
+    /* declared raw but really qcow2: refused */
+    assert_false(vn_image_check(&i, "raw", GIB, &err));
+    assert_true(g_error_matches(err, VN_STOR_ERROR, VN_STOR_ERROR_UNSAFE));
+    assert_non_null(strstr(err->message, "declared raw but its content is qcow2"));
+    g_clear_error(&err);
+    /* too large for the limit */
+    assert_false(vn_image_check(&i, "qcow2", 32 << 20, &err));
+    assert_true(g_error_matches(err, VN_STOR_ERROR, VN_STOR_ERROR_TOO_LARGE));
+}
+
+static void test_backing_file_refused(void **state)
+{
+    g_autofree char *p = g_build_filename(dir, "evil.qcow2", NULL);
+    g_autofree char *cmd =
+        g_strdup_printf("qemu-img create -q -f qcow2 -F raw -b /etc/passwd %s 1M", p);
+    g_autoptr(GError) err = NULL;
+    g_autofree char *backing = NULL;
+    VnImageInfo i;
+
+    (void)state;
+    assert_true(vn_test_run(cmd));
+    inspect_file(p, &i);
+    assert_true(i.has_backing_file);
+    assert_false(vn_image_check(&i, "qcow2", GIB, &err));
+    assert_non_null(strstr(err->message, "backing file"));
+    backing = vn_disk_backing_file(p, &err);
+    assert_string_equal(backing, "/etc/passwd");
+}
+
+static void test_data_file_refused(void **state)
+{
+    g_autofree char *p = g_build_filename(dir, "data.qcow2", NULL);
+    g_autofree char *d = g_build_filename(dir, "data.raw", NULL);
+    g_autofree char *cmd =
+        g_strdup_printf("qemu-img create -q -f qcow2 -o data_file=%s %s 1M", d, p);
+    g_autoptr(GError) err = NULL;
+    VnImageInfo i;
+
+    (void)state;
+    assert_true(vn_test_run(cmd));
+    inspect_file(p, &i);
+    assert_true(i.has_data_file);
+    assert_false(vn_image_check(&i, "qcow2", GIB, &err));
+    assert_non_null(strstr(err->message, "external data file"));
+}
+
+static void test_encrypted_refused(void **state)
+{
+    g_autofree char *p = g_build_filename(dir, "enc.qcow2", NULL);
+    g_autofree char *cmd = g_strdup_printf(
+        "qemu-img create -q --object secret,id=s0,data=abc -f qcow2 -o encrypt.format=luks,"
+        "encrypt.key-secret=s0 %s 1M",
+        p);
+    g_autoptr(GError) err = NULL;
+    VnImageInfo i;
+
+    (void)state;
+    assert_true(vn_test_run(cmd));
+    inspect_file(p, &i);
+    assert_true(i.encrypted);
+    assert_false(vn_image_check(&i, "qcow2", GIB, &err));
+}
+
+static guint8 *header_v3(gsize *len)
+{
+    guint8 *h = g_malloc0(4096);
+
+    memcpy(h, "QFI\xfb", 4);
+    h[7] = 3;        /* version */
+    h[23] = 16;      /* cluster bits */
+    h[28] = 0x10;    /* virtual size 256 MiB (big-endian bytes 24-31) */
+    h[103] = 104;    /* header length */
+    *len = 4096;
+    return h;
+}
+
+static void test_crafted_headers(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    gsize len;
+    g_autofree guint8 *h = header_v3(&len);
+    VnImageInfo i;
+
+    (void)state;
+    assert_true(vn_image_inspect(h, len, len, &i, &err));
+    assert_int_equal(i.format, VN_IMAGE_FORMAT_QCOW2);
+    /* an unknown incompatible feature bit */
+    h[79] = 0x80;
+    assert_true(vn_image_inspect(h, len, len, &i, &err));
+    assert_false(vn_image_check(&i, "qcow2", G_MAXUINT64, &err));
+    assert_non_null(strstr(err->message, "unknown incompatible features"));
+    g_clear_error(&err);
+    h[79] = 0;
+    /* the corrupt bit */
+    h[79] = 0x02;
+    assert_true(vn_image_inspect(h, len, len, &i, &err));
+    assert_true(i.corrupt);
+    h[79] = 0;
+    /* a header extension that runs past the data */
+    h[104] = 0x12;
+    h[111] = 0xff;
+    h[110] = 0xff;
+    assert_false(vn_image_inspect(h, len, len, &i, &err));
+    g_clear_error(&err);
+    h[104] = h[110] = h[111] = 0;
+    /* truncated headers */
+    assert_false(vn_image_inspect(h, 50, 50, &i, &err));
+    g_clear_error(&err);
+    assert_false(vn_image_inspect(h, 90, 90, &i, &err));
+    g_clear_error(&err);
+    /* an absurd header length */
+    h[103] = 3;
+    assert_false(vn_image_inspect(h, len, len, &i, &err));
+    g_clear_error(&err);
+    /* cluster bits out of range */
+    h[103] = 104;
+    h[23] = 40;
+    assert_false(vn_image_inspect(h, len, len, &i, &err));
+}
+
+static void test_other_formats_detected(void **state)
+{
+    static const struct {
+        const char *magic;
+        gsize at;
+        VnImageFormat f;
+    } cases[] = {
+        { "KDMV", 0, VN_IMAGE_FORMAT_VMDK },      { "# Disk DescriptorFile", 0, VN_IMAGE_FORMAT_VMDK },
+        { "vhdxfile", 0, VN_IMAGE_FORMAT_VHDX },  { "conectix", 0, VN_IMAGE_FORMAT_VPC },
+        { "QED", 0, VN_IMAGE_FORMAT_QED },        { "LUKS\xba\xbe", 0, VN_IMAGE_FORMAT_LUKS },
+        { "\x7f\x10\xda\xbe", 0x40, VN_IMAGE_FORMAT_VDI },
+    };
+    guint8 buf[512];
+    VnImageInfo i;
+    g_autoptr(GError) err = NULL;
+
+    (void)state;
+    for (gsize c = 0; c < G_N_ELEMENTS(cases); c++) {
+        memset(buf, 0, sizeof(buf));
+        memcpy(buf + cases[c].at, cases[c].magic, strlen(cases[c].magic) + 1);
+        assert_true(vn_image_inspect(buf, sizeof(buf), sizeof(buf), &i, &err));
+        assert_int_equal(i.format, cases[c].f);
+        assert_false(vn_image_check(&i, "raw", G_MAXUINT64, &err));
+        g_clear_error(&err);
+    }
+    memset(buf, 0x55, sizeof(buf));
+    assert_true(vn_image_inspect(buf, sizeof(buf), 1 << 20, &i, &err));
+    assert_int_equal(i.format, VN_IMAGE_FORMAT_RAW);
+    assert_int_equal(i.virtual_size, 1 << 20);
+    assert_true(vn_image_check(&i, "raw", G_MAXUINT64, &err));
+}
+
+static void test_overlay(void **state)
+{
+    g_autofree char *base = g_build_filename(dir, "base.qcow2", NULL);
+    g_autofree char *over = g_build_filename(dir, "overlay", NULL);
+    g_autofree char *small = g_build_filename(dir, "small", NULL);
+    g_autofree char *cmd = g_strdup_printf("qemu-img create -q -f qcow2 %s 64M", base);
+    g_autoptr(GError) err = NULL;
+    g_autofree char *backing = NULL;
+    guint64 size = 0;
+
+    (void)state;
+    assert_true(vn_test_run(cmd));
+    assert_true(vn_disk_create_overlay(over, base, "qcow2", GIB, &err));
+    assert_true(vn_disk_virtual_size(over, &size, &err));
+    assert_int_equal(size, GIB);
+    backing = vn_disk_backing_file(over, &err);
+    assert_string_equal(backing, base);
+    assert_true(vn_disk_allocated(over) < 1 << 20); /* thin */
+    /* an overlay smaller than its base is refused, and nothing is made */
+    assert_false(vn_disk_create_overlay(small, base, "qcow2", 1 << 20, &err));
+    assert_true(g_error_matches(err, VN_STOR_ERROR, VN_STOR_ERROR_INVALID));
+    assert_false(g_file_test(small, G_FILE_TEST_EXISTS));
+    g_clear_error(&err);
+    assert_true(vn_disk_create_blank(small, 8 << 20, &err));
+    assert_true(vn_disk_virtual_size(small, &size, &err));
+    assert_int_equal(size, 8 << 20);
+    g_autofree char *none = vn_disk_backing_file(small, &err);
+    assert_null(none);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_plain_qcow2),
+        cmocka_unit_test(test_backing_file_refused),
+        cmocka_unit_test(test_data_file_refused),
+        cmocka_unit_test(test_encrypted_refused),
+        cmocka_unit_test(test_crafted_headers),
+        cmocka_unit_test(test_other_formats_detected),
+        cmocka_unit_test(test_overlay),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,253 @@
+/* Unit tests of agent/journal (SQLite) and agent/instance_store (compare-and-set). */
+#include "tests/unit/testutil.h"
+
+#include <string.h>
+
+#include "agent/instance_store.h"
+#include "agent/journal.h"
+#include "api/error.h"
+
+static char *dir;
+
+static int setup(void **state)
+{
+    (void)state;
+    dir = vn_test_tmpdir();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    vn_test_rmtree(dir);
+    g_free(dir);
+    return 0;
+}
+
+static VnJournal *open_journal(void)
+{
+    g_autofree char *path = g_build_filename(dir, "journal.db", NULL);
+    g_autoptr(GError) err = NULL;
+    VnJournal *j = vn_journal_open(path, &err);
+
+    if (!j)
+        fail_msg("%s", err->message);
+    return j;
+}
+
+static void test_requests_dedup_across_reopen(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    VnJournalRequest r = { .unique_id = "u1", .method = "stop_instance", .instance_uuid = "i1",
+                           .msg_id = "m1", .reply_q = "reply_x", .request_id = "req-1",
+                           .body = "{}", .received_at = 1000 };
+    VnJournalRequest *prev = NULL;
+
+    (void)state;
+    {
+        g_autoptr(VnJournal) j = open_journal();
+        assert_int_equal(vn_journal_accept(j, &r, &prev, &err), VN_JOURNAL_NEW);
+        assert_null(prev);
+        assert_int_equal(vn_journal_accept(j, &r, &prev, &err), VN_JOURNAL_DUPLICATE);
+        assert_non_null(prev);
+        assert_string_equal(prev->state, "accepted");
+        vn_journal_request_free_full(prev);
+        prev = NULL;
+        g_autoptr(GPtrArray) open = vn_journal_unfinished(j, &err);
+        assert_int_equal(open->len, 1);
+        assert_true(vn_journal_set_running(j, "u1", &err));
+    }
+    {
+        /* a restart: the journal remembers both the request and that it is unfinished */
+        g_autoptr(VnJournal) j = open_journal();
+        g_autoptr(GPtrArray) open = vn_journal_unfinished(j, &err);
+        assert_int_equal(open->len, 1);
+        VnJournalRequest *o = g_ptr_array_index(open, 0);
+        assert_string_equal(o->unique_id, "u1");
+        assert_string_equal(o->state, "running");
+        assert_string_equal(o->reply_q, "reply_x");
+        assert_true(vn_journal_finish(j, "u1", "{\"result\": 1}", &err));
+        g_autoptr(GPtrArray) none = vn_journal_unfinished(j, &err);
+        assert_int_equal(none->len, 0);
+        assert_int_equal(vn_journal_accept(j, &r, &prev, &err), VN_JOURNAL_DUPLICATE);
+        assert_string_equal(prev->reply, "{\"result\": 1}");
+        vn_journal_request_free_full(prev);
+        /* pruning forgets finished requests older than the window */
+        assert_int_equal(vn_journal_prune(j, 999, &err), 0);
+        assert_int_equal(vn_journal_prune(j, 1001, &err), 1);
+        assert_int_equal(vn_journal_accept(j, &r, NULL, &err), VN_JOURNAL_NEW);
+    }
+}
+
+static void test_actions_and_outbox(void **state)
+{
+    g_autoptr(VnJournal) j = open_journal();
+    g_autoptr(GError) err = NULL;
+    gint64 a = vn_journal_action_start(j, "i1", "req-1", "reboot_instance", 100, &err);
+    g_autoptr(GPtrArray) pending = NULL;
+
+    (void)state;
+    assert_true(a > 0);
+    pending = vn_journal_actions_unreported(j, 10, &err);
+    assert_int_equal(pending->len, 1);
+    VnJournalAction *act = g_ptr_array_index(pending, 0);
+    assert_int_equal(act->finish, 0);
+    /* finished after it was read: the earlier report must not hide the finish */
+    assert_true(vn_journal_action_finish(j, a, "Success", NULL, 105, &err));
+    assert_true(vn_journal_actions_mark_reported(j, act, &err));
+    g_autoptr(GPtrArray) again = vn_journal_actions_unreported(j, 10, &err);
+    assert_int_equal(again->len, 1);
+    assert_true(vn_journal_actions_mark_reported(j, g_ptr_array_index(again, 0), &err));
+    g_autoptr(GPtrArray) none = vn_journal_actions_unreported(j, 10, &err);
+    assert_int_equal(none->len, 0);
+
+    gint64 n = vn_journal_outbox_add(j, "instance.create.end", "INFO", "{\"a\":1}", &err);
+    assert_true(n > 0);
+    g_autoptr(GPtrArray) out = vn_journal_outbox_pending(j, &err);
+    assert_int_equal(out->len, 1);
+    assert_true(vn_journal_outbox_remove(j, n, &err));
+    g_autoptr(GPtrArray) out2 = vn_journal_outbox_pending(j, &err);
+    assert_int_equal(out2->len, 0);
+}
+
+static VnInstanceRecord *spec(const char *uuid)
+{
+    VnInstanceRecord *r = vn_instance_record_new();
+
+    r->uuid = g_strdup(uuid);
+    r->name = g_strdup("vm");
+    r->flavor.name = g_strdup("m1.tiny");
+    r->flavor.vcpus = 1;
+    r->flavor.memory_mb = 128;
+    r->image.id = g_strdup("img");
+    r->image.url = g_strdup("http://x/y");
+    r->image.sha256 = g_strdup("0000000000000000000000000000000000000000000000000000000000000000");
+    r->image.disk_format = g_strdup("qcow2");
+    return r;
+}
+
+static int changes;
+
+static void count_changes(const VnInstanceRecord *rec, gpointer data)
+{
+    (void)rec;
+    (void)data;
+    changes++;
+}
+
+static void test_store_compare_and_set(void **state)
+{
+    g_autoptr(VnJournal) j = open_journal();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnInstanceStore) s = vn_instance_store_new(j, "host-a", &err);
+    g_autoptr(VnInstanceRecord) sp = spec("11111111-1111-4111-8111-111111111111");
+    static const VnVmState active[] = { VN_VM_ACTIVE, VN_VM_LAST };
+    static const VnVmState stopped[] = { VN_VM_STOPPED, VN_VM_LAST };
+
+    (void)state;
+    vn_instance_store_set_listener(s, count_changes, NULL);
+    changes = 0;
+    assert_true(vn_instance_store_create(s, sp, "req-1", &err));
+    assert_false(vn_instance_store_create(s, sp, "req-2", &err));
+    assert_true(g_error_matches(err, VN_API_ERROR, VN_API_ERROR_EXISTS));
+    g_clear_error(&err);
+    /* building: a power operation is not allowed */
+    assert_false(vn_instance_store_begin_task(s, sp->uuid, active, VN_TASK_POWERING_OFF, NULL, &err));
+    assert_true(g_error_matches(err, VN_API_ERROR, VN_API_ERROR_INVALID_STATE));
+    g_clear_error(&err);
+    assert_true(vn_instance_store_next_task(s, sp->uuid, VN_TASK_SCHEDULING, VN_TASK_SPAWNING, &err));
+    assert_true(vn_instance_store_end_task(s, sp->uuid, VN_TASK_SPAWNING, VN_VM_ACTIVE,
+                                           VN_POWER_RUNNING, &err));
+    /* two operations race: the first claims, the second is refused */
+    assert_true(vn_instance_store_begin_task(s, sp->uuid, active, VN_TASK_POWERING_OFF, "r3", &err));
+    assert_false(vn_instance_store_begin_task(s, sp->uuid, active, VN_TASK_REBOOTING, "r4", &err));
+    assert_non_null(strstr(err->message, "busy: task_state powering-off"));
+    g_clear_error(&err);
+    /* ending someone else's task is refused */
+    assert_false(vn_instance_store_end_task(s, sp->uuid, VN_TASK_REBOOTING, VN_VM_ACTIVE, -1, &err));
+    g_clear_error(&err);
+    assert_true(vn_instance_store_end_task(s, sp->uuid, VN_TASK_POWERING_OFF, VN_VM_STOPPED,
+                                           VN_POWER_SHUTDOWN, &err));
+    assert_false(vn_instance_store_begin_task(s, sp->uuid, active, VN_TASK_PAUSING, NULL, &err));
+    g_clear_error(&err);
+    assert_true(vn_instance_store_begin_task(s, sp->uuid, stopped, VN_TASK_POWERING_ON, NULL, &err));
+    assert_true(changes >= 6);
+
+    /* an unknown instance */
+    assert_false(vn_instance_store_begin_task(s, "22222222-2222-4222-8222-222222222222", active,
+                                              VN_TASK_PAUSING, NULL, &err));
+    assert_true(g_error_matches(err, VN_API_ERROR, VN_API_ERROR_NOT_FOUND));
+    g_clear_error(&err);
+
+    /* everything survives a restart */
+    g_autoptr(VnInstanceStore) again = vn_instance_store_new(j, "host-a", &err);
+    g_autoptr(VnInstanceRecord) r = vn_instance_store_get(again, sp->uuid);
+    assert_non_null(r);
+    assert_int_equal(r->vm_state, VN_VM_STOPPED);
+    assert_int_equal(r->task_state, VN_TASK_POWERING_ON);
+    assert_string_equal(r->host, "host-a");
+    assert_true(r->generation > 0);
+}
+
+static void test_generation_grows(void **state)
+{
+    g_autoptr(VnJournal) j = open_journal();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnInstanceStore) s = vn_instance_store_new(j, "host-a", &err);
+    g_autoptr(VnInstanceRecord) sp = spec("55555555-1111-4111-8111-111111111111");
+    gint64 last = 0;
+
+    (void)state;
+    assert_true(vn_instance_store_create(s, sp, NULL, &err));
+    for (int i = 0; i < 5; i++) {
+        g_autoptr(VnInstanceRecord) r = vn_instance_store_get(s, sp->uuid);
+        assert_true(r->generation > last);
+        last = r->generation;
+        vn_instance_store_set_power(s, sp->uuid, i % 2 ? VN_POWER_RUNNING : VN_POWER_PAUSED, -1,
+                                    &err);
+    }
+}
+
+static void test_uid_allocation_unique(void **state)
+{
+    g_autoptr(VnJournal) j = open_journal();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnInstanceStore) s = vn_instance_store_new(j, "h", &err);
+    g_autoptr(GHashTable) seen = g_hash_table_new(g_direct_hash, g_direct_equal);
+
+    (void)state;
+    for (int i = 0; i < 5; i++) {
+        g_autofree char *u = g_strdup_printf("33333333-3333-4333-8333-33333333333%d", i);
+        g_autoptr(VnInstanceRecord) sp = spec(u);
+        assert_true(vn_instance_store_create(s, sp, NULL, &err));
+        int uid = vn_instance_store_allocate_uid(s, u, 30000, 30003, &err);
+        if (i < 4) {
+            assert_true(uid >= 30000 && uid <= 30003);
+            assert_false(g_hash_table_contains(seen, GINT_TO_POINTER(uid)));
+            g_hash_table_add(seen, GINT_TO_POINTER(uid));
+            /* asking again gives the same uid */
+            assert_int_equal(vn_instance_store_allocate_uid(s, u, 30000, 30003, &err), uid);
+        } else {
+            assert_int_equal(uid, 0); /* range exhausted */
+            assert_true(g_error_matches(err, VN_API_ERROR, VN_API_ERROR_INSUFFICIENT_RESOURCES));
+            g_clear_error(&err);
+        }
+    }
+    /* a deleted instance's uid is free again */
+    assert_true(vn_instance_store_mark_deleted(s, "33333333-3333-4333-8333-333333333330", &err));
+    assert_int_equal(vn_instance_store_allocate_uid(s, "33333333-3333-4333-8333-333333333334",
+                                                    30000, 30003, &err),
+                     30000);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_requests_dedup_across_reopen, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_actions_and_outbox, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_store_compare_and_set, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_generation_grows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_uid_allocation_unique, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

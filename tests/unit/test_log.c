@@ -1,0 +1,65 @@
+/* Unit tests of agent/log: secret masking and the line formats. */
+#include "tests/unit/testutil.h"
+
+#include <string.h>
+
+#include <json-c/json.h>
+
+#include "agent/log.h"
+
+static void check_mask(const char *in, const char *secret, const char *kept)
+{
+    g_autofree char *out = vn_log_mask_secrets(in);
+
+    if (strstr(out, secret))
+        fail_msg("'%s' still shows '%s'", out, secret);
+    if (kept && !strstr(out, kept))
+        fail_msg("'%s' lost '%s'", out, kept);
+}
+
+static void test_masking(void **state)
+{
+    (void)state;
+    check_mask("connecting amqp://guest:pa55word@broker:5672/", "pa55word", "amqp://guest:***@");
+    check_mask("amqps://u:p%40ss@h1/,amqp://v:w0rd@h2/", "w0rd", "h2");
+    check_mask("host=db password=hunter2 user=x", "hunter2", "user=x");
+    check_mask("{\"auth_token\": \"abcdef\", \"x\": 1}", "abcdef", "\"x\": 1");
+    check_mask("chap_secret=topsecret", "topsecret", "chap_secret=***");
+    check_mask("postgresql://app:Secr3t@db:5432/cloud", "Secr3t", "@db:5432");
+}
+
+static void test_plain_and_json_lines(void **state)
+{
+    GLogField fields[] = {
+        { "MESSAGE", "booting with password=xyz", -1 },
+        { "GLIB_DOMAIN", "virtnode-test", -1 },
+    };
+    g_autofree char *plain = NULL;
+    g_autofree char *js = NULL;
+
+    (void)state;
+    vn_log_context_set("req-42", "0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01");
+    plain = vn_log_format_line(VN_LOG_FORMAT_PLAIN, G_LOG_LEVEL_WARNING, fields, 2);
+    js = vn_log_format_line(VN_LOG_FORMAT_JSON, G_LOG_LEVEL_WARNING, fields, 2);
+    vn_log_context_set(NULL, NULL);
+
+    assert_non_null(strstr(plain, "WARNING virtnode-test: booting with password=***"));
+    assert_non_null(strstr(plain, "[request_id=req-42 instance=0b5e1c5e"));
+    assert_true(g_str_has_suffix(plain, "\n"));
+    json_object *o = json_tokener_parse(js);
+    assert_non_null(o);
+    assert_string_equal(json_object_get_string(json_object_object_get(o, "level")), "WARNING");
+    assert_string_equal(json_object_get_string(json_object_object_get(o, "request_id")), "req-42");
+    assert_string_equal(json_object_get_string(json_object_object_get(o, "msg")),
+                        "booting with password=***");
+    json_object_put(o);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_masking),
+        cmocka_unit_test(test_plain_and_json_lines),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
