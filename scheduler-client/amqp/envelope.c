@@ -126,8 +126,29 @@ static gboolean name_ok(const char *s)
     return TRUE;
 }
 
-/* Unwraps the 2.0 envelope when present; returns the inner message object (owned). */
-static json_object *unwrap(json_object *outer, GError **error)
+/* Parses the inner message text of an envelope; NULL unless it is a JSON object. */
+static json_object *parse_inner(json_object *msg, GError **error)
+{
+    json_object *inner;
+
+    if (!json_object_is_type(msg, json_type_string)) {
+        malformed(error, "oslo.message is not a string");
+        return NULL;
+    }
+    inner = vn_json_parse_strict(json_object_get_string(msg), (gsize)json_object_get_string_len(msg),
+                                 error);
+    if (inner && !json_object_is_type(inner, json_type_object)) {
+        json_object_put(inner);
+        malformed(error, "oslo.message is not a JSON object");
+        return NULL;
+    }
+    return inner;
+}
+
+/* Unwraps the 2.0 envelope when present; returns the inner message object (owned).  An
+ * incompatible version sets @version_error but still returns the inner message when it
+ * can be read, so that the caller can answer it. */
+static json_object *unwrap(json_object *outer, GError **version_error, GError **error)
 {
     json_object *ver = NULL, *msg = NULL;
     gboolean has_ver = json_object_object_get_ex(outer, "oslo.version", &ver);
@@ -136,29 +157,16 @@ static json_object *unwrap(json_object *outer, GError **error)
     if (!has_ver || !has_msg)
         return json_object_get(outer); /* a raw 1.0 message, as oslo accepts */
     if (!json_object_is_type(ver, json_type_string)) {
-        g_set_error(error, VN_SCHED_ERROR, VN_SCHED_ERROR_VERSION,
+        g_set_error(version_error, VN_SCHED_ERROR, VN_SCHED_ERROR_VERSION,
                     "oslo.version is not a string");
-        return NULL;
+    } else {
+        const char *v = json_object_get_string(ver);
+        g_auto(GStrv) parts = g_strsplit(v, ".", 3);
+        if (g_strv_length(parts) != 2 || strcmp(parts[0], "2") != 0 || strcmp(parts[1], "0") != 0)
+            g_set_error(version_error, VN_SCHED_ERROR, VN_SCHED_ERROR_VERSION,
+                        "envelope version '%.32s' is not compatible with 2.0", v);
     }
-    const char *v = json_object_get_string(ver);
-    g_auto(GStrv) parts = g_strsplit(v, ".", 3);
-    if (g_strv_length(parts) != 2 || strcmp(parts[0], "2") != 0 || strcmp(parts[1], "0") != 0) {
-        g_set_error(error, VN_SCHED_ERROR, VN_SCHED_ERROR_VERSION,
-                    "envelope version '%.32s' is not compatible with 2.0", v);
-        return NULL;
-    }
-    if (!json_object_is_type(msg, json_type_string)) {
-        malformed(error, "oslo.message is not a string");
-        return NULL;
-    }
-    json_object *inner = vn_json_parse_strict(json_object_get_string(msg),
-                                              (gsize)json_object_get_string_len(msg), error);
-    if (inner && !json_object_is_type(inner, json_type_object)) {
-        json_object_put(inner);
-        malformed(error, "oslo.message is not a JSON object");
-        return NULL;
-    }
-    return inner;
+    return parse_inner(msg, error);
 }
 
 /* The reply address and ids, read first so a failure can be answered. */
@@ -221,6 +229,8 @@ gboolean vn_envelope_decode_request(const char *body, gsize len, VnRpcMessage **
     g_autoptr(json_object) outer = NULL;
     g_autoptr(json_object) inner = NULL;
     g_autoptr(VnRpcMessage) msg = NULL;
+    g_autoptr(GError) version_error = NULL;
+    g_autoptr(GError) err = NULL;
 
     *out = NULL;
     outer = vn_json_parse_strict(body, len, error);
@@ -228,12 +238,17 @@ gboolean vn_envelope_decode_request(const char *body, gsize len, VnRpcMessage **
         return FALSE;
     if (!json_object_is_type(outer, json_type_object))
         return malformed(error, "the body is not a JSON object");
-    inner = unwrap(outer, error);
-    if (!inner)
+    inner = unwrap(outer, &version_error, &err);
+    if (!inner) {
+        g_propagate_error(error, version_error ? g_steal_pointer(&version_error)
+                                               : g_steal_pointer(&err));
         return FALSE;
+    }
     msg = vn_rpc_message_new();
     read_ids(inner, msg);
-    if (!read_request(inner, msg, error)) {
+    if (version_error || !read_request(inner, msg, &err)) {
+        g_propagate_error(error, version_error ? g_steal_pointer(&version_error)
+                                               : g_steal_pointer(&err));
         *out = g_steal_pointer(&msg);
         return FALSE;
     }
@@ -364,9 +379,14 @@ VnRpcReply *vn_envelope_decode_reply(const char *body, gsize len, GError **error
         return NULL;
     if (!json_object_is_type(outer, json_type_object))
         return malformed(error, "the reply is not a JSON object"), NULL;
-    inner = unwrap(outer, error);
+    g_autoptr(GError) version_error = NULL;
+    inner = unwrap(outer, &version_error, error);
     if (!inner)
         return NULL;
+    if (version_error) {
+        g_propagate_error(error, g_steal_pointer(&version_error));
+        return NULL;
+    }
     if (!opt_string(inner, "_msg_id", 255, &r->msg_id, error))
         return NULL;
     if (json_object_object_get_ex(inner, "result", &v) && !json_object_is_type(v, json_type_null))

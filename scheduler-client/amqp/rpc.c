@@ -726,9 +726,10 @@ static gboolean connect_with_backoff(VnRpc *rpc)
         }
         double d = vn_backoff_next(&rpc->backoff, g_random_double());
         if (rpc->backoff.failures == 1)
-            g_message("amqp: no broker reachable; retrying with back-off (next in %.1f s)", d);
+            g_message("amqp: no broker accepted the link; retrying with back-off (next in %.1f s)",
+                      d);
         else
-            g_debug("amqp: no broker reachable; next attempt in %.1f s", d);
+            g_debug("amqp: no broker accepted the link; next attempt in %.1f s", d);
         if (!sleep_unless_stopped(rpc, d))
             return FALSE;
     }

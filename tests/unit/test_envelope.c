@@ -90,6 +90,10 @@ static void test_bad_envelopes(void **state)
     expect_bad("[1, 2]", "not a JSON object", FALSE);
     expect_bad("{\"oslo.version\": \"3.0\", \"oslo.message\": \"{}\"}", "not compatible with 2.0",
                FALSE);
+    /* a newer envelope can still be answered when its reply address is readable */
+    expect_bad("{\"oslo.version\": \"3.0\", \"oslo.message\": \"{\\\"method\\\": \\\"ping\\\", "
+               "\\\"_msg_id\\\": \\\"m\\\", \\\"_reply_q\\\": \\\"reply_1\\\"}\"}",
+               "not compatible with 2.0", TRUE);
     expect_bad("{\"oslo.version\": 2, \"oslo.message\": \"{}\"}", "oslo.version is not a string",
                FALSE);
     expect_bad("{\"oslo.version\": \"2.0\", \"oslo.message\": 5}", "oslo.message is not a string",
