@@ -212,6 +212,7 @@ static GPtrArray *hook_pending_actions(gpointer data)
     for (guint i = 0; acts && i < acts->len; i++) {
         VnJournalAction *j = g_ptr_array_index(acts, i);
         VnActionRow *r = g_new0(VnActionRow, 1);
+        r->journal_id = g_strdup(vn_journal_id(a->journal));
         r->local_id = j->id;
         r->instance_uuid = g_strdup(j->instance_uuid);
         r->request_id = g_strdup(j->request_id);
@@ -634,6 +635,7 @@ gboolean vn_agent_start(VnAgent *a, GError **error)
         g_prefix_error(error, "libvirt: ");
         return FALSE;
     }
+    vn_image_cache_remove_partials(a->images);
     unfinished = vn_journal_unfinished(a->journal, error);
     if (!unfinished || !vn_reconcile_startup(a, unfinished, error))
         return FALSE;

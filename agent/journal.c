@@ -12,6 +12,7 @@ struct _VnJournal {
     GMutex lock;
     sqlite3 *db;
     char *path;
+    char *id;
 };
 
 GQuark vn_journal_error_quark(void)
@@ -57,44 +58,7 @@ static const char *schema =
     "  id INTEGER PRIMARY KEY AUTOINCREMENT, event_type TEXT NOT NULL,"
     "  priority TEXT NOT NULL, payload TEXT NOT NULL, created_at INTEGER NOT NULL);";
 
-VnJournal *vn_journal_open(const char *path, GError **error)
-{
-    g_autoptr(VnJournal) j = g_new0(VnJournal, 1);
-    g_autofree char *version = NULL;
-
-    g_mutex_init(&j->lock);
-    j->path = g_strdup(path);
-    if (sqlite3_open_v2(path, &j->db,
-                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                        NULL) != SQLITE_OK) {
-        db_error(j, error, "cannot open");
-        return NULL;
-    }
-    sqlite3_busy_timeout(j->db, 5000);
-    if (!exec(j, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
-              error) ||
-        !exec(j, "BEGIN;", error) || !exec(j, schema, error))
-        return NULL;
-    g_autofree char *sql = g_strdup_printf(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '%d');",
-        SCHEMA_VERSION);
-    if (!exec(j, sql, error) || !exec(j, "COMMIT;", error))
-        return NULL;
-    return g_steal_pointer(&j);
-}
-
-void vn_journal_free(VnJournal *j)
-{
-    if (!j)
-        return;
-    if (j->db)
-        sqlite3_close(j->db);
-    g_mutex_clear(&j->lock);
-    g_free(j->path);
-    g_free(j);
-}
-
-/* A prepared statement with positional text/int binds; see bind_args. */
+/* A prepared statement; the caller binds and steps it. */
 static sqlite3_stmt *prepare(VnJournal *j, const char *sql, GError **error)
 {
     sqlite3_stmt *st = NULL;
@@ -121,6 +85,60 @@ static char *col_text(sqlite3_stmt *st, int i)
     const unsigned char *t = sqlite3_column_text(st, i);
 
     return t ? g_strdup((const char *)t) : NULL;
+}
+
+VnJournal *vn_journal_open(const char *path, GError **error)
+{
+    g_autoptr(VnJournal) j = g_new0(VnJournal, 1);
+    g_autofree char *version = NULL;
+
+    g_mutex_init(&j->lock);
+    j->path = g_strdup(path);
+    if (sqlite3_open_v2(path, &j->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        db_error(j, error, "cannot open");
+        return NULL;
+    }
+    sqlite3_busy_timeout(j->db, 5000);
+    if (!exec(j, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+              error) ||
+        !exec(j, "BEGIN;", error) || !exec(j, schema, error))
+        return NULL;
+    g_autofree char *uuid = g_uuid_string_random();
+    g_autofree char *sql = g_strdup_printf(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '%d');"
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('journal_id', '%s');",
+        SCHEMA_VERSION, uuid);
+    if (!exec(j, sql, error) || !exec(j, "COMMIT;", error))
+        return NULL;
+    {
+        g_autoptr(sqlite3_stmt) st =
+            prepare(j, "SELECT value FROM meta WHERE key = 'journal_id'", error);
+        if (!st || sqlite3_step(st) != SQLITE_ROW) {
+            db_error(j, error, "reading the journal id");
+            return NULL;
+        }
+        j->id = col_text(st, 0);
+    }
+    return g_steal_pointer(&j);
+}
+
+void vn_journal_free(VnJournal *j)
+{
+    if (!j)
+        return;
+    if (j->db)
+        sqlite3_close(j->db);
+    g_mutex_clear(&j->lock);
+    g_free(j->path);
+    g_free(j->id);
+    g_free(j);
+}
+
+const char *vn_journal_id(VnJournal *j)
+{
+    return j->id;
 }
 
 void vn_journal_request_clear(VnJournalRequest *r)

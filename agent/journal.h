@@ -40,6 +40,9 @@ typedef enum {
 } VnJournalVerdict;
 
 VnJournal *vn_journal_open(const char *path, GError **error);
+
+/* The journal's own uuid, made when it was created (names its rows elsewhere). */
+const char *vn_journal_id(VnJournal *j);
 void vn_journal_free(VnJournal *j);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VnJournal, vn_journal_free)
 

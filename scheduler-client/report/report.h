@@ -73,7 +73,8 @@ typedef struct {
 void vn_instance_row_free(VnInstanceRow *r);
 
 typedef struct {
-    gint64 local_id; /* the journal's id: (host, local_id) is unique */
+    char *journal_id; /* the agent journal's uuid: (journal_id, local_id) is unique */
+    gint64 local_id;
     char *instance_uuid;
     char *request_id;
     char *action;

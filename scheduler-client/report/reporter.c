@@ -71,6 +71,7 @@ void vn_action_row_free(VnActionRow *r)
 {
     if (!r)
         return;
+    g_free(r->journal_id);
     g_free(r->instance_uuid);
     g_free(r->request_id);
     g_free(r->action);
@@ -239,10 +240,10 @@ static const char *const sql_instance =
     " WHERE instances.generation < EXCLUDED.generation";
 
 static const char *const sql_action =
-    "INSERT INTO instance_actions (host, local_id, instance_uuid, request_id, action,"
-    " start_time, finish_time, result, message) VALUES ($1, $2, $3::uuid, $4, $5,"
-    " to_timestamp($6::double precision), to_timestamp($7::double precision), $8, $9)"
-    " ON CONFLICT (host, local_id) DO UPDATE SET finish_time = EXCLUDED.finish_time,"
+    "INSERT INTO instance_actions (host, journal_id, local_id, instance_uuid, request_id,"
+    " action, start_time, finish_time, result, message) VALUES ($1, $2::uuid, $3, $4::uuid,"
+    " $5, $6, to_timestamp($7::double precision), to_timestamp($8::double precision), $9, $10)"
+    " ON CONFLICT (journal_id, local_id) DO UPDATE SET finish_time = EXCLUDED.finish_time,"
     " result = EXCLUDED.result, message = EXCLUDED.message";
 
 static const char *const sql_migration =
@@ -267,6 +268,16 @@ static const struct {
     { "vn_migration", &sql_migration },
 };
 
+/* The server's notices (e.g. "relation already exists, skipping") are not worth more than
+ * a debug line. */
+static void on_notice(void *arg, const char *message)
+{
+    g_autofree char *m = g_strstrip(g_strdup(message));
+
+    (void)arg;
+    g_debug("database: %s", m);
+}
+
 static PGconn *open_conn(const char *conninfo, const char *password, int timeout,
                          const char *appname, GError **error)
 {
@@ -285,6 +296,7 @@ static PGconn *open_conn(const char *conninfo, const char *password, int timeout
         PQfinish(conn);
         return NULL;
     }
+    PQsetNoticeProcessor(conn, on_notice, NULL);
     return conn;
 }
 
@@ -497,6 +509,7 @@ static gboolean write_action(VnReporter *r, const VnActionRow *a, gboolean *lost
 
     p_init(&p);
     p_str(&p, r->host);
+    p_str(&p, a->journal_id);
     p_int(&p, a->local_id);
     p_str(&p, a->instance_uuid);
     p_str(&p, a->request_id);
