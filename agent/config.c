@@ -180,8 +180,10 @@ static const OptDef opts[] = {
       "Seconds to open a database connection." },
     { "database", "retry_interval", OPT_INT, O(db_retry_interval), "1", NULL, 1, 600, NULL, 0,
       "First delay before reconnecting to the database; it doubles per failure." },
-    { "database", "retry_interval_max", OPT_INT, O(db_retry_interval_max), "30", NULL, 1, 3600,
-      NULL, 0, "Longest delay between database reconnection attempts." },
+    { "database", "retry_interval_max", OPT_INT, O(db_retry_interval_max), "10", NULL, 1, 3600,
+      NULL, 0,
+      "Longest delay between database reconnection attempts; at most report_interval keeps "
+      "the rows exact within one report interval after an outage." },
 
     { "libvirt", "uri", OPT_STR, O(libvirt_uri), "qemu:///system", NULL, 0, 0, NULL, 0,
       "libvirt connection URI of this host's hypervisor." },

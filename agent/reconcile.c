@@ -58,8 +58,10 @@ void vn_reconcile_sync_one(VnAgent *a, const char *uuid)
                                         "the domain of this instance disappeared from the "
                                         "hypervisor",
                                         NULL);
-            vn_agent_capacity_changed(a);
         }
+        if (rec->power_state != VN_POWER_NOSTATE)
+            vn_instance_store_set_power(a->store, uuid, VN_POWER_NOSTATE, -1, NULL);
+        vn_agent_capacity_changed(a);
         return;
     }
     vm = vn_reconcile_rule(rec->vm_state, power, &force_off);

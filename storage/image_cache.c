@@ -610,13 +610,41 @@ static void age_one(VnImageCache *c, const char *name, GHashTable *in_use, gint6
     close(lock);
 }
 
+/* Removes the download @name (a .part file) when no one holds its base's lock and it is
+ * older than @min_age_s: what a crash left behind. */
+static void remove_stale_part(VnImageCache *c, const char *name, gint64 min_age_s)
+{
+    g_autofree char *part = g_build_filename(c->dir, name, NULL);
+    g_autofree char *base = g_strndup(part, strlen(part) - 5);
+    gint64 now = g_get_real_time() / G_USEC_PER_SEC;
+    struct stat st;
+    int lock = lock_base(base, NULL, FALSE, NULL);
+
+    if (lock < 0)
+        return;
+    if (stat(part, &st) == 0 && now - st.st_mtime >= min_age_s && g_unlink(part) == 0)
+        g_message("image cache: removed the unfinished download %s", part);
+    flock(lock, LOCK_UN);
+    close(lock);
+}
+
+void vn_image_cache_remove_partials(VnImageCache *c)
+{
+    g_autoptr(GDir) dir = g_dir_open(c->dir, 0, NULL);
+    const char *name;
+
+    while (dir && (name = g_dir_read_name(dir))) {
+        if (g_str_has_suffix(name, ".part"))
+            remove_stale_part(c, name, 0);
+    }
+}
+
 gboolean vn_image_cache_age(VnImageCache *c, GHashTable *in_use, gint64 min_age_s,
                             VnImageAgeReport *report, GError **error)
 {
     g_autoptr(GDir) dir = g_dir_open(c->dir, 0, error);
     const char *name;
     VnImageAgeReport r = { 0 };
-    gint64 now = g_get_real_time() / G_USEC_PER_SEC;
 
     if (!dir)
         return FALSE;
@@ -624,17 +652,7 @@ gboolean vn_image_cache_age(VnImageCache *c, GHashTable *in_use, gint64 min_age_
         if (is_base_name(name)) {
             age_one(c, name, in_use, min_age_s, &r);
         } else if (g_str_has_suffix(name, ".part")) {
-            /* a download that a crash interrupted, if nobody holds its lock */
-            g_autofree char *part = g_build_filename(c->dir, name, NULL);
-            g_autofree char *base = g_strndup(part, strlen(part) - 5);
-            struct stat st;
-            int lock = lock_base(base, NULL, FALSE, NULL);
-            if (lock >= 0) {
-                if (stat(part, &st) == 0 && now - st.st_mtime > 3600)
-                    g_unlink(part);
-                flock(lock, LOCK_UN);
-                close(lock);
-            }
+            remove_stale_part(c, name, 3600);
         }
     }
     if (report)

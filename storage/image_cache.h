@@ -63,6 +63,9 @@ typedef struct {
 gboolean vn_image_cache_age(VnImageCache *cache, GHashTable *in_use, gint64 min_age_s,
                             VnImageAgeReport *report, GError **error);
 
+/* Removes the unfinished downloads a crash left (those whose lock nobody holds). */
+void vn_image_cache_remove_partials(VnImageCache *cache);
+
 /* Bytes the cached bases occupy on disk. */
 guint64 vn_image_cache_usage(VnImageCache *cache);
 
