@@ -1,0 +1,181 @@
+"""The AMQP RPC server, driven by a real oslo.messaging client: calls, casts, remote
+errors, call-monitor keep-alives, notifications, malformed messages and dead-lettering,
+and effectively-once delivery across a broker restart."""
+
+import glob
+import json
+import os
+import threading
+import time
+import unittest
+import uuid as uuidlib
+
+import pika
+
+import vntest
+from vntest import ENV, Rpc
+
+
+def pika_channel():
+    params = pika.URLParameters(ENV["AMQP_URL"])
+    conn = pika.BlockingConnection(params)
+    return conn, conn.channel()
+
+
+class Messaging(vntest.AgentTestCase):
+    def test_ping_and_remote_errors(self):
+        self.agent("a").start()
+        rpc = Rpc()
+        try:
+            r = rpc.call("host-a", "ping", arg={"x": [1, "two"]})
+            self.assertEqual(r, {"service": "virtnode", "host": "host-a", "arg": {"x": [1, "two"]}})
+            # Nova's baseapi namespace works too
+            c = rpc.client.prepare(server="host-a", namespace="baseapi", version="1.1")
+            self.assertEqual(c.call({}, "ping", arg=5)["arg"], 5)
+            with self.assertRaises(rpc.om.RemoteError) as e:
+                rpc.call("host-a", "frobnicate")
+            self.assertEqual(e.exception.exc_type, "NoSuchMethod")
+            self.assertIn("frobnicate", str(e.exception))
+            with self.assertRaises(rpc.om.RemoteError) as e:
+                rpc.call("host-a", "ping", version="2.0", arg=1)
+            self.assertEqual(e.exception.exc_type, "UnsupportedVersion")
+            with self.assertRaises(rpc.om.RemoteError) as e:
+                rpc.call("host-a", "get_instance", instance_uuid=str(uuidlib.uuid4()))
+            self.assertEqual(e.exception.exc_type, "InstanceNotFound")
+            with self.assertRaises(rpc.om.RemoteError) as e:
+                rpc.call("host-a", "stop_instance", instance_uuid="not-a-uuid")
+            self.assertEqual(e.exception.exc_type, "InvalidInput")
+            self.assertIn("instance_uuid", str(e.exception))
+        finally:
+            rpc.close()
+
+    def test_cast_executed_and_notified_and_long_call_kept_alive(self):
+        a = self.agent("a").start()
+        conn, ch = pika_channel()
+        ch.queue_declare("notifications.info")
+        ch.queue_purge("notifications.info")
+        rpc = Rpc()
+        try:
+            args = vntest.build_args("msg-1", metadata={"vn.acpi": "ignore"})
+            u = args["instance"]["uuid"]
+            rpc.cast("host-a", "build_and_run_instance", **args)
+            vntest.wait_for(lambda: self.state(rpc, u) == "active", 120, what="build by cast")
+            events = set()
+
+            def notified():
+                while True:
+                    m, props, body = ch.basic_get("notifications.info", auto_ack=True)
+                    if not m:
+                        break
+                    msg = json.loads(json.loads(body)["oslo.message"])
+                    if msg["payload"]["virtnode_object.data"].get("uuid") == u:
+                        events.add(msg["event_type"])
+                return {"instance.create.start", "instance.create.end"} <= events
+            vntest.wait_for(notified, 20, what="create notifications")
+
+            # the guest ignores the power button: stop waits 12 s, longer than the
+            # caller's call-monitor timeout of 4 s; keep-alives carry the call through
+            t0 = time.monotonic()
+            c = rpc.client.prepare(server="host-a", timeout=120, call_monitor_timeout=4)
+            r = c.call({}, "stop_instance", instance_uuid=u, timeout=12)
+            took = time.monotonic() - t0
+            self.assertEqual(r["vm_state"], "stopped")
+            self.assertGreater(took, 8, "the guest was expected to ignore the power button")
+            self.assertIn("virtnode_amqp_keepalives_total", a.metrics())
+            rpc.call("host-a", "terminate_instance", instance_uuid=u)
+        finally:
+            rpc.close()
+            conn.close()
+
+    @staticmethod
+    def state(rpc, u):
+        try:
+            return rpc.call("host-a", "get_instance", instance_uuid=u)["vm_state"]
+        except rpc.om.RemoteError:
+            return None
+
+    def test_bad_messages_answered_or_dead_lettered(self):
+        topic = "compute-badmsg"
+        a = self.agent("a", extra={"amqp.topic": topic, "amqp.dead_letter_exchange": "vn-dlx",
+                                   "amqp.max_message_bytes": "4096"}).start()
+        conn, ch = pika_channel()
+        reply_q = "reply_badmsg_%s" % uuidlib.uuid4().hex
+        ch.queue_declare(reply_q, auto_delete=True)
+        ch.queue_declare("vn-dlx", durable=True)
+        ch.queue_purge("vn-dlx")
+        corpus = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "bad_messages", "*")))
+        self.assertGreater(len(corpus), 8)
+        expect_replies = 0
+        for path in corpus:
+            with open(path, "rb") as f:
+                body = f.read().replace(b"@REPLY_Q@", reply_q.encode())
+            if b"@BIG@" in body:
+                body = body.replace(b"@BIG@", b"x" * 8192)
+            if reply_q.encode() in body and not path.endswith("-noreply"):
+                expect_replies += 1
+            ch.basic_publish("virtnode", "%s.host-a" % topic, body)
+        replies = []
+        end = time.monotonic() + 20
+        while len(replies) < expect_replies and time.monotonic() < end:
+            m, props, body = ch.basic_get(reply_q, auto_ack=True)
+            if m:
+                replies.append(json.loads(json.loads(body)["oslo.message"]))
+            else:
+                time.sleep(0.1)
+        self.assertEqual(len(replies), expect_replies)
+        for r in replies:
+            self.assertTrue(r["ending"])
+            failure = json.loads(r["failure"])
+            self.assertIn(failure["class"], ("MalformedRequest", "UnsupportedVersion",
+                                             "InvalidInput", "NoSuchMethod"))
+            self.assertTrue(failure["message"])
+        # every message was rejected to the dead-letter exchange
+        vntest.wait_for(lambda: ch.queue_declare("vn-dlx", passive=True).method.message_count
+                        >= len(corpus), 20, what="dead letters")
+        # and the agent still serves
+        rpc = Rpc(topic=topic)
+        try:
+            self.assertEqual(rpc.call("host-a", "ping", arg=1)["arg"], 1)
+        finally:
+            rpc.close()
+        self.assertIn("rejecting message", a.log_text())
+        conn.close()
+
+    def test_broker_restart_each_request_applied_once(self):
+        """200 casts in flight while RabbitMQ restarts: each is applied exactly once (one
+        instance action per request), and the agent reconnects within seconds."""
+        # durable queues need a durable exchange: one of its own
+        topic, exchange = "compute-durable", "virtnode-durable"
+        a = self.agent("a", extra={"amqp.topic": topic, "amqp.durable_queues": "true",
+                                   "amqp.control_exchange": exchange,
+                                   "amqp.notification_topic": "notifications-durable",
+                                   "amqp.prefetch_count": "16"}).start()
+        rpc = Rpc(exchange=exchange, topic=topic, durable=True)
+        fake = [str(uuidlib.uuid4()) for _ in range(200)]
+        rids = ["req-restart-%03d-%s" % (i, uuidlib.uuid4().hex[:8]) for i in range(200)]
+        try:
+            for u, rid in zip(fake, rids):
+                rpc.cast("host-a", "stop_instance", ctx={"request_id": rid}, instance_uuid=u)
+        finally:
+            rpc.close()
+        vntest.harness("rabbit-stop")
+        time.sleep(2)
+        vntest.harness("rabbit-start")
+        t0 = time.monotonic()
+        vntest.wait_for(a.ready, 60, what="agent reconnected")
+        reconnect = time.monotonic() - t0
+
+        def counted():
+            rows = vntest.db_query(
+                "SELECT request_id, count(*) FROM instance_actions WHERE request_id LIKE "
+                "'req-restart-%%' GROUP BY request_id")
+            return rows if len(rows) == 200 else None
+        rows = vntest.wait_for(counted, 90, interval=1, what="200 actions")
+        self.assertEqual(sorted(r[0] for r in rows), sorted(rids))
+        self.assertTrue(all(r[1] == 1 for r in rows), "a request was applied twice")
+        self.assertLess(reconnect, 30)
+        self.assertEqual(a.proc.poll(), None, "the agent died")
+
+
+if __name__ == "__main__":
+    unittest.main()
