@@ -357,6 +357,7 @@ static gpointer age_images(gpointer data)
                   "in use and %u recently used",
                   r.removed, r.bytes_freed, r.kept_in_use, r.kept_young);
     vn_agent_capacity_changed(a);
+    g_atomic_int_set(&a->aging, 0);
     return NULL;
 }
 
@@ -365,7 +366,8 @@ static gboolean tick_image_cache(gpointer data)
     VnAgent *a = data;
     g_autoptr(VnConfig) cfg = vn_agent_config(a);
 
-    if (a->ready && !a->stopping && cfg->remove_unused_base_images)
+    if (a->ready && !a->stopping && cfg->remove_unused_base_images &&
+        g_atomic_int_compare_and_exchange(&a->aging, 0, 1))
         g_thread_unref(g_thread_new("image-aging", age_images, a));
     return G_SOURCE_CONTINUE;
 }
@@ -382,6 +384,38 @@ static gboolean tick_housekeeping(gpointer data)
     if (a->virt && !vn_tracker_refresh(a->tracker, a->virt, &err))
         g_debug("host facts: %s", err->message);
     return G_SOURCE_CONTINUE;
+}
+
+static gpointer reconnect_libvirt(gpointer data)
+{
+    VnAgent *a = data;
+    g_autoptr(GError) err = NULL;
+    g_autoptr(virConnect) conn = vn_virt_conn_get(a->virt, &err);
+
+    g_atomic_int_set(&a->reconnecting, 0);
+    return NULL;
+}
+
+/* An agent whose libvirtd went away reconnects on its own, not only when the next request
+ * needs it: readiness and the capacity report follow libvirtd back within seconds. */
+static gboolean tick_libvirt(gpointer data)
+{
+    VnAgent *a = data;
+
+    if (!a->ready || a->stopping || !a->virt || vn_virt_conn_is_alive(a->virt))
+        return G_SOURCE_CONTINUE;
+    if (g_atomic_int_compare_and_exchange(&a->reconnecting, 0, 1))
+        g_thread_unref(g_thread_new("libvirt-reconnect", reconnect_libvirt, a));
+    return G_SOURCE_CONTINUE;
+}
+
+/* Events were lost while libvirtd was away: sync every guest's power state now. */
+static void on_virt_connection(gboolean up, gpointer data)
+{
+    VnAgent *a = data;
+
+    if (up)
+        tick_power_sync(a);
 }
 
 static gboolean tick_watchdog(gpointer data)
@@ -408,6 +442,7 @@ static void start_timers(VnAgent *a)
     add_timer(a, (guint)cfg->sync_power_state_interval, tick_power_sync);
     add_timer(a, (guint)cfg->image_cache_manager_interval, tick_image_cache);
     add_timer(a, 300, tick_housekeeping);
+    add_timer(a, 2, tick_libvirt);
     if (sd_watchdog_enabled(0, &wd) > 0 && wd > 0)
         g_ptr_array_add(a->timers, GUINT_TO_POINTER(g_timeout_add(
                                        (guint)MAX(wd / 2000, 100), tick_watchdog, a)));
@@ -456,7 +491,7 @@ gboolean vn_agent_open_local(VnAgent *a, GError **error)
     g_autofree char *journal = g_build_filename(cfg->state_path, "journal.db", NULL);
     g_autofree char *cache_dir =
         g_build_filename(cfg->instances_path, cfg->image_cache_subdirectory_name, NULL);
-    VnVirtHandlers vh = { on_lifecycle, on_job_completed, NULL, a };
+    VnVirtHandlers vh = { on_lifecycle, on_job_completed, on_virt_connection, a };
     VnImageCacheConfig icfg = cache_config(cfg);
 
     if (g_mkdir_with_parents(cfg->state_path, 0700) < 0 ||
@@ -774,6 +809,9 @@ void vn_agent_free(VnAgent *a)
     vn_dispatcher_free(a->dispatcher);
     if (a->sync_pool)
         g_thread_pool_free(a->sync_pool, TRUE, TRUE);
+    /* the detached background threads use what follows */
+    while (g_atomic_int_get(&a->reconnecting) || g_atomic_int_get(&a->aging))
+        g_usleep(10 * 1000);
     vn_migrations_free(a->migrations);
     vn_reporter_free(a->reporter);
     vn_virt_conn_free(a->virt);

@@ -74,6 +74,8 @@ struct _VnAgent {
     VnAgentCounters counters;
     GPtrArray *timers;       /* GSource ids */
     GThreadPool *sync_pool;  /* one thread: power-state syncs, in order */
+    gint reconnecting;       /* a libvirt reconnect thread is running */
+    gint aging;              /* an image-cache aging thread is running */
 };
 
 /* A new agent of @cfg (reference taken); nothing is started.  @config_path is re-read on

@@ -74,6 +74,7 @@ struct _VnVirtConn {
     virConnectPtr conn;
     gboolean broken;
     gboolean outage_logged;
+    gboolean was_down; /* closed or unreachable since the last successful open */
     gint64 last_attempt;
     int cb_lifecycle;
     int cb_job;
@@ -114,6 +115,7 @@ static void on_close(virConnectPtr conn, int reason, void *opaque)
     (void)conn;
     g_mutex_lock(&c->lock);
     c->broken = TRUE;
+    c->was_down = TRUE;
     g_mutex_unlock(&c->lock);
     g_warning("libvirt: connection to %s closed (%s)", c->uri,
               reason >= 0 && reason < (int)G_N_ELEMENTS(reasons) ? reasons[reason] : "unknown");
@@ -214,12 +216,13 @@ virConnectPtr vn_virt_conn_get(VnVirtConn *c, GError **error)
             if (!c->outage_logged)
                 g_warning("libvirt: %s", err->message);
             c->outage_logged = TRUE;
+            c->was_down = TRUE;
             g_propagate_error(error, g_steal_pointer(&err));
             g_mutex_unlock(&c->lock);
             return NULL;
         }
-        restored = c->outage_logged;
-        c->outage_logged = FALSE;
+        restored = c->was_down;
+        c->outage_logged = c->was_down = FALSE;
     }
     out = c->conn;
     virConnectRef(out);

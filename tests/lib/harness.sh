@@ -224,10 +224,13 @@ host_stop() {
         kill -9 "$p" 2>/dev/null || true
     fi
     # guests whose libvirtd died keep running: kill every process of this host's namespace
+    # but the agents, which live on across a libvirtd restart as they do on a real host
     if [ -f "$R/mntns" ]; then
         local ns; ns=$(cat "$R/mntns")
         for d in /proc/[0-9]*; do
-            [ "$(readlink "$d/ns/mnt" 2>/dev/null)" = "$ns" ] && kill -9 "${d#/proc/}" 2>/dev/null || true
+            [ "$(readlink "$d/ns/mnt" 2>/dev/null)" = "$ns" ] || continue
+            [ "$(cat "$d/comm" 2>/dev/null)" = virtnoded ] && continue
+            kill -9 "${d#/proc/}" 2>/dev/null || true
         done
     fi
     rm -f "$R/pid" "$R/run/libvirt-sock" "$R/run/libvirt-sock-ro" "$R/run/libvirt-admin-sock"

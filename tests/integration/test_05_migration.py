@@ -1,0 +1,279 @@
+"""Live migration between two agents, each on its own libvirtd host: shared storage and
+block migration with the guest's heartbeat timed across the move; a guest that dirties
+memory faster than the capped link, brought to an end by the policy; and failures
+(abort, destination agent killed, destination libvirtd refusing) that leave the guest on
+the source and nothing on the destination."""
+
+import os
+import re
+import threading
+import time
+import unittest
+
+import libvirt
+
+import vntest
+from vntest import Rpc
+
+HEARTBEAT = re.compile(r"VIRTNODE-HEARTBEAT (\d+)")
+
+
+class ConsoleTail(threading.Thread):
+    """Records when each heartbeat line of a guest appears in its console file(s)."""
+
+    def __init__(self, paths):
+        super().__init__(daemon=True)
+        self.paths = paths
+        self.offsets = {p: 0 for p in paths}
+        self.beats = {}  # heartbeat number -> first time seen
+        self.stop = False
+
+    def run(self):
+        while not self.stop:
+            for p in self.paths:
+                try:
+                    with open(p, "rb") as f:
+                        f.seek(self.offsets[p])
+                        data = f.read()
+                except OSError:
+                    continue
+                if not data:
+                    continue
+                cut = data.rfind(b"\n") + 1
+                self.offsets[p] += cut
+                now = time.monotonic()
+                for m in HEARTBEAT.finditer(data[:cut].decode(errors="replace")):
+                    self.beats.setdefault(int(m.group(1)), now)
+            time.sleep(0.02)
+
+    def max_gap(self, since):
+        times = [t for n, t in sorted(self.beats.items()) if t >= since]
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        return max(gaps) if gaps else 0.0
+
+
+class Migration(vntest.AgentTestCase):
+    def setUp(self):
+        super().setUp()
+        self.rpc = Rpc()
+
+    def tearDown(self):
+        self.rpc.close()
+        super().tearDown()
+
+    def pair(self, shared=True, **extra):
+        a = self.agent("a", shared=shared, extra=extra)
+        b = self.agent("b", shared=shared, extra=extra)
+        a.start(wait=False)
+        b.start(wait=False)
+        a.wait_ready()
+        b.wait_ready()
+        return a, b
+
+    def boot(self, a, name, **kw):
+        args = vntest.build_args(name, **kw)
+        r = self.rpc.call(a.host, "build_and_run_instance", timeout=300, **args)
+        self.assertEqual(r["vm_state"], "active")
+        u = args["instance"]["uuid"]
+        vntest.wait_for(lambda: HEARTBEAT.search(a.console(u)), 60, what="heartbeats")
+        return u
+
+    def migration(self, host, u):
+        try:
+            return self.rpc.call(host, "get_migration", version="1.1", instance_uuid=u)
+        except self.rpc.om.RemoteError:
+            return None
+
+    def migrate(self, a, b, u, block=None, wait=True, timeout=300):
+        self.rpc.cast(a.host, "live_migration", version="1.1", instance_uuid=u,
+                      dest_host=b.host, block_migration=block)
+        if not wait:
+            return None
+        # the cast may not have reached the agent yet: wait for its migration to show up
+        vntest.wait_for(lambda: self.migration(a.host, u), 30, what="the migration to start")
+        return self.wait_ended(a, u, timeout)
+
+    def wait_ended(self, a, u, timeout=120):
+        def ended():
+            m = self.migration(a.host, u)
+            return m if m and m["status"] not in ("queued", "preparing", "running",
+                                                          "post-copy") else None
+        return vntest.wait_for(ended, timeout, interval=0.5, what="the migration to end")
+
+    def wait_running(self, a, u, timeout=60):
+        vntest.wait_for(lambda: (self.migration(a.host, u) or {}).get("status") == "running",
+                        timeout, interval=0.2, what="migration running")
+
+    def assert_on(self, host_key, agent, u):
+        other = "b" if host_key == "a" else "a"
+        self.assertIn(u, vntest.domain_uuids(host_key))
+        self.assertNotIn(u, vntest.domain_uuids(other))
+        c = vntest.virt(host_key)
+        self.assertEqual(c.lookupByUUIDString(u).state()[0], libvirt.VIR_DOMAIN_RUNNING)
+        c.close()
+        got = self.rpc.call(agent.host, "get_instance", instance_uuid=u)
+        self.assertEqual((got["host"], got["vm_state"], got["task_state"]),
+                         (agent.host, "active", None))
+
+    def assert_nothing_on(self, b, u, shared):
+        self.assertNotIn(u, vntest.domain_uuids(b.key))
+        with self.assertRaises(self.rpc.om.RemoteError):
+            self.rpc.call(b.host, "get_instance", instance_uuid=u)
+        if not shared:
+            self.assertFalse(os.path.exists(b.instance_dir(u)), "disks left on the destination")
+
+    def assert_row(self, m, status):
+        rows = vntest.db_query("SELECT status, error_message, downtime_ms FROM migrations "
+                               "WHERE id = %s", m["id"])
+        self.assertEqual(rows[0][0], status)
+        return rows[0]
+
+    def check_heartbeat(self, tail, t0, m):
+        beats = len(tail.beats)
+        time.sleep(3)
+        self.assertGreater(len(tail.beats), beats, "the guest's heartbeat stopped")
+        gap = tail.max_gap(t0)
+        downtime = (m["downtime_ms"] or 0) / 1000.0
+        # a heartbeat a second, plus the pause the migration reported, plus the slack of
+        # a TCG guest and a 20 ms file poll
+        self.assertLess(gap, 1.0 + downtime + 0.5,
+                        "gap %.2f s with a reported downtime of %.3f s" % (gap, downtime))
+
+    def test_shared_storage(self):
+        a, b = self.pair(shared=True)
+        u = self.boot(a, "mig-shared")
+        tail = ConsoleTail([os.path.join(a.instance_dir(u), "console.log")])
+        tail.start()
+        t0 = time.monotonic()
+        m = self.migrate(a, b, u)
+        self.assertEqual(m["status"], "completed", m)
+        self.assertFalse(m["block_migration"])
+        self.check_heartbeat(tail, t0, m)
+        tail.stop = True
+        self.assert_on("b", b, u)
+        with self.assertRaises(self.rpc.om.RemoteError):
+            self.rpc.call(a.host, "get_instance", instance_uuid=u)
+        self.assertEqual(vntest.db_query("SELECT host FROM instances WHERE uuid = %s", u),
+                         [("host-b",)])
+        row = self.assert_row(m, "completed")
+        self.assertIsNotNone(row[2])
+        # the same guest goes back
+        m2 = self.migrate(b, a, u)
+        self.assertEqual(m2["status"], "completed", m2)
+        self.assert_on("a", a, u)
+        self.rpc.call(a.host, "terminate_instance", instance_uuid=u)
+
+    def test_block_migration(self):
+        a, b = self.pair(shared=False)
+        u = self.boot(a, "mig-block")
+        tail = ConsoleTail([os.path.join(a.instance_dir(u), "console.log"),
+                            os.path.join(b.instance_dir(u), "console.log")])
+        tail.start()
+        t0 = time.monotonic()
+        m = self.migrate(a, b, u)
+        self.assertEqual(m["status"], "completed", m)
+        self.assertTrue(m["block_migration"])
+        self.check_heartbeat(tail, t0, m)
+        tail.stop = True
+        self.assert_on("b", b, u)
+        self.assertFalse(os.path.exists(a.instance_dir(u)), "source disks left")
+        self.assertTrue(os.path.exists(os.path.join(b.instance_dir(u), "disk")))
+        self.assertEqual(vntest.db_query("SELECT host FROM instances WHERE uuid = %s", u),
+                         [("host-b",)])
+        self.rpc.call(b.host, "terminate_instance", instance_uuid=u)
+
+    # a guest dirtying 48 MiB in a loop, migrated over a 40 MiB/s link, never converges
+    DIRTY = {"vn.mode": "dirty", "vn.dirty_mb": "48"}
+    CAPPED = {"libvirt.live_migration_bandwidth": "40"}
+
+    def test_non_converging_auto_converge(self):
+        a, b = self.pair(**self.CAPPED, **{"libvirt.live_migration_permit_auto_converge": "true"})
+        u = self.boot(a, "dirty-ac", memory_mb=256, metadata=self.DIRTY)
+        vntest.wait_for(lambda: "VIRTNODE-DIRTY-SEEDED" in a.console(u), 60, what="seeded")
+        m = self.migrate(a, b, u)
+        self.assertEqual(m["status"], "completed", m)
+        self.assert_on("b", b, u)
+        self.rpc.call(b.host, "terminate_instance", instance_uuid=u)
+
+    def test_non_converging_post_copy(self):
+        a, b = self.pair(**self.CAPPED, **{
+            "libvirt.live_migration_permit_post_copy": "true",
+            "libvirt.live_migration_completion_timeout": "4",
+            "libvirt.live_migration_timeout_action": "force_complete"})
+        u = self.boot(a, "dirty-pc", memory_mb=256, metadata=self.DIRTY)
+        vntest.wait_for(lambda: "VIRTNODE-DIRTY-SEEDED" in a.console(u), 60, what="seeded")
+        m = self.migrate(a, b, u)
+        self.assertEqual(m["status"], "completed", m)
+        self.assertIn("post-copy", m["action"])
+        self.assert_on("b", b, u)
+        self.rpc.call(b.host, "terminate_instance", instance_uuid=u)
+
+    def test_non_converging_aborted(self):
+        a, b = self.pair(**self.CAPPED, **{"libvirt.live_migration_completion_timeout": "4"})
+        u = self.boot(a, "dirty-abort", memory_mb=256, metadata=self.DIRTY)
+        vntest.wait_for(lambda: "VIRTNODE-DIRTY-SEEDED" in a.console(u), 60, what="seeded")
+        m = self.migrate(a, b, u)
+        self.assertEqual(m["status"], "cancelled", m)
+        self.assertIn("completion timeout", m["error"])
+        self.assert_on("a", a, u)
+        self.assert_nothing_on(b, u, shared=True)
+        row = self.assert_row(m, "cancelled")
+        self.assertIn("completion timeout", row[1])
+        self.rpc.call(a.host, "terminate_instance", instance_uuid=u)
+
+    def test_operator_abort(self):
+        a, b = self.pair(shared=False, **self.CAPPED)
+        u = self.boot(a, "abort-me", memory_mb=256, metadata=self.DIRTY)
+        vntest.wait_for(lambda: "VIRTNODE-DIRTY-SEEDED" in a.console(u), 60, what="seeded")
+        self.migrate(a, b, u, wait=False)
+        self.wait_running(a, u)
+        time.sleep(2)
+        self.rpc.cast(a.host, "live_migration_abort", version="1.1", instance_uuid=u)
+        m = self.wait_ended(a, u)
+        self.assertEqual(m["status"], "cancelled", m)
+        self.assertIn("on request", m["error"])
+        self.assert_on("a", a, u)
+        vntest.wait_for(lambda: u not in vntest.domain_uuids("b") and
+                        not os.path.exists(b.instance_dir(u)), 20, what="destination clean")
+        self.assert_nothing_on(b, u, shared=False)
+        self.rpc.call(a.host, "terminate_instance", instance_uuid=u)
+
+    def test_destination_agent_killed(self):
+        a, b = self.pair(shared=False, **self.CAPPED)
+        u = self.boot(a, "dest-dies", memory_mb=256, metadata=self.DIRTY)
+        vntest.wait_for(lambda: "VIRTNODE-DIRTY-SEEDED" in a.console(u), 60, what="seeded")
+        self.migrate(a, b, u, wait=False)
+        self.wait_running(a, u)
+        b.kill9()
+        m = self.wait_ended(a, u)
+        self.assertEqual(m["status"], "cancelled", m)
+        self.assertIn("destination agent", m["error"])
+        self.assert_on("a", a, u)
+        self.assert_row(m, "cancelled")
+        # the destination agent comes back and undoes its preparation (the rollback waited
+        # for it in its queue)
+        b.start()
+        vntest.wait_for(lambda: u not in vntest.domain_uuids("b") and
+                        not os.path.exists(b.instance_dir(u)), 30, what="destination clean")
+        self.assert_nothing_on(b, u, shared=False)
+        self.rpc.call(a.host, "terminate_instance", instance_uuid=u)
+
+    def test_destination_libvirtd_refusing(self):
+        a, b = self.pair(shared=True)
+        u = self.boot(a, "dest-refuses")
+        vntest.harness("host-stop", "b")
+        try:
+            m = self.migrate(a, b, u, timeout=120)
+        finally:
+            vntest.harness("host-start", "b")
+        self.assertIn(m["status"], ("failed", "cancelled"), m)
+        self.assertTrue(m["error"])
+        self.assert_on("a", a, u)
+        self.assert_row(m, m["status"])
+        b.wait_ready(60)
+        self.assert_nothing_on(b, u, shared=True)
+        self.rpc.call(a.host, "terminate_instance", instance_uuid=u)
+
+
+if __name__ == "__main__":
+    unittest.main()
