@@ -546,7 +546,11 @@ static VnConfig *load_keyfile(GKeyFile *kf, const char *name, GError **error)
         if (kf && g_key_file_has_key(kf, o->section, o->key, NULL)) {
             given = g_key_file_get_string(kf, o->section, o->key, &err);
             if (!given) {
+                /* not UTF-8, a bad escape: reported, and the default keeps the struct whole */
                 add_problem(problems, name, o->section, o->key, err->message);
+                g_clear_error(&err);
+                text = expand(o->def, raw, 0);
+                parse_value(cfg, o, text, NULL);
                 continue;
             }
         }

@@ -98,6 +98,9 @@ static void test_errors_name_file_section_key(void **state)
     expect_error("[libvirt]\nguest_uid_min = 5000\nguest_uid_max = 4000\n", "guest_uid_max");
     expect_error("[libvirt]\ncpu_mode = custom\n", "cpu_mode = custom needs a model");
     expect_error("not an ini file", "test.conf");
+    /* a value that is not UTF-8, also for a key every later check reads */
+    expect_error("[DEFAULT]\nhost = compute-1\xff\xfe\n", "test.conf: [DEFAULT] host");
+    expect_error("[amqp]\ntopic = a\xc3\n", "test.conf: [amqp] topic");
 }
 
 static void test_all_problems_reported_together(void **state)
