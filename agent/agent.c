@@ -390,8 +390,10 @@ static gpointer reconnect_libvirt(gpointer data)
 {
     VnAgent *a = data;
     g_autoptr(GError) err = NULL;
-    g_autoptr(virConnect) conn = vn_virt_conn_get(a->virt, &err);
+    virConnectPtr conn = vn_virt_conn_get(a->virt, &err); /* failures are logged there */
 
+    if (conn)
+        virConnectClose(conn);
     g_atomic_int_set(&a->reconnecting, 0);
     return NULL;
 }

@@ -90,7 +90,6 @@ static char *col_text(sqlite3_stmt *st, int i)
 VnJournal *vn_journal_open(const char *path, GError **error)
 {
     g_autoptr(VnJournal) j = g_new0(VnJournal, 1);
-    g_autofree char *version = NULL;
 
     g_mutex_init(&j->lock);
     j->path = g_strdup(path);

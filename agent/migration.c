@@ -528,7 +528,7 @@ static void monitor(Flow *f, MigrateThread *t, const VnInstanceRecord *rec)
     int ping_failures = 0;
     int downtime = 0;
 
-    g_autoptr(json_object) unused = disk_sizes(a, f->uuid, sizes, &n);
+    json_object_put(disk_sizes(a, f->uuid, sizes, &n)); /* the sizes, not the object */
     vn_lm_policy_init(&policy, &pc, vn_lm_data_gb(rec->flavor.memory_mb, sizes, f->block ? n : 0));
     while (!thread_done(t)) {
         double elapsed = (g_get_monotonic_time() - start) / 1e6;

@@ -311,6 +311,11 @@ static gboolean prepare_all(PGconn *conn, GError **error)
 {
     g_autoptr(PGresult) r = PQexec(conn, "SET statement_timeout = '15s'");
 
+    if (!exec_ok(r)) {
+        g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_QUERY, "setting a timeout: %s",
+                    g_strstrip(PQresultErrorMessage(r)));
+        return FALSE;
+    }
     for (gsize i = 0; i < G_N_ELEMENTS(statements); i++) {
         g_autoptr(PGresult) p = PQprepare(conn, statements[i].name, *statements[i].sql, 0, NULL);
         if (!exec_ok(p)) {

@@ -162,7 +162,8 @@ gboolean vn_schema_migrate(PGconn *conn, int *version, GError **error)
     if (!run(conn, "SELECT pg_advisory_xact_lock(" SCHEMA_LOCK_KEY ")",
              "taking the schema lock", &err) ||
         !migrate_locked(conn, version, &err)) {
-        g_autoptr(PGresult) r = PQexec(conn, "ROLLBACK");
+        /* a failed rollback leaves a broken connection, which the caller drops anyway */
+        PQclear(PQexec(conn, "ROLLBACK"));
         g_propagate_error(error, g_steal_pointer(&err));
         return FALSE;
     }
