@@ -11,6 +11,7 @@
 
 #include <glib.h>
 
+#include "api/clilog.h"
 #include "api/json.h"
 #include "api/methods.h"
 #include "scheduler-client/amqp/rpc.h"
@@ -30,6 +31,7 @@ typedef struct {
     int timeout;
     gboolean json;
     gboolean no_wait;
+    gboolean verbose;
     VnRpc *rpc;
 } Ctl;
 
@@ -551,6 +553,7 @@ int main(int argc, char **argv)
         { "timeout", 't', 0, G_OPTION_ARG_INT, &c.timeout, "Seconds to wait (300)", "S" },
         { "json", 'j', 0, G_OPTION_ARG_NONE, &c.json, "JSON output", NULL },
         { "no-wait", 0, 0, G_OPTION_ARG_NONE, &c.no_wait, "Do not wait for the outcome", NULL },
+        { "verbose", 'v', 0, G_OPTION_ARG_NONE, &c.verbose, "Show the link's messages", NULL },
         { NULL, 0, 0, 0, NULL, NULL, NULL },
     };
     g_autoptr(GOptionContext) ctx = g_option_context_new(usage);
@@ -562,6 +565,7 @@ int main(int argc, char **argv)
     g_option_context_set_strict_posix(ctx, TRUE);
     if (!g_option_context_parse(ctx, &argc, &argv, &err))
         die(2, "%s", err->message);
+    vn_cli_log_init(c.verbose);
     if (argc < 2) {
         g_autofree char *help = g_option_context_get_help(ctx, TRUE, NULL);
         fputs(help, stderr);
