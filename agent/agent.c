@@ -145,7 +145,7 @@ void vn_agent_capacity_changed(VnAgent *a)
         vn_reporter_capacity_changed(a->reporter);
 }
 
-static VnInstanceRow *row_of(const VnInstanceRecord *r)
+VnInstanceRow *vn_agent_instance_row(const VnInstanceRecord *r)
 {
     VnInstanceRow *row = g_new0(VnInstanceRow, 1);
     g_autoptr(json_object) flavor = vn_flavor_to_json(&r->flavor);
@@ -174,7 +174,7 @@ static void on_instance_changed(const VnInstanceRecord *rec, gpointer user_data)
     VnAgent *a = user_data;
 
     if (a->reporter)
-        vn_reporter_instance(a->reporter, row_of(rec));
+        vn_reporter_instance(a->reporter, vn_agent_instance_row(rec));
 }
 
 static VnCapacity *hook_capacity(gpointer data)
@@ -198,7 +198,7 @@ static GPtrArray *hook_all_instances(gpointer data)
         /* a record this host handed over by migration is not ours to report */
         g_autoptr(VnConfig) cfg = vn_agent_config(a);
         if (g_strcmp0(r->host, cfg->host) == 0)
-            g_ptr_array_add(rows, row_of(r));
+            g_ptr_array_add(rows, vn_agent_instance_row(r));
     }
     return rows;
 }
@@ -590,7 +590,7 @@ static gboolean start_reporter(VnAgent *a, const VnConfig *cfg, GError **error)
     VnReporterConfig rc = { cfg->db_connection, password, cfg->db_connect_timeout,
                             cfg->db_retry_interval, cfg->db_retry_interval_max, cfg->host, BINARY,
                             cfg->amqp_topic, VIRTNODE_VERSION, cfg->report_interval,
-                            cfg->heartbeat_interval, 200 };
+                            cfg->heartbeat_interval, 200, FALSE };
     a->reporter = vn_reporter_new(&rc, &hooks, error);
     if (password)
         memset(password, 0, strlen(password));

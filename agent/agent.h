@@ -113,6 +113,9 @@ void vn_agent_notify_service(VnAgent *a, const char *event_type);
 /* Announces that the capacity moved (debounced write to the database). */
 void vn_agent_capacity_changed(VnAgent *a);
 
+/* The central database's row of an instance record.  Caller frees. */
+VnInstanceRow *vn_agent_instance_row(const VnInstanceRecord *r);
+
 /* Creates the parts that the unit tests drive without services: journal, store, tracker,
  * dispatcher, libvirt connection (cfg's uri) and image cache.  vn_agent_start calls it. */
 gboolean vn_agent_open_local(VnAgent *a, GError **error);

@@ -117,6 +117,9 @@ typedef struct {
     int report_interval;
     int heartbeat_interval;
     int debounce_ms;
+    /* write the capacity row every report_interval even when it did not change (the
+     * pattern of Nova's resource tracker; benchmarks compare against it) */
+    gboolean write_unchanged;
 } VnReporterConfig;
 
 /* What the reporter asks the agent for, in the reporter thread. */

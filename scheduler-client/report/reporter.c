@@ -169,6 +169,7 @@ struct _VnReporter {
     char *topic;
     char *version;
     int debounce_ms;
+    gboolean write_unchanged;
     VnReporterHooks hooks;
 
     GThread *thread;
@@ -671,7 +672,7 @@ static gboolean work(VnReporter *r)
     if (capacity_now && r->hooks.capacity) {
         g_autoptr(VnCapacity) c = r->hooks.capacity(r->hooks.user_data);
         r->next_report = now + rep_every;
-        if (c && !vn_capacity_equal(c, r->written)) {
+        if (c && (r->write_unchanged || !vn_capacity_equal(c, r->written))) {
             if (!write_capacity(r, c, &lost, &err)) {
                 g_mutex_lock(&r->lock);
                 r->capacity_dirty = TRUE;
@@ -754,6 +755,7 @@ VnReporter *vn_reporter_new(const VnReporterConfig *cfg, const VnReporterHooks *
     r->topic = g_strdup(cfg->topic ? cfg->topic : "compute");
     r->version = g_strdup(cfg->version ? cfg->version : "0");
     r->debounce_ms = cfg->debounce_ms > 0 ? cfg->debounce_ms : 200;
+    r->write_unchanged = cfg->write_unchanged;
     r->report_interval = MAX(cfg->report_interval, 1);
     r->heartbeat_interval = MAX(cfg->heartbeat_interval, 1);
     if (hooks)
