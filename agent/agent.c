@@ -97,14 +97,15 @@ void vn_agent_notify_instance(VnAgent *a, const char *event_type, const VnInstan
     json_object_object_add(d, "display_name", json_object_new_string(rec->name ? rec->name : ""));
     json_object_object_add(d, "host", rec->host ? json_object_new_string(rec->host) : NULL);
     json_object_object_add(d, "state", json_object_new_string(vn_vm_state_name(rec->vm_state)));
-    json_object_object_add(d, "task_state",
-                           rec->task_state ? json_object_new_string(vn_task_state_name(rec->task_state))
-                                           : NULL);
+    json_object_object_add(
+        d, "task_state",
+        rec->task_state ? json_object_new_string(vn_task_state_name(rec->task_state)) : NULL);
     json_object_object_add(d, "power_state", json_object_new_int(rec->power_state));
     json_object_object_add(d, "tenant_id",
                            json_object_new_string(rec->project_id ? rec->project_id : ""));
     json_object_object_add(d, "user_id", json_object_new_string(rec->user_id ? rec->user_id : ""));
-    json_object_object_add(d, "image_uuid", json_object_new_string(rec->image.id ? rec->image.id : ""));
+    json_object_object_add(d, "image_uuid",
+                           json_object_new_string(rec->image.id ? rec->image.id : ""));
     json_object_object_add(d, "flavor", vn_flavor_to_json(&rec->flavor));
     json_object_object_add(d, "request_id",
                            rec->request_id ? json_object_new_string(rec->request_id) : NULL);
@@ -331,8 +332,8 @@ static gboolean tick_power_sync(gpointer data)
         return G_SOURCE_CONTINUE;
     recs = vn_instance_store_list(a->store, FALSE);
     for (guint i = 0; i < recs->len; i++)
-        g_thread_pool_push(a->sync_pool, g_strdup(((VnInstanceRecord *)g_ptr_array_index(recs, i))->uuid),
-                           NULL);
+        g_thread_pool_push(a->sync_pool,
+                           g_strdup(((VnInstanceRecord *)g_ptr_array_index(recs, i))->uuid), NULL);
     return G_SOURCE_CONTINUE;
 }
 
@@ -349,8 +350,8 @@ static gpointer age_images(gpointer data)
         VnInstanceRecord *rec = g_ptr_array_index(recs, i);
         g_hash_table_add(in_use, vn_image_cache_path(a->images, rec->image.id));
     }
-    if (!vn_image_cache_age(a->images, in_use, cfg->remove_unused_original_minimum_age_seconds,
-                            &r, &err))
+    if (!vn_image_cache_age(a->images, in_use, cfg->remove_unused_original_minimum_age_seconds, &r,
+                            &err))
         g_warning("image cache: %s", err->message);
     else if (r.removed)
         g_message("image cache: removed %u unused images (%" G_GUINT64_FORMAT " bytes), kept %u "
@@ -446,8 +447,8 @@ static void start_timers(VnAgent *a)
     add_timer(a, 300, tick_housekeeping);
     add_timer(a, 2, tick_libvirt);
     if (sd_watchdog_enabled(0, &wd) > 0 && wd > 0)
-        g_ptr_array_add(a->timers, GUINT_TO_POINTER(g_timeout_add(
-                                       (guint)MAX(wd / 2000, 100), tick_watchdog, a)));
+        g_ptr_array_add(a->timers, GUINT_TO_POINTER(g_timeout_add((guint)MAX(wd / 2000, 100),
+                                                                  tick_watchdog, a)));
 }
 
 /* ------------------------------------------------------------------ start-up */
@@ -515,8 +516,8 @@ gboolean vn_agent_open_local(VnAgent *a, GError **error)
     a->tracker = vn_tracker_new(cfg->host, cfg->instances_path, a->store);
     vn_tracker_set_config(a->tracker, cfg);
     vn_tracker_load(a->tracker);
-    a->virt = vn_virt_conn_new(cfg->libvirt_uri, cfg->keepalive_interval, cfg->keepalive_count,
-                               &vh);
+    a->virt =
+        vn_virt_conn_new(cfg->libvirt_uri, cfg->keepalive_interval, cfg->keepalive_count, &vh);
     a->dispatcher = vn_dispatcher_new(a);
     a->migrations = vn_migrations_new(a);
     a->sync_pool = g_thread_pool_new(sync_worker, a, 1, FALSE, NULL);
@@ -587,10 +588,19 @@ static gboolean start_reporter(VnAgent *a, const VnConfig *cfg, GError **error)
             *nl = '\0';
         password = g_steal_pointer(&text);
     }
-    VnReporterConfig rc = { cfg->db_connection, password, cfg->db_connect_timeout,
-                            cfg->db_retry_interval, cfg->db_retry_interval_max, cfg->host, BINARY,
-                            cfg->amqp_topic, VIRTNODE_VERSION, cfg->report_interval,
-                            cfg->heartbeat_interval, 200, FALSE };
+    VnReporterConfig rc = { cfg->db_connection,
+                            password,
+                            cfg->db_connect_timeout,
+                            cfg->db_retry_interval,
+                            cfg->db_retry_interval_max,
+                            cfg->host,
+                            BINARY,
+                            cfg->amqp_topic,
+                            VIRTNODE_VERSION,
+                            cfg->report_interval,
+                            cfg->heartbeat_interval,
+                            200,
+                            FALSE };
     a->reporter = vn_reporter_new(&rc, &hooks, error);
     if (password)
         memset(password, 0, strlen(password));

@@ -68,14 +68,14 @@ struct _VnAgent {
     VnReplyFunc reply;
     gpointer reply_data;
 
-    char *mac_model;       /* "selinux" / "apparmor" when the host has one */
+    char *mac_model; /* "selinux" / "apparmor" when the host has one */
     gboolean dac_available;
 
     VnAgentCounters counters;
-    GPtrArray *timers;       /* GSource ids */
-    GThreadPool *sync_pool;  /* one thread: power-state syncs, in order */
-    gint reconnecting;       /* a libvirt reconnect thread is running */
-    gint aging;              /* an image-cache aging thread is running */
+    GPtrArray *timers;      /* GSource ids */
+    GThreadPool *sync_pool; /* one thread: power-state syncs, in order */
+    gint reconnecting;      /* a libvirt reconnect thread is running */
+    gint aging;             /* an image-cache aging thread is running */
 };
 
 /* A new agent of @cfg (reference taken); nothing is started.  @config_path is re-read on

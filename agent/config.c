@@ -44,13 +44,13 @@ static const char *const log_levels[] = { "debug", "info", "warning", "error", N
 static const char *const log_formats[] = { "plain", "json", NULL };
 static const char *const log_targets[] = { "auto", "stderr", "journald", NULL };
 static const char *const virt_types[] = { "kvm", "qemu", NULL };
-static const char *const cpu_modes[] = { "default",   "host-model", "host-passthrough",
-                                         "custom",    "none",       NULL };
+static const char *const cpu_modes[] = { "default", "host-model", "host-passthrough",
+                                         "custom",  "none",       NULL };
 static const char *const lm_actions[] = { "abort", "force_complete", NULL };
 
 #define O(f) offsetof(VnConfig, f)
-#define SEC 1.0
-#define BIG 2147483647.0
+#define SEC  1.0
+#define BIG  2147483647.0
 
 /* clang-format off */
 static const OptDef opts[] = {
@@ -276,8 +276,8 @@ static const OptDef opts[] = {
 };
 /* clang-format on */
 
-static const char *const sections[] = { "DEFAULT", "amqp", "database", "libvirt",
-                                        "image_cache", "api", NULL };
+static const char *const sections[] = { "DEFAULT",     "amqp", "database", "libvirt",
+                                        "image_cache", "api",  NULL };
 
 static VnConfigCheckFunc checks[G_N_ELEMENTS(opts)];
 

@@ -19,9 +19,20 @@ typedef enum {
     VN_CONFIG_ERROR_LAST
 } VnConfigErrorCode;
 
-typedef enum { VN_LOG_LEVEL_DEBUG, VN_LOG_LEVEL_INFO, VN_LOG_LEVEL_WARNING, VN_LOG_LEVEL_ERROR, VN_LOG_LEVEL_LAST } VnLogLevel;
+typedef enum {
+    VN_LOG_LEVEL_DEBUG,
+    VN_LOG_LEVEL_INFO,
+    VN_LOG_LEVEL_WARNING,
+    VN_LOG_LEVEL_ERROR,
+    VN_LOG_LEVEL_LAST
+} VnLogLevel;
 typedef enum { VN_LOG_FORMAT_PLAIN, VN_LOG_FORMAT_JSON, VN_LOG_FORMAT_LAST } VnLogFormat;
-typedef enum { VN_LOG_TARGET_AUTO, VN_LOG_TARGET_STDERR, VN_LOG_TARGET_JOURNALD, VN_LOG_TARGET_LAST } VnLogTarget;
+typedef enum {
+    VN_LOG_TARGET_AUTO,
+    VN_LOG_TARGET_STDERR,
+    VN_LOG_TARGET_JOURNALD,
+    VN_LOG_TARGET_LAST
+} VnLogTarget;
 typedef enum { VN_VIRT_TYPE_KVM, VN_VIRT_TYPE_QEMU, VN_VIRT_TYPE_LAST } VnVirtType;
 typedef enum {
     VN_CPU_MODE_DEFAULT, /* host-model for kvm, the hypervisor's default model for qemu */
@@ -31,7 +42,11 @@ typedef enum {
     VN_CPU_MODE_NONE,
     VN_CPU_MODE_LAST
 } VnCpuMode;
-typedef enum { VN_LM_ACTION_ABORT, VN_LM_ACTION_FORCE_COMPLETE, VN_LM_ACTION_LAST } VnLmTimeoutAction;
+typedef enum {
+    VN_LM_ACTION_ABORT,
+    VN_LM_ACTION_FORCE_COMPLETE,
+    VN_LM_ACTION_LAST
+} VnLmTimeoutAction;
 
 typedef struct _VnConfig {
     char *source; /* the file it was read from, or NULL when only defaults were used */

@@ -179,9 +179,9 @@ static void worker(gpointer data, gpointer user_data)
     if (op->info->journaled && op->unique_id)
         vn_journal_set_running(a->journal, op->unique_id, NULL);
     if (op->info->journaled && op->req && op->req->instance_uuid) {
-        op->action_id = vn_journal_action_start(a->journal, op->req->instance_uuid,
-                                                op->request_id, op->info->name,
-                                                g_get_real_time() / G_USEC_PER_SEC, NULL);
+        op->action_id =
+            vn_journal_action_start(a->journal, op->req->instance_uuid, op->request_id,
+                                    op->info->name, g_get_real_time() / G_USEC_PER_SEC, NULL);
         if (a->reporter)
             vn_reporter_actions_pending(a->reporter);
     }
@@ -243,7 +243,9 @@ static VnOp *op_new(VnDispatcher *d, const VnMethodInfo *info, VnRequest *req, V
     op->req = req;
     op->msg = msg;
     op->unique_id = g_strdup(msg->unique_id);
-    op->request_id = msg->request_id ? g_strdup(msg->request_id) : g_strdup_printf("req-%s", msg->unique_id ? msg->unique_id : "none");
+    op->request_id = msg->request_id
+                         ? g_strdup(msg->request_id)
+                         : g_strdup_printf("req-%s", msg->unique_id ? msg->unique_id : "none");
     op->cancel = g_cancellable_new();
     op->received_us = g_get_monotonic_time();
     return op;
@@ -414,8 +416,8 @@ void vn_dispatcher_configure(VnDispatcher *d, const VnConfig *cfg)
     g_thread_pool_set_max_threads(d->pools[VN_KIND_BUILD], cfg->max_concurrent_builds, NULL);
     g_thread_pool_set_max_threads(d->pools[VN_KIND_OPERATION], cfg->max_concurrent_operations,
                                   NULL);
-    g_thread_pool_set_max_threads(d->pools[VN_KIND_MIGRATION],
-                                  cfg->max_concurrent_live_migrations, NULL);
+    g_thread_pool_set_max_threads(d->pools[VN_KIND_MIGRATION], cfg->max_concurrent_live_migrations,
+                                  NULL);
     g_mutex_lock(&d->lock);
     d->max_queued = cfg->max_queued_per_instance;
     g_mutex_unlock(&d->lock);
@@ -437,8 +439,7 @@ gboolean vn_dispatcher_drain(VnDispatcher *d, int timeout_s)
     while (d->pending > 0 && g_cond_wait_until(&d->idle, &d->lock, end))
         ;
     if (d->pending > 0) {
-        g_warning("%d operations still running after %d s: cancelling them", d->pending,
-                  timeout_s);
+        g_warning("%d operations still running after %d s: cancelling them", d->pending, timeout_s);
         for (guint i = 0; i < d->running->len; i++)
             g_cancellable_cancel(((VnOp *)g_ptr_array_index(d->running, i))->cancel);
         end = g_get_monotonic_time() + 10 * G_TIME_SPAN_SECOND;

@@ -23,13 +23,13 @@ typedef struct {
     VnAgent *agent;
     const VnMethodInfo *info;
     VnRequest *req;
-    VnRpcMessage *msg;     /* reply address, context, _unique_id */
+    VnRpcMessage *msg; /* reply address, context, _unique_id */
     char *unique_id;
     char *request_id;
     GCancellable *cancel;
-    gboolean replayed;     /* re-run after a restart */
-    gint64 action_id;      /* the instance action in the journal, 0 when none */
-    gint64 received_us;    /* monotonic */
+    gboolean replayed;  /* re-run after a restart */
+    gint64 action_id;   /* the instance action in the journal, 0 when none */
+    gint64 received_us; /* monotonic */
 } VnOp;
 
 VnDispatcher *vn_dispatcher_new(VnAgent *agent);

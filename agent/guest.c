@@ -139,8 +139,7 @@ static const char *label_owner(const char *uuid, const char *label, GPtrArray *r
 {
     for (guint i = 0; i < recs->len; i++) {
         VnInstanceRecord *r = g_ptr_array_index(recs, i);
-        if (strcmp(r->uuid, uuid) == 0 || !r->security_label ||
-            r->power_state != VN_POWER_RUNNING)
+        if (strcmp(r->uuid, uuid) == 0 || !r->security_label || r->power_state != VN_POWER_RUNNING)
             continue;
         g_auto(GStrv) parts = g_strsplit(r->security_label, ";", -1);
         if (g_strv_contains((const char *const *)parts, label))
@@ -169,8 +168,8 @@ char *vn_guest_verify_confinement(VnAgent *a, const VnInstanceRecord *rec, int d
         if (g_str_has_prefix(l, "dac:")) {
             dac_seen = TRUE;
             if (want_dac && strcmp(l, want_dac) != 0)
-                return label_fail(error, "the guest runs as '%s', not its own identity '%s'",
-                                  l + 4, want_dac + 4),
+                return label_fail(error, "the guest runs as '%s', not its own identity '%s'", l + 4,
+                                  want_dac + 4),
                        NULL;
             if (cfg->require_confinement &&
                 (strcmp(l, "dac:+0:+0") == 0 || strcmp(l, "dac:0:0") == 0))

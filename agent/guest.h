@@ -9,10 +9,10 @@
 #include "agent/virt/domain_xml.h"
 #include "api/instance.h"
 
-#define VN_GUEST_ROOT_DISK "disk"
+#define VN_GUEST_ROOT_DISK      "disk"
 #define VN_GUEST_EPHEMERAL_DISK "disk.eph0"
-#define VN_GUEST_SWAP_DISK "disk.swap"
-#define VN_GUEST_CONSOLE "console.log"
+#define VN_GUEST_SWAP_DISK      "disk.swap"
+#define VN_GUEST_CONSOLE        "console.log"
 
 /* <instance dir>/<name>.  Caller frees. */
 char *vn_guest_file(VnAgent *a, const char *uuid, const char *name);

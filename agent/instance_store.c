@@ -147,8 +147,8 @@ static gboolean update(VnInstanceStore *s, const char *uuid, Change change, gpoi
     cur = g_hash_table_lookup(s->records, uuid);
     if (!cur) {
         g_mutex_unlock(&s->lock);
-        g_set_error(error, VN_API_ERROR, VN_API_ERROR_NOT_FOUND,
-                    "instance %s is not on this host", uuid);
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_NOT_FOUND, "instance %s is not on this host",
+                    uuid);
         return FALSE;
     }
     next = vn_instance_record_copy(cur);
@@ -249,8 +249,9 @@ static gboolean change_begin(VnInstanceRecord *r, gpointer data, GError **error)
         return FALSE;
     }
     if (!vm_allowed(r->vm_state, a->allowed)) {
-        g_set_error(error, VN_API_ERROR, r->vm_state == VN_VM_DELETED ? VN_API_ERROR_NOT_FOUND
-                                                                      : VN_API_ERROR_INVALID_STATE,
+        g_set_error(error, VN_API_ERROR,
+                    r->vm_state == VN_VM_DELETED ? VN_API_ERROR_NOT_FOUND
+                                                 : VN_API_ERROR_INVALID_STATE,
                     "instance %s is %s: cannot start %s", r->uuid, vn_vm_state_name(r->vm_state),
                     vn_task_state_name(a->task));
         return FALSE;
@@ -358,9 +359,8 @@ static gboolean change_error(VnInstanceRecord *r, gpointer data, GError **error)
     return TRUE;
 }
 
-gboolean vn_instance_store_set_error(VnInstanceStore *s, const char *uuid,
-                                     const char *fault_class, const char *fault_message,
-                                     GError **error)
+gboolean vn_instance_store_set_error(VnInstanceStore *s, const char *uuid, const char *fault_class,
+                                     const char *fault_message, GError **error)
 {
     FaultArgs a = { fault_class, fault_message };
 

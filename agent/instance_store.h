@@ -54,9 +54,8 @@ gboolean vn_instance_store_end_task(VnInstanceStore *s, const char *uuid, VnTask
                                     VnVmState vm, int power, GError **error);
 
 /* vm_state error with @fault (class and message), task none. */
-gboolean vn_instance_store_set_error(VnInstanceStore *s, const char *uuid,
-                                     const char *fault_class, const char *fault_message,
-                                     GError **error);
+gboolean vn_instance_store_set_error(VnInstanceStore *s, const char *uuid, const char *fault_class,
+                                     const char *fault_message, GError **error);
 
 /* The hypervisor's power state (and the vm_state it implies, when @vm >= 0). */
 gboolean vn_instance_store_set_power(VnInstanceStore *s, const char *uuid, VnPowerState power,

@@ -105,10 +105,10 @@ VnJournal *vn_journal_open(const char *path, GError **error)
         !exec(j, "BEGIN;", error) || !exec(j, schema, error))
         return NULL;
     g_autofree char *uuid = g_uuid_string_random();
-    g_autofree char *sql = g_strdup_printf(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '%d');"
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('journal_id', '%s');",
-        SCHEMA_VERSION, uuid);
+    g_autofree char *sql =
+        g_strdup_printf("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '%d');"
+                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('journal_id', '%s');",
+                        SCHEMA_VERSION, uuid);
     if (!exec(j, sql, error) || !exec(j, "COMMIT;", error))
         return NULL;
     {
@@ -162,8 +162,8 @@ void vn_journal_request_free_full(VnJournalRequest *r)
     }
 }
 
-#define REQUEST_COLUMNS                                                                    \
-    "unique_id, method, instance_uuid, msg_id, reply_q, request_id, body, received_at, state, " \
+#define REQUEST_COLUMNS                                                                            \
+    "unique_id, method, instance_uuid, msg_id, reply_q, request_id, body, received_at, state, "    \
     "reply"
 
 static VnJournalRequest *row_request(sqlite3_stmt *st)
@@ -258,8 +258,7 @@ gboolean vn_journal_set_running(VnJournal *j, const char *unique_id, GError **er
                           "marking a request running", error, 1, unique_id);
 }
 
-gboolean vn_journal_finish(VnJournal *j, const char *unique_id, const char *reply,
-                           GError **error)
+gboolean vn_journal_finish(VnJournal *j, const char *unique_id, const char *reply, GError **error)
 {
     g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
 
@@ -270,8 +269,9 @@ gboolean vn_journal_finish(VnJournal *j, const char *unique_id, const char *repl
 }
 
 /* Runs @sql (optionally binding @limit to ?1) and collects @row(st) for every row. */
-static GPtrArray *query_rows(VnJournal *j, const char *sql, int limit, gpointer (*row)(sqlite3_stmt *),
-                             GDestroyNotify free_row, const char *what, GError **error)
+static GPtrArray *query_rows(VnJournal *j, const char *sql, int limit,
+                             gpointer (*row)(sqlite3_stmt *), GDestroyNotify free_row,
+                             const char *what, GError **error)
 {
     g_autoptr(GPtrArray) out = g_ptr_array_new_with_free_func(free_row);
     int rc;
@@ -307,9 +307,8 @@ GPtrArray *vn_journal_unfinished(VnJournal *j, GError **error)
     return query_rows(j,
                       "SELECT " REQUEST_COLUMNS " FROM requests WHERE state != 'done' "
                       "ORDER BY received_at, rowid",
-                      0, row_request_any,
-                      (GDestroyNotify)vn_journal_request_free_full, "reading unfinished requests",
-                      error);
+                      0, row_request_any, (GDestroyNotify)vn_journal_request_free_full,
+                      "reading unfinished requests", error);
 }
 
 int vn_journal_prune(VnJournal *j, gint64 before, GError **error)
@@ -340,8 +339,7 @@ int vn_journal_prune(VnJournal *j, gint64 before, GError **error)
     return n;
 }
 
-gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *json,
-                                  GError **error)
+gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *json, GError **error)
 {
     g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
 
@@ -354,8 +352,8 @@ gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *js
 
 gboolean vn_journal_delete_instance(VnJournal *j, const char *uuid, GError **error)
 {
-    return exec_text_args(j, "DELETE FROM instances WHERE uuid = ?1", "deleting an instance",
-                          error, 1, uuid);
+    return exec_text_args(j, "DELETE FROM instances WHERE uuid = ?1", "deleting an instance", error,
+                          1, uuid);
 }
 
 static gpointer row_text0(sqlite3_stmt *st)
@@ -395,8 +393,8 @@ gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *reque
     return id;
 }
 
-gboolean vn_journal_action_finish(VnJournal *j, gint64 id, const char *result,
-                                  const char *message, gint64 finish, GError **error)
+gboolean vn_journal_action_finish(VnJournal *j, gint64 id, const char *result, const char *message,
+                                  gint64 finish, GError **error)
 {
     gboolean ok = FALSE;
 
@@ -450,8 +448,8 @@ GPtrArray *vn_journal_actions_unreported(VnJournal *j, int limit, GError **error
     return query_rows(j,
                       "SELECT id, instance_uuid, request_id, action, start, finish, result, "
                       "message FROM actions WHERE reported = 0 ORDER BY id LIMIT ?1",
-                      limit > 0 ? limit : 1000, row_action,
-                      (GDestroyNotify)vn_journal_action_free, "reading actions", error);
+                      limit > 0 ? limit : 1000, row_action, (GDestroyNotify)vn_journal_action_free,
+                      "reading actions", error);
 }
 
 gboolean vn_journal_actions_mark_reported(VnJournal *j, const VnJournalAction *a, GError **error)

@@ -24,10 +24,10 @@ typedef struct {
     char *msg_id;        /* calls only */
     char *reply_q;       /* calls only */
     char *request_id;
-    char *body;          /* the request (inner oslo message) as JSON */
-    gint64 received_at;  /* unix seconds */
-    char *state;         /* "accepted", "running" or "done" */
-    char *reply;         /* the reply's result or failure JSON once done */
+    char *body;         /* the request (inner oslo message) as JSON */
+    gint64 received_at; /* unix seconds */
+    char *state;        /* "accepted", "running" or "done" */
+    char *reply;        /* the reply's result or failure JSON once done */
 } VnJournalRequest;
 
 void vn_journal_request_clear(VnJournalRequest *r);
@@ -54,8 +54,7 @@ VnJournalVerdict vn_journal_accept(VnJournal *j, const VnJournalRequest *r,
 gboolean vn_journal_set_running(VnJournal *j, const char *unique_id, GError **error);
 
 /* Marks the request done and keeps @reply (JSON text, may be NULL) for duplicates. */
-gboolean vn_journal_finish(VnJournal *j, const char *unique_id, const char *reply,
-                           GError **error);
+gboolean vn_journal_finish(VnJournal *j, const char *unique_id, const char *reply, GError **error);
 
 /* Requests accepted or running but not done, oldest first (VnJournalRequest*). */
 GPtrArray *vn_journal_unfinished(VnJournal *j, GError **error);
@@ -64,16 +63,15 @@ GPtrArray *vn_journal_unfinished(VnJournal *j, GError **error);
 int vn_journal_prune(VnJournal *j, gint64 before, GError **error);
 
 /* Instances: @json is the record's JSON text. */
-gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *json,
-                                  GError **error);
+gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *json, GError **error);
 gboolean vn_journal_delete_instance(VnJournal *j, const char *uuid, GError **error);
 GPtrArray *vn_journal_load_instances(VnJournal *j, GError **error); /* char* JSON texts */
 
 /* Actions (instance_actions of the central database). */
 gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *request_id,
                                const char *action, gint64 start, GError **error);
-gboolean vn_journal_action_finish(VnJournal *j, gint64 id, const char *result,
-                                  const char *message, gint64 finish, GError **error);
+gboolean vn_journal_action_finish(VnJournal *j, gint64 id, const char *result, const char *message,
+                                  gint64 finish, GError **error);
 
 typedef struct {
     gint64 id;
@@ -89,8 +87,7 @@ typedef struct {
 void vn_journal_action_free(VnJournalAction *a);
 /* Actions changed since they were last reported, up to @limit (VnJournalAction*). */
 GPtrArray *vn_journal_actions_unreported(VnJournal *j, int limit, GError **error);
-gboolean vn_journal_actions_mark_reported(VnJournal *j, const VnJournalAction *a,
-                                          GError **error);
+gboolean vn_journal_actions_mark_reported(VnJournal *j, const VnJournalAction *a, GError **error);
 
 /* Notification outbox. */
 gint64 vn_journal_outbox_add(VnJournal *j, const char *event_type, const char *priority,

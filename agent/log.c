@@ -168,8 +168,7 @@ char *vn_log_format_line(VnLogFormat format, GLogLevelFlags level, const GLogFie
         if (r.request_id)
             g_string_append_printf(line, "request_id=%s", r.request_id);
         if (r.instance_uuid)
-            g_string_append_printf(line, "%sinstance=%s", r.request_id ? " " : "",
-                                   r.instance_uuid);
+            g_string_append_printf(line, "%sinstance=%s", r.request_id ? " " : "", r.instance_uuid);
         g_string_append_c(line, ']');
     }
     g_string_append_c(line, '\n');
@@ -196,8 +195,8 @@ static GLogWriterOutput writer(GLogLevelFlags level, const GLogField *fields, gs
         write_journald(level, fields, n_fields);
         return G_LOG_WRITER_HANDLED;
     }
-    g_autofree char *line = vn_log_format_line(g_atomic_int_get(&log_format), level, fields,
-                                               n_fields);
+    g_autofree char *line =
+        vn_log_format_line(g_atomic_int_get(&log_format), level, fields, n_fields);
     g_mutex_lock(&log_lock);
     fputs(line, stderr);
     fflush(stderr);

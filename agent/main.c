@@ -64,10 +64,10 @@ int main(int argc, char **argv)
         return 0;
     }
     /* the default file is optional; a file named on the command line is not */
-    path = config_path ? config_path
-                       : (g_file_test(VN_CONFIG_DEFAULT_PATH, G_FILE_TEST_EXISTS)
-                              ? VN_CONFIG_DEFAULT_PATH
-                              : NULL);
+    path = config_path
+               ? config_path
+               : (g_file_test(VN_CONFIG_DEFAULT_PATH, G_FILE_TEST_EXISTS) ? VN_CONFIG_DEFAULT_PATH
+                                                                          : NULL);
     cfg = vn_config_load(path, &err);
     if (!cfg) {
         fprintf(stderr, "virtnoded: configuration error:\n%s\n", err->message);

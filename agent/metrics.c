@@ -5,8 +5,8 @@
 static void metric(GString *out, const char *name, const char *type, const char *help,
                    const char *labels, double value)
 {
-    g_string_append_printf(out, "# HELP %s %s\n# TYPE %s %s\n%s%s %.17g\n", name, help, name,
-                           type, name, labels ? labels : "", value);
+    g_string_append_printf(out, "# HELP %s %s\n# TYPE %s %s\n%s%s %.17g\n", name, help, name, type,
+                           name, labels ? labels : "", value);
 }
 
 static void sample(GString *out, const char *name, const char *labels, double value)
@@ -35,9 +35,11 @@ char *vn_agent_metrics(VnAgent *a)
     g_string_append(out, "# HELP virtnode_builds_total Builds by result\n"
                          "# TYPE virtnode_builds_total counter\n");
     sample(out, "virtnode_builds_total", "{result=\"ok\"}", g_atomic_int_get(&c->builds_ok));
-    sample(out, "virtnode_builds_total", "{result=\"failed\"}", g_atomic_int_get(&c->builds_failed));
-    g_string_append(out, "# HELP virtnode_live_migrations_total Outgoing live migrations by result\n"
-                         "# TYPE virtnode_live_migrations_total counter\n");
+    sample(out, "virtnode_builds_total", "{result=\"failed\"}",
+           g_atomic_int_get(&c->builds_failed));
+    g_string_append(out,
+                    "# HELP virtnode_live_migrations_total Outgoing live migrations by result\n"
+                    "# TYPE virtnode_live_migrations_total counter\n");
     sample(out, "virtnode_live_migrations_total", "{result=\"ok\"}",
            g_atomic_int_get(&c->migrations_ok));
     sample(out, "virtnode_live_migrations_total", "{result=\"failed\"}",

@@ -20,10 +20,10 @@
 #include "storage/disk.h"
 #include "storage/stor_error.h"
 
-#define API_VERSION "1.1"
+#define API_VERSION         "1.1"
 #define MONITOR_INTERVAL_US (500 * 1000)
-#define LIVENESS_EVERY_S 3
-#define LIVENESS_FAILURES 2
+#define LIVENESS_EVERY_S    3
+#define LIVENESS_FAILURES   2
 
 typedef struct {
     char *id;
@@ -72,8 +72,8 @@ VnMigrations *vn_migrations_new(VnAgent *a)
     m->a = a;
     g_mutex_init(&m->lock);
     g_cond_init(&m->cond);
-    m->by_uuid = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
-                                       (GDestroyNotify)migration_free);
+    m->by_uuid =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)migration_free);
     return m;
 }
 
@@ -165,9 +165,10 @@ static json_object *describe_locked(const Migration *mig)
     json_object_object_add(o, "memory_bps", json_object_new_int64(s->memory_bps));
     json_object_object_add(o, "iterations", json_object_new_int64(s->memory_iteration));
     json_object_object_add(o, "downtime_step_ms", json_object_new_int(mig->downtime_ms));
-    json_object_object_add(o, "downtime_ms", mig->have_final && mig->final.downtime_ms >= 0
-                                                 ? json_object_new_int64(mig->final.downtime_ms)
-                                                 : NULL);
+    json_object_object_add(o, "downtime_ms",
+                           mig->have_final && mig->final.downtime_ms >= 0
+                               ? json_object_new_int64(mig->final.downtime_ms)
+                               : NULL);
     json_object_object_add(o, "elapsed_s", json_object_new_double(mig->elapsed_s));
     json_object_object_add(o, "action", mig->action ? json_object_new_string(mig->action) : NULL);
     json_object_object_add(o, "error", mig->error ? json_object_new_string(mig->error) : NULL);
@@ -194,12 +195,12 @@ typedef struct {
     char *uuid;
     char *dest;
     char *id;
-    json_object *md;      /* migrate_data as it grows */
+    json_object *md; /* migrate_data as it grows */
     gboolean shared;
     gboolean block;
     gboolean dest_prepared;
     gboolean paused_by_us;
-    gboolean aborted;     /* cancelled on purpose (operator, policy, dead destination) */
+    gboolean aborted; /* cancelled on purpose (operator, policy, dead destination) */
     gboolean postcopy;
     char *abort_reason;
 } Flow;
@@ -318,7 +319,8 @@ static json_object *peer_call(VnAgent *a, const char *host, const char *method, 
     }
     json_object_object_add(args, "instance_uuid", json_object_new_string(uuid));
     json_object_object_add(args, "source_host", json_object_new_string(cfg->host));
-    json_object_object_add(args, "migrate_data", md ? json_object_get(md) : json_object_new_object());
+    json_object_object_add(args, "migrate_data",
+                           md ? json_object_get(md) : json_object_new_object());
     if (!vn_rpc_call(a->rpc, host, method, args, API_VERSION, NULL, timeout_s, 0, &result, error)) {
         g_prefix_error(error, "%s on %s: ", method, host);
         return NULL;
@@ -342,7 +344,8 @@ static void peer_cast(VnAgent *a, const char *host, const char *method, const ch
 
     json_object_object_add(args, "instance_uuid", json_object_new_string(uuid));
     json_object_object_add(args, "source_host", json_object_new_string(cfg->host));
-    json_object_object_add(args, "migrate_data", md ? json_object_get(md) : json_object_new_object());
+    json_object_object_add(args, "migrate_data",
+                           md ? json_object_get(md) : json_object_new_object());
     if (!a->rpc || !vn_rpc_cast(a->rpc, host, method, args, API_VERSION, NULL, &err))
         g_warning("%s to %s: %s", method, host, err ? err->message : "no AMQP link");
 }
@@ -515,10 +518,12 @@ static void monitor(Flow *f, MigrateThread *t, const VnInstanceRecord *rec)
 {
     VnAgent *a = f->a;
     g_autoptr(VnConfig) cfg = vn_agent_config(a);
-    VnLmPolicyConfig pc = { cfg->live_migration_downtime,        cfg->live_migration_downtime_steps,
-                            cfg->live_migration_downtime_delay,  cfg->live_migration_completion_timeout,
-                            cfg->live_migration_stall_timeout,   cfg->live_migration_timeout_action,
-                            cfg->live_migration_permit_post_copy };
+    VnLmPolicyConfig pc = {
+        cfg->live_migration_downtime,        cfg->live_migration_downtime_steps,
+        cfg->live_migration_downtime_delay,  cfg->live_migration_completion_timeout,
+        cfg->live_migration_stall_timeout,   cfg->live_migration_timeout_action,
+        cfg->live_migration_permit_post_copy
+    };
     VnLmPolicy policy;
     guint64 sizes[3];
     int n = 0;
@@ -545,8 +550,9 @@ static void monitor(Flow *f, MigrateThread *t, const VnInstanceRecord *rec)
             set_status(f, "post-copy", NULL);
         }
         for (;;) {
-            VnLmAction act = vn_lm_policy_step(&policy, elapsed, stats.state == VN_JOB_RUNNING ? &stats : NULL,
-                                               postcopy, abort_req && !f->aborted, force_req);
+            VnLmAction act =
+                vn_lm_policy_step(&policy, elapsed, stats.state == VN_JOB_RUNNING ? &stats : NULL,
+                                  postcopy, abort_req && !f->aborted, force_req);
             if (act.kind == VN_LM_CONTINUE)
                 break;
             if (act.kind == VN_LM_SET_DOWNTIME)
@@ -571,8 +577,8 @@ static void monitor(Flow *f, MigrateThread *t, const VnInstanceRecord *rec)
                        " MiB left, disk %" G_GINT64_FORMAT " MiB left, %" G_GINT64_FORMAT
                        " MiB/s, pass %" G_GINT64_FORMAT ", downtime step %d ms",
                        f->uuid, elapsed, stats.memory_remaining >> 20, stats.memory_total >> 20,
-                       stats.disk_remaining >> 20, stats.memory_bps >> 20,
-                       stats.memory_iteration, downtime);
+                       stats.disk_remaining >> 20, stats.memory_bps >> 20, stats.memory_iteration,
+                       downtime);
             report(f);
         }
         g_usleep(MONITOR_INTERVAL_US);
@@ -590,7 +596,8 @@ static gboolean complete(Flow *f)
     /* the final statistics (downtime) come with libvirt's job-completed event */
     g_mutex_lock(&a->migrations->lock);
     Migration *mig = g_hash_table_lookup(a->migrations->by_uuid, f->uuid);
-    while (mig && !mig->have_final && g_cond_wait_until(&a->migrations->cond, &a->migrations->lock, end))
+    while (mig && !mig->have_final &&
+           g_cond_wait_until(&a->migrations->cond, &a->migrations->lock, end))
         ;
     g_mutex_unlock(&a->migrations->lock);
 
@@ -634,8 +641,7 @@ static void roll_back(Flow *f, VnTaskState task, VnVmState vm)
         vn_domain_power_state(a->virt, f->uuid, &power, NULL);
     if (!exists) {
         vn_instance_store_set_error(a->store, f->uuid, "MigrationError",
-                                    "the guest was lost during a failed post-copy migration",
-                                    NULL);
+                                    "the guest was lost during a failed post-copy migration", NULL);
         return;
     }
     vn_instance_store_end_task(a->store, f->uuid, task, vm, power, NULL);
@@ -707,8 +713,8 @@ static gboolean run_migration(Flow *f, const VnInstanceRecord *rec, GError **err
     t.params.block_disks = (char **)block_disks->pdata;
     t.params.shared_unsafe = f->shared;
     t.params.post_copy = cfg->live_migration_permit_post_copy;
-    t.params.auto_converge = cfg->live_migration_permit_auto_converge &&
-                             !cfg->live_migration_permit_post_copy;
+    t.params.auto_converge =
+        cfg->live_migration_permit_auto_converge && !cfg->live_migration_permit_post_copy;
     g_mutex_init(&t.lock);
     if (!t.params.dest_uri) {
         g_set_error(error, VN_API_ERROR, VN_API_ERROR_MIGRATION_FAILED,
@@ -793,8 +799,8 @@ gboolean vn_op_live_migration(VnOp *op, json_object **result, GError **error)
     if (op->replayed)
         return recover_source(op, error);
     if (strcmp(op->req->dest_host, cfg->host) == 0) {
-        g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID,
-                    "dest_host: %s is this host", op->req->dest_host);
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID, "dest_host: %s is this host",
+                    op->req->dest_host);
         return FALSE;
     }
     rec = vn_instance_store_get(a->store, uuid);
@@ -827,10 +833,9 @@ gboolean vn_op_live_migration(VnOp *op, json_object **result, GError **error)
             set_status(&f, f.aborted ? "cancelled" : (f.postcopy ? "error" : "failed"),
                        err->message);
             g_autoptr(VnInstanceRecord) now = vn_instance_store_get(a->store, uuid);
-            vn_agent_notify_instance(a,
-                                     f.aborted ? "instance.live_migration.abort"
-                                               : "instance.live_migration.error",
-                                     now ? now : rec, err->message);
+            vn_agent_notify_instance(
+                a, f.aborted ? "instance.live_migration.abort" : "instance.live_migration.error",
+                now ? now : rec, err->message);
             g_propagate_error(error, g_steal_pointer(&err));
         }
     }
@@ -898,8 +903,8 @@ gboolean vn_op_check_dest(VnOp *op, json_object **result, GError **error)
         return FALSE;
     here = vn_instance_store_get(a->store, inst->uuid);
     if (here && here->vm_state != VN_VM_DELETED) {
-        g_set_error(error, VN_API_ERROR, VN_API_ERROR_EXISTS,
-                    "instance %s already exists on %s", inst->uuid, cfg->host);
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_EXISTS, "instance %s already exists on %s",
+                    inst->uuid, cfg->host);
         return FALSE;
     }
     if (vt && strcmp(vt, vn_virt_type_name(cfg->virt_type)) != 0) {
@@ -934,8 +939,9 @@ gboolean vn_op_check_dest(VnOp *op, json_object **result, GError **error)
     close(fd);
     ask = json_object_new_object();
     json_object_object_add(ask, "probe_name", json_object_new_string(probe));
-    json_object_object_add(ask, "block_migration",
-                           md_get(md, "block_migration") ? json_object_get(md_get(md, "block_migration")) : NULL);
+    json_object_object_add(
+        ask, "block_migration",
+        md_get(md, "block_migration") ? json_object_get(md_get(md, "block_migration")) : NULL);
     src = peer_call(a, op->req->source_host ? op->req->source_host : md_str(md, "source_host"),
                     "check_can_live_migrate_source", inst->uuid, ask, 60, error);
     g_unlink(probe_path);
@@ -1043,7 +1049,8 @@ static gboolean make_dest_disks(VnAgent *a, const VnInstanceRecord *inst, json_o
         gboolean ok;
         if (strcmp(name, VN_GUEST_ROOT_DISK) == 0)
             ok = vn_disk_create_overlay(path, base, inst->image.disk_format, bytes, error);
-        else if (strcmp(name, VN_GUEST_EPHEMERAL_DISK) == 0 || strcmp(name, VN_GUEST_SWAP_DISK) == 0)
+        else if (strcmp(name, VN_GUEST_EPHEMERAL_DISK) == 0 ||
+                 strcmp(name, VN_GUEST_SWAP_DISK) == 0)
             ok = vn_disk_create_blank(path, bytes, error);
         else
             continue;
@@ -1129,7 +1136,8 @@ gboolean vn_op_post_live_migration_dest(VnOp *op, json_object **result, GError *
                                     error))
         return FALSE;
     done = vn_instance_store_get(a->store, uuid);
-    g_message("instance %s arrived from %s", uuid, op->req->source_host ? op->req->source_host : "?");
+    g_message("instance %s arrived from %s", uuid,
+              op->req->source_host ? op->req->source_host : "?");
     vn_agent_notify_instance(a, "instance.live_migration_post_dest.end", done, NULL);
     vn_agent_capacity_changed(a);
     *result = vn_instance_record_to_json(done);
@@ -1140,8 +1148,8 @@ gboolean vn_op_rollback_dest(VnOp *op, json_object **result, GError **error)
 {
     json_object *md = op->req->migrate_data;
     /* files are removed only when the source said the storage is not shared */
-    gboolean shared = !md_get(md, "is_shared_instance_path") ||
-                      md_bool(md, "is_shared_instance_path");
+    gboolean shared =
+        !md_get(md, "is_shared_instance_path") || md_bool(md, "is_shared_instance_path");
 
     undo_dest(op->agent, op->req->instance_uuid, shared);
     *result = NULL;

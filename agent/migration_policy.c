@@ -2,7 +2,7 @@
  * migration_policy.h). */
 #include "agent/migration_policy.h"
 
-#define EWMA_ALPHA 0.4
+#define EWMA_ALPHA      0.4
 #define PROGRESS_MARGIN 0.05
 
 double vn_lm_data_gb(int memory_mb, const guint64 *disk_bytes, int n_disks)
@@ -79,8 +79,7 @@ static void track_progress(VnLmPolicy *p, double elapsed_s, const VnJobStats *s)
 }
 
 VnLmAction vn_lm_policy_step(VnLmPolicy *p, double elapsed_s, const VnJobStats *stats,
-                             gboolean postcopy, gboolean abort_requested,
-                             gboolean force_requested)
+                             gboolean postcopy, gboolean abort_requested, gboolean force_requested)
 {
     double at;
 

@@ -46,11 +46,11 @@ typedef struct {
 typedef struct {
     VnLmPolicyConfig cfg;
     double data_gb;
-    int step;              /* next downtime step to apply */
-    double ewma;           /* smoothed remaining bytes, < 0 before the first sample */
+    int step;    /* next downtime step to apply */
+    double ewma; /* smoothed remaining bytes, < 0 before the first sample */
     double best;
     double last_progress_s;
-    gboolean forced;       /* a force-complete action was taken */
+    gboolean forced; /* a force-complete action was taken */
     gboolean paused;
     gboolean postcopy;
 } VnLmPolicy;
@@ -67,5 +67,4 @@ int vn_lm_downtime_at(const VnLmPolicy *p, int i, double *at_s);
  * post-copy phase; @abort_requested / @force_requested: an operator asked for it.  Call
  * again until CONTINUE to get all actions due now (each is returned once). */
 VnLmAction vn_lm_policy_step(VnLmPolicy *p, double elapsed_s, const VnJobStats *stats,
-                             gboolean postcopy, gboolean abort_requested,
-                             gboolean force_requested);
+                             gboolean postcopy, gboolean abort_requested, gboolean force_requested);

@@ -85,8 +85,8 @@ static gboolean make_disks(Build *b, const char *base, GError **error)
     const VnFlavor *f = &b->spec->flavor;
     g_autofree char *root = vn_guest_file(b->a, b->spec->uuid, VN_GUEST_ROOT_DISK);
 
-    if (!vn_disk_create_overlay(root, base, b->spec->image.disk_format,
-                                (guint64)f->root_gb << 30, error)) {
+    if (!vn_disk_create_overlay(root, base, b->spec->image.disk_format, (guint64)f->root_gb << 30,
+                                error)) {
         if (g_error_matches(*error, VN_STOR_ERROR, VN_STOR_ERROR_INVALID))
             g_prefix_error(error, "flavor root_gb %d is too small for image '%s': ", f->root_gb,
                            b->spec->image.id);
@@ -182,15 +182,14 @@ static gboolean recover_interrupted(VnOp *op, GError **error)
     if (!rec || rec->vm_state != VN_VM_BUILDING) {
         /* the build never got its record (or already finished): nothing to undo */
         g_set_error(error, VN_API_ERROR, VN_API_ERROR_INTERRUPTED,
-                    "the agent restarted before the build of %s could start; send it again",
-                    uuid);
+                    "the agent restarted before the build of %s could start; send it again", uuid);
         return FALSE;
     }
     if (!vn_guest_remove(a, uuid, &err))
         g_warning("cleaning up the interrupted build of %s: %s", uuid, err->message);
     vn_tracker_drop(a->tracker, uuid);
-    vn_instance_store_set_error(a->store, uuid, vn_api_error_class(VN_API_ERROR_INTERRUPTED),
-                                msg, NULL);
+    vn_instance_store_set_error(a->store, uuid, vn_api_error_class(VN_API_ERROR_INTERRUPTED), msg,
+                                NULL);
     g_autoptr(VnInstanceRecord) now = vn_instance_store_get(a->store, uuid);
     vn_agent_notify_instance(a, "instance.create.error", now, msg);
     vn_agent_capacity_changed(a);
@@ -203,10 +202,10 @@ static const char *fault_class_of(const GError *err)
     if (err->domain == VN_API_ERROR)
         return vn_api_error_class(err->code);
     if (err->domain == VN_STOR_ERROR)
-        return err->code == VN_STOR_ERROR_CHECKSUM ? "ImageChecksumMismatch"
-               : err->code == VN_STOR_ERROR_UNSAFE  ? "ImageUnacceptable"
+        return err->code == VN_STOR_ERROR_CHECKSUM    ? "ImageChecksumMismatch"
+               : err->code == VN_STOR_ERROR_UNSAFE    ? "ImageUnacceptable"
                : err->code == VN_STOR_ERROR_TOO_LARGE ? "ImageTooLarge"
-               : err->code == VN_STOR_ERROR_DOWNLOAD ? "ImageDownloadFailed"
+               : err->code == VN_STOR_ERROR_DOWNLOAD  ? "ImageDownloadFailed"
                                                       : "StorageError";
     if (err->domain == VN_VIRT_ERROR)
         return err->code == VN_VIRT_ERROR_LABEL ? "ConfinementFailed" : "HypervisorError";
@@ -228,8 +227,7 @@ static gboolean build_steps(Build *b, GError **error)
                                      VN_TASK_BLOCK_DEVICE_MAPPING, error) ||
         !vn_instance_store_next_task(a->store, uuid, VN_TASK_BLOCK_DEVICE_MAPPING,
                                      VN_TASK_NETWORKING, error) ||
-        !vn_instance_store_next_task(a->store, uuid, VN_TASK_NETWORKING, VN_TASK_SPAWNING,
-                                     error) ||
+        !vn_instance_store_next_task(a->store, uuid, VN_TASK_NETWORKING, VN_TASK_SPAWNING, error) ||
         !spawn(b, &launched, error))
         return FALSE;
     return vn_instance_store_set_launched(a->store, uuid, launched->security_label, error) &&

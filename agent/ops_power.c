@@ -50,8 +50,8 @@ static gboolean run_power_op(VnOp *op, const PowerOp *p, json_object **result, G
     vn_agent_notify_instance(a, ev, rec, NULL);
     if (!p->act(op, rec, &err)) {
         g_autofree char *ev_err = g_strdup_printf("%s.error", p->event);
-        vn_instance_store_end_task(a->store, uuid, p->task, rec->vm_state,
-                                   current_power(a, uuid), NULL);
+        vn_instance_store_end_task(a->store, uuid, p->task, rec->vm_state, current_power(a, uuid),
+                                   NULL);
         done = vn_instance_store_get(a->store, uuid);
         vn_agent_notify_instance(a, ev_err, done, err->message);
         g_propagate_error(error, g_steal_pointer(&err));
@@ -73,8 +73,8 @@ static gboolean run_power_op(VnOp *op, const PowerOp *p, json_object **result, G
 
 static gboolean wait_running(VnAgent *a, VnOp *op, GError **error)
 {
-    return vn_domain_wait_state(a->virt, op->req->instance_uuid, VN_POWER_RUNNING, 30,
-                                op->cancel, error);
+    return vn_domain_wait_state(a->virt, op->req->instance_uuid, VN_POWER_RUNNING, 30, op->cancel,
+                                error);
 }
 
 static gboolean act_start(VnOp *op, VnInstanceRecord *rec, GError **error)
@@ -248,8 +248,9 @@ static gboolean remove_orphan(VnAgent *a, const char *uuid, GError **error)
 
 gboolean vn_op_terminate(VnOp *op, json_object **result, GError **error)
 {
-    static const VnVmState any[] = { VN_VM_BUILDING, VN_VM_ACTIVE, VN_VM_STOPPED, VN_VM_PAUSED,
-                                     VN_VM_SUSPENDED, VN_VM_ERROR, END };
+    static const VnVmState any[] = {
+        VN_VM_BUILDING, VN_VM_ACTIVE, VN_VM_STOPPED, VN_VM_PAUSED, VN_VM_SUSPENDED, VN_VM_ERROR, END
+    };
     VnAgent *a = op->agent;
     const char *uuid = op->req->instance_uuid;
     g_autoptr(VnInstanceRecord) rec = vn_instance_store_get(a->store, uuid);
@@ -263,8 +264,7 @@ gboolean vn_op_terminate(VnOp *op, json_object **result, GError **error)
         *result = rec ? vn_instance_record_to_json(rec) : NULL;
         return TRUE;
     }
-    if (!vn_instance_store_begin_task(a->store, uuid, any, VN_TASK_DELETING, op->request_id,
-                                      error))
+    if (!vn_instance_store_begin_task(a->store, uuid, any, VN_TASK_DELETING, op->request_id, error))
         return FALSE;
     vn_agent_notify_instance(a, "instance.delete.start", rec, NULL);
     if (!vn_guest_remove(a, uuid, &err)) {

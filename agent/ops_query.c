@@ -24,12 +24,12 @@ json_object *vn_ops_ping(VnAgent *a, const VnRequest *req)
 
 gboolean vn_op_get_instance(VnOp *op, json_object **result, GError **error)
 {
-    g_autoptr(VnInstanceRecord) rec = vn_instance_store_get(op->agent->store,
-                                                            op->req->instance_uuid);
+    g_autoptr(VnInstanceRecord) rec =
+        vn_instance_store_get(op->agent->store, op->req->instance_uuid);
 
     if (!rec) {
-        g_set_error(error, VN_API_ERROR, VN_API_ERROR_NOT_FOUND,
-                    "instance %s is not on this host", op->req->instance_uuid);
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_NOT_FOUND, "instance %s is not on this host",
+                    op->req->instance_uuid);
         return FALSE;
     }
     *result = vn_instance_record_to_json(rec);
@@ -104,14 +104,14 @@ static char *tail_file(const char *path, gsize max, int lines, GError **error)
 gboolean vn_op_console_output(VnOp *op, json_object **result, GError **error)
 {
     g_autoptr(VnConfig) cfg = vn_agent_config(op->agent);
-    g_autoptr(VnInstanceRecord) rec = vn_instance_store_get(op->agent->store,
-                                                            op->req->instance_uuid);
+    g_autoptr(VnInstanceRecord) rec =
+        vn_instance_store_get(op->agent->store, op->req->instance_uuid);
     g_autofree char *path = NULL;
     g_autofree char *text = NULL;
 
     if (!rec || rec->vm_state == VN_VM_DELETED) {
-        g_set_error(error, VN_API_ERROR, VN_API_ERROR_NOT_FOUND,
-                    "instance %s is not on this host", op->req->instance_uuid);
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_NOT_FOUND, "instance %s is not on this host",
+                    op->req->instance_uuid);
         return FALSE;
     }
     path = vn_guest_file(op->agent, rec->uuid, VN_GUEST_CONSOLE);
@@ -132,7 +132,8 @@ gboolean vn_op_host_info(VnOp *op, json_object **result, GError **error)
 
     json_object_object_add(o, "host", json_object_new_string(cfg->host));
     json_object_object_add(o, "version", json_object_new_string(VIRTNODE_VERSION));
-    json_object_object_add(o, "virt_type", json_object_new_string(vn_virt_type_name(cfg->virt_type)));
+    json_object_object_add(o, "virt_type",
+                           json_object_new_string(vn_virt_type_name(cfg->virt_type)));
     json_object_object_add(o, "ready", json_object_new_boolean(a->ready));
     json_object_object_add(cap, "vcpus", json_object_new_int(c->vcpus));
     json_object_object_add(cap, "vcpus_used", json_object_new_int(c->vcpus_used));
@@ -146,7 +147,7 @@ gboolean vn_op_host_info(VnOp *op, json_object **result, GError **error)
     json_object_object_add(cap, "running_vms", json_object_new_int(c->running_vms));
     json_object_object_add(o, "capacity", cap);
     json_object_object_add(o, "security_model",
-                           json_object_new_string(a->mac_model ? a->mac_model
+                           json_object_new_string(a->mac_model       ? a->mac_model
                                                   : a->dac_available ? "dac"
                                                                      : "none"));
     *result = o;

@@ -183,27 +183,27 @@ static gboolean claim(VnTracker *t, const char *uuid, const VnFlavor *flavor, gb
         g_string_append(why, "the host's inventory is not known yet");
         ok = FALSE;
     }
-    if (ok && !vn_tracker_fits(t->inv.vcpus, t->reserved_cpus, t->cpu_ratio, used.vcpus,
-                               req->vcpus)) {
+    if (ok &&
+        !vn_tracker_fits(t->inv.vcpus, t->reserved_cpus, t->cpu_ratio, used.vcpus, req->vcpus)) {
         g_string_append_printf(why, "vcpus: %d requested, %d of %.0f free; ", req->vcpus,
                                (int)((t->inv.vcpus - t->reserved_cpus) * t->cpu_ratio) - used.vcpus,
                                (t->inv.vcpus - t->reserved_cpus) * t->cpu_ratio);
         ok = FALSE;
     }
-    if (t->inv.memory_mb > 0 && !vn_tracker_fits((double)t->inv.memory_mb,
-                                                 (double)t->reserved_mem_mb, t->ram_ratio,
-                                                 (double)used.memory_mb, (double)req->memory_mb)) {
+    if (t->inv.memory_mb > 0 &&
+        !vn_tracker_fits((double)t->inv.memory_mb, (double)t->reserved_mem_mb, t->ram_ratio,
+                         (double)used.memory_mb, (double)req->memory_mb)) {
         g_string_append_printf(
             why, "memory: %" G_GINT64_FORMAT " MiB requested, %.0f MiB free; ", req->memory_mb,
             (t->inv.memory_mb - t->reserved_mem_mb) * t->ram_ratio - used.memory_mb);
         ok = FALSE;
     }
-    if (disk_gb > 0 && !vn_tracker_fits((double)disk_gb, t->reserved_disk_mb / 1024.0, t->disk_ratio,
-                                        (double)used.disk_gb, (double)req->disk_gb)) {
-        g_string_append_printf(why, "disk: %" G_GINT64_FORMAT " GiB requested, %.0f GiB free; ",
-                               req->disk_gb,
-                               (disk_gb - t->reserved_disk_mb / 1024.0) * t->disk_ratio -
-                                   used.disk_gb);
+    if (disk_gb > 0 &&
+        !vn_tracker_fits((double)disk_gb, t->reserved_disk_mb / 1024.0, t->disk_ratio,
+                         (double)used.disk_gb, (double)req->disk_gb)) {
+        g_string_append_printf(
+            why, "disk: %" G_GINT64_FORMAT " GiB requested, %.0f GiB free; ", req->disk_gb,
+            (disk_gb - t->reserved_disk_mb / 1024.0) * t->disk_ratio - used.disk_gb);
         ok = FALSE;
     }
     if (ok && record)
@@ -314,7 +314,8 @@ VnCapacity *vn_tracker_capacity(VnTracker *t)
     c->host = g_strdup(t->host);
     c->hypervisor_type = g_strdup(t->inv.hypervisor_type ? t->inv.hypervisor_type : "unknown");
     c->hypervisor_version = t->inv.hypervisor_version;
-    c->hypervisor_hostname = g_strdup(t->inv.hypervisor_hostname ? t->inv.hypervisor_hostname : t->host);
+    c->hypervisor_hostname =
+        g_strdup(t->inv.hypervisor_hostname ? t->inv.hypervisor_hostname : t->host);
     c->cpu_info = g_strdup(t->inv.cpu_info ? t->inv.cpu_info : "{}");
     c->vcpus = t->inv.vcpus;
     c->vcpus_used = used.vcpus;
@@ -335,7 +336,8 @@ VnCapacity *vn_tracker_capacity(VnTracker *t)
     c->reserved_host_cpus = t->reserved_cpus;
     json_object_object_add(stats, "io_workload", json_object_new_int(t->running_ops));
     json_object_object_add(stats, "failed_builds", json_object_new_int64((gint64)t->failed_builds));
-    json_object_object_add(stats, "image_cache_bytes", json_object_new_int64((gint64)t->cache_bytes));
+    json_object_object_add(stats, "image_cache_bytes",
+                           json_object_new_int64((gint64)t->cache_bytes));
     g_mutex_unlock(&t->lock);
     if (!json_object_object_get_ex(stats, "num_instances", NULL))
         json_object_object_add(stats, "num_instances", json_object_new_int(0));

@@ -10,20 +10,20 @@
 GQuark vn_api_error_quark(void);
 
 typedef enum {
-    VN_API_ERROR_INVALID,             /* InvalidInput: the arguments break the contract */
-    VN_API_ERROR_NO_SUCH_METHOD,      /* NoSuchMethod */
-    VN_API_ERROR_UNSUPPORTED_VERSION, /* UnsupportedVersion */
-    VN_API_ERROR_NOT_FOUND,           /* InstanceNotFound: no such instance on this host */
-    VN_API_ERROR_EXISTS,              /* InstanceExists: a build for a uuid already known */
-    VN_API_ERROR_INVALID_STATE,       /* InstanceInvalidState: not allowed in this state */
+    VN_API_ERROR_INVALID,                /* InvalidInput: the arguments break the contract */
+    VN_API_ERROR_NO_SUCH_METHOD,         /* NoSuchMethod */
+    VN_API_ERROR_UNSUPPORTED_VERSION,    /* UnsupportedVersion */
+    VN_API_ERROR_NOT_FOUND,              /* InstanceNotFound: no such instance on this host */
+    VN_API_ERROR_EXISTS,                 /* InstanceExists: a build for a uuid already known */
+    VN_API_ERROR_INVALID_STATE,          /* InstanceInvalidState: not allowed in this state */
     VN_API_ERROR_INSUFFICIENT_RESOURCES, /* the host cannot fit the request */
-    VN_API_ERROR_BUSY,                /* too many operations queued for the instance */
-    VN_API_ERROR_UNSUPPORTED,         /* a feature this agent does not offer */
-    VN_API_ERROR_BUILD_FAILED,        /* the build failed and was rolled back */
-    VN_API_ERROR_OPERATION_FAILED,    /* a lifecycle operation failed */
-    VN_API_ERROR_MIGRATION_FAILED,    /* a live migration failed or was refused */
-    VN_API_ERROR_INTERRUPTED,         /* the agent stopped or restarted during the operation */
-    VN_API_ERROR_INTERNAL,            /* a bug; the message says what */
+    VN_API_ERROR_BUSY,                   /* too many operations queued for the instance */
+    VN_API_ERROR_UNSUPPORTED,            /* a feature this agent does not offer */
+    VN_API_ERROR_BUILD_FAILED,           /* the build failed and was rolled back */
+    VN_API_ERROR_OPERATION_FAILED,       /* a lifecycle operation failed */
+    VN_API_ERROR_MIGRATION_FAILED,       /* a live migration failed or was refused */
+    VN_API_ERROR_INTERRUPTED,            /* the agent stopped or restarted during the operation */
+    VN_API_ERROR_INTERNAL,               /* a bug; the message says what */
     VN_API_ERROR_LAST
 } VnApiErrorCode;
 

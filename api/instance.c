@@ -10,9 +10,11 @@ static const char *const vm_names[VN_VM_LAST] = {
 };
 
 static const char *const task_names[VN_TASK_LAST] = {
-    NULL,         "scheduling",  "block_device_mapping", "networking",     "spawning",
-    "powering-off", "powering-on", "rebooting",          "rebooting_hard", "pausing",
-    "unpausing",  "suspending",  "resuming",             "deleting",       "migrating",
+    NULL,          "scheduling", "block_device_mapping",
+    "networking",  "spawning",   "powering-off",
+    "powering-on", "rebooting",  "rebooting_hard",
+    "pausing",     "unpausing",  "suspending",
+    "resuming",    "deleting",   "migrating",
 };
 
 const char *vn_vm_state_name(VnVmState s)
@@ -146,7 +148,7 @@ static gboolean invalid(GError **error, const char *fmt, ...)
 
 static gboolean parse_flavor(json_object *obj, const char *path, VnFlavor *f, GError **error)
 {
-    static const char *const keys[] = { "name",    "vcpus",        "memory_mb",   "root_gb",
+    static const char *const keys[] = { "name",         "vcpus",   "memory_mb",   "root_gb",
                                         "ephemeral_gb", "swap_mb", "extra_specs", NULL };
     gint64 vcpus, mem, root, eph, swap;
 
@@ -182,8 +184,10 @@ static gboolean url_acceptable(const char *url)
 
 static gboolean parse_image(json_object *obj, const char *path, VnImageRef *im, GError **error)
 {
-    static const char *const keys[] = { "id",   "name",     "url",      "sha256",          "disk_format",
-                                        "size", "min_disk", "min_ram", "container_format", NULL };
+    static const char *const keys[] = { "id",       "name",        "url",
+                                        "sha256",   "disk_format", "size",
+                                        "min_disk", "min_ram",     "container_format",
+                                        NULL };
     gint64 size, min_disk, min_ram;
     g_autofree char *name = NULL;
     g_autofree char *container = NULL;
@@ -256,8 +260,8 @@ gboolean vn_instance_spec_parse(json_object *obj, const char *path, VnInstanceRe
                        flavor_path, rec->flavor.root_gb, rec->image.min_disk);
     if (rec->image.size > 0 && rec->flavor.root_gb > 0 &&
         rec->image.size > (gint64)rec->flavor.root_gb << 30)
-        return invalid(error, "%s.root_gb: the image (%" G_GINT64_FORMAT
-                              " bytes) does not fit in %d GiB",
+        return invalid(error,
+                       "%s.root_gb: the image (%" G_GINT64_FORMAT " bytes) does not fit in %d GiB",
                        flavor_path, rec->image.size, rec->flavor.root_gb);
     return TRUE;
 }
@@ -374,10 +378,10 @@ json_object *vn_instance_record_to_json(const VnInstanceRecord *r)
 VnInstanceRecord *vn_instance_record_from_json(json_object *obj, GError **error)
 {
     static const char *const keys[] = {
-        "uuid",        "name",       "project_id", "user_id",  "host",     "vm_state",
-        "task_state",  "power_state", "created_at", "launched_at", "terminated_at",
-        "updated_at",  "progress",   "flavor",     "image",    "metadata", "fault",
-        "guest_uid",   "security_label", "request_id", "generation", NULL
+        "uuid",           "name",        "project_id", "user_id",     "host",          "vm_state",
+        "task_state",     "power_state", "created_at", "launched_at", "terminated_at", "updated_at",
+        "progress",       "flavor",      "image",      "metadata",    "fault",         "guest_uid",
+        "security_label", "request_id",  "generation", NULL
     };
     g_autoptr(VnInstanceRecord) r = vn_instance_record_new();
     g_autoptr(json_object) spec = json_object_new_object();
@@ -406,10 +410,9 @@ VnInstanceRecord *vn_instance_record_from_json(json_object *obj, GError **error)
         !vn_json_get_int(obj, "instance", "guest_uid", FALSE, 0, G_MAXINT32, 0, &uid, error) ||
         !vn_json_get_int(obj, "instance", "generation", FALSE, 0, G_MAXINT64 - 1, 0, &generation,
                          error) ||
-        !vn_json_get_string(obj, "instance", "security_label", FALSE, 0, 4096,
-                            &r->security_label, error) ||
-        !vn_json_get_string(obj, "instance", "request_id", FALSE, 0, 255, &r->request_id,
+        !vn_json_get_string(obj, "instance", "security_label", FALSE, 0, 4096, &r->security_label,
                             error) ||
+        !vn_json_get_string(obj, "instance", "request_id", FALSE, 0, 255, &r->request_id, error) ||
         !time_parse(obj, "created_at", &r->created_at, error) ||
         !time_parse(obj, "launched_at", &r->launched_at, error) ||
         !time_parse(obj, "terminated_at", &r->terminated_at, error) ||

@@ -62,11 +62,11 @@ typedef struct {
 typedef struct {
     char *id;
     char *url;
-    char *sha256; /* lower-case hex */
+    char *sha256;      /* lower-case hex */
     char *disk_format; /* "qcow2" or "raw" */
-    gint64 size;  /* bytes; 0 = not declared */
-    int min_disk; /* GiB */
-    int min_ram;  /* MiB */
+    gint64 size;       /* bytes; 0 = not declared */
+    int min_disk;      /* GiB */
+    int min_ram;       /* MiB */
 } VnImageRef;
 
 typedef struct {

@@ -58,9 +58,8 @@ static gboolean printable(const char *s)
     return TRUE;
 }
 
-gboolean vn_json_get_string(json_object *obj, const char *path, const char *key,
-                            gboolean required, gsize min_len, gsize max_len, char **out,
-                            GError **error)
+gboolean vn_json_get_string(json_object *obj, const char *path, const char *key, gboolean required,
+                            gsize min_len, gsize max_len, char **out, GError **error)
 {
     json_object *v = vn_json_member(obj, key);
 
@@ -102,8 +101,8 @@ gboolean vn_json_get_int(json_object *obj, const char *path, const char *key, gb
     gint64 n = json_object_get_int64(v);
     /* json-c saturates values beyond int64; treat them as out of range */
     if (n < min || n > max || n == G_MAXINT64 || n == G_MININT64) {
-        g_autofree char *what = g_strdup_printf(
-            "must be between %" G_GINT64_FORMAT " and %" G_GINT64_FORMAT, min, max);
+        g_autofree char *what =
+            g_strdup_printf("must be between %" G_GINT64_FORMAT " and %" G_GINT64_FORMAT, min, max);
         return invalid(error, path, key, what);
     }
     *out = n;
@@ -169,6 +168,6 @@ char *vn_uuid_canonical(const char *text)
 
 char *vn_json_to_string(json_object *obj)
 {
-    return g_strdup(json_object_to_json_string_ext(
-        obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+    return g_strdup(json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN |
+                                                            JSON_C_TO_STRING_NOSLASHESCAPE));
 }

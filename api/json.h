@@ -19,9 +19,8 @@ gboolean vn_json_expect_object(json_object *obj, const char *path, const char *c
 
 /* A string member.  Missing or null: @required fails, else *out = NULL.  Control characters
  * and lengths outside [min_len, max_len] fail.  Caller frees *out. */
-gboolean vn_json_get_string(json_object *obj, const char *path, const char *key,
-                            gboolean required, gsize min_len, gsize max_len, char **out,
-                            GError **error);
+gboolean vn_json_get_string(json_object *obj, const char *path, const char *key, gboolean required,
+                            gsize min_len, gsize max_len, char **out, GError **error);
 
 /* An integer member in [min, max]; missing or null: @required fails, else *out = @def. */
 gboolean vn_json_get_int(json_object *obj, const char *path, const char *key, gboolean required,

@@ -121,8 +121,7 @@ static gboolean get_uuid(json_object *args, const char *key, char **out, GError 
         return FALSE;
     *out = vn_uuid_canonical(raw);
     if (!*out) {
-        g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID, "%s: '%s' is not a uuid", key,
-                    raw);
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID, "%s: '%s' is not a uuid", key, raw);
         return FALSE;
     }
     return TRUE;
@@ -168,13 +167,23 @@ static gboolean get_tristate(json_object *args, const char *key, int *out, GErro
 
 static gboolean get_migrate_data(json_object *args, VnRequest *req, GError **error)
 {
-    static const char *const keys[] = {
-        "migration_id",    "source_host",       "dest_host",   "dest_uri",
-        "inbound_addr",    "probe_name",        "is_shared_instance_path",
-        "block_migration", "instance",          "disk_available_mb", "free_ram_mb",
-        "cpu_info",        "virt_type",         "dest_instances_path",
-        "dest_guest_uid",  "disks",             NULL
-    };
+    static const char *const keys[] = { "migration_id",
+                                        "source_host",
+                                        "dest_host",
+                                        "dest_uri",
+                                        "inbound_addr",
+                                        "probe_name",
+                                        "is_shared_instance_path",
+                                        "block_migration",
+                                        "instance",
+                                        "disk_available_mb",
+                                        "free_ram_mb",
+                                        "cpu_info",
+                                        "virt_type",
+                                        "dest_instances_path",
+                                        "dest_guest_uid",
+                                        "disks",
+                                        NULL };
     json_object *md = vn_json_member(args, "migrate_data");
 
     if (!md) {
@@ -202,8 +211,7 @@ static gboolean parse_args(VnRequest *req, json_object *args, GError **error)
         return TRUE;
     }
     case VN_METHOD_BUILD_AND_RUN_INSTANCE: {
-        static const char *const keys[] = { "instance", "networks", "block_device_mapping",
-                                            NULL };
+        static const char *const keys[] = { "instance", "networks", "block_device_mapping", NULL };
         if (!vn_json_expect_object(args, "args", keys, error))
             return FALSE;
         json_object *inst = vn_json_member(args, "instance");
@@ -215,13 +223,12 @@ static gboolean parse_args(VnRequest *req, json_object *args, GError **error)
         if (!vn_instance_spec_parse(inst, "instance", req->spec, error))
             return FALSE;
         req->instance_uuid = g_strdup(req->spec->uuid);
-        for (const char *const *k = (const char *const[]){ "networks", "block_device_mapping",
-                                                            NULL };
+        for (const char *const *k =
+                 (const char *const[]){ "networks", "block_device_mapping", NULL };
              *k; k++) {
             json_object *v = vn_json_member(args, *k);
             if (v && !json_object_is_type(v, json_type_array)) {
-                g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID, "%s: expected a list",
-                            *k);
+                g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID, "%s: expected a list", *k);
                 return FALSE;
             }
             if (v && json_object_array_length(v) > 0) {
@@ -274,8 +281,7 @@ static gboolean parse_args(VnRequest *req, json_object *args, GError **error)
     case VN_METHOD_GET_HOST_INFO:
         return vn_json_expect_object(args, "args", (const char *const[]){ NULL }, error);
     case VN_METHOD_LIVE_MIGRATION: {
-        static const char *const keys[] = { "instance_uuid", "dest_host", "block_migration",
-                                            NULL };
+        static const char *const keys[] = { "instance_uuid", "dest_host", "block_migration", NULL };
         return vn_json_expect_object(args, "args", keys, error) &&
                get_uuid(args, "instance_uuid", &req->instance_uuid, error) &&
                get_host(args, "dest_host", TRUE, &req->dest_host, error) &&

@@ -13,8 +13,8 @@
 
 #include "api/instance.h"
 
-#define VN_API_VERSION_MAJOR 1
-#define VN_API_VERSION_MINOR 1
+#define VN_API_VERSION_MAJOR  1
+#define VN_API_VERSION_MINOR  1
 #define VN_API_BASE_NAMESPACE "baseapi"
 
 typedef enum {
@@ -55,10 +55,10 @@ typedef enum {
 typedef struct {
     VnMethod method;
     const char *name;
-    int since_minor;          /* API version 1.<since_minor> added it */
+    int since_minor; /* API version 1.<since_minor> added it */
     VnMethodKind kind;
-    gboolean journaled;       /* recorded before the broker is acknowledged */
-    gboolean per_instance;    /* one at a time per instance */
+    gboolean journaled;              /* recorded before the broker is acknowledged */
+    gboolean per_instance;           /* one at a time per instance */
     gboolean reentrant_in_migration; /* may run while the instance migrates (control) */
 } VnMethodInfo;
 
@@ -66,25 +66,25 @@ const VnMethodInfo *vn_method_info(VnMethod m);
 
 /* Finds @name in @namespace_ (NULL: the main API; "baseapi": ping) compatible with
  * @version (NULL: "1.0").  NoSuchMethod / UnsupportedVersion errors as oslo words them. */
-const VnMethodInfo *vn_method_lookup(const char *namespace_, const char *name,
-                                     const char *version, GError **error);
+const VnMethodInfo *vn_method_lookup(const char *namespace_, const char *name, const char *version,
+                                     GError **error);
 
 typedef enum { VN_REBOOT_SOFT, VN_REBOOT_HARD } VnRebootType;
 
 /* One validated request.  Fields not used by the method are zero/NULL. */
 typedef struct {
     VnMethod method;
-    char *instance_uuid;         /* canonical; every per-instance method */
-    json_object *ping_arg;       /* ping: the value of "arg" (may be NULL = null) */
-    VnInstanceRecord *spec;      /* build: the validated instance spec */
-    int stop_timeout;            /* stop: seconds of graceful wait, -1 = configured */
-    gboolean clean_shutdown;     /* stop: FALSE = power off at once */
-    VnRebootType reboot_type;    /* reboot */
-    int console_lines;           /* get_console_output: tail lines, 0 = all that fit */
-    char *dest_host;             /* live_migration */
-    int block_migration;         /* -1 null (probe), 0 false, 1 true */
-    char *source_host;           /* migration steps between agents */
-    json_object *migrate_data;   /* migration steps between agents (validated object) */
+    char *instance_uuid;       /* canonical; every per-instance method */
+    json_object *ping_arg;     /* ping: the value of "arg" (may be NULL = null) */
+    VnInstanceRecord *spec;    /* build: the validated instance spec */
+    int stop_timeout;          /* stop: seconds of graceful wait, -1 = configured */
+    gboolean clean_shutdown;   /* stop: FALSE = power off at once */
+    VnRebootType reboot_type;  /* reboot */
+    int console_lines;         /* get_console_output: tail lines, 0 = all that fit */
+    char *dest_host;           /* live_migration */
+    int block_migration;       /* -1 null (probe), 0 false, 1 true */
+    char *source_host;         /* migration steps between agents */
+    json_object *migrate_data; /* migration steps between agents (validated object) */
 } VnRequest;
 
 VnRequest *vn_request_parse(const VnMethodInfo *m, json_object *args, GError **error);

@@ -89,10 +89,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         return respond(conn, MHD_HTTP_OK, "text/plain", dup_for_mhd("ok\n"));
     if (strcmp(url, "/readyz") == 0) {
         gboolean ready = FALSE;
-        g_autofree char *body = s->h.ready ? s->h.ready(s->h.user_data, &ready)
-                                           : g_strdup("{}");
-        return respond(conn, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
-                       "application/json", dup_for_mhd(body));
+        g_autofree char *body = s->h.ready ? s->h.ready(s->h.user_data, &ready) : g_strdup("{}");
+        return respond(conn, ready ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, "application/json",
+                       dup_for_mhd(body));
     }
     if (strcmp(url, "/metrics") == 0) {
         g_autofree char *body = s->h.metrics ? s->h.metrics(s->h.user_data) : g_strdup("");
@@ -112,10 +111,10 @@ VnStatusServer *vn_status_server_start(const char *listen, const VnStatusHandler
         return NULL;
     s = g_new0(VnStatusServer, 1);
     s->h = *handlers;
-    s->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL,
-                                 NULL, handle, s, MHD_OPTION_SOCK_ADDR, &sa,
-                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
-                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+    s->daemon =
+        MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, handle,
+                         s, MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
     if (!s->daemon) {
         g_set_error(error, VN_API_ERROR, VN_API_ERROR_INTERNAL,
                     "cannot listen on %s for the status endpoint", listen);

@@ -38,8 +38,8 @@ char *vn_net_mac_normalize(const char *text, GError **error)
                     "'%s' is a multicast address, not a port's", text);
         return NULL;
     }
-    return g_strdup_printf("%.2s:%.2s:%.2s:%.2s:%.2s:%.2s", hex, hex + 2, hex + 4, hex + 6,
-                           hex + 8, hex + 10);
+    return g_strdup_printf("%.2s:%.2s:%.2s:%.2s:%.2s:%.2s", hex, hex + 2, hex + 4, hex + 6, hex + 8,
+                           hex + 10);
 }
 
 char *vn_net_mac_for_port(const char *port_id)

@@ -9,10 +9,7 @@
 #define VN_NET_ERROR (vn_net_error_quark())
 GQuark vn_net_error_quark(void);
 
-typedef enum {
-    VN_NET_ERROR_INVALID,
-    VN_NET_ERROR_LAST
-} VnNetErrorCode;
+typedef enum { VN_NET_ERROR_INVALID, VN_NET_ERROR_LAST } VnNetErrorCode;
 
 #define VN_NET_DEVICE_NAME_MAX 14
 

@@ -67,14 +67,14 @@ gboolean vn_disk_create_overlay(const char *path, const char *base, const char *
         size = base_size;
     if (size < base_size) {
         g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_INVALID,
-                    "the disk (%" G_GUINT64_FORMAT " bytes) would be smaller than its image (%"
-                    G_GUINT64_FORMAT " bytes)",
+                    "the disk (%" G_GUINT64_FORMAT
+                    " bytes) would be smaller than its image (%" G_GUINT64_FORMAT " bytes)",
                     size, base_size);
         return FALSE;
     }
     size_text = g_strdup_printf("%" G_GUINT64_FORMAT, size);
-    const char *argv[] = { "create", "-q", "-f", "qcow2", "-F", base_format, "-b", base,
-                           path, size_text, NULL };
+    const char *argv[] = { "create", "-q", "-f", "qcow2",   "-F", base_format,
+                           "-b",     base, path, size_text, NULL };
     return qemu_img(argv, error);
 }
 

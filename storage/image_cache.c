@@ -329,7 +329,8 @@ static gboolean download_once(VnImageCache *c, const VnImageSource *src, const c
         return FALSE;
     }
     if (d.too_large || rc == CURLE_FILESIZE_EXCEEDED) {
-        g_set_error(error, VN_STOR_ERROR, src->size ? VN_STOR_ERROR_CHECKSUM : VN_STOR_ERROR_TOO_LARGE,
+        g_set_error(error, VN_STOR_ERROR,
+                    src->size ? VN_STOR_ERROR_CHECKSUM : VN_STOR_ERROR_TOO_LARGE,
                     "'%s' sends more than %s bytes %" G_GUINT64_FORMAT, shown,
                     src->size ? "the declared" : "the allowed", d.limit);
         return FALSE;
@@ -351,7 +352,8 @@ static gboolean download_once(VnImageCache *c, const VnImageSource *src, const c
     }
     if (src->size && d.received != src->size) {
         g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_CHECKSUM,
-                    "'%s' sent %" G_GUINT64_FORMAT " bytes, the image is declared %" G_GUINT64_FORMAT,
+                    "'%s' sent %" G_GUINT64_FORMAT
+                    " bytes, the image is declared %" G_GUINT64_FORMAT,
                     shown, d.received, src->size);
         return FALSE;
     }

@@ -14,18 +14,18 @@
 typedef struct _VnImageCache VnImageCache;
 
 typedef struct {
-    guint64 max_bytes;       /* largest download and virtual size accepted */
-    int timeout_s;           /* whole download */
-    int low_speed_time_s;    /* abort below 1 KiB/s for this long */
-    const char *ca_file;     /* NULL or "": the system's */
+    guint64 max_bytes;    /* largest download and virtual size accepted */
+    int timeout_s;        /* whole download */
+    int low_speed_time_s; /* abort below 1 KiB/s for this long */
+    const char *ca_file;  /* NULL or "": the system's */
 } VnImageCacheConfig;
 
 typedef struct {
     const char *id;
     const char *url;
-    const char *sha256;      /* lower-case hex */
-    const char *format;      /* "qcow2" or "raw" */
-    guint64 size;            /* 0: not declared */
+    const char *sha256; /* lower-case hex */
+    const char *format; /* "qcow2" or "raw" */
+    guint64 size;       /* 0: not declared */
 } VnImageSource;
 
 /* Progress of a download: bytes done and expected (0 when unknown). */
@@ -41,9 +41,8 @@ void vn_image_cache_set_config(VnImageCache *cache, const VnImageCacheConfig *cf
  * vn_image_cache_release drops.  Concurrent callers for one image share one download.
  * Caller frees the path.  Errors: VN_STOR_ERROR_DOWNLOAD, _CHECKSUM, _TOO_LARGE, _UNSAFE,
  * _IO, _CANCELLED. */
-char *vn_image_cache_acquire(VnImageCache *cache, const VnImageSource *src,
-                             GCancellable *cancel, VnImageProgressFunc progress,
-                             gpointer user_data, GError **error);
+char *vn_image_cache_acquire(VnImageCache *cache, const VnImageSource *src, GCancellable *cancel,
+                             VnImageProgressFunc progress, gpointer user_data, GError **error);
 void vn_image_cache_release(VnImageCache *cache, const char *image_id);
 
 /* Where the base of @image_id lives (whether or not it exists).  Caller frees. */

@@ -9,16 +9,16 @@
 #include "storage/image_inspect.h"
 #include "storage/stor_error.h"
 
-#define QCOW2_MAGIC 0x514649fbu /* "QFI\xfb" */
-#define QCOW2_INCOMPAT_DIRTY (1ull << 0)
-#define QCOW2_INCOMPAT_CORRUPT (1ull << 1)
-#define QCOW2_INCOMPAT_DATA_FILE (1ull << 2)
+#define QCOW2_MAGIC                0x514649fbu /* "QFI\xfb" */
+#define QCOW2_INCOMPAT_DIRTY       (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT     (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE   (1ull << 2)
 #define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
-#define QCOW2_INCOMPAT_EXTL2 (1ull << 4)
-#define QCOW2_INCOMPAT_KNOWN G_GUINT64_CONSTANT(0x1f)
-#define QCOW2_EXT_END 0x00000000u
-#define QCOW2_EXT_DATA_FILE 0x44415441u
-#define QCOW2_EXT_CRYPTO 0x0537be77u
+#define QCOW2_INCOMPAT_EXTL2       (1ull << 4)
+#define QCOW2_INCOMPAT_KNOWN       G_GUINT64_CONSTANT(0x1f)
+#define QCOW2_EXT_END              0x00000000u
+#define QCOW2_EXT_DATA_FILE        0x44415441u
+#define QCOW2_EXT_CRYPTO           0x0537be77u
 
 GQuark vn_stor_error_quark(void)
 {

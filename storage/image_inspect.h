@@ -25,7 +25,7 @@ typedef enum {
 
 typedef struct {
     VnImageFormat format;
-    guint64 virtual_size;    /* qcow2: from the header; raw: the file size */
+    guint64 virtual_size; /* qcow2: from the header; raw: the file size */
     guint32 qcow2_version;
     guint32 cluster_bits;
     guint64 incompatible_features;

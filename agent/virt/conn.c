@@ -80,8 +80,7 @@ struct _VnVirtConn {
     int cb_job;
 };
 
-static void on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int detail,
-                         void *opaque)
+static void on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int detail, void *opaque)
 {
     VnVirtConn *c = opaque;
     char uuid[VIR_UUID_STRING_BUFLEN];
@@ -150,12 +149,12 @@ static gboolean open_locked(VnVirtConn *c, GError **error)
         virResetLastError();
     if (virConnectRegisterCloseCallback(conn, on_close, c, NULL) < 0)
         virResetLastError();
-    c->cb_lifecycle = virConnectDomainEventRegisterAny(
-        conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), c,
-        NULL);
-    c->cb_job = virConnectDomainEventRegisterAny(conn, NULL, VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
-                                                 VIR_DOMAIN_EVENT_CALLBACK(on_job_completed), c,
-                                                 NULL);
+    c->cb_lifecycle =
+        virConnectDomainEventRegisterAny(conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                         VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), c, NULL);
+    c->cb_job =
+        virConnectDomainEventRegisterAny(conn, NULL, VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
+                                         VIR_DOMAIN_EVENT_CALLBACK(on_job_completed), c, NULL);
     if (c->cb_lifecycle < 0 || c->cb_job < 0)
         virResetLastError();
     c->conn = conn;

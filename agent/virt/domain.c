@@ -116,8 +116,7 @@ static VnPowerState power_from_virt(int state)
     }
 }
 
-gboolean vn_domain_power_state(VnVirtConn *c, const char *uuid, VnPowerState *out,
-                               GError **error)
+gboolean vn_domain_power_state(VnVirtConn *c, const char *uuid, VnPowerState *out, GError **error)
 {
     g_autoptr(virDomain) dom = domain_get(c, uuid, error);
     int state = 0, reason = 0;
@@ -156,8 +155,8 @@ gboolean vn_domain_shutdown(VnVirtConn *c, const char *uuid, GError **error)
     return TRUE;
 }
 
-gboolean vn_domain_wait_state(VnVirtConn *c, const char *uuid, VnPowerState want,
-                              double timeout_s, GCancellable *cancel, GError **error)
+gboolean vn_domain_wait_state(VnVirtConn *c, const char *uuid, VnPowerState want, double timeout_s,
+                              GCancellable *cancel, GError **error)
 {
     gint64 end = g_get_monotonic_time() + (gint64)(timeout_s * G_TIME_SPAN_SECOND);
 
@@ -198,9 +197,8 @@ gboolean vn_domain_destroy(VnVirtConn *c, const char *uuid, GError **error)
     return TRUE;
 }
 
-gboolean vn_domain_stop(VnVirtConn *c, const char *uuid, int timeout_s, int retry_s,
-                        gboolean force, GCancellable *cancel, gboolean *graceful,
-                        GError **error)
+gboolean vn_domain_stop(VnVirtConn *c, const char *uuid, int timeout_s, int retry_s, gboolean force,
+                        GCancellable *cancel, gboolean *graceful, GError **error)
 {
     gint64 end = g_get_monotonic_time() + (gint64)timeout_s * G_TIME_SPAN_SECOND;
     VnPowerState st;

@@ -19,8 +19,7 @@ gboolean vn_domain_redefine(VnVirtConn *c, const char *xml, GError **error);
 gboolean vn_domain_exists(VnVirtConn *c, const char *uuid, gboolean *exists, GError **error);
 
 /* Nova's power state of the domain; VN_VIRT_ERROR_NOT_FOUND when there is none. */
-gboolean vn_domain_power_state(VnVirtConn *c, const char *uuid, VnPowerState *out,
-                               GError **error);
+gboolean vn_domain_power_state(VnVirtConn *c, const char *uuid, VnPowerState *out, GError **error);
 
 gboolean vn_domain_start(VnVirtConn *c, const char *uuid, GError **error);
 
@@ -30,9 +29,8 @@ gboolean vn_domain_shutdown(VnVirtConn *c, const char *uuid, GError **error);
 /* Stops the guest gracefully: presses the power button every @retry_s seconds until it is
  * off or @timeout_s passed (0: no graceful part); then, when @force, powers it off.
  * *graceful tells whether the guest powered itself off. */
-gboolean vn_domain_stop(VnVirtConn *c, const char *uuid, int timeout_s, int retry_s,
-                        gboolean force, GCancellable *cancel, gboolean *graceful,
-                        GError **error);
+gboolean vn_domain_stop(VnVirtConn *c, const char *uuid, int timeout_s, int retry_s, gboolean force,
+                        GCancellable *cancel, gboolean *graceful, GError **error);
 
 /* Powers the guest off at once; no error when it is not running. */
 gboolean vn_domain_destroy(VnVirtConn *c, const char *uuid, GError **error);
@@ -47,8 +45,8 @@ gboolean vn_domain_unpause(VnVirtConn *c, const char *uuid, GError **error);
 gboolean vn_domain_managed_save(VnVirtConn *c, const char *uuid, GError **error);
 
 /* Waits up to @timeout_s for the domain to be in power state @state. */
-gboolean vn_domain_wait_state(VnVirtConn *c, const char *uuid, VnPowerState state,
-                              double timeout_s, GCancellable *cancel, GError **error);
+gboolean vn_domain_wait_state(VnVirtConn *c, const char *uuid, VnPowerState state, double timeout_s,
+                              GCancellable *cancel, GError **error);
 
 /* The domain's XML (@migratable: as sent to a destination).  Caller frees. */
 char *vn_domain_get_xml(VnVirtConn *c, const char *uuid, gboolean migratable, GError **error);

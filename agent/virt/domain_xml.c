@@ -104,7 +104,8 @@ static void build_metadata(xmlNodePtr dom, const VnDomainSpec *s)
 
     xmlSetNs(inst, ns);
     n = xmlNewTextChild(inst, ns, BAD_CAST "uuid", BAD_CAST s->uuid);
-    n = xmlNewTextChild(inst, ns, BAD_CAST "name", BAD_CAST(s->instance_name ? s->instance_name : ""));
+    n = xmlNewTextChild(inst, ns, BAD_CAST "name",
+                        BAD_CAST(s->instance_name ? s->instance_name : ""));
     if (s->created_at > 0) {
         g_autoptr(GDateTime) dt = g_date_time_new_from_unix_utc(s->created_at);
         g_autofree char *t = dt ? g_date_time_format(dt, "%Y-%m-%dT%H:%M:%SZ") : NULL;
@@ -147,8 +148,9 @@ static void build_sysinfo(xmlNodePtr dom, const VnDomainSpec *s)
     keys = g_list_sort(keys, (GCompareFunc)strcmp);
     xmlNodePtr oem = child(si, "oemStrings", NULL);
     for (GList *l = keys; l; l = l->next) {
-        g_autofree char *e = g_strdup_printf("virtnode:%s=%s", (char *)l->data,
-                                             (char *)g_hash_table_lookup(s->guest_strings, l->data));
+        g_autofree char *e =
+            g_strdup_printf("virtnode:%s=%s", (char *)l->data,
+                            (char *)g_hash_table_lookup(s->guest_strings, l->data));
         child(oem, "entry", e);
     }
 }
@@ -246,8 +248,8 @@ static gboolean spec_valid(const VnDomainSpec *s, GError **error)
 {
     if (!s->uuid || !s->domain_name || !s->domain_type || s->vcpus <= 0 || s->memory_mb <= 0 ||
         !s->console_log || s->disks->len == 0) {
-        g_set_error(error, VN_VIRT_ERROR, VN_VIRT_ERROR_XML,
-                    "incomplete domain description for %s", s->uuid ? s->uuid : "(no uuid)");
+        g_set_error(error, VN_VIRT_ERROR, VN_VIRT_ERROR_XML, "incomplete domain description for %s",
+                    s->uuid ? s->uuid : "(no uuid)");
         return FALSE;
     }
     if (s->cpu_mode && strcmp(s->cpu_mode, "custom") == 0 && !s->cpu_model) {

@@ -8,22 +8,22 @@
 
 #include <glib.h>
 
-#define VN_DOMAIN_XML_NS "http://virtnode.org/xmlns/instance/1.0"
+#define VN_DOMAIN_XML_NS     "http://virtnode.org/xmlns/instance/1.0"
 #define VN_DOMAIN_XML_PREFIX "virtnode"
 
 typedef struct {
-    char *path;           /* the disk file */
-    char *format;         /* "qcow2" or "raw" */
-    char *backing_path;   /* the cached base (read-only, shared), or NULL */
+    char *path;         /* the disk file */
+    char *format;       /* "qcow2" or "raw" */
+    char *backing_path; /* the cached base (read-only, shared), or NULL */
     char *backing_format;
-    char *target;         /* "vda", "vdb", ... */
+    char *target; /* "vda", "vdb", ... */
 } VnDiskSpec;
 
 typedef struct {
     /* identity */
     char *uuid;
-    char *domain_name;    /* e.g. "instance-<uuid>" */
-    char *instance_name;  /* the tenant's name for it */
+    char *domain_name;   /* e.g. "instance-<uuid>" */
+    char *instance_name; /* the tenant's name for it */
     char *project_id;
     char *user_id;
     char *request_id;
@@ -40,16 +40,16 @@ typedef struct {
     char *image_sha256;
 
     /* hypervisor */
-    char *domain_type;    /* "kvm" or "qemu" */
-    char *cpu_mode;       /* NULL (none), "host-model", "host-passthrough", "custom" */
-    char *cpu_model;      /* for custom */
+    char *domain_type; /* "kvm" or "qemu" */
+    char *cpu_mode;    /* NULL (none), "host-model", "host-passthrough", "custom" */
+    char *cpu_model;   /* for custom */
 
-    GPtrArray *disks;     /* VnDiskSpec* */
-    char *console_log;    /* serial console file */
+    GPtrArray *disks;  /* VnDiskSpec* */
+    char *console_log; /* serial console file */
 
     /* security labels */
-    int dac_uid;          /* > 0: QEMU runs as +uid:+uid and backing files are not relabelled */
-    char *mac_model;      /* "selinux"/"apparmor": a dynamic label of that model; NULL none */
+    int dac_uid;     /* > 0: QEMU runs as +uid:+uid and backing files are not relabelled */
+    char *mac_model; /* "selinux"/"apparmor": a dynamic label of that model; NULL none */
 
     /* key=value strings for the guest (SMBIOS OEM strings "virtnode:key=value") */
     GHashTable *guest_strings;
@@ -67,10 +67,10 @@ char *vn_domain_xml_build(const VnDomainSpec *spec, GError **error);
 
 /* What the agent reads back from a domain's XML: its metadata and the files it uses. */
 typedef struct {
-    char *uuid;           /* from <uuid> */
-    char *name;           /* from <name> */
-    gboolean ours;        /* it carries our metadata */
-    char *instance_uuid;  /* from the metadata */
+    char *uuid;          /* from <uuid> */
+    char *name;          /* from <name> */
+    gboolean ours;       /* it carries our metadata */
+    char *instance_uuid; /* from the metadata */
     char *instance_name;
     char *project_id;
     char *user_id;
@@ -85,7 +85,7 @@ typedef struct {
     char *image_sha256;
     GPtrArray *disk_paths; /* char*: file sources of disks (top images) */
     char *console_log;
-    char *dac_label;      /* "+uid:+gid" of a static DAC seclabel, or NULL */
+    char *dac_label; /* "+uid:+gid" of a static DAC seclabel, or NULL */
 } VnDomainInfo;
 
 void vn_domain_info_free(VnDomainInfo *i);

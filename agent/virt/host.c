@@ -126,8 +126,7 @@ char *vn_host_facts_cpu_info_json(const VnHostFacts *f)
 
     json_object_object_add(o, "arch", json_object_new_string(f->arch ? f->arch : ""));
     json_object_object_add(o, "model", json_object_new_string(f->cpu_model ? f->cpu_model : ""));
-    json_object_object_add(o, "vendor",
-                           json_object_new_string(f->cpu_vendor ? f->cpu_vendor : ""));
+    json_object_object_add(o, "vendor", json_object_new_string(f->cpu_vendor ? f->cpu_vendor : ""));
     json_object_object_add(topo, "sockets", json_object_new_int(f->sockets));
     json_object_object_add(topo, "cores", json_object_new_int(f->cores));
     json_object_object_add(topo, "threads", json_object_new_int(f->threads));

@@ -11,18 +11,18 @@ typedef struct {
     char *hypervisor_type;     /* "QEMU" */
     gint64 hypervisor_version; /* major * 1000000 + minor * 1000 + micro */
     gint64 libvirt_version;
-    int cpus;                  /* logical CPUs */
+    int cpus; /* logical CPUs */
     int sockets;
     int cores;
     int threads;
     int mhz;
-    gint64 memory_mb;          /* total */
+    gint64 memory_mb; /* total */
     gint64 free_memory_mb;
     char *arch;
     char *cpu_model;
     char *cpu_vendor;
-    char **cpu_features;       /* NULL-terminated */
-    char **security_models;    /* NULL-terminated, in libvirt's order, e.g. {"selinux","dac"} */
+    char **cpu_features;    /* NULL-terminated */
+    char **security_models; /* NULL-terminated, in libvirt's order, e.g. {"selinux","dac"} */
     char *capabilities_xml;
 } VnHostFacts;
 

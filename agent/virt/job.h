@@ -16,7 +16,7 @@ typedef enum {
 typedef struct {
     VnJobState state;
     gint64 elapsed_ms;
-    gint64 downtime_ms;  /* -1 when unknown */
+    gint64 downtime_ms; /* -1 when unknown */
     gint64 data_total;
     gint64 data_processed;
     gint64 data_remaining;

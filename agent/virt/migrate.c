@@ -66,8 +66,7 @@ static unsigned long migrate_flags(const VnMigrateParams *p)
     return flags;
 }
 
-gboolean vn_migrate_run(VnVirtConn *c, const char *uuid, const VnMigrateParams *p,
-                        GError **error)
+gboolean vn_migrate_run(VnVirtConn *c, const char *uuid, const VnMigrateParams *p, GError **error)
 {
     g_autoptr(virDomain) dom = domain(c, uuid, error);
     virTypedParameterPtr params = NULL;

@@ -8,22 +8,21 @@
 #include "agent/virt/job.h"
 
 typedef struct {
-    const char *dest_uri;      /* libvirt URI of the destination host */
-    const char *dest_xml;      /* the domain as the destination must define it */
-    const char *inbound_addr;  /* NULL: libvirt's choice of the migration address */
-    guint64 bandwidth_mib;     /* 0: the hypervisor's default */
-    int parallel;              /* > 1: parallel connections */
-    gboolean block;            /* copy local disks (incrementally over pre-made overlays) */
-    char **block_disks;        /* targets to copy ("vda", ...), NULL-terminated */
-    gboolean shared_unsafe;    /* storage proven shared although libvirt cannot tell */
+    const char *dest_uri;     /* libvirt URI of the destination host */
+    const char *dest_xml;     /* the domain as the destination must define it */
+    const char *inbound_addr; /* NULL: libvirt's choice of the migration address */
+    guint64 bandwidth_mib;    /* 0: the hypervisor's default */
+    int parallel;             /* > 1: parallel connections */
+    gboolean block;           /* copy local disks (incrementally over pre-made overlays) */
+    char **block_disks;       /* targets to copy ("vda", ...), NULL-terminated */
+    gboolean shared_unsafe;   /* storage proven shared although libvirt cannot tell */
     gboolean auto_converge;
-    gboolean post_copy;        /* allow a switch to post-copy */
+    gboolean post_copy; /* allow a switch to post-copy */
 } VnMigrateParams;
 
 /* Migrates instance @uuid to the destination, blocking until libvirt is done.  Live,
  * peer-to-peer, persistent on the destination, undefined on the source. */
-gboolean vn_migrate_run(VnVirtConn *c, const char *uuid, const VnMigrateParams *p,
-                        GError **error);
+gboolean vn_migrate_run(VnVirtConn *c, const char *uuid, const VnMigrateParams *p, GError **error);
 
 /* Live statistics of the running job; state NONE when no job runs. */
 gboolean vn_migrate_job_stats(VnVirtConn *c, const char *uuid, VnJobStats *out, GError **error);

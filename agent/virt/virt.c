@@ -36,8 +36,9 @@ gboolean vn_virt_error(GError **error, const char *fmt, ...)
     va_end(ap);
     if (e && (e->code == VIR_ERR_NO_DOMAIN || e->code == VIR_ERR_NO_DOMAIN_SNAPSHOT))
         code = VN_VIRT_ERROR_NOT_FOUND;
-    else if (e && (e->code == VIR_ERR_SYSTEM_ERROR || e->code == VIR_ERR_NO_CONNECT ||
-                   e->code == VIR_ERR_INVALID_CONN || e->code == VIR_ERR_RPC) &&
+    else if (e &&
+             (e->code == VIR_ERR_SYSTEM_ERROR || e->code == VIR_ERR_NO_CONNECT ||
+              e->code == VIR_ERR_INVALID_CONN || e->code == VIR_ERR_RPC) &&
              (e->domain == VIR_FROM_RPC || e->domain == VIR_FROM_REMOTE))
         code = VN_VIRT_ERROR_CONNECT;
     g_set_error(error, VN_VIRT_ERROR, code, "%s: %s", what,

@@ -24,7 +24,7 @@ typedef struct {
     char *url;
     char *exchange;
     char *topic;
-    char *host;     /* target agent */
+    char *host;          /* target agent */
     gboolean host_given; /* -H on the command line */
     char *db;
     char *db_password;
@@ -60,8 +60,8 @@ static void load_config(Ctl *c)
             die(2, "%s: %s", path, err->message);
         return;
     }
-#define FROM(field, section, key)                                                          \
-    if (!c->field)                                                                         \
+#define FROM(field, section, key)                                                                  \
+    if (!c->field)                                                                                 \
         c->field = g_key_file_get_string(kf, section, key, NULL);
     FROM(url, "amqp", "transport_url");
     FROM(exchange, "amqp", "control_exchange");
@@ -86,8 +86,9 @@ static void connect_link(Ctl *c)
     VnRpcConfig rc = { 0 };
 
     if (!c->url)
-        c->url = g_strdup(g_getenv("VIRTNODE_TRANSPORT_URL") ? g_getenv("VIRTNODE_TRANSPORT_URL")
-                                                              : "amqp://guest:guest@127.0.0.1:5672/");
+        c->url =
+            g_strdup(g_getenv("VIRTNODE_TRANSPORT_URL") ? g_getenv("VIRTNODE_TRANSPORT_URL")
+                                                        : "amqp://guest:guest@127.0.0.1:5672/");
     urls = g_strsplit(c->url, ",", -1);
     for (char **u = urls; *u; u++)
         g_strstrip(*u);
@@ -252,7 +253,8 @@ static int cmd_boot(Ctl *c, int argc, char **argv)
         { "name", 0, 0, G_OPTION_ARG_STRING, &name, "Instance name", "NAME" },
         { "image-url", 0, 0, G_OPTION_ARG_STRING, &url, "Image URL (http/https)", "URL" },
         { "image-sha256", 0, 0, G_OPTION_ARG_STRING, &sha, "Image sha256", "HEX" },
-        { "image-id", 0, 0, G_OPTION_ARG_STRING, &image_id, "Image id (default: the sha256)", "ID" },
+        { "image-id", 0, 0, G_OPTION_ARG_STRING, &image_id, "Image id (default: the sha256)",
+          "ID" },
         { "image-format", 0, 0, G_OPTION_ARG_STRING, &fmt, "qcow2 (default) or raw", "FMT" },
         { "image-size", 0, 0, G_OPTION_ARG_INT64, &size, "Image size in bytes", "N" },
         { "flavor", 0, 0, G_OPTION_ARG_STRING, &flavor, "Flavor name", "NAME" },
@@ -407,8 +409,8 @@ static int cmd_host(Ctl *c, int argc, char **argv)
         die(1, "host '%s' has never reported", host);
     double age = svc ? json_object_get_double(vn_json_member(svc, "heartbeat_age_s")) : -1;
     printf("host:                 %s\n", host);
-    printf("heartbeat:            %.1f s ago (report_count %s)%s\n", age,
-           str(svc, "report_count"), age > 60 ? "  DOWN" : "");
+    printf("heartbeat:            %.1f s ago (report_count %s)%s\n", age, str(svc, "report_count"),
+           age > 60 ? "  DOWN" : "");
     if (cap) {
         printf("hypervisor:           %s %s on %s\n", str(cap, "hypervisor_type"),
                str(cap, "hypervisor_version"), str(cap, "hypervisor_hostname"));
@@ -473,8 +475,9 @@ static int cmd_migrate(Ctl *c, int argc, char **argv)
     host = host_of(c, argv[1]);
     json_object_object_add(args, "dest_host", json_object_new_string(to));
     json_object_object_add(args, "block_migration",
-                           block ? json_object_new_boolean(TRUE)
-                                 : no_block ? json_object_new_boolean(FALSE) : NULL);
+                           block      ? json_object_new_boolean(TRUE)
+                           : no_block ? json_object_new_boolean(FALSE)
+                                      : NULL);
     cast(c, host, "live_migration", args);
     fprintf(stderr, "live migration of %s from %s to %s requested\n", argv[1], host, to);
     if (c->no_wait)
@@ -597,10 +600,9 @@ int main(int argc, char **argv)
         rc = cmd_boot(&c, argc, argv);
     } else if (strcmp(cmd, "delete") == 0) {
         rc = cmd_instance_op(&c, "terminate_instance", NULL, argc, argv);
-    } else if (strcmp(cmd, "start") == 0 || strcmp(cmd, "stop") == 0 ||
-               strcmp(cmd, "pause") == 0 || strcmp(cmd, "unpause") == 0 ||
-               strcmp(cmd, "suspend") == 0 || strcmp(cmd, "resume") == 0 ||
-               strcmp(cmd, "reboot") == 0) {
+    } else if (strcmp(cmd, "start") == 0 || strcmp(cmd, "stop") == 0 || strcmp(cmd, "pause") == 0 ||
+               strcmp(cmd, "unpause") == 0 || strcmp(cmd, "suspend") == 0 ||
+               strcmp(cmd, "resume") == 0 || strcmp(cmd, "reboot") == 0) {
         g_autofree char *method = g_strdup_printf("%s_instance", cmd);
         rc = cmd_instance_op(&c, method, NULL, argc, argv);
     } else if (strcmp(cmd, "show") == 0) {
@@ -613,9 +615,10 @@ int main(int argc, char **argv)
         rc = cmd_migrate(&c, argc, argv);
     } else if (strcmp(cmd, "migration-show") == 0 || strcmp(cmd, "migration-abort") == 0 ||
                strcmp(cmd, "migration-force-complete") == 0) {
-        const char *method = strcmp(cmd, "migration-show") == 0    ? "get_migration"
-                             : strcmp(cmd, "migration-abort") == 0 ? "live_migration_abort"
-                                                                   : "live_migration_force_complete";
+        const char *method = strcmp(cmd, "migration-show") == 0 ? "get_migration"
+                             : strcmp(cmd, "migration-abort") == 0
+                                 ? "live_migration_abort"
+                                 : "live_migration_force_complete";
         g_autoptr(json_object) args = NULL;
         if (argc != 2)
             die(2, "%s UUID", cmd);

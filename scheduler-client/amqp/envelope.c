@@ -5,7 +5,7 @@
 #include "scheduler-client/sched_error.h"
 
 #define CONTEXT_PREFIX "_context_"
-#define MAX_DEPTH 64
+#define MAX_DEPTH      64
 
 GQuark vn_sched_error_quark(void)
 {
@@ -135,8 +135,8 @@ static json_object *parse_inner(json_object *msg, GError **error)
         malformed(error, "oslo.message is not a string");
         return NULL;
     }
-    inner = vn_json_parse_strict(json_object_get_string(msg), (gsize)json_object_get_string_len(msg),
-                                 error);
+    inner = vn_json_parse_strict(json_object_get_string(msg),
+                                 (gsize)json_object_get_string_len(msg), error);
     if (inner && !json_object_is_type(inner, json_type_object)) {
         json_object_put(inner);
         malformed(error, "oslo.message is not a JSON object");
@@ -223,8 +223,7 @@ static gboolean read_request(json_object *m, VnRpcMessage *msg, GError **error)
     return TRUE;
 }
 
-gboolean vn_envelope_decode_request(const char *body, gsize len, VnRpcMessage **out,
-                                    GError **error)
+gboolean vn_envelope_decode_request(const char *body, gsize len, VnRpcMessage **out, GError **error)
 {
     g_autoptr(json_object) outer = NULL;
     g_autoptr(json_object) inner = NULL;
@@ -240,15 +239,15 @@ gboolean vn_envelope_decode_request(const char *body, gsize len, VnRpcMessage **
         return malformed(error, "the body is not a JSON object");
     inner = unwrap(outer, &version_error, &err);
     if (!inner) {
-        g_propagate_error(error, version_error ? g_steal_pointer(&version_error)
-                                               : g_steal_pointer(&err));
+        g_propagate_error(error,
+                          version_error ? g_steal_pointer(&version_error) : g_steal_pointer(&err));
         return FALSE;
     }
     msg = vn_rpc_message_new();
     read_ids(inner, msg);
     if (version_error || !read_request(inner, msg, &err)) {
-        g_propagate_error(error, version_error ? g_steal_pointer(&version_error)
-                                               : g_steal_pointer(&err));
+        g_propagate_error(error,
+                          version_error ? g_steal_pointer(&version_error) : g_steal_pointer(&err));
         *out = g_steal_pointer(&msg);
         return FALSE;
     }
@@ -259,8 +258,8 @@ gboolean vn_envelope_decode_request(const char *body, gsize len, VnRpcMessage **
 static char *wrap(json_object *inner)
 {
     g_autoptr(json_object) outer = json_object_new_object();
-    const char *text =
-        json_object_to_json_string_ext(inner, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    const char *text = json_object_to_json_string_ext(inner, JSON_C_TO_STRING_PLAIN |
+                                                                 JSON_C_TO_STRING_NOSLASHESCAPE);
 
     json_object_object_add(outer, "oslo.version", json_object_new_string("2.0"));
     json_object_object_add(outer, "oslo.message", json_object_new_string(text));
@@ -301,8 +300,8 @@ char *vn_envelope_encode_request(const VnRpcMessage *msg)
     return wrap(m);
 }
 
-char *vn_envelope_encode_reply(const char *msg_id, json_object *result,
-                               const VnRpcFailure *failure, gboolean ending)
+char *vn_envelope_encode_reply(const char *msg_id, json_object *result, const VnRpcFailure *failure,
+                               gboolean ending)
 {
     g_autoptr(json_object) m = json_object_new_object();
     g_autofree char *uid = vn_envelope_new_id();
@@ -320,10 +319,9 @@ char *vn_envelope_encode_reply(const char *msg_id, json_object *result,
         json_object_object_add(f, "tb", tb);
         json_object_object_add(f, "args", args);
         json_object_object_add(f, "kwargs", json_object_new_object());
-        json_object_object_add(
-            m, "failure",
-            json_object_new_string(json_object_to_json_string_ext(
-                f, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)));
+        json_object_object_add(m, "failure",
+                               json_object_new_string(json_object_to_json_string_ext(
+                                   f, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)));
     } else {
         json_object_object_add(m, "failure", NULL);
     }

@@ -23,11 +23,11 @@ typedef struct {
     char *version;     /* NULL: none given */
     char *namespace_;  /* NULL: none given */
     char *unique_id;
-    char *msg_id;      /* calls only */
-    char *reply_q;     /* calls only */
-    int timeout;       /* _timeout in seconds; 0 = none */
+    char *msg_id;         /* calls only */
+    char *reply_q;        /* calls only */
+    int timeout;          /* _timeout in seconds; 0 = none */
     json_object *context; /* the _context_* members without the prefix */
-    char *request_id;  /* context's request_id, for logs */
+    char *request_id;     /* context's request_id, for logs */
 } VnRpcMessage;
 
 VnRpcMessage *vn_rpc_message_new(void);
@@ -52,14 +52,14 @@ typedef struct {
 
 /* Encodes a reply to @msg_id: @result (borrowed, may be NULL) or @failure (may be NULL);
  * @ending FALSE makes the call-monitor keep-alive.  Caller frees. */
-char *vn_envelope_encode_reply(const char *msg_id, json_object *result,
-                               const VnRpcFailure *failure, gboolean ending);
+char *vn_envelope_encode_reply(const char *msg_id, json_object *result, const VnRpcFailure *failure,
+                               gboolean ending);
 
 /* A decoded reply (for clients). */
 typedef struct {
     char *msg_id;
-    json_object *result;   /* NULL when null */
-    char *failure_class;   /* NULL when no failure */
+    json_object *result; /* NULL when null */
+    char *failure_class; /* NULL when no failure */
     char *failure_module;
     char *failure_message;
     gboolean ending;

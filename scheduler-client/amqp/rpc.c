@@ -20,11 +20,11 @@
 #include "scheduler-client/backoff.h"
 #include "scheduler-client/sched_error.h"
 
-#define CH_CONSUME 1
-#define CH_PUBLISH 2
-#define MAX_INFLIGHT 4096
+#define CH_CONSUME       1
+#define CH_PUBLISH       2
+#define MAX_INFLIGHT     4096
 #define FRAMES_PER_ROUND 512
-#define RETURN_RETRY_US (250 * G_TIME_SPAN_MILLISECOND)
+#define RETURN_RETRY_US  (250 * G_TIME_SPAN_MILLISECOND)
 
 typedef enum { OUT_REPLY, OUT_KEEPALIVE, OUT_CALL, OUT_CAST, OUT_NOTIFY } OutKind;
 
@@ -257,8 +257,8 @@ static OutMsg *request_msg(VnRpc *rpc, const char *server, const char *method, j
         m->routing_key = g_strdup(rpc->cfg.topic);
     } else {
         m->exchange = g_strdup(rpc->cfg.exchange);
-        m->routing_key = server ? g_strdup_printf("%s.%s", rpc->cfg.topic, server)
-                                : g_strdup(rpc->cfg.topic);
+        m->routing_key =
+            server ? g_strdup_printf("%s.%s", rpc->cfg.topic, server) : g_strdup(rpc->cfg.topic);
     }
     m->body = vn_envelope_encode_request(req);
     m->mandatory = TRUE;
@@ -334,8 +334,7 @@ gboolean vn_rpc_call(VnRpc *rpc, const char *server, const char *method, json_ob
             gboolean overall = g_get_monotonic_time() >= end;
             g_set_error(error, VN_SCHED_ERROR, VN_SCHED_ERROR_TIMEOUT,
                         "no %s from %s for '%s' within %d s", overall ? "reply" : "keep-alive",
-                        server ? server : rpc->cfg.topic, method,
-                        overall ? timeout_s : monitor_s);
+                        server ? server : rpc->cfg.topic, method, overall ? timeout_s : monitor_s);
             break;
         }
     }
@@ -428,11 +427,11 @@ static void qargs_str(QueueArgs *a, const char *key, const char *v)
     e->value.value.bytes = amqp_cstring_bytes(v);
 }
 
-static gboolean declare_queue(VnRpc *rpc, const char *name, gboolean durable,
-                              gboolean auto_delete, const QueueArgs *args, GError **error)
+static gboolean declare_queue(VnRpc *rpc, const char *name, gboolean durable, gboolean auto_delete,
+                              const QueueArgs *args, GError **error)
 {
-    amqp_queue_declare(rpc->conn, CH_CONSUME, amqp_cstring_bytes(name), 0, durable, 0,
-                       auto_delete, args ? args->t : amqp_empty_table);
+    amqp_queue_declare(rpc->conn, CH_CONSUME, amqp_cstring_bytes(name), 0, durable, 0, auto_delete,
+                       args ? args->t : amqp_empty_table);
     g_autofree char *what = g_strdup_printf("declaring queue '%s'", name);
     return check_reply(rpc, what, error);
 }
@@ -440,18 +439,17 @@ static gboolean declare_queue(VnRpc *rpc, const char *name, gboolean durable,
 static gboolean bind_queue(VnRpc *rpc, const char *queue, const char *exchange, const char *key,
                            GError **error)
 {
-    amqp_queue_bind(rpc->conn, CH_CONSUME, amqp_cstring_bytes(queue),
-                    amqp_cstring_bytes(exchange), amqp_cstring_bytes(key), amqp_empty_table);
+    amqp_queue_bind(rpc->conn, CH_CONSUME, amqp_cstring_bytes(queue), amqp_cstring_bytes(exchange),
+                    amqp_cstring_bytes(key), amqp_empty_table);
     g_autofree char *what = g_strdup_printf("binding queue '%s' to '%s'", queue, exchange);
     return check_reply(rpc, what, error);
 }
 
-static gboolean consume(VnRpc *rpc, const char *queue, gboolean no_ack, char **tag,
-                        GError **error)
+static gboolean consume(VnRpc *rpc, const char *queue, gboolean no_ack, char **tag, GError **error)
 {
     amqp_basic_consume_ok_t *ok =
-        amqp_basic_consume(rpc->conn, CH_CONSUME, amqp_cstring_bytes(queue), amqp_empty_bytes,
-                           0, no_ack, 0, amqp_empty_table);
+        amqp_basic_consume(rpc->conn, CH_CONSUME, amqp_cstring_bytes(queue), amqp_empty_bytes, 0,
+                           no_ack, 0, amqp_empty_table);
     g_autofree char *what = g_strdup_printf("consuming from '%s'", queue);
 
     if (!ok)
@@ -823,8 +821,7 @@ static void handle_request(VnRpc *rpc, Content *c)
         verdict = VN_RPC_REJECT;
     } else if (stopping) {
         verdict = VN_RPC_REQUEUE;
-    } else if (!vn_envelope_decode_request((const char *)c->body->data, c->body->len, &msg,
-                                           &err)) {
+    } else if (!vn_envelope_decode_request((const char *)c->body->data, c->body->len, &msg, &err)) {
         g_warning("amqp: rejecting message %" G_GUINT64_FORMAT
                   " (method '%s', _unique_id '%s', _msg_id '%s'): %s",
                   c->delivery_tag, msg && msg->method ? msg->method : "?",
@@ -1255,12 +1252,12 @@ static void run_connected(VnRpc *rpc)
             break;
 
         g_mutex_lock(&rpc->lock);
-        rpc->drained = g_queue_is_empty(&rpc->outbox) &&
-                       g_hash_table_size(rpc->inflight) == 0 && g_queue_is_empty(&rpc->retry);
+        rpc->drained = g_queue_is_empty(&rpc->outbox) && g_hash_table_size(rpc->inflight) == 0 &&
+                       g_queue_is_empty(&rpc->retry);
         rpc->stats.outbox = g_queue_get_length(&rpc->outbox);
         g_cond_broadcast(&rpc->cond);
-        gboolean more = !g_queue_is_empty(&rpc->outbox) &&
-                        g_hash_table_size(rpc->inflight) < MAX_INFLIGHT;
+        gboolean more =
+            !g_queue_is_empty(&rpc->outbox) && g_hash_table_size(rpc->inflight) < MAX_INFLIGHT;
         g_mutex_unlock(&rpc->lock);
 
         if (more || amqp_frames_enqueued(rpc->conn) || amqp_data_in_buffer(rpc->conn))
@@ -1365,8 +1362,8 @@ VnRpc *vn_rpc_new(const VnRpcConfig *cfg, const VnRpcHandlers *handlers, GError 
     g_queue_init(&rpc->retry);
     rpc->calls = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     rpc->inflight = g_hash_table_new(g_direct_hash, g_direct_equal);
-    rpc->active = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
-                                        (GDestroyNotify)active_free);
+    rpc->active =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)active_free);
     rpc->consumer_tags = g_ptr_array_new_with_free_func(g_free);
     rpc->drained = TRUE;
     rpc->url_index = g_random_int_range(0, (gint32)g_strv_length(rpc->urls));
@@ -1443,8 +1440,8 @@ void vn_rpc_free(VnRpc *rpc)
         PendingCall *pc = v;
         if (!pc->done) {
             pc->done = TRUE;
-            pc->error = g_error_new(VN_SCHED_ERROR, VN_SCHED_ERROR_STOPPED,
-                                    "the AMQP link is stopping");
+            pc->error =
+                g_error_new(VN_SCHED_ERROR, VN_SCHED_ERROR_STOPPED, "the AMQP link is stopping");
             g_cond_broadcast(&pc->cond);
         }
     }

@@ -29,24 +29,24 @@
 typedef struct _VnRpc VnRpc;
 
 typedef struct {
-    char **urls;                /* amqp:// or amqps:// broker URLs, tried in turn */
-    const char *exchange;       /* control_exchange */
+    char **urls;          /* amqp:// or amqps:// broker URLs, tried in turn */
+    const char *exchange; /* control_exchange */
     const char *topic;
-    const char *server;         /* this host; NULL for a client-only link */
+    const char *server;          /* this host; NULL for a client-only link */
     const char *connection_name; /* shown by the broker, e.g. "virtnoded host-a" */
-    int heartbeat;              /* seconds, 0 = off */
+    int heartbeat;               /* seconds, 0 = off */
     int prefetch;
     gboolean durable;
     gboolean quorum;
-    int transient_ttl;          /* seconds (x-expires of fanout and reply queues) */
+    int transient_ttl;                /* seconds (x-expires of fanout and reply queues) */
     const char *dead_letter_exchange; /* NULL or "" = none */
     gsize max_message_bytes;
-    int connect_timeout;        /* seconds */
-    int reconnect_min;          /* seconds */
-    int reconnect_max;          /* seconds */
-    int reply_timeout;          /* seconds */
+    int connect_timeout;            /* seconds */
+    int reconnect_min;              /* seconds */
+    int reconnect_max;              /* seconds */
+    int reply_timeout;              /* seconds */
     const char *notification_topic; /* NULL = no notifications */
-    int outbox_limit;           /* queued casts and notifications kept while disconnected */
+    int outbox_limit;               /* queued casts and notifications kept while disconnected */
     const char *ssl_ca_file;
     const char *ssl_cert_file;
     const char *ssl_key_file;

@@ -67,7 +67,7 @@ typedef struct {
     char *fault;
     gint64 launched_at; /* unix seconds, 0 = null */
     gint64 terminated_at;
-    gint64 generation;  /* a row is applied only over an older generation */
+    gint64 generation; /* a row is applied only over an older generation */
 } VnInstanceRow;
 
 void vn_instance_row_free(VnInstanceRow *r);
@@ -105,13 +105,13 @@ void vn_migration_row_free(VnMigrationRow *r);
 VnMigrationRow *vn_migration_row_copy(const VnMigrationRow *r);
 
 typedef struct {
-    const char *connection;   /* libpq conninfo or URI */
-    const char *password;     /* NULL: libpq's own sources */
+    const char *connection; /* libpq conninfo or URI */
+    const char *password;   /* NULL: libpq's own sources */
     int connect_timeout;
     int retry_min;
     int retry_max;
     const char *host;
-    const char *binary;       /* "virtnode-compute" */
+    const char *binary; /* "virtnode-compute" */
     const char *topic;
     const char *version;
     int report_interval;
@@ -124,9 +124,9 @@ typedef struct {
 
 /* What the reporter asks the agent for, in the reporter thread. */
 typedef struct {
-    VnCapacity *(*capacity)(gpointer user_data);          /* current capacity, caller frees */
-    GPtrArray *(*all_instances)(gpointer user_data);      /* VnInstanceRow*, after reconnect */
-    GPtrArray *(*pending_actions)(gpointer user_data);    /* VnActionRow* not yet written */
+    VnCapacity *(*capacity)(gpointer user_data);       /* current capacity, caller frees */
+    GPtrArray *(*all_instances)(gpointer user_data);   /* VnInstanceRow*, after reconnect */
+    GPtrArray *(*pending_actions)(gpointer user_data); /* VnActionRow* not yet written */
     void (*actions_written)(GPtrArray *rows, gpointer user_data);
     gpointer user_data;
 } VnReporterHooks;
@@ -178,5 +178,5 @@ char *vn_report_query_host(const char *connection, const char *password, const c
 
 /* For virtnodectl: the host the central database says runs instance @uuid.  Caller
  * frees. */
-char *vn_report_query_instance_host(const char *connection, const char *password,
-                                    const char *uuid, GError **error);
+char *vn_report_query_instance_host(const char *connection, const char *password, const char *uuid,
+                                    GError **error);

@@ -33,7 +33,8 @@ gboolean vn_capacity_equal(const VnCapacity *a, const VnCapacity *b)
 {
     if (!a || !b)
         return a == b;
-    return g_strcmp0(a->host, b->host) == 0 && g_strcmp0(a->hypervisor_type, b->hypervisor_type) == 0 &&
+    return g_strcmp0(a->host, b->host) == 0 &&
+           g_strcmp0(a->hypervisor_type, b->hypervisor_type) == 0 &&
            a->hypervisor_version == b->hypervisor_version &&
            g_strcmp0(a->hypervisor_hostname, b->hypervisor_hostname) == 0 &&
            g_strcmp0(a->cpu_info, b->cpu_info) == 0 && a->vcpus == b->vcpus &&
@@ -285,9 +286,9 @@ static PGconn *open_conn(const char *conninfo, const char *password, int timeout
     g_autofree char *t = g_strdup_printf("%d", timeout > 0 ? timeout : 5);
     /* our defaults first: the operator's connection string (dbname, expanded) overrides
      * them; a password from a file comes last */
-    const char *keys[] = { "connect_timeout", "application_name", "keepalives",
-                           "keepalives_idle", "keepalives_interval", "keepalives_count",
-                           "dbname", password ? "password" : NULL, NULL };
+    const char *keys[] = { "connect_timeout", "application_name",           "keepalives",
+                           "keepalives_idle", "keepalives_interval",        "keepalives_count",
+                           "dbname",          password ? "password" : NULL, NULL };
     const char *vals[] = { t, appname, "1", "10", "5", "3", conninfo, password, NULL };
     PGconn *conn = PQconnectdbParams(keys, vals, 1);
 
@@ -361,8 +362,9 @@ static void drop_connection(VnReporter *r, const char *why)
     g_mutex_lock(&r->lock);
     r->stats.connected = FALSE;
     g_mutex_unlock(&r->lock);
-    r->next_connect = g_get_monotonic_time() +
-                      (gint64)(vn_backoff_next(&r->backoff, g_random_double()) * G_TIME_SPAN_SECOND);
+    r->next_connect =
+        g_get_monotonic_time() +
+        (gint64)(vn_backoff_next(&r->backoff, g_random_double()) * G_TIME_SPAN_SECOND);
 }
 
 /* Connects (when due), migrates the schema, prepares statements, schedules a full sync. */
@@ -393,9 +395,9 @@ static void try_connect(VnReporter *r)
             g_debug("database: %s", err->message);
         }
         r->outage = TRUE;
-        r->next_connect = g_get_monotonic_time() +
-                          (gint64)(vn_backoff_next(&r->backoff, g_random_double()) *
-                                   G_TIME_SPAN_SECOND);
+        r->next_connect =
+            g_get_monotonic_time() +
+            (gint64)(vn_backoff_next(&r->backoff, g_random_double()) * G_TIME_SPAN_SECOND);
         return;
     }
     if (r->outage)
@@ -703,8 +705,8 @@ static gint64 next_due_locked(VnReporter *r)
         next = MIN(next, r->capacity_due);
     if (!r->conn)
         next = MIN(next, r->next_connect);
-    if (r->conn && (g_hash_table_size(r->instances) || g_hash_table_size(r->migrations) ||
-                    r->actions_pending))
+    if (r->conn &&
+        (g_hash_table_size(r->instances) || g_hash_table_size(r->migrations) || r->actions_pending))
         next = 0;
     return next;
 }
@@ -923,8 +925,8 @@ char *vn_report_query_host(const char *connection, const char *password, const c
     return g_strdup(PQgetvalue(res, 0, 0));
 }
 
-char *vn_report_query_instance_host(const char *connection, const char *password,
-                                    const char *uuid, GError **error)
+char *vn_report_query_instance_host(const char *connection, const char *password, const char *uuid,
+                                    GError **error)
 {
     g_autoptr(PGconn) conn = open_conn(connection, password, 5, "virtnodectl", error);
     g_autoptr(PGresult) res = NULL;
@@ -932,8 +934,9 @@ char *vn_report_query_instance_host(const char *connection, const char *password
 
     if (!conn)
         return NULL;
-    res = PQexecParams(conn, "SELECT host FROM instances WHERE uuid = $1::uuid AND host IS NOT NULL",
-                       1, NULL, params, NULL, NULL, 0);
+    res =
+        PQexecParams(conn, "SELECT host FROM instances WHERE uuid = $1::uuid AND host IS NOT NULL",
+                     1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_QUERY, "reading instance %s: %s", uuid,
                     g_strstrip(PQresultErrorMessage(res)));

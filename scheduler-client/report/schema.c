@@ -134,8 +134,8 @@ static gboolean migrate_locked(PGconn *conn, int *version, GError **error)
         return FALSE;
     r = PQexec(conn, "SELECT coalesce(max(version), 0) FROM virtnode_schema");
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_SCHEMA, "reading the schema version: %s",
-                    g_strstrip(PQresultErrorMessage(r)));
+        g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_SCHEMA,
+                    "reading the schema version: %s", g_strstrip(PQresultErrorMessage(r)));
         return FALSE;
     }
     current = atoi(PQgetvalue(r, 0, 0));
@@ -159,8 +159,8 @@ gboolean vn_schema_migrate(PGconn *conn, int *version, GError **error)
     if (!run(conn, "BEGIN", "starting the schema transaction", error))
         return FALSE;
     /* one agent migrates; the others wait here and then find the schema current */
-    if (!run(conn, "SELECT pg_advisory_xact_lock(" SCHEMA_LOCK_KEY ")",
-             "taking the schema lock", &err) ||
+    if (!run(conn, "SELECT pg_advisory_xact_lock(" SCHEMA_LOCK_KEY ")", "taking the schema lock",
+             &err) ||
         !migrate_locked(conn, version, &err)) {
         /* a failed rollback leaves a broken connection, which the caller drops anyway */
         PQclear(PQexec(conn, "ROLLBACK"));

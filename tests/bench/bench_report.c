@@ -288,8 +288,8 @@ static Result run(const char *label, gboolean nova, const char *dir, VnVirtConn 
             die("%s: only %u of %u agents reported within 60 s", label, up, sims->len);
         g_usleep(100 * 1000);
     }
-    fprintf(stderr, "%s: all connected; %d s of warm-up, then %d s measured\n", label,
-            opt_warmup, opt_seconds);
+    fprintf(stderr, "%s: all connected; %d s of warm-up, then %d s measured\n", label, opt_warmup,
+            opt_seconds);
     /* the warm-up lets the first periodic cycles pass with churn already going */
     t = (double)g_get_monotonic_time() / G_USEC_PER_SEC;
     end = t + opt_warmup;

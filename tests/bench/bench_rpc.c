@@ -88,9 +88,9 @@ static amqp_connection_state_t raw_connect(const VnAmqpUrl *u)
 
     if (!sock || amqp_socket_open(sock, u->host, u->port) != AMQP_STATUS_OK)
         die("raw librabbitmq: cannot connect to %s:%d", u->host, u->port);
-    check_reply(amqp_login(conn, u->vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, u->user,
-                           u->password),
-                "login");
+    check_reply(
+        amqp_login(conn, u->vhost, 0, 131072, 0, AMQP_SASL_METHOD_PLAIN, u->user, u->password),
+        "login");
     amqp_channel_open(conn, 1);
     check_reply(amqp_get_rpc_reply(conn), "channel.open");
     return conn;
@@ -137,8 +137,8 @@ static gpointer echo_server(gpointer data)
         props._flags = AMQP_BASIC_CORRELATION_ID_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG;
         props.correlation_id = env.message.properties.correlation_id;
         props.content_type = amqp_cstring_bytes("application/json");
-        amqp_basic_publish(conn, 1, amqp_empty_bytes, env.message.properties.reply_to, 0, 0,
-                           &props, env.message.body);
+        amqp_basic_publish(conn, 1, amqp_empty_bytes, env.message.properties.reply_to, 0, 0, &props,
+                           env.message.body);
         amqp_basic_ack(conn, 1, env.delivery_tag, 0);
         amqp_destroy_envelope(&env);
     }

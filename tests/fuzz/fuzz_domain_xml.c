@@ -15,8 +15,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (!info && !err)
         __builtin_trap();
-    moved = vn_domain_xml_for_destination(text, "/var/lib/virtnode/instances",
-                                          "/srv/instances", 64000, &err2);
+    moved = vn_domain_xml_for_destination(text, "/var/lib/virtnode/instances", "/srv/instances",
+                                          64000, &err2);
     if (!moved && !err2)
         __builtin_trap();
     return 0;

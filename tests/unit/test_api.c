@@ -66,8 +66,8 @@ static void expect_build_error(const char *from, const char *to, const char *nee
 static void test_build_request_errors(void **state)
 {
     (void)state;
-    expect_build_error("\"vcpus\": 1", "\"vcpus\": \"1\"", "instance.flavor.vcpus: expected an integer",
-                       VN_API_ERROR_INVALID);
+    expect_build_error("\"vcpus\": 1", "\"vcpus\": \"1\"",
+                       "instance.flavor.vcpus: expected an integer", VN_API_ERROR_INVALID);
     expect_build_error("\"vcpus\": 1", "\"vcpus\": 0", "instance.flavor.vcpus: must be between 1",
                        VN_API_ERROR_INVALID);
     expect_build_error("\"memory_mb\": 128", "\"memory_mb\": 99999999999",
@@ -79,7 +79,8 @@ static void test_build_request_errors(void **state)
     expect_build_error("\"disk_format\": \"qcow2\"", "\"disk_format\": \"vmdk\"",
                        "instance.image.disk_format: 'vmdk' is not supported", VN_API_ERROR_INVALID);
     expect_build_error("ABCDEF0123456789", "XYZDEF0123456789",
-                       "instance.image.sha256: expected 64 hexadecimal digits", VN_API_ERROR_INVALID);
+                       "instance.image.sha256: expected 64 hexadecimal digits",
+                       VN_API_ERROR_INVALID);
     expect_build_error("\"name\": \"vm-1\"", "\"name\": \"vm\\u0001\"",
                        "instance.name: contains control characters", VN_API_ERROR_INVALID);
     expect_build_error("\"metadata\": {}", "\"metadata\": {\"k\": 5}",
@@ -87,15 +88,16 @@ static void test_build_request_errors(void **state)
     expect_build_error("\"networks\": []", "\"networks\": {}", "networks: expected a list",
                        VN_API_ERROR_INVALID);
     expect_build_error("\"networks\": []", "\"networks\": [{\"id\": \"n\"}]",
-                       "networks: this agent does not attach networks yet", VN_API_ERROR_UNSUPPORTED);
+                       "networks: this agent does not attach networks yet",
+                       VN_API_ERROR_UNSUPPORTED);
     expect_build_error("\"networks\": []", "\"networks\": [], \"x\": 1", "x: unexpected argument",
                        VN_API_ERROR_INVALID);
     expect_build_error("\"root_gb\": 1", "\"root_gb\": 0, \"y\": 2",
                        "instance.flavor.y: unexpected argument", VN_API_ERROR_INVALID);
     expect_build_error("\"size\": 12345678", "\"size\": 12345678, \"min_ram\": 4096",
                        "less than the image's min_ram", VN_API_ERROR_INVALID);
-    expect_build_error("\"size\": 12345678", "\"size\": 2147483648",
-                       "does not fit in 1 GiB", VN_API_ERROR_INVALID);
+    expect_build_error("\"size\": 12345678", "\"size\": 2147483648", "does not fit in 1 GiB",
+                       VN_API_ERROR_INVALID);
 }
 
 static void test_other_requests(void **state)
@@ -104,23 +106,26 @@ static void test_other_requests(void **state)
     g_autoptr(VnRequest) r = NULL;
 
     (void)state;
-    r = parse(VN_METHOD_REBOOT_INSTANCE,
-              "{\"instance_uuid\": \"0B5E1C5E-8F1D-4C1A-9D4E-2F7C9A6B1E01\", \"reboot_type\": \"HARD\"}",
-              &err);
+    r = parse(
+        VN_METHOD_REBOOT_INSTANCE,
+        "{\"instance_uuid\": \"0B5E1C5E-8F1D-4C1A-9D4E-2F7C9A6B1E01\", \"reboot_type\": \"HARD\"}",
+        &err);
     assert_non_null(r);
     assert_int_equal(r->reboot_type, VN_REBOOT_HARD);
     assert_string_equal(r->instance_uuid, "0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01");
     g_clear_pointer(&r, vn_request_free);
 
-    r = parse(VN_METHOD_REBOOT_INSTANCE,
-              "{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\", \"reboot_type\": \"WARM\"}",
-              &err);
+    r = parse(
+        VN_METHOD_REBOOT_INSTANCE,
+        "{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\", \"reboot_type\": \"WARM\"}",
+        &err);
     assert_null(r);
     assert_non_null(strstr(err->message, "reboot_type: 'WARM' is not SOFT or HARD"));
     g_clear_error(&err);
 
     r = parse(VN_METHOD_STOP_INSTANCE,
-              "{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\", \"timeout\": 5}", &err);
+              "{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\", \"timeout\": 5}",
+              &err);
     assert_non_null(r);
     assert_int_equal(r->stop_timeout, 5);
     assert_true(r->clean_shutdown);

@@ -87,7 +87,8 @@ static void test_errors_name_file_section_key(void **state)
     expect_error("[nosuch]\nx = 1\n", "test.conf: [nosuch]: unknown section");
     expect_error("[DEFAULT]\nreport_interval = ten\n",
                  "test.conf: [DEFAULT] report_interval: 'ten' is not an integer");
-    expect_error("[DEFAULT]\nreport_interval = 0\n", "[DEFAULT] report_interval: 0 is out of range");
+    expect_error("[DEFAULT]\nreport_interval = 0\n",
+                 "[DEFAULT] report_interval: 0 is out of range");
     expect_error("[DEFAULT]\ncpu_allocation_ratio = -1\n", "cpu_allocation_ratio");
     expect_error("[libvirt]\nvirt_type = xen\n", "'xen' is not one of: kvm, qemu");
     expect_error("[amqp]\ndurable_queues = maybe\n", "is not a boolean");

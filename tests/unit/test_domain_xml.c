@@ -92,8 +92,9 @@ static void test_foreign_and_hostile(void **state)
 {
     const char *foreign = "<domain type='kvm'><name>x</name>"
                           "<uuid>11111111-2222-4333-8444-555555555555</uuid></domain>";
-    const char *entity = "<?xml version='1.0'?><!DOCTYPE d [<!ENTITY e SYSTEM 'file:///etc/passwd'>]>"
-                         "<domain><name>&e;</name><uuid>u</uuid></domain>";
+    const char *entity =
+        "<?xml version='1.0'?><!DOCTYPE d [<!ENTITY e SYSTEM 'file:///etc/passwd'>]>"
+        "<domain><name>&e;</name><uuid>u</uuid></domain>";
     g_autoptr(GError) err = NULL;
     g_autoptr(VnDomainInfo) f = vn_domain_xml_parse(foreign, strlen(foreign), &err);
     g_autoptr(VnDomainInfo) e = NULL;
@@ -118,7 +119,8 @@ static void test_for_destination(void **state)
     g_autoptr(VnDomainSpec) s = sample();
     g_autoptr(GError) err = NULL;
     g_autofree char *xml = vn_domain_xml_build(s, &err);
-    g_autofree char *dest = vn_domain_xml_for_destination(xml, "/srv/i", "/data/instances", 30007, &err);
+    g_autofree char *dest =
+        vn_domain_xml_for_destination(xml, "/srv/i", "/data/instances", 30007, &err);
     g_autoptr(VnDomainInfo) i = vn_domain_xml_parse(dest, strlen(dest), &err);
 
     (void)state;

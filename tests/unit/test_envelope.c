@@ -101,14 +101,16 @@ static void test_bad_envelopes(void **state)
     expect_bad("{\"oslo.version\": \"2.0\", \"oslo.message\": \"{broken\"}", "not JSON", FALSE);
     expect_bad("{\"args\": {}, \"_msg_id\": \"m1\", \"_reply_q\": \"reply_x\"}",
                "'method' is missing", TRUE);
-    expect_bad("{\"method\": \"ping\", \"args\": [1], \"_msg_id\": \"m1\", \"_reply_q\": \"reply_x\"}",
-               "'args' is not an object", TRUE);
+    expect_bad(
+        "{\"method\": \"ping\", \"args\": [1], \"_msg_id\": \"m1\", \"_reply_q\": \"reply_x\"}",
+        "'args' is not an object", TRUE);
     expect_bad("{\"method\": \"p i n g\", \"_msg_id\": \"m1\", \"_reply_q\": \"reply_x\"}",
                "'method' is not a method name", TRUE);
     expect_bad("{\"method\": \"ping\", \"version\": 1.0, \"_msg_id\": \"m\", \"_reply_q\": \"r\"}",
                "'version' is not a string", TRUE);
-    expect_bad("{\"method\": \"ping\", \"_timeout\": \"soon\", \"_msg_id\": \"m\", \"_reply_q\": \"r\"}",
-               "'_timeout' is not a number", TRUE);
+    expect_bad(
+        "{\"method\": \"ping\", \"_timeout\": \"soon\", \"_msg_id\": \"m\", \"_reply_q\": \"r\"}",
+        "'_timeout' is not a number", TRUE);
     /* invalid UTF-8 is refused by the parser */
     expect_bad("{\"method\": \"p\xff\"}", "not JSON", FALSE);
 }
@@ -156,8 +158,8 @@ static void test_reply_and_failure(void **state)
     json_object *fs = json_object_object_get(inner, "failure");
     assert_true(json_object_is_type(fs, json_type_string));
     g_autoptr(json_object) fo = json_tokener_parse(json_object_get_string(fs));
-    for (const char *const *k = (const char *const[]){ "class", "module", "message", "tb", "args",
-                                                       "kwargs", NULL };
+    for (const char *const *k =
+             (const char *const[]){ "class", "module", "message", "tb", "args", "kwargs", NULL };
          *k; k++)
         assert_true(json_object_object_get_ex(fo, *k, NULL));
 }
@@ -172,7 +174,8 @@ static void test_notification(void **state)
         json_tokener_parse(json_object_get_string(json_object_object_get(outer, "oslo.message")));
 
     (void)state;
-    assert_string_equal(json_object_get_string(json_object_object_get(outer, "oslo.version")), "2.0");
+    assert_string_equal(json_object_get_string(json_object_object_get(outer, "oslo.version")),
+                        "2.0");
     assert_string_equal(json_object_get_string(json_object_object_get(m, "event_type")),
                         "instance.create.end");
     assert_string_equal(json_object_get_string(json_object_object_get(m, "priority")), "INFO");

@@ -10,10 +10,10 @@
 #include "storage/stor_error.h"
 
 typedef struct {
-    char *root;     /* served files */
+    char *root; /* served files */
     char *cache_dir;
     VnTestHttp *http;
-    char *sha;      /* of good.qcow2 */
+    char *sha; /* of good.qcow2 */
     guint64 size;
 } Fixture;
 
@@ -169,10 +169,12 @@ static void test_failures_leave_nothing(void **state)
     } cases[] = {
         { { "bad-sum", good, "1111111111111111111111111111111111111111111111111111111111111111",
             "qcow2", 0 },
-          VN_STOR_ERROR_CHECKSUM, "has sha256" },
+          VN_STOR_ERROR_CHECKSUM,
+          "has sha256" },
         { { "bad-size", good, f->sha, "qcow2", f->size + 1 }, VN_STOR_ERROR_CHECKSUM, "bytes" },
         { { "missing", missing, f->sha, "qcow2", 0 }, VN_STOR_ERROR_DOWNLOAD, "HTTP 404" },
-        { { "unreachable", "http://127.0.0.1:1/x", f->sha, "qcow2", 0 }, VN_STOR_ERROR_DOWNLOAD,
+        { { "unreachable", "http://127.0.0.1:1/x", f->sha, "qcow2", 0 },
+          VN_STOR_ERROR_DOWNLOAD,
           "fetching" },
         { { "evil", evil, evil_sha, "qcow2", 0 }, VN_STOR_ERROR_UNSAFE, "backing file" },
         { { "as-raw", good, f->sha, "raw", 0 }, VN_STOR_ERROR_UNSAFE, "declared raw" },

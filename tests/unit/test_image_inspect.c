@@ -119,10 +119,10 @@ static guint8 *header_v3(gsize *len)
     guint8 *h = g_malloc0(4096);
 
     memcpy(h, "QFI\xfb", 4);
-    h[7] = 3;        /* version */
-    h[23] = 16;      /* cluster bits */
-    h[28] = 0x10;    /* virtual size 256 MiB (big-endian bytes 24-31) */
-    h[103] = 104;    /* header length */
+    h[7] = 3;     /* version */
+    h[23] = 16;   /* cluster bits */
+    h[28] = 0x10; /* virtual size 256 MiB (big-endian bytes 24-31) */
+    h[103] = 104; /* header length */
     *len = 4096;
     return h;
 }
@@ -178,9 +178,12 @@ static void test_other_formats_detected(void **state)
         gsize at;
         VnImageFormat f;
     } cases[] = {
-        { "KDMV", 0, VN_IMAGE_FORMAT_VMDK },      { "# Disk DescriptorFile", 0, VN_IMAGE_FORMAT_VMDK },
-        { "vhdxfile", 0, VN_IMAGE_FORMAT_VHDX },  { "conectix", 0, VN_IMAGE_FORMAT_VPC },
-        { "QED", 0, VN_IMAGE_FORMAT_QED },        { "LUKS\xba\xbe", 0, VN_IMAGE_FORMAT_LUKS },
+        { "KDMV", 0, VN_IMAGE_FORMAT_VMDK },
+        { "# Disk DescriptorFile", 0, VN_IMAGE_FORMAT_VMDK },
+        { "vhdxfile", 0, VN_IMAGE_FORMAT_VHDX },
+        { "conectix", 0, VN_IMAGE_FORMAT_VPC },
+        { "QED", 0, VN_IMAGE_FORMAT_QED },
+        { "LUKS\xba\xbe", 0, VN_IMAGE_FORMAT_LUKS },
         { "\x7f\x10\xda\xbe", 0x40, VN_IMAGE_FORMAT_VDI },
     };
     guint8 buf[512];
@@ -236,12 +239,9 @@ static void test_overlay(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_plain_qcow2),
-        cmocka_unit_test(test_backing_file_refused),
-        cmocka_unit_test(test_data_file_refused),
-        cmocka_unit_test(test_encrypted_refused),
-        cmocka_unit_test(test_crafted_headers),
-        cmocka_unit_test(test_other_formats_detected),
+        cmocka_unit_test(test_plain_qcow2),       cmocka_unit_test(test_backing_file_refused),
+        cmocka_unit_test(test_data_file_refused), cmocka_unit_test(test_encrypted_refused),
+        cmocka_unit_test(test_crafted_headers),   cmocka_unit_test(test_other_formats_detected),
         cmocka_unit_test(test_overlay),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

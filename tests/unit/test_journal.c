@@ -38,9 +38,14 @@ static VnJournal *open_journal(void)
 static void test_requests_dedup_across_reopen(void **state)
 {
     g_autoptr(GError) err = NULL;
-    VnJournalRequest r = { .unique_id = "u1", .method = "stop_instance", .instance_uuid = "i1",
-                           .msg_id = "m1", .reply_q = "reply_x", .request_id = "req-1",
-                           .body = "{}", .received_at = 1000 };
+    VnJournalRequest r = { .unique_id = "u1",
+                           .method = "stop_instance",
+                           .instance_uuid = "i1",
+                           .msg_id = "m1",
+                           .reply_q = "reply_x",
+                           .request_id = "req-1",
+                           .body = "{}",
+                           .received_at = 1000 };
     VnJournalRequest *prev = NULL;
 
     (void)state;
@@ -152,25 +157,30 @@ static void test_store_compare_and_set(void **state)
     assert_true(g_error_matches(err, VN_API_ERROR, VN_API_ERROR_EXISTS));
     g_clear_error(&err);
     /* building: a power operation is not allowed */
-    assert_false(vn_instance_store_begin_task(s, sp->uuid, active, VN_TASK_POWERING_OFF, NULL, &err));
+    assert_false(
+        vn_instance_store_begin_task(s, sp->uuid, active, VN_TASK_POWERING_OFF, NULL, &err));
     assert_true(g_error_matches(err, VN_API_ERROR, VN_API_ERROR_INVALID_STATE));
     g_clear_error(&err);
-    assert_true(vn_instance_store_next_task(s, sp->uuid, VN_TASK_SCHEDULING, VN_TASK_SPAWNING, &err));
+    assert_true(
+        vn_instance_store_next_task(s, sp->uuid, VN_TASK_SCHEDULING, VN_TASK_SPAWNING, &err));
     assert_true(vn_instance_store_end_task(s, sp->uuid, VN_TASK_SPAWNING, VN_VM_ACTIVE,
                                            VN_POWER_RUNNING, &err));
     /* two operations race: the first claims, the second is refused */
-    assert_true(vn_instance_store_begin_task(s, sp->uuid, active, VN_TASK_POWERING_OFF, "r3", &err));
+    assert_true(
+        vn_instance_store_begin_task(s, sp->uuid, active, VN_TASK_POWERING_OFF, "r3", &err));
     assert_false(vn_instance_store_begin_task(s, sp->uuid, active, VN_TASK_REBOOTING, "r4", &err));
     assert_non_null(strstr(err->message, "busy: task_state powering-off"));
     g_clear_error(&err);
     /* ending someone else's task is refused */
-    assert_false(vn_instance_store_end_task(s, sp->uuid, VN_TASK_REBOOTING, VN_VM_ACTIVE, -1, &err));
+    assert_false(
+        vn_instance_store_end_task(s, sp->uuid, VN_TASK_REBOOTING, VN_VM_ACTIVE, -1, &err));
     g_clear_error(&err);
     assert_true(vn_instance_store_end_task(s, sp->uuid, VN_TASK_POWERING_OFF, VN_VM_STOPPED,
                                            VN_POWER_SHUTDOWN, &err));
     assert_false(vn_instance_store_begin_task(s, sp->uuid, active, VN_TASK_PAUSING, NULL, &err));
     g_clear_error(&err);
-    assert_true(vn_instance_store_begin_task(s, sp->uuid, stopped, VN_TASK_POWERING_ON, NULL, &err));
+    assert_true(
+        vn_instance_store_begin_task(s, sp->uuid, stopped, VN_TASK_POWERING_ON, NULL, &err));
     assert_true(changes >= 6);
 
     /* an unknown instance */

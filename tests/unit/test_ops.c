@@ -284,14 +284,16 @@ static void test_bad_requests_rejected(void **state)
     assert_string_equal(r->failure_class, "InvalidInput");
     assert_non_null(strstr(r->failure_message, "instance_uuid: expected a string"));
     reply_free(r);
-    r = call(f, "get_instance", "{\"instance_uuid\": \"aaaaaaaa-0000-4000-8000-00000000dead\"}", &v);
+    r = call(f, "get_instance", "{\"instance_uuid\": \"aaaaaaaa-0000-4000-8000-00000000dead\"}",
+             &v);
     assert_int_equal(v, VN_RPC_ACK);
     assert_string_equal(r->failure_class, "InstanceNotFound");
     reply_free(r);
     r = call(f, "ping", "{\"arg\": [1, \"x\"]}", &v);
     assert_string_equal(json_object_get_string(json_object_object_get(r->result, "service")),
                         "virtnode");
-    assert_string_equal(json_object_get_string(json_object_object_get(r->result, "host")), "host-u");
+    assert_string_equal(json_object_get_string(json_object_object_get(r->result, "host")),
+                        "host-u");
     reply_free(r);
 }
 
@@ -300,7 +302,8 @@ static void test_failed_builds_leave_nothing(void **state)
     Fixture *f = *state;
     const char *u1 = "aaaaaaaa-0000-4000-8000-000000000002";
     const char *u2 = "aaaaaaaa-0000-4000-8000-000000000003";
-    g_autofree char *bad = build_args(f, u1, "0000000000000000000000000000000000000000000000000000000000000000", 1);
+    g_autofree char *bad =
+        build_args(f, u1, "0000000000000000000000000000000000000000000000000000000000000000", 1);
     g_autofree char *big = build_args(f, u2, f->sha, 1000);
     Reply *r;
 

@@ -13,7 +13,8 @@ static void test_conninfo_check(void **state)
 
     (void)state;
     assert_true(vn_report_conninfo_check("", &err));
-    assert_true(vn_report_conninfo_check("host=db port=5432 dbname=cloud sslmode=verify-full", &err));
+    assert_true(
+        vn_report_conninfo_check("host=db port=5432 dbname=cloud sslmode=verify-full", &err));
     assert_true(vn_report_conninfo_check("postgresql://u@db:5432/cloud?sslmode=require", &err));
     assert_false(vn_report_conninfo_check("host=db port", &err));
     g_clear_error(&err);

@@ -121,8 +121,8 @@ static void test_host_facts(void **state)
 
 static void test_unreachable_uri(void **state)
 {
-    g_autoptr(VnVirtConn) c = vn_virt_conn_new("qemu+unix:///system?socket=/nonexistent/sock", 5,
-                                               5, NULL);
+    g_autoptr(VnVirtConn) c =
+        vn_virt_conn_new("qemu+unix:///system?socket=/nonexistent/sock", 5, 5, NULL);
     g_autoptr(GError) err = NULL;
     g_autoptr(virConnect) conn = vn_virt_conn_get(c, &err);
 

@@ -97,8 +97,9 @@ static gboolean handle(GThreadedSocketService *svc, GSocketConnection *conn, GOb
         return TRUE;
     path = g_strdup(parts[1]);
     g_mutex_lock(&h->lock);
-    g_hash_table_replace(h->counts, g_strdup(path),
-                         GUINT_TO_POINTER(GPOINTER_TO_UINT(g_hash_table_lookup(h->counts, path)) + 1));
+    g_hash_table_replace(
+        h->counts, g_strdup(path),
+        GUINT_TO_POINTER(GPOINTER_TO_UINT(g_hash_table_lookup(h->counts, path)) + 1));
     g_mutex_unlock(&h->lock);
     if (h->delay_ms)
         g_usleep((gulong)h->delay_ms * 1000);
