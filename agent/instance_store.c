@@ -429,30 +429,37 @@ gboolean vn_instance_store_set_launched(VnInstanceStore *s, const char *uuid,
     return update(s, uuid, change_launched, (gpointer)security_label, error);
 }
 
-static gboolean change_label(VnInstanceRecord *r, gpointer data, GError **error)
+/* A string field of the record (at @offset) and its new value. */
+typedef struct {
+    gsize offset;
+    const char *value;
+} StringChange;
+
+static gboolean change_string(VnInstanceRecord *r, gpointer data, GError **error)
 {
-    g_free(r->security_label);
-    r->security_label = g_strdup(data);
+    const StringChange *c = data;
+    char **field = G_STRUCT_MEMBER_P(r, c->offset);
+
+    (void)error;
+    g_free(*field);
+    *field = g_strdup(c->value);
     return TRUE;
 }
 
 gboolean vn_instance_store_set_label(VnInstanceStore *s, const char *uuid, const char *label,
                                      GError **error)
 {
-    return update(s, uuid, change_label, (gpointer)label, error);
-}
+    StringChange c = { G_STRUCT_OFFSET(VnInstanceRecord, security_label), label };
 
-static gboolean change_host(VnInstanceRecord *r, gpointer data, GError **error)
-{
-    g_free(r->host);
-    r->host = g_strdup(data);
-    return TRUE;
+    return update(s, uuid, change_string, &c, error);
 }
 
 gboolean vn_instance_store_set_host(VnInstanceStore *s, const char *uuid, const char *host,
                                     GError **error)
 {
-    return update(s, uuid, change_host, (gpointer)host, error);
+    StringChange c = { G_STRUCT_OFFSET(VnInstanceRecord, host), host };
+
+    return update(s, uuid, change_string, &c, error);
 }
 
 static gboolean change_deleted(VnInstanceRecord *r, gpointer data, GError **error)

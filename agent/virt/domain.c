@@ -26,6 +26,19 @@ static virDomainPtr domain_get(VnVirtConn *c, const char *uuid, GError **error)
 
 /* Undefines with its managed-save image and metadata, with fewer flags on drivers that
  * do not know them all. */
+/* Runs @fn on the domain of @uuid; an error says "@doing instance <uuid>". */
+static gboolean domain_do(VnVirtConn *c, const char *uuid, int (*fn)(virDomainPtr),
+                          const char *doing, GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+
+    if (!dom)
+        return FALSE;
+    if (fn(dom) < 0)
+        return vn_virt_error(error, "%s instance %s", doing, uuid);
+    return TRUE;
+}
+
 static gboolean undefine(virDomainPtr dom)
 {
     static const unsigned int flags[] = {
@@ -131,13 +144,7 @@ gboolean vn_domain_power_state(VnVirtConn *c, const char *uuid, VnPowerState *ou
 
 gboolean vn_domain_start(VnVirtConn *c, const char *uuid, GError **error)
 {
-    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
-
-    if (!dom)
-        return FALSE;
-    if (virDomainCreate(dom) < 0)
-        return vn_virt_error(error, "starting instance %s", uuid);
-    return TRUE;
+    return domain_do(c, uuid, virDomainCreate, "starting", error);
 }
 
 gboolean vn_domain_shutdown(VnVirtConn *c, const char *uuid, GError **error)
@@ -267,35 +274,22 @@ gboolean vn_domain_undefine(VnVirtConn *c, const char *uuid, GError **error)
 
 gboolean vn_domain_pause(VnVirtConn *c, const char *uuid, GError **error)
 {
-    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
-
-    if (!dom)
-        return FALSE;
-    if (virDomainSuspend(dom) < 0)
-        return vn_virt_error(error, "pausing instance %s", uuid);
-    return TRUE;
+    return domain_do(c, uuid, virDomainSuspend, "pausing", error);
 }
 
 gboolean vn_domain_unpause(VnVirtConn *c, const char *uuid, GError **error)
 {
-    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+    return domain_do(c, uuid, virDomainResume, "unpausing", error);
+}
 
-    if (!dom)
-        return FALSE;
-    if (virDomainResume(dom) < 0)
-        return vn_virt_error(error, "unpausing instance %s", uuid);
-    return TRUE;
+static int managed_save(virDomainPtr dom)
+{
+    return virDomainManagedSave(dom, 0);
 }
 
 gboolean vn_domain_managed_save(VnVirtConn *c, const char *uuid, GError **error)
 {
-    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
-
-    if (!dom)
-        return FALSE;
-    if (virDomainManagedSave(dom, 0) < 0)
-        return vn_virt_error(error, "saving the memory of instance %s", uuid);
-    return TRUE;
+    return domain_do(c, uuid, managed_save, "saving the memory of", error);
 }
 
 char *vn_domain_get_xml(VnVirtConn *c, const char *uuid, gboolean migratable, GError **error)

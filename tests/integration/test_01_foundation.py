@@ -3,7 +3,6 @@ checks, SIGTERM and SIGHUP behave as documented."""
 
 import os
 import re
-import shutil
 import subprocess
 import time
 import unittest

@@ -5,7 +5,6 @@ and effectively-once delivery across a broker restart."""
 import glob
 import json
 import os
-import threading
 import time
 import unittest
 import uuid as uuidlib

@@ -13,18 +13,10 @@ import uuid as uuidlib
 import libvirt
 
 import vntest
-from vntest import ENV, RUN, Rpc
+from vntest import ENV, RUN
 
 
 class Lifecycle(vntest.AgentTestCase):
-    def setUp(self):
-        super().setUp()
-        self.rpc = Rpc()
-
-    def tearDown(self):
-        self.rpc.close()
-        super().tearDown()
-
     def call(self, method, **kw):
         return self.rpc.call("host-a", method, timeout=300, **kw)
 

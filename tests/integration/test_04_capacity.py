@@ -3,13 +3,11 @@ fast updates on change, a database outage survived, a too-large build refused, a
 fleet starting at once against an empty database."""
 
 import os
-import subprocess
 import time
 import unittest
 import uuid as uuidlib
 
 import vntest
-from vntest import ENV, RUN, BIN, Rpc
 
 
 def capacity(host):
@@ -26,14 +24,6 @@ def capacity(host):
 
 
 class Capacity(vntest.AgentTestCase):
-    def setUp(self):
-        super().setUp()
-        self.rpc = Rpc()
-
-    def tearDown(self):
-        self.rpc.close()
-        super().tearDown()
-
     def test_rows_match_the_host_and_follow_changes(self):
         a = self.agent("a").start()
         c = vntest.wait_for(lambda: capacity("host-a"), 20, what="capacity row")

@@ -13,7 +13,6 @@ import unittest
 import libvirt
 
 import vntest
-from vntest import Rpc
 
 HEARTBEAT = re.compile(r"VIRTNODE-HEARTBEAT (\d+)")
 
@@ -53,14 +52,6 @@ class ConsoleTail(threading.Thread):
 
 
 class Migration(vntest.AgentTestCase):
-    def setUp(self):
-        super().setUp()
-        self.rpc = Rpc()
-
-    def tearDown(self):
-        self.rpc.close()
-        super().tearDown()
-
     def pair(self, shared=True, **extra):
         a = self.agent("a", shared=shared, extra=extra)
         b = self.agent("b", shared=shared, extra=extra)

@@ -337,12 +337,14 @@ def qemu_uid(uuid):
 
 
 class AgentTestCase(unittest.TestCase):
-    """Base class: tracks agents and cleans up their instances and domains."""
+    """Base class: an oslo.messaging client (self.rpc); tracks agents and cleans up their
+    instances and domains."""
 
     agents = []
 
     def setUp(self):
         self._agents = []
+        self.rpc = Rpc()
 
     def agent(self, hostkey, **kw):
         a = Agent(hostkey, **kw)
@@ -350,6 +352,7 @@ class AgentTestCase(unittest.TestCase):
         return a
 
     def tearDown(self):
+        self.rpc.close()
         failed = any(err for _, err in getattr(self._outcome, "errors", []) if err) \
             if hasattr(self, "_outcome") else False
         for a in self._agents:

@@ -10,23 +10,6 @@
 
 #define GIB (G_GUINT64_CONSTANT(1) << 30)
 
-static char *dir;
-
-static int setup(void **state)
-{
-    (void)state;
-    dir = vn_test_tmpdir();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    vn_test_rmtree(dir);
-    g_free(dir);
-    return 0;
-}
-
 static void inspect_file(const char *path, VnImageInfo *info)
 {
     g_autoptr(GError) err = NULL;
@@ -37,7 +20,7 @@ static void inspect_file(const char *path, VnImageInfo *info)
 
 static void test_plain_qcow2(void **state)
 {
-    g_autofree char *p = g_build_filename(dir, "plain.qcow2", NULL);
+    g_autofree char *p = g_build_filename(vn_test_dir(), "plain.qcow2", NULL);
     g_autofree char *cmd = g_strdup_printf("qemu-img create -q -f qcow2 %s 64M", p);
     g_autoptr(GError) err = NULL;
     VnImageInfo i;
@@ -63,7 +46,7 @@ static void test_plain_qcow2(void **state)
 
 static void test_backing_file_refused(void **state)
 {
-    g_autofree char *p = g_build_filename(dir, "evil.qcow2", NULL);
+    g_autofree char *p = g_build_filename(vn_test_dir(), "evil.qcow2", NULL);
     g_autofree char *cmd =
         g_strdup_printf("qemu-img create -q -f qcow2 -F raw -b /etc/passwd %s 1M", p);
     g_autoptr(GError) err = NULL;
@@ -82,8 +65,8 @@ static void test_backing_file_refused(void **state)
 
 static void test_data_file_refused(void **state)
 {
-    g_autofree char *p = g_build_filename(dir, "data.qcow2", NULL);
-    g_autofree char *d = g_build_filename(dir, "data.raw", NULL);
+    g_autofree char *p = g_build_filename(vn_test_dir(), "data.qcow2", NULL);
+    g_autofree char *d = g_build_filename(vn_test_dir(), "data.raw", NULL);
     g_autofree char *cmd =
         g_strdup_printf("qemu-img create -q -f qcow2 -o data_file=%s %s 1M", d, p);
     g_autoptr(GError) err = NULL;
@@ -99,7 +82,7 @@ static void test_data_file_refused(void **state)
 
 static void test_encrypted_refused(void **state)
 {
-    g_autofree char *p = g_build_filename(dir, "enc.qcow2", NULL);
+    g_autofree char *p = g_build_filename(vn_test_dir(), "enc.qcow2", NULL);
     g_autofree char *cmd = g_strdup_printf(
         "qemu-img create -q --object secret,id=s0,data=abc -f qcow2 -o encrypt.format=luks,"
         "encrypt.key-secret=s0 %s 1M",
@@ -208,9 +191,9 @@ static void test_other_formats_detected(void **state)
 
 static void test_overlay(void **state)
 {
-    g_autofree char *base = g_build_filename(dir, "base.qcow2", NULL);
-    g_autofree char *over = g_build_filename(dir, "overlay", NULL);
-    g_autofree char *small = g_build_filename(dir, "small", NULL);
+    g_autofree char *base = g_build_filename(vn_test_dir(), "base.qcow2", NULL);
+    g_autofree char *over = g_build_filename(vn_test_dir(), "overlay", NULL);
+    g_autofree char *small = g_build_filename(vn_test_dir(), "small", NULL);
     g_autofree char *cmd = g_strdup_printf("qemu-img create -q -f qcow2 %s 64M", base);
     g_autoptr(GError) err = NULL;
     g_autofree char *backing = NULL;
@@ -244,5 +227,5 @@ int main(void)
         cmocka_unit_test(test_crafted_headers),   cmocka_unit_test(test_other_formats_detected),
         cmocka_unit_test(test_overlay),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, vn_test_dir_setup, vn_test_dir_teardown);
 }

@@ -7,26 +7,9 @@
 #include "agent/journal.h"
 #include "api/error.h"
 
-static char *dir;
-
-static int setup(void **state)
-{
-    (void)state;
-    dir = vn_test_tmpdir();
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    vn_test_rmtree(dir);
-    g_free(dir);
-    return 0;
-}
-
 static VnJournal *open_journal(void)
 {
-    g_autofree char *path = g_build_filename(dir, "journal.db", NULL);
+    g_autofree char *path = g_build_filename(vn_test_dir(), "journal.db", NULL);
     g_autoptr(GError) err = NULL;
     VnJournal *j = vn_journal_open(path, &err);
 
@@ -253,11 +236,16 @@ static void test_uid_allocation_unique(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_requests_dedup_across_reopen, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_actions_and_outbox, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_store_compare_and_set, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_generation_grows, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_uid_allocation_unique, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_requests_dedup_across_reopen, vn_test_dir_setup,
+                                        vn_test_dir_teardown),
+        cmocka_unit_test_setup_teardown(test_actions_and_outbox, vn_test_dir_setup,
+                                        vn_test_dir_teardown),
+        cmocka_unit_test_setup_teardown(test_store_compare_and_set, vn_test_dir_setup,
+                                        vn_test_dir_teardown),
+        cmocka_unit_test_setup_teardown(test_generation_grows, vn_test_dir_setup,
+                                        vn_test_dir_teardown),
+        cmocka_unit_test_setup_teardown(test_uid_allocation_unique, vn_test_dir_setup,
+                                        vn_test_dir_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

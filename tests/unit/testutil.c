@@ -199,3 +199,25 @@ void vn_test_http_stop(VnTestHttp *h)
     g_free(h->root);
     g_free(h);
 }
+
+static char *fixture_dir;
+
+int vn_test_dir_setup(void **state)
+{
+    (void)state;
+    fixture_dir = vn_test_tmpdir();
+    return 0;
+}
+
+int vn_test_dir_teardown(void **state)
+{
+    (void)state;
+    vn_test_rmtree(fixture_dir);
+    g_clear_pointer(&fixture_dir, g_free);
+    return 0;
+}
+
+const char *vn_test_dir(void)
+{
+    return fixture_dir;
+}

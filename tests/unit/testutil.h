@@ -13,6 +13,11 @@
 char *vn_test_tmpdir(void);
 void vn_test_rmtree(const char *dir);
 
+/* cmocka setup/teardown pair: a fresh temporary folder per test, named by vn_test_dir(). */
+int vn_test_dir_setup(void **state);
+int vn_test_dir_teardown(void **state);
+const char *vn_test_dir(void);
+
 /* Writes @len bytes to @path (fails the test on error). */
 void vn_test_write(const char *path, const void *data, gsize len);
 
