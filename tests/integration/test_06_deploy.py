@@ -1,0 +1,139 @@
+"""Fleet deployment: the Ansible role deploys an agent on this machine (localhost, the
+"direct" service manager since there is no systemd here), the agent answers; a second run
+changes nothing; a changed option restarts the agent with it; a bad option is refused
+before it reaches the host and leaves the running agent alone.  The Debian package holds
+the daemon, the CLI, the systemd unit and the example configuration."""
+
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import unittest
+
+import vntest
+from vntest import Rpc
+
+ANSIBLE = os.path.join(vntest.SRC, "deploy", "ansible")
+
+
+class Deploy(unittest.TestCase):
+    def setUp(self):
+        self.dir = os.path.join(vntest.RUN, "agents", "ansible-%d" % os.getpid())
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir)
+        self.host = "deployed-1"
+        self.api = vntest.free_port()
+        self.vars = {
+            "virtnode_host": self.host,
+            "virtnode_install": "none",
+            "virtnode_bin": os.path.join(vntest.BIN, "virtnoded"),
+            "virtnode_service_manager": "direct",
+            "virtnode_config_dir": os.path.join(self.dir, "etc"),
+            "virtnode_state_path": os.path.join(self.dir, "state"),
+            "virtnode_log_file": os.path.join(self.dir, "log", "virtnoded.log"),
+            "virtnode_transport_urls": [vntest.ENV["AMQP_URL"]],
+            "virtnode_db_connection": vntest.ENV["PG_DSN"],
+            "virtnode_db_password": "not-needed-by-trust-auth",
+            "virtnode_libvirt_uri": vntest.ENV["HOST_A_URI"],
+            "virtnode_virt_type": "qemu",
+            "virtnode_api_listen": "127.0.0.1:%d" % self.api,
+            "virtnode_options": {"DEFAULT": {"instances_path": os.path.join(self.dir, "inst")}},
+        }
+        with open(os.path.join(self.dir, "inventory.ini"), "w") as f:
+            f.write("[compute]\nlocalhost ansible_connection=local\n")
+        self.rpc = Rpc()
+
+    def tearDown(self):
+        self.rpc.close()
+        subprocess.run(["start-stop-daemon", "--stop", "--quiet", "--oknodo", "--retry",
+                        "TERM/30/KILL/5", "--pidfile", self.pidfile()])
+
+    def pidfile(self):
+        return os.path.join(self.vars["virtnode_state_path"], "virtnoded.pid")
+
+    def pid(self):
+        with open(self.pidfile()) as f:
+            return int(f.read())
+
+    def play(self, expect_ok=True):
+        path = os.path.join(self.dir, "vars.json")
+        with open(path, "w") as f:
+            json.dump(self.vars, f)
+        env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ANSIBLE, "ansible.cfg"),
+                   ANSIBLE_LOCAL_TEMP=os.path.join(self.dir, "tmp"), ANSIBLE_NOCOLOR="1")
+        r = subprocess.run(
+            ["ansible-playbook", "-i", os.path.join(self.dir, "inventory.ini"),
+             "-e", "@" + path, "-e", "ansible_become=false",
+             os.path.join(ANSIBLE, "site.yml")],
+            cwd=ANSIBLE, env=env, capture_output=True, text=True, timeout=600)
+        if expect_ok:
+            self.assertEqual(r.returncode, 0, r.stdout[-3000:] + r.stderr[-2000:])
+        else:
+            self.assertNotEqual(r.returncode, 0, r.stdout[-3000:])
+        recap = re.search(r"localhost\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=\d+\s+"
+                          r"failed=(\d+)", r.stdout)
+        self.assertIsNotNone(recap, r.stdout[-3000:])
+        return int(recap.group(2)), r.stdout
+
+    def test_role(self):
+        changed, _ = self.play()
+        self.assertGreater(changed, 0)
+        pid = self.pid()
+        self.assertEqual(self.rpc.call(self.host, "ping", arg=1)["host"], self.host)
+        conf = os.path.join(self.vars["virtnode_config_dir"], "virtnode.conf")
+        with open(conf) as f:
+            text = f.read()
+        self.assertIn("host = %s" % self.host, text)
+        self.assertNotIn(self.vars["virtnode_db_password"], text)
+        pw = os.path.join(self.vars["virtnode_config_dir"], "db-password")
+        self.assertEqual(os.stat(pw).st_mode & 0o777, 0o600)
+        # the heartbeat reaches the central database
+        vntest.wait_for(lambda: vntest.db_query(
+            "SELECT 1 FROM services WHERE host = %s", self.host), 30, what="the heartbeat")
+
+        # idempotent: nothing changes, the agent keeps running
+        changed, _ = self.play()
+        self.assertEqual(changed, 0)
+        self.assertEqual(self.pid(), pid)
+
+        # a changed option reaches the agent through a restart
+        self.vars["virtnode_options"]["DEFAULT"]["report_interval"] = 5
+        changed, _ = self.play()
+        self.assertGreater(changed, 0)
+        self.assertNotEqual(self.pid(), pid)
+        with open(conf) as f:
+            self.assertIn("report_interval = 5", f.read())
+        self.assertEqual(self.rpc.call(self.host, "ping", arg=2)["arg"], 2)
+        pid = self.pid()
+
+        # a bad value never reaches the host
+        self.vars["virtnode_options"]["libvirt"] = {"virt_type_typo": "kvm"}
+        _, out = self.play(expect_ok=False)
+        self.assertIn("virt_type_typo", out)
+        with open(conf) as f:
+            self.assertNotIn("virt_type_typo", f.read())
+        self.assertEqual(self.pid(), pid)
+        os.kill(pid, 0)
+
+    def test_debian_package(self):
+        build = os.path.dirname(vntest.BIN)
+        subprocess.run(["cpack", "-G", "DEB", "-B", os.path.join(self.dir, "pkg")], cwd=build,
+                       check=True, capture_output=True, timeout=600)
+        debs = glob.glob(os.path.join(self.dir, "pkg", "virtnode_*.deb"))
+        self.assertEqual(len(debs), 1, debs)
+        files = subprocess.run(["dpkg-deb", "-c", debs[0]], check=True, capture_output=True,
+                               text=True).stdout
+        for path in ("./usr/bin/virtnoded", "./usr/bin/virtnodectl",
+                     "./lib/systemd/system/virtnoded.service",
+                     "./usr/share/doc/virtnode/virtnode.conf.example"):
+            self.assertIn(path, files)
+        info = subprocess.run(["dpkg-deb", "-I", debs[0]], check=True, capture_output=True,
+                              text=True).stdout
+        self.assertRegex(info, r"Depends:.*libvirt0")
+        self.assertRegex(info, r"Depends:.*librabbitmq4")
+
+
+if __name__ == "__main__":
+    unittest.main()
