@@ -355,6 +355,8 @@ static gboolean parse_value(VnConfig *cfg, const OptDef *o, const char *text, GE
 
     switch (o->type) {
     case OPT_STR:
+        /* a second parse (the default after a bad value) replaces the first */
+        g_free(*(char **)field(cfg, o));
         *(char **)field(cfg, o) = g_steal_pointer(&s);
         return TRUE;
     case OPT_LIST: {
@@ -366,6 +368,7 @@ static gboolean parse_value(VnConfig *cfg, const OptDef *o, const char *text, GE
                 g_ptr_array_add(list, g_strdup(*p));
         }
         g_ptr_array_add(list, NULL);
+        g_strfreev(*(char ***)field(cfg, o));
         *(char ***)field(cfg, o) = (char **)g_ptr_array_free(list, FALSE);
         return TRUE;
     }
