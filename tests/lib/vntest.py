@@ -129,7 +129,7 @@ class Agent:
 
     serial = 0
 
-    def __init__(self, hostkey, shared=True, name=None, extra=None, database=True):
+    def __init__(self, hostkey, shared=True, name=None, extra=None, database=True, wrapper=None):
         self.key = hostkey
         self.host, self.uri = HOSTS[hostkey]
         if name:
@@ -143,6 +143,7 @@ class Agent:
         self.conf = os.path.join(self.dir, "virtnode.conf")
         self.log = os.path.join(self.dir, "virtnoded.log")
         self.proc = None
+        self.wrapper = list(wrapper or [])  # e.g. valgrind and its options
         os.makedirs(self.dir, exist_ok=True)
         sections = {
             "DEFAULT": {"host": self.host, "state_path": self.state,
@@ -167,8 +168,9 @@ class Agent:
     def start(self, wait=True):
         logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            ["bash", HARNESS, "ns", RUN, self.key, os.path.join(BIN, "virtnoded"), "--config",
-             self.conf], stdout=logf, stderr=subprocess.STDOUT)
+            ["bash", HARNESS, "ns", RUN, self.key] + self.wrapper +
+            [os.path.join(BIN, "virtnoded"), "--config", self.conf],
+            stdout=logf, stderr=subprocess.STDOUT)
         logf.close()
         if wait:
             self.wait_ready()
