@@ -130,22 +130,28 @@ class Migration(vntest.AgentTestCase):
         self.assertLess(gap, 1.0 + downtime + 0.5,
                         "gap %.2f s with a reported downtime of %.3f s" % (gap, downtime))
 
-    def test_shared_storage(self):
-        a, b = self.pair(shared=True)
-        u = self.boot(a, "mig-shared")
-        tail = ConsoleTail([os.path.join(a.instance_dir(u), "console.log")])
+    def move_timed(self, a, b, u, consoles, block):
+        """Migrates @u from a to b while timing its heartbeat in @consoles; checks it ended
+        on b, in libvirt, in the agents and in the database."""
+        tail = ConsoleTail(consoles)
         tail.start()
         t0 = time.monotonic()
         m = self.migrate(a, b, u)
         self.assertEqual(m["status"], "completed", m)
-        self.assertFalse(m["block_migration"])
+        self.assertEqual(m["block_migration"], block)
         self.check_heartbeat(tail, t0, m)
         tail.stop = True
         self.assert_on("b", b, u)
-        with self.assertRaises(self.rpc.om.RemoteError):
-            self.rpc.call(a.host, "get_instance", instance_uuid=u)
         self.assertEqual(vntest.db_query("SELECT host FROM instances WHERE uuid = %s", u),
                          [("host-b",)])
+        return m
+
+    def test_shared_storage(self):
+        a, b = self.pair(shared=True)
+        u = self.boot(a, "mig-shared")
+        m = self.move_timed(a, b, u, [os.path.join(a.instance_dir(u), "console.log")], False)
+        with self.assertRaises(self.rpc.om.RemoteError):
+            self.rpc.call(a.host, "get_instance", instance_uuid=u)
         row = self.assert_row(m, "completed")
         self.assertIsNotNone(row[2])
         # the same guest goes back
@@ -157,20 +163,10 @@ class Migration(vntest.AgentTestCase):
     def test_block_migration(self):
         a, b = self.pair(shared=False)
         u = self.boot(a, "mig-block")
-        tail = ConsoleTail([os.path.join(a.instance_dir(u), "console.log"),
-                            os.path.join(b.instance_dir(u), "console.log")])
-        tail.start()
-        t0 = time.monotonic()
-        m = self.migrate(a, b, u)
-        self.assertEqual(m["status"], "completed", m)
-        self.assertTrue(m["block_migration"])
-        self.check_heartbeat(tail, t0, m)
-        tail.stop = True
-        self.assert_on("b", b, u)
+        self.move_timed(a, b, u, [os.path.join(a.instance_dir(u), "console.log"),
+                                  os.path.join(b.instance_dir(u), "console.log")], True)
         self.assertFalse(os.path.exists(a.instance_dir(u)), "source disks left")
         self.assertTrue(os.path.exists(os.path.join(b.instance_dir(u), "disk")))
-        self.assertEqual(vntest.db_query("SELECT host FROM instances WHERE uuid = %s", u),
-                         [("host-b",)])
         self.rpc.call(b.host, "terminate_instance", instance_uuid=u)
 
     # a guest dirtying 48 MiB in a loop, migrated over a 40 MiB/s link, never converges
