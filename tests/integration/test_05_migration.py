@@ -69,6 +69,17 @@ class Migration(vntest.AgentTestCase):
         vntest.wait_for(lambda: HEARTBEAT.search(a.console(u)), 60, what="heartbeats")
         return u
 
+    def boot_dirty(self, a, name):
+        """A 256 MiB guest dirtying 48 MiB in a loop, once its working set is written."""
+        u = self.boot(a, name, memory_mb=256, metadata=self.DIRTY)
+        vntest.wait_for(lambda: "VIRTNODE-DIRTY-SEEDED" in a.console(u), 60, what="seeded")
+        return u
+
+    def wait_destination_clean(self, b, u, timeout):
+        vntest.wait_for(lambda: u not in vntest.domain_uuids("b") and
+                        not os.path.exists(b.instance_dir(u)), timeout, what="destination clean")
+        self.assert_nothing_on(b, u, shared=False)
+
     def migration(self, host, u):
         try:
             return self.rpc.call(host, "get_migration", version="1.1", instance_uuid=u)
@@ -175,8 +186,7 @@ class Migration(vntest.AgentTestCase):
 
     def test_non_converging_auto_converge(self):
         a, b = self.pair(**self.CAPPED, **{"libvirt.live_migration_permit_auto_converge": "true"})
-        u = self.boot(a, "dirty-ac", memory_mb=256, metadata=self.DIRTY)
-        vntest.wait_for(lambda: "VIRTNODE-DIRTY-SEEDED" in a.console(u), 60, what="seeded")
+        u = self.boot_dirty(a, "dirty-ac")
         m = self.migrate(a, b, u)
         self.assertEqual(m["status"], "completed", m)
         self.assert_on("b", b, u)
@@ -187,8 +197,7 @@ class Migration(vntest.AgentTestCase):
             "libvirt.live_migration_permit_post_copy": "true",
             "libvirt.live_migration_completion_timeout": "4",
             "libvirt.live_migration_timeout_action": "force_complete"})
-        u = self.boot(a, "dirty-pc", memory_mb=256, metadata=self.DIRTY)
-        vntest.wait_for(lambda: "VIRTNODE-DIRTY-SEEDED" in a.console(u), 60, what="seeded")
+        u = self.boot_dirty(a, "dirty-pc")
         m = self.migrate(a, b, u)
         self.assertEqual(m["status"], "completed", m)
         self.assertIn("post-copy", m["action"])
@@ -197,8 +206,7 @@ class Migration(vntest.AgentTestCase):
 
     def test_non_converging_aborted(self):
         a, b = self.pair(**self.CAPPED, **{"libvirt.live_migration_completion_timeout": "4"})
-        u = self.boot(a, "dirty-abort", memory_mb=256, metadata=self.DIRTY)
-        vntest.wait_for(lambda: "VIRTNODE-DIRTY-SEEDED" in a.console(u), 60, what="seeded")
+        u = self.boot_dirty(a, "dirty-abort")
         m = self.migrate(a, b, u)
         self.assertEqual(m["status"], "cancelled", m)
         self.assertIn("completion timeout", m["error"])
@@ -210,8 +218,7 @@ class Migration(vntest.AgentTestCase):
 
     def test_operator_abort(self):
         a, b = self.pair(shared=False, **self.CAPPED)
-        u = self.boot(a, "abort-me", memory_mb=256, metadata=self.DIRTY)
-        vntest.wait_for(lambda: "VIRTNODE-DIRTY-SEEDED" in a.console(u), 60, what="seeded")
+        u = self.boot_dirty(a, "abort-me")
         self.migrate(a, b, u, wait=False)
         self.wait_running(a, u)
         time.sleep(2)
@@ -220,15 +227,12 @@ class Migration(vntest.AgentTestCase):
         self.assertEqual(m["status"], "cancelled", m)
         self.assertIn("on request", m["error"])
         self.assert_on("a", a, u)
-        vntest.wait_for(lambda: u not in vntest.domain_uuids("b") and
-                        not os.path.exists(b.instance_dir(u)), 20, what="destination clean")
-        self.assert_nothing_on(b, u, shared=False)
+        self.wait_destination_clean(b, u, 20)
         self.rpc.call(a.host, "terminate_instance", instance_uuid=u)
 
     def test_destination_agent_killed(self):
         a, b = self.pair(shared=False, **self.CAPPED)
-        u = self.boot(a, "dest-dies", memory_mb=256, metadata=self.DIRTY)
-        vntest.wait_for(lambda: "VIRTNODE-DIRTY-SEEDED" in a.console(u), 60, what="seeded")
+        u = self.boot_dirty(a, "dest-dies")
         self.migrate(a, b, u, wait=False)
         self.wait_running(a, u)
         b.kill9()
@@ -240,9 +244,7 @@ class Migration(vntest.AgentTestCase):
         # the destination agent comes back and undoes its preparation (the rollback waited
         # for it in its queue)
         b.start()
-        vntest.wait_for(lambda: u not in vntest.domain_uuids("b") and
-                        not os.path.exists(b.instance_dir(u)), 30, what="destination clean")
-        self.assert_nothing_on(b, u, shared=False)
+        self.wait_destination_clean(b, u, 30)
         self.rpc.call(a.host, "terminate_instance", instance_uuid=u)
 
     def test_destination_libvirtd_refusing(self):
