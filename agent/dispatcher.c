@@ -190,7 +190,7 @@ static void worker(gpointer data, gpointer user_data)
     ok = vn_ops_run(op, &result, &err);
     g_atomic_int_dec_and_test(&a->counters.ops_running);
     if (ok)
-        g_info("%s done in %.2f s", op->info->name,
+        g_info("%s done in %.3f s", op->info->name,
                (g_get_monotonic_time() - op->received_us) / 1e6);
     finish_op(d, op, ok, result, err, TRUE);
     vn_log_context_set(NULL, NULL);
