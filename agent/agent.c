@@ -690,6 +690,10 @@ gboolean vn_agent_start(VnAgent *a, GError **error)
         return FALSE;
     vn_dispatcher_replay(a->dispatcher, unfinished);
     start_timers(a);
+    /* ready means serving: give the broker link its connect timeout to come up first (an
+     * unreachable broker does not hold the start; the link keeps reconnecting) */
+    if (a->rpc && !vn_rpc_wait_connected(a->rpc, cfg->amqp_connect_timeout))
+        g_warning("amqp: not connected yet; ready anyway, requests arrive once it is");
     a->ready = TRUE;
     vn_agent_capacity_changed(a);
     vn_agent_notify_service(a, "service.update");

@@ -2,6 +2,7 @@
 checks, SIGTERM and SIGHUP behave as documented."""
 
 import os
+import socket
 import re
 import subprocess
 import time
@@ -101,6 +102,36 @@ class Daemon(vntest.AgentTestCase):
         os.kill(a.daemon_pid(), 1)
         vntest.wait_for(lambda: "reload refused" in a.log_text(), 10, what="refusal")
         self.assertTrue(a.ready())
+
+    def test_systemd_notifications(self):
+        """READY=1 once serving, WATCHDOG=1 every half WatchdogSec, STOPPING=1 on SIGTERM,
+        as systemd's notify protocol sees them on NOTIFY_SOCKET."""
+        a = self.agent("a")
+        path = os.path.join(a.dir, "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.settimeout(60)
+        got = []
+
+        def until(word):
+            while not any(word in m for m in got):
+                got.append(sock.recv(4096).decode())
+        try:
+            a.start(wait=False, env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000"})
+            until("READY=1")
+            # ready means serving: /readyz agrees (within the status server's round trip)
+            vntest.wait_for(a.ready, 2, interval=0.05, what="/readyz after READY=1")
+            t0 = time.monotonic()
+            n = sum("WATCHDOG=1" in m for m in got)
+            while sum("WATCHDOG=1" in m for m in got) < n + 3:
+                got.append(sock.recv(4096).decode())
+            # three pings at one per second (half of the 2 s watchdog)
+            self.assertLess(time.monotonic() - t0, 4.5)
+            a.proc.send_signal(15)
+            until("STOPPING=1")
+            self.assertEqual(a.proc.wait(60), 0)
+        finally:
+            sock.close()
 
 
 if __name__ == "__main__":

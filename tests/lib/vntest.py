@@ -165,12 +165,12 @@ class Agent:
                 for k, v in opts.items():
                     f.write("%s = %s\n" % (k, v))
 
-    def start(self, wait=True):
+    def start(self, wait=True, env=None):
         logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
             ["bash", HARNESS, "ns", RUN, self.key] + self.wrapper +
             [os.path.join(BIN, "virtnoded"), "--config", self.conf],
-            stdout=logf, stderr=subprocess.STDOUT)
+            stdout=logf, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
         logf.close()
         if wait:
             self.wait_ready()
