@@ -192,12 +192,12 @@ static GPtrArray *hook_all_instances(gpointer data)
 {
     VnAgent *a = data;
     g_autoptr(GPtrArray) recs = vn_instance_store_list(a->store, TRUE);
+    g_autoptr(VnConfig) cfg = vn_agent_config(a);
     GPtrArray *rows = g_ptr_array_new_with_free_func((GDestroyNotify)vn_instance_row_free);
 
     for (guint i = 0; i < recs->len; i++) {
         VnInstanceRecord *r = g_ptr_array_index(recs, i);
         /* a record this host handed over by migration is not ours to report */
-        g_autoptr(VnConfig) cfg = vn_agent_config(a);
         if (g_strcmp0(r->host, cfg->host) == 0)
             g_ptr_array_add(rows, vn_agent_instance_row(r));
     }

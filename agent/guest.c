@@ -84,19 +84,19 @@ VnDomainSpec *vn_guest_domain_spec(VnAgent *a, const VnInstanceRecord *rec, int 
 
     s->uuid = g_strdup(rec->uuid);
     s->domain_name = vn_guest_domain_name(rec->uuid);
-    s->instance_name = g_strdup(rec->name);
-    s->project_id = g_strdup(rec->project_id);
-    s->user_id = g_strdup(rec->user_id);
-    s->request_id = g_strdup(rec->request_id);
+    s->meta.instance_name = g_strdup(rec->name);
+    s->meta.project_id = g_strdup(rec->project_id);
+    s->meta.user_id = g_strdup(rec->user_id);
+    s->meta.request_id = g_strdup(rec->request_id);
     s->created_at = rec->created_at;
-    s->flavor_name = g_strdup(rec->flavor.name);
-    s->vcpus = rec->flavor.vcpus;
-    s->memory_mb = rec->flavor.memory_mb;
-    s->root_gb = rec->flavor.root_gb;
-    s->ephemeral_gb = rec->flavor.ephemeral_gb;
-    s->swap_mb = rec->flavor.swap_mb;
-    s->image_id = g_strdup(rec->image.id);
-    s->image_sha256 = g_strdup(rec->image.sha256);
+    s->meta.flavor_name = g_strdup(rec->flavor.name);
+    s->meta.vcpus = rec->flavor.vcpus;
+    s->meta.memory_mb = rec->flavor.memory_mb;
+    s->meta.root_gb = rec->flavor.root_gb;
+    s->meta.ephemeral_gb = rec->flavor.ephemeral_gb;
+    s->meta.swap_mb = rec->flavor.swap_mb;
+    s->meta.image_id = g_strdup(rec->image.id);
+    s->meta.image_sha256 = g_strdup(rec->image.sha256);
     s->domain_type = g_strdup(vn_virt_type_name(cfg->virt_type));
     s->cpu_mode = g_strdup(cpu_mode_name(cfg));
     if (s->cpu_mode && strcmp(s->cpu_mode, "custom") == 0)

@@ -133,6 +133,24 @@ static void notify(VnInstanceStore *s, VnInstanceRecord *copy)
     vn_instance_record_free(copy);
 }
 
+/* Called with the lock held, which it releases: persists @rec (taken), makes it the record
+ * of its uuid and tells the listener.  On failure the old record stays. */
+static gboolean commit_locked(VnInstanceStore *s, VnInstanceRecord *rec, GError **error)
+{
+    VnInstanceRecord *copy;
+
+    if (!persist_locked(s, rec, error)) {
+        vn_instance_record_free(rec);
+        g_mutex_unlock(&s->lock);
+        return FALSE;
+    }
+    g_hash_table_replace(s->records, g_strdup(rec->uuid), rec);
+    copy = vn_instance_record_copy(rec);
+    g_mutex_unlock(&s->lock);
+    notify(s, copy);
+    return TRUE;
+}
+
 typedef gboolean (*Change)(VnInstanceRecord *rec, gpointer data, GError **error);
 
 /* Applies @change to a copy of the record of @uuid; when it agrees and the copy is
@@ -141,7 +159,6 @@ static gboolean update(VnInstanceStore *s, const char *uuid, Change change, gpoi
                        GError **error)
 {
     VnInstanceRecord *cur, *next;
-    VnInstanceRecord *copy;
 
     g_mutex_lock(&s->lock);
     cur = g_hash_table_lookup(s->records, uuid);
@@ -152,16 +169,12 @@ static gboolean update(VnInstanceStore *s, const char *uuid, Change change, gpoi
         return FALSE;
     }
     next = vn_instance_record_copy(cur);
-    if (!change(next, data, error) || !persist_locked(s, next, error)) {
+    if (!change(next, data, error)) {
         vn_instance_record_free(next);
         g_mutex_unlock(&s->lock);
         return FALSE;
     }
-    g_hash_table_replace(s->records, g_strdup(uuid), next);
-    copy = vn_instance_record_copy(next);
-    g_mutex_unlock(&s->lock);
-    notify(s, copy);
-    return TRUE;
+    return commit_locked(s, next, error);
 }
 
 gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *spec,
@@ -194,16 +207,7 @@ gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *sp
     g_clear_pointer(&rec->security_label, g_free);
     g_free(rec->request_id);
     rec->request_id = g_strdup(request_id);
-    if (!persist_locked(s, rec, error)) {
-        vn_instance_record_free(rec);
-        g_mutex_unlock(&s->lock);
-        return FALSE;
-    }
-    g_hash_table_replace(s->records, g_strdup(rec->uuid), rec);
-    VnInstanceRecord *copy = vn_instance_record_copy(rec);
-    g_mutex_unlock(&s->lock);
-    notify(s, copy);
-    return TRUE;
+    return commit_locked(s, rec, error);
 }
 
 gboolean vn_instance_store_put(VnInstanceStore *s, const VnInstanceRecord *in, GError **error)
@@ -211,16 +215,7 @@ gboolean vn_instance_store_put(VnInstanceStore *s, const VnInstanceRecord *in, G
     VnInstanceRecord *rec = vn_instance_record_copy(in);
 
     g_mutex_lock(&s->lock);
-    if (!persist_locked(s, rec, error)) {
-        vn_instance_record_free(rec);
-        g_mutex_unlock(&s->lock);
-        return FALSE;
-    }
-    g_hash_table_replace(s->records, g_strdup(rec->uuid), rec);
-    VnInstanceRecord *copy = vn_instance_record_copy(rec);
-    g_mutex_unlock(&s->lock);
-    notify(s, copy);
-    return TRUE;
+    return commit_locked(s, rec, error);
 }
 
 typedef struct {
@@ -274,6 +269,20 @@ gboolean vn_instance_store_begin_task(VnInstanceStore *s, const char *uuid,
     return update(s, uuid, change_begin, &a, error);
 }
 
+/* Compare-and-set: the operation that set @task must still hold the record. */
+static gboolean task_is(const VnInstanceRecord *r, VnTaskState task, GError **error)
+{
+    const char *now = vn_task_state_name(r->task_state);
+    const char *want = vn_task_state_name(task);
+
+    if (r->task_state == task)
+        return TRUE;
+    g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID_STATE,
+                "instance %s changed meanwhile: task_state %s, expected %s", r->uuid,
+                now ? now : "none", want ? want : "none");
+    return FALSE;
+}
+
 typedef struct {
     VnTaskState from, to;
 } NextArgs;
@@ -282,13 +291,8 @@ static gboolean change_next(VnInstanceRecord *r, gpointer data, GError **error)
 {
     NextArgs *a = data;
 
-    if (r->task_state != a->from) {
-        g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID_STATE,
-                    "instance %s changed meanwhile: task_state %s, expected %s", r->uuid,
-                    vn_task_state_name(r->task_state) ? vn_task_state_name(r->task_state) : "none",
-                    vn_task_state_name(a->from));
+    if (!task_is(r, a->from, error))
         return FALSE;
-    }
     r->task_state = a->to;
     return TRUE;
 }
@@ -311,13 +315,8 @@ static gboolean change_end(VnInstanceRecord *r, gpointer data, GError **error)
 {
     EndArgs *a = data;
 
-    if (r->task_state != a->task) {
-        g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID_STATE,
-                    "instance %s changed meanwhile: task_state %s, expected %s", r->uuid,
-                    vn_task_state_name(r->task_state) ? vn_task_state_name(r->task_state) : "none",
-                    vn_task_state_name(a->task) ? vn_task_state_name(a->task) : "none");
+    if (!task_is(r, a->task, error))
         return FALSE;
-    }
     r->vm_state = a->vm;
     r->task_state = VN_TASK_NONE;
     r->progress = 0;

@@ -360,23 +360,34 @@ static void md_merge(json_object *into, json_object *from)
 
 /* ------------------------------------------------------------------ the source flow */
 
+static const char *const disk_names[] = { VN_GUEST_ROOT_DISK, VN_GUEST_EPHEMERAL_DISK,
+                                          VN_GUEST_SWAP_DISK };
+
 /* Disk names and virtual sizes of the instance, for the destination's disks. */
-static json_object *disk_sizes(VnAgent *a, const char *uuid, guint64 *bytes, int *n)
+static json_object *disk_sizes(VnAgent *a, const char *uuid)
 {
-    static const char *const names[] = { VN_GUEST_ROOT_DISK, VN_GUEST_EPHEMERAL_DISK,
-                                         VN_GUEST_SWAP_DISK };
     json_object *o = json_object_new_object();
 
-    *n = 0;
-    for (gsize i = 0; i < G_N_ELEMENTS(names); i++) {
-        g_autofree char *p = vn_guest_file(a, uuid, names[i]);
+    for (gsize i = 0; i < G_N_ELEMENTS(disk_names); i++) {
+        g_autofree char *p = vn_guest_file(a, uuid, disk_names[i]);
         guint64 size = 0;
-        if (vn_disk_virtual_size(p, &size, NULL)) {
-            json_object_object_add(o, names[i], json_object_new_int64((gint64)size));
-            bytes[(*n)++] = size;
-        }
+        if (vn_disk_virtual_size(p, &size, NULL))
+            json_object_object_add(o, disk_names[i], json_object_new_int64((gint64)size));
     }
     return o;
+}
+
+/* The sizes disk_sizes recorded in @disks, into @bytes (room for every disk); their number. */
+static int recorded_sizes(json_object *disks, guint64 *bytes)
+{
+    int n = 0;
+
+    for (gsize i = 0; i < G_N_ELEMENTS(disk_names); i++) {
+        json_object *v = vn_json_member(disks, disk_names[i]);
+        if (v)
+            bytes[n++] = (guint64)json_object_get_int64(v);
+    }
+    return n;
 }
 
 static gboolean prepare(Flow *f, const VnInstanceRecord *rec, int pref_block, GError **error)
@@ -385,8 +396,6 @@ static gboolean prepare(Flow *f, const VnInstanceRecord *rec, int pref_block, GE
     g_autoptr(VnConfig) cfg = vn_agent_config(a);
     g_autoptr(json_object) check = NULL;
     g_autoptr(json_object) pre = NULL;
-    guint64 sizes[3];
-    int n;
 
     json_object_object_add(f->md, "migration_id", json_object_new_string(f->id));
     json_object_object_add(f->md, "source_host", json_object_new_string(cfg->host));
@@ -396,7 +405,7 @@ static gboolean prepare(Flow *f, const VnInstanceRecord *rec, int pref_block, GE
                            json_object_new_string(vn_virt_type_name(cfg->virt_type)));
     json_object_object_add(f->md, "block_migration",
                            pref_block < 0 ? NULL : json_object_new_boolean(pref_block));
-    json_object_object_add(f->md, "disks", disk_sizes(a, f->uuid, sizes, &n));
+    json_object_object_add(f->md, "disks", disk_sizes(a, f->uuid));
 
     check = peer_call(a, f->dest, "check_can_live_migrate_destination", f->uuid, f->md, 60, error);
     if (!check)
@@ -525,15 +534,14 @@ static void monitor(Flow *f, MigrateThread *t, const VnInstanceRecord *rec)
         cfg->live_migration_permit_post_copy
     };
     VnLmPolicy policy;
-    guint64 sizes[3];
-    int n = 0;
+    guint64 sizes[G_N_ELEMENTS(disk_names)];
+    int n = recorded_sizes(md_get(f->md, "disks"), sizes);
     gint64 start = g_get_monotonic_time();
     gint64 next_progress = start;
     gint64 next_ping = start + LIVENESS_EVERY_S * G_TIME_SPAN_SECOND;
     int ping_failures = 0;
     int downtime = 0;
 
-    json_object_put(disk_sizes(a, f->uuid, sizes, &n)); /* the sizes, not the object */
     vn_lm_policy_init(&policy, &pc, vn_lm_data_gb(rec->flavor.memory_mb, sizes, f->block ? n : 0));
     while (!thread_done(t)) {
         double elapsed = (g_get_monotonic_time() - start) / 1e6;

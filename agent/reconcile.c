@@ -102,7 +102,7 @@ static gboolean remove_orphan_domains(VnAgent *a, GError **error)
         if (!info || !info->ours)
             continue; /* not ours: never touched */
         g_message("removing domain %s ('%s'): no live instance of this host owns it", *u,
-                  info->instance_name ? info->instance_name : "?");
+                  info->meta.instance_name ? info->meta.instance_name : "?");
         if (!vn_guest_remove(a, *u, &err))
             g_warning("removing orphan domain %s: %s", *u, err->message);
     }

@@ -1,6 +1,5 @@
 /* storage/disk.c - instance disks (see disk.h). */
 #include <errno.h>
-#include <fcntl.h>
 #include <ftw.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -95,18 +94,10 @@ guint64 vn_disk_allocated(const char *path)
 
 char *vn_disk_backing_file(const char *path, GError **error)
 {
-    g_autofree guint8 *buf = g_malloc(VN_IMAGE_HEADER_BYTES);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    ssize_t n;
+    gsize n = 0;
+    g_autofree guint8 *buf = vn_image_read_header(path, &n, NULL, error);
 
-    if (fd < 0) {
-        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "opening '%s': %s", path,
-                    g_strerror(errno));
-        return NULL;
-    }
-    n = pread(fd, buf, VN_IMAGE_HEADER_BYTES, 0);
-    close(fd);
-    return n > 0 ? vn_image_backing_name(buf, (gsize)n) : NULL;
+    return buf ? vn_image_backing_name(buf, n) : NULL;
 }
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)

@@ -205,7 +205,7 @@ char *vn_image_backing_name(const guint8 *d, gsize len)
     return g_strndup((const char *)d + off, n);
 }
 
-gboolean vn_image_inspect_file(const char *path, VnImageInfo *out, GError **error)
+guint8 *vn_image_read_header(const char *path, gsize *len, guint64 *file_size, GError **error)
 {
     g_autofree guint8 *buf = g_malloc(VN_IMAGE_HEADER_BYTES);
     struct stat st;
@@ -218,14 +218,26 @@ gboolean vn_image_inspect_file(const char *path, VnImageInfo *out, GError **erro
             close(fd);
         g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "opening '%s': %s", path,
                     g_strerror(e));
-        return FALSE;
+        return NULL;
     }
     n = pread(fd, buf, VN_IMAGE_HEADER_BYTES, 0);
     close(fd);
     if (n < 0) {
         g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "reading '%s': %s", path,
                     g_strerror(errno));
-        return FALSE;
+        return NULL;
     }
-    return vn_image_inspect(buf, (gsize)n, (guint64)st.st_size, out, error);
+    *len = (gsize)n;
+    if (file_size)
+        *file_size = (guint64)st.st_size;
+    return g_steal_pointer(&buf);
+}
+
+gboolean vn_image_inspect_file(const char *path, VnImageInfo *out, GError **error)
+{
+    gsize n = 0;
+    guint64 size = 0;
+    g_autofree guint8 *buf = vn_image_read_header(path, &n, &size, error);
+
+    return buf && vn_image_inspect(buf, n, size, out, error);
 }

@@ -59,16 +59,26 @@ static gboolean undefine(virDomainPtr dom)
     return FALSE;
 }
 
-gboolean vn_domain_create(VnVirtConn *c, const char *xml, GError **error)
+/* Defines (or redefines) the persistent domain of @xml; @what names it in the error. */
+static virDomainPtr define(VnVirtConn *c, const char *xml, const char *what, GError **error)
 {
     g_autoptr(virConnect) conn = vn_virt_conn_get(c, error);
-    g_autoptr(virDomain) dom = NULL;
+    virDomainPtr dom;
 
     if (!conn)
-        return FALSE;
+        return NULL;
     dom = virDomainDefineXML(conn, xml);
     if (!dom)
-        return vn_virt_error(error, "defining the domain");
+        vn_virt_error(error, "%s the domain", what);
+    return dom;
+}
+
+gboolean vn_domain_create(VnVirtConn *c, const char *xml, GError **error)
+{
+    g_autoptr(virDomain) dom = define(c, xml, "defining", error);
+
+    if (!dom)
+        return FALSE;
     if (virDomainCreate(dom) < 0) {
         g_autoptr(GError) err = NULL;
         vn_virt_error(&err, "starting the domain");
@@ -83,13 +93,9 @@ gboolean vn_domain_create(VnVirtConn *c, const char *xml, GError **error)
 
 gboolean vn_domain_redefine(VnVirtConn *c, const char *xml, GError **error)
 {
-    g_autoptr(virConnect) conn = vn_virt_conn_get(c, error);
-    g_autoptr(virDomain) dom = NULL;
+    g_autoptr(virDomain) dom = define(c, xml, "redefining", error);
 
-    if (!conn)
-        return FALSE;
-    dom = virDomainDefineXML(conn, xml);
-    return dom ? TRUE : vn_virt_error(error, "redefining the domain");
+    return dom != NULL;
 }
 
 gboolean vn_domain_exists(VnVirtConn *c, const char *uuid, gboolean *exists, GError **error)

@@ -17,6 +17,17 @@ static void disk_free(VnDiskSpec *d)
     g_free(d);
 }
 
+void vn_domain_meta_clear(VnDomainMeta *m)
+{
+    g_clear_pointer(&m->instance_name, g_free);
+    g_clear_pointer(&m->project_id, g_free);
+    g_clear_pointer(&m->user_id, g_free);
+    g_clear_pointer(&m->request_id, g_free);
+    g_clear_pointer(&m->flavor_name, g_free);
+    g_clear_pointer(&m->image_id, g_free);
+    g_clear_pointer(&m->image_sha256, g_free);
+}
+
 VnDomainSpec *vn_domain_spec_new(void)
 {
     VnDomainSpec *s = g_new0(VnDomainSpec, 1);
@@ -32,13 +43,7 @@ void vn_domain_spec_free(VnDomainSpec *s)
         return;
     g_free(s->uuid);
     g_free(s->domain_name);
-    g_free(s->instance_name);
-    g_free(s->project_id);
-    g_free(s->user_id);
-    g_free(s->request_id);
-    g_free(s->flavor_name);
-    g_free(s->image_id);
-    g_free(s->image_sha256);
+    vn_domain_meta_clear(&s->meta);
     g_free(s->domain_type);
     g_free(s->cpu_mode);
     g_free(s->cpu_model);
@@ -105,7 +110,7 @@ static void build_metadata(xmlNodePtr dom, const VnDomainSpec *s)
     xmlSetNs(inst, ns);
     n = xmlNewTextChild(inst, ns, BAD_CAST "uuid", BAD_CAST s->uuid);
     n = xmlNewTextChild(inst, ns, BAD_CAST "name",
-                        BAD_CAST(s->instance_name ? s->instance_name : ""));
+                        BAD_CAST(s->meta.instance_name ? s->meta.instance_name : ""));
     if (s->created_at > 0) {
         g_autoptr(GDateTime) dt = g_date_time_new_from_unix_utc(s->created_at);
         g_autofree char *t = dt ? g_date_time_format(dt, "%Y-%m-%dT%H:%M:%SZ") : NULL;
@@ -113,21 +118,21 @@ static void build_metadata(xmlNodePtr dom, const VnDomainSpec *s)
             xmlNewTextChild(inst, ns, BAD_CAST "created", BAD_CAST t);
     }
     n = xmlNewChild(inst, ns, BAD_CAST "owner", NULL);
-    prop(n, "project", s->project_id ? s->project_id : "");
-    prop(n, "user", s->user_id ? s->user_id : "");
+    prop(n, "project", s->meta.project_id ? s->meta.project_id : "");
+    prop(n, "user", s->meta.user_id ? s->meta.user_id : "");
     n = xmlNewChild(inst, ns, BAD_CAST "flavor", NULL);
-    prop(n, "name", s->flavor_name ? s->flavor_name : "");
-    propi(n, "vcpus", s->vcpus);
-    propi(n, "memory_mb", s->memory_mb);
-    propi(n, "root_gb", s->root_gb);
-    propi(n, "ephemeral_gb", s->ephemeral_gb);
-    propi(n, "swap_mb", s->swap_mb);
+    prop(n, "name", s->meta.flavor_name ? s->meta.flavor_name : "");
+    propi(n, "vcpus", s->meta.vcpus);
+    propi(n, "memory_mb", s->meta.memory_mb);
+    propi(n, "root_gb", s->meta.root_gb);
+    propi(n, "ephemeral_gb", s->meta.ephemeral_gb);
+    propi(n, "swap_mb", s->meta.swap_mb);
     n = xmlNewChild(inst, ns, BAD_CAST "image", NULL);
-    prop(n, "id", s->image_id ? s->image_id : "");
-    prop(n, "sha256", s->image_sha256 ? s->image_sha256 : "");
-    if (s->request_id) {
+    prop(n, "id", s->meta.image_id ? s->meta.image_id : "");
+    prop(n, "sha256", s->meta.image_sha256 ? s->meta.image_sha256 : "");
+    if (s->meta.request_id) {
         n = xmlNewChild(inst, ns, BAD_CAST "request", NULL);
-        prop(n, "id", s->request_id);
+        prop(n, "id", s->meta.request_id);
     }
 }
 
@@ -246,8 +251,8 @@ static void build_seclabels(xmlNodePtr dom, const VnDomainSpec *s)
 
 static gboolean spec_valid(const VnDomainSpec *s, GError **error)
 {
-    if (!s->uuid || !s->domain_name || !s->domain_type || s->vcpus <= 0 || s->memory_mb <= 0 ||
-        !s->console_log || s->disks->len == 0) {
+    if (!s->uuid || !s->domain_name || !s->domain_type || s->meta.vcpus <= 0 ||
+        s->meta.memory_mb <= 0 || !s->console_log || s->disks->len == 0) {
         g_set_error(error, VN_VIRT_ERROR, VN_VIRT_ERROR_XML, "incomplete domain description for %s",
                     s->uuid ? s->uuid : "(no uuid)");
         return FALSE;
@@ -273,13 +278,13 @@ char *vn_domain_xml_build(const VnDomainSpec *s, GError **error)
     prop(dom, "type", s->domain_type);
     child(dom, "name", s->domain_name);
     child(dom, "uuid", s->uuid);
-    child(dom, "title", s->instance_name);
+    child(dom, "title", s->meta.instance_name);
     build_metadata(dom, s);
-    n = childf(dom, "memory", "%d", s->memory_mb);
+    n = childf(dom, "memory", "%d", s->meta.memory_mb);
     prop(n, "unit", "MiB");
-    n = childf(dom, "currentMemory", "%d", s->memory_mb);
+    n = childf(dom, "currentMemory", "%d", s->meta.memory_mb);
     prop(n, "unit", "MiB");
-    childf(dom, "vcpu", "%d", s->vcpus);
+    childf(dom, "vcpu", "%d", s->meta.vcpus);
     build_sysinfo(dom, s);
     n = child(dom, "os", NULL);
     xmlNodePtr t = child(n, "type", "hvm");
@@ -321,13 +326,7 @@ void vn_domain_info_free(VnDomainInfo *i)
     g_free(i->uuid);
     g_free(i->name);
     g_free(i->instance_uuid);
-    g_free(i->instance_name);
-    g_free(i->project_id);
-    g_free(i->user_id);
-    g_free(i->request_id);
-    g_free(i->flavor_name);
-    g_free(i->image_id);
-    g_free(i->image_sha256);
+    vn_domain_meta_clear(&i->meta);
     g_ptr_array_unref(i->disk_paths);
     g_free(i->console_log);
     g_free(i->dac_label);
@@ -350,18 +349,19 @@ VnDomainInfo *vn_domain_xml_parse(const char *xml, gsize len, GError **error)
     info->name = vn_xpath_string(ctx, "/domain/name");
     info->instance_uuid = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:uuid");
     info->ours = info->instance_uuid != NULL;
-    info->instance_name = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:name");
-    info->project_id = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:owner/@project");
-    info->user_id = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:owner/@user");
-    info->request_id = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:request/@id");
-    info->flavor_name = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:flavor/@name");
-    info->vcpus = xpath_int(ctx, "/domain/metadata/vn:instance/vn:flavor/@vcpus");
-    info->memory_mb = xpath_int(ctx, "/domain/metadata/vn:instance/vn:flavor/@memory_mb");
-    info->root_gb = xpath_int(ctx, "/domain/metadata/vn:instance/vn:flavor/@root_gb");
-    info->ephemeral_gb = xpath_int(ctx, "/domain/metadata/vn:instance/vn:flavor/@ephemeral_gb");
-    info->swap_mb = xpath_int(ctx, "/domain/metadata/vn:instance/vn:flavor/@swap_mb");
-    info->image_id = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:image/@id");
-    info->image_sha256 = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:image/@sha256");
+    info->meta.instance_name = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:name");
+    info->meta.project_id = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:owner/@project");
+    info->meta.user_id = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:owner/@user");
+    info->meta.request_id = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:request/@id");
+    info->meta.flavor_name = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:flavor/@name");
+    info->meta.vcpus = xpath_int(ctx, "/domain/metadata/vn:instance/vn:flavor/@vcpus");
+    info->meta.memory_mb = xpath_int(ctx, "/domain/metadata/vn:instance/vn:flavor/@memory_mb");
+    info->meta.root_gb = xpath_int(ctx, "/domain/metadata/vn:instance/vn:flavor/@root_gb");
+    info->meta.ephemeral_gb =
+        xpath_int(ctx, "/domain/metadata/vn:instance/vn:flavor/@ephemeral_gb");
+    info->meta.swap_mb = xpath_int(ctx, "/domain/metadata/vn:instance/vn:flavor/@swap_mb");
+    info->meta.image_id = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:image/@id");
+    info->meta.image_sha256 = vn_xpath_string(ctx, "/domain/metadata/vn:instance/vn:image/@sha256");
     info->console_log = vn_xpath_string(ctx, "/domain/devices/serial[@type='file']/source/@path");
     info->dac_label =
         vn_xpath_string(ctx, "/domain/seclabel[@model='dac' and @type='static']/label");

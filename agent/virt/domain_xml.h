@@ -11,6 +11,26 @@
 #define VN_DOMAIN_XML_NS     "http://virtnode.org/xmlns/instance/1.0"
 #define VN_DOMAIN_XML_PREFIX "virtnode"
 
+/* The instance's identity as the domain's <metadata> records it: written by the builder,
+ * read back by the parser. */
+typedef struct {
+    char *instance_name; /* the tenant's name for it */
+    char *project_id;
+    char *user_id;
+    char *request_id;
+    char *flavor_name;
+    int vcpus;
+    int memory_mb;
+    int root_gb;
+    int ephemeral_gb;
+    int swap_mb;
+    char *image_id;
+    char *image_sha256;
+} VnDomainMeta;
+
+/* Frees the strings of @m. */
+void vn_domain_meta_clear(VnDomainMeta *m);
+
 typedef struct {
     char *path;         /* the disk file */
     char *format;       /* "qcow2" or "raw" */
@@ -22,22 +42,9 @@ typedef struct {
 typedef struct {
     /* identity */
     char *uuid;
-    char *domain_name;   /* e.g. "instance-<uuid>" */
-    char *instance_name; /* the tenant's name for it */
-    char *project_id;
-    char *user_id;
-    char *request_id;
+    char *domain_name; /* e.g. "instance-<uuid>" */
     gint64 created_at;
-
-    /* flavor and image, recorded in the metadata */
-    char *flavor_name;
-    int vcpus;
-    int memory_mb;
-    int root_gb;
-    int ephemeral_gb;
-    int swap_mb;
-    char *image_id;
-    char *image_sha256;
+    VnDomainMeta meta; /* also sizes the guest: vcpus, memory_mb */
 
     /* hypervisor */
     char *domain_type; /* "kvm" or "qemu" */
@@ -71,18 +78,7 @@ typedef struct {
     char *name;          /* from <name> */
     gboolean ours;       /* it carries our metadata */
     char *instance_uuid; /* from the metadata */
-    char *instance_name;
-    char *project_id;
-    char *user_id;
-    char *request_id;
-    char *flavor_name;
-    int vcpus;
-    int memory_mb;
-    int root_gb;
-    int ephemeral_gb;
-    int swap_mb;
-    char *image_id;
-    char *image_sha256;
+    VnDomainMeta meta;
     GPtrArray *disk_paths; /* char*: file sources of disks (top images) */
     char *console_log;
     char *dac_label; /* "+uid:+gid" of a static DAC seclabel, or NULL */

@@ -28,9 +28,9 @@ static char *xml(void)
 
     s->uuid = g_strdup(UUID);
     s->domain_name = g_strdup("instance-" UUID);
-    s->instance_name = g_strdup("t");
-    s->vcpus = 1;
-    s->memory_mb = 64;
+    s->meta.instance_name = g_strdup("t");
+    s->meta.vcpus = 1;
+    s->meta.memory_mb = 64;
     s->domain_type = g_strdup("qemu");
     s->console_log = g_strdup("/nonexistent/console.log");
     vn_domain_spec_add_disk(s, "/nonexistent/disk", "qcow2", NULL, NULL, "vda");
