@@ -12,9 +12,9 @@
 
 #include "agent/agent.h"
 #include "agent/dispatcher.h"
-#include "agent/log.h"
+#include "agent/base/log.h"
 #include "agent/metrics.h"
-#include "agent/migration.h"
+#include "agent/ops/migration.h"
 #include "agent/reconcile.h"
 #include "agent/virt/host.h"
 #include "agent/virt/virt.h"

@@ -11,10 +11,10 @@
 #include <gio/gio.h>
 #include <json-c/json.h>
 
-#include "agent/config.h"
-#include "agent/instance_store.h"
-#include "agent/journal.h"
-#include "agent/tracker.h"
+#include "agent/base/config.h"
+#include "agent/state/instance_store.h"
+#include "agent/state/journal.h"
+#include "agent/state/tracker.h"
 #include "agent/virt/conn.h"
 #include "scheduler-client/amqp/rpc.h"
 #include "scheduler-client/report/report.h"

@@ -2,8 +2,8 @@
 #include <string.h>
 
 #include "agent/dispatcher.h"
-#include "agent/log.h"
-#include "agent/ops.h"
+#include "agent/base/log.h"
+#include "agent/ops/ops.h"
 #include "api/error.h"
 #include "api/json.h"
 

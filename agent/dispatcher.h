@@ -13,7 +13,7 @@
 #include <gio/gio.h>
 
 #include "agent/agent.h"
-#include "agent/journal.h"
+#include "agent/state/journal.h"
 #include "api/methods.h"
 #include "scheduler-client/amqp/envelope.h"
 #include "scheduler-client/amqp/rpc.h"

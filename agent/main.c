@@ -11,8 +11,8 @@
 #include <glib.h>
 
 #include "agent/agent.h"
-#include "agent/config.h"
-#include "agent/log.h"
+#include "agent/base/config.h"
+#include "agent/base/log.h"
 #include "api/status_server.h"
 #include "scheduler-client/amqp/url.h"
 #include "scheduler-client/report/report.h"

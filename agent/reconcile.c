@@ -2,7 +2,7 @@
 #include <string.h>
 
 #include "agent/dispatcher.h"
-#include "agent/guest.h"
+#include "agent/ops/guest.h"
 #include "agent/reconcile.h"
 #include "agent/virt/domain.h"
 #include "agent/virt/domain_xml.h"

@@ -26,9 +26,9 @@
 #include <unistd.h>
 
 #include "agent/agent.h"
-#include "agent/instance_store.h"
-#include "agent/journal.h"
-#include "agent/tracker.h"
+#include "agent/state/instance_store.h"
+#include "agent/state/journal.h"
+#include "agent/state/tracker.h"
 #include "api/clilog.h"
 
 static const char *opt_dsn;

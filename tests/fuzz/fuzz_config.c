@@ -1,7 +1,7 @@
 /* tests/fuzz/fuzz_config.c - the INI configuration file. */
 #include <stdint.h>
 
-#include "agent/config.h"
+#include "agent/base/config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -3,7 +3,7 @@
 
 #include <string.h>
 
-#include "agent/config.h"
+#include "agent/base/config.h"
 #include "api/status_server.h"
 #include "scheduler-client/amqp/url.h"
 #include "scheduler-client/report/report.h"

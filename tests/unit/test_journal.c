@@ -3,8 +3,8 @@
 
 #include <string.h>
 
-#include "agent/instance_store.h"
-#include "agent/journal.h"
+#include "agent/state/instance_store.h"
+#include "agent/state/journal.h"
 #include "api/error.h"
 
 static VnJournal *open_journal(void)

@@ -5,7 +5,7 @@
 
 #include <json-c/json.h>
 
-#include "agent/log.h"
+#include "agent/base/log.h"
 
 static void check_mask(const char *in, const char *secret, const char *kept)
 {

@@ -1,7 +1,7 @@
-/* Unit tests of agent/migration_policy: the monitor's decisions, step by step. */
+/* Unit tests of agent/ops/migration_policy: the monitor's decisions, step by step. */
 #include "tests/unit/testutil.h"
 
-#include "agent/migration_policy.h"
+#include "agent/ops/migration_policy.h"
 
 static VnLmPolicyConfig nova_defaults(void)
 {

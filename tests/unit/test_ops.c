@@ -7,7 +7,7 @@
 
 #include "agent/agent.h"
 #include "agent/dispatcher.h"
-#include "agent/guest.h"
+#include "agent/ops/guest.h"
 #include "agent/reconcile.h"
 #include "agent/virt/domain.h"
 #include "api/json.h"

@@ -6,7 +6,7 @@
 
 #include <json-c/json.h>
 
-#include "agent/tracker.h"
+#include "agent/state/tracker.h"
 #include "api/error.h"
 
 static char *dir;

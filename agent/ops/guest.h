@@ -1,4 +1,4 @@
-/* agent/guest.h - one guest's files and domain, shared by the operations: where its disks
+/* agent/ops/guest.h - one guest's files and domain, shared by the operations: where its disks
  * and console live, the domain description made from its record, the check of its
  * security labels, and its complete removal. */
 #pragma once

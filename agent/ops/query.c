@@ -1,4 +1,4 @@
-/* agent/ops_query.c - the read-only methods (ping, get_instance, list_instances,
+/* agent/ops/query.c - the read-only methods (ping, get_instance, list_instances,
  * get_console_output, get_host_info) and the table from methods to operations. */
 #include <errno.h>
 #include <fcntl.h>
@@ -6,8 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "agent/guest.h"
-#include "agent/ops.h"
+#include "agent/ops/guest.h"
+#include "agent/ops/ops.h"
 #include "api/error.h"
 #include "api/json.h"
 

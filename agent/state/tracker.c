@@ -1,10 +1,10 @@
-/* agent/tracker.c - host resources, claims and the capacity row (see tracker.h). */
+/* agent/state/tracker.c - host resources, claims and the capacity row (see tracker.h). */
 #include <string.h>
 #include <sys/statvfs.h>
 
 #include <json-c/json.h>
 
-#include "agent/tracker.h"
+#include "agent/state/tracker.h"
 #include "agent/virt/host.h"
 #include "api/error.h"
 #include "api/json.h"

@@ -1,4 +1,4 @@
-/* agent/migration.c - live migration between agents (see migration.h). */
+/* agent/ops/migration.c - live migration between agents (see migration.h). */
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
@@ -7,10 +7,10 @@
 #include <glib/gstdio.h>
 #include <libvirt/libvirt.h>
 
-#include "agent/guest.h"
-#include "agent/migration.h"
-#include "agent/migration_policy.h"
-#include "agent/ops.h"
+#include "agent/ops/guest.h"
+#include "agent/ops/migration.h"
+#include "agent/ops/migration_policy.h"
+#include "agent/ops/ops.h"
 #include "agent/virt/domain.h"
 #include "agent/virt/domain_xml.h"
 #include "agent/virt/migrate.h"

@@ -1,4 +1,4 @@
-/* agent/journal.h - the agent's memory across crashes, in SQLite (WAL, synchronous=FULL):
+/* agent/state/journal.h - the agent's memory across crashes, in SQLite (WAL, synchronous=FULL):
  *
  *   requests   every state-changing request, recorded before the broker is acknowledged,
  *              with its _unique_id (duplicates are recognised for duplicate_window

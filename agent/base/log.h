@@ -1,4 +1,4 @@
-/* agent/log.h - the daemon's log writer: stderr or journald, plain or JSON lines, secrets
+/* agent/base/log.h - the daemon's log writer: stderr or journald, plain or JSON lines, secrets
  * masked, and the request id and instance uuid of the operation a thread is running
  * added to every message, so one grep follows a request from message to guest.
  *
@@ -8,7 +8,7 @@
 
 #include <glib.h>
 
-#include "agent/config.h"
+#include "agent/base/config.h"
 
 /* Installs the writer (stderr, plain, info) so that even start-up errors are formatted. */
 void vn_log_init(void);

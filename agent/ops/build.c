@@ -1,4 +1,4 @@
-/* agent/ops_build.c - build_and_run_instance: from a scheduling message to a running,
+/* agent/ops/build.c - build_and_run_instance: from a scheduling message to a running,
  * confined guest, with every step undone if a later one fails.
  *
  *   record (building/scheduling) -> claim -> block_device_mapping -> networking ->
@@ -14,8 +14,8 @@
 
 #include <glib/gstdio.h>
 
-#include "agent/guest.h"
-#include "agent/ops.h"
+#include "agent/ops/guest.h"
+#include "agent/ops/ops.h"
 #include "agent/virt/domain.h"
 #include "agent/virt/virt.h"
 #include "api/error.h"

@@ -1,4 +1,4 @@
-/* agent/tracker.h - the resource tracker: what the host has (from libvirt and statvfs),
+/* agent/state/tracker.h - the resource tracker: what the host has (from libvirt and statvfs),
  * what its instances and in-flight builds use, and whether one more fits.
  *
  * The agent is the final arbiter of what runs here: a claim is checked and recorded under
@@ -8,8 +8,8 @@
 
 #include <glib.h>
 
-#include "agent/config.h"
-#include "agent/instance_store.h"
+#include "agent/base/config.h"
+#include "agent/state/instance_store.h"
 #include "agent/virt/conn.h"
 #include "api/instance.h"
 #include "scheduler-client/report/report.h"

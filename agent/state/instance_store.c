@@ -1,8 +1,8 @@
-/* agent/instance_store.c - instance records with compare-and-set changes (see
+/* agent/state/instance_store.c - instance records with compare-and-set changes (see
  * instance_store.h). */
 #include <string.h>
 
-#include "agent/instance_store.h"
+#include "agent/state/instance_store.h"
 #include "api/error.h"
 #include "api/json.h"
 

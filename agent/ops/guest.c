@@ -1,7 +1,7 @@
-/* agent/guest.c - a guest's files, domain description and labels (see guest.h). */
+/* agent/ops/guest.c - a guest's files, domain description and labels (see guest.h). */
 #include <string.h>
 
-#include "agent/guest.h"
+#include "agent/ops/guest.h"
 #include "agent/virt/domain.h"
 #include "agent/virt/virt.h"
 #include "storage/disk.h"

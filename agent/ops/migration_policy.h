@@ -1,4 +1,4 @@
-/* agent/migration_policy.h - what a live migration's monitor does next, decided from the
+/* agent/ops/migration_policy.h - what a live migration's monitor does next, decided from the
  * job statistics alone (pure: no I/O, unit-tested step by step).
  *
  *   - stepped maximum downtime, Nova's schedule: @steps + 1 steps from downtime/steps up to
@@ -16,7 +16,7 @@
 
 #include <glib.h>
 
-#include "agent/config.h"
+#include "agent/base/config.h"
 #include "agent/virt/job.h"
 
 typedef struct {

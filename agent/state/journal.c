@@ -1,10 +1,10 @@
-/* agent/journal.c - SQLite journal (see journal.h). */
+/* agent/state/journal.c - SQLite journal (see journal.h). */
 #include <string.h>
 
 #include <glib.h>
 #include <sqlite3.h>
 
-#include "agent/journal.h"
+#include "agent/state/journal.h"
 
 #define SCHEMA_VERSION 1
 

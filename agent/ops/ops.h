@@ -1,4 +1,4 @@
-/* agent/ops.h - the operations behind the RPC methods.  Each runs in a worker thread with
+/* agent/ops/ops.h - the operations behind the RPC methods.  Each runs in a worker thread with
  * its instance to itself (see dispatcher.h), returns its result (NULL for a JSON null) or
  * fails with a GError whose message the controller reads. */
 #pragma once

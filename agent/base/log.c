@@ -1,4 +1,4 @@
-/* agent/log.c - GLib structured-log writer for the daemon (see log.h). */
+/* agent/base/log.c - GLib structured-log writer for the daemon (see log.h). */
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -8,7 +8,7 @@
 #include <json-c/json.h>
 #include <systemd/sd-journal.h>
 
-#include "agent/log.h"
+#include "agent/base/log.h"
 
 typedef struct {
     char *request_id;

@@ -1,4 +1,4 @@
-/* agent/config.h - the agent's configuration: one declarative table drives parsing,
+/* agent/base/config.h - the agent's configuration: one declarative table drives parsing,
  * validation, --dump-config and docs/configuration.md.
  *
  * A VnConfig is immutable once loaded and reference counted: a reload builds a new one

@@ -1,6 +1,6 @@
-/* agent/migration_policy.c - the live-migration monitor's decisions (see
+/* agent/ops/migration_policy.c - the live-migration monitor's decisions (see
  * migration_policy.h). */
-#include "agent/migration_policy.h"
+#include "agent/ops/migration_policy.h"
 
 #define EWMA_ALPHA      0.4
 #define PROGRESS_MARGIN 0.05

@@ -1,4 +1,4 @@
-/* agent/config.c - the option table and the code it drives.
+/* agent/base/config.c - the option table and the code it drives.
  *
  * Each option is one row: section, key, type, where it lives in VnConfig, its textual
  * default (which may refer to a [DEFAULT] option as $name), bounds or choices, flags and
@@ -12,8 +12,8 @@
 
 #include <glib.h>
 
-#include "agent/config.h"
-#include "agent/log.h"
+#include "agent/base/config.h"
+#include "agent/base/log.h"
 
 GQuark vn_config_error_quark(void)
 {

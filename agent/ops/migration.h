@@ -1,4 +1,4 @@
-/* agent/migration.h - live migration between agents.
+/* agent/ops/migration.h - live migration between agents.
  *
  * The source agent (A) runs the whole flow for a live_migration cast, calling the
  * destination agent (B) over RPC, as Nova's compute services do:

@@ -1,4 +1,4 @@
-/* agent/ops_power.c - delete and the power operations: start, stop (graceful, then
+/* agent/ops/power.c - delete and the power operations: start, stop (graceful, then
  * forced), reboot (soft, falling back to hard; hard), pause/unpause, suspend/resume.
  *
  * Each claims the instance with its task state (compare-and-set), acts on the domain,
@@ -7,8 +7,8 @@
  * fails the request with libvirt's words. */
 #include <string.h>
 
-#include "agent/guest.h"
-#include "agent/ops.h"
+#include "agent/ops/guest.h"
+#include "agent/ops/ops.h"
 #include "agent/virt/domain.h"
 #include "agent/virt/domain_xml.h"
 #include "agent/virt/virt.h"

@@ -1,4 +1,4 @@
-/* agent/instance_store.h - the instances of this host and their state machine.
+/* agent/state/instance_store.h - the instances of this host and their state machine.
  *
  * Records live in memory and in the journal (every change is persisted before it is
  * visible).  Changes are compare-and-set under one lock: an operation claims an instance
@@ -9,7 +9,7 @@
 
 #include <glib.h>
 
-#include "agent/journal.h"
+#include "agent/state/journal.h"
 #include "api/instance.h"
 
 typedef struct _VnInstanceStore VnInstanceStore;
