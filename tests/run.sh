@@ -50,6 +50,8 @@ else
     # and their guests' timing must not depend on what else the machine runs)
     ctest --test-dir "$BUILD" --output-on-failure -j"$(nproc)" -L unit
     ctest --test-dir "$BUILD" --output-on-failure -L integration
+    # fault injection: the broker, the database, libvirtd or the agent fail mid-work
+    ctest --test-dir "$BUILD" --output-on-failure -L faults
     # the daemon under valgrind (valgrind cannot run sanitized binaries)
     [ $sanitize = 1 ] || ctest --test-dir "$BUILD" --output-on-failure -L valgrind
 fi

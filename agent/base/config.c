@@ -131,8 +131,11 @@ static const OptDef opts[] = {
       "AMQP heartbeat timeout in seconds negotiated with the broker (0 disables)." },
     { "amqp", "prefetch_count", OPT_INT, O(amqp_prefetch_count), "64", NULL, 1, 65535, NULL, 0,
       "Unacknowledged messages the broker may push at once (basic.qos)." },
-    { "amqp", "durable_queues", OPT_BOOL, O(amqp_durable_queues), "false", NULL, 0, 0, NULL, 0,
-      "Declare the exchange and RPC queues durable (must match the controllers)." },
+    { "amqp", "durable_queues", OPT_BOOL, O(amqp_durable_queues), "true", NULL, 0, 0, NULL, 0,
+      "Declare the control exchange and the RPC queues durable, so that they and their "
+      "bindings outlive a broker restart and no cast published meanwhile is dropped "
+      "unrouted. Controllers must declare them alike (oslo.messaging: "
+      "[oslo_messaging_rabbit] amqp_durable_queues = true, or rabbit_quorum_queue = true)." },
     { "amqp", "quorum_queues", OPT_BOOL, O(amqp_quorum_queues), "false", NULL, 0, 0, NULL, 0,
       "Declare the shared RPC queues as quorum queues (implies durable)." },
     { "amqp", "transient_queues_ttl", OPT_INT, O(amqp_transient_queues_ttl), "1800", NULL, 1,
@@ -146,8 +149,10 @@ static const OptDef opts[] = {
       "Seconds to open a broker connection and log in." },
     { "amqp", "reconnect_interval", OPT_INT, O(amqp_reconnect_interval), "1", NULL, 1, 600, NULL,
       0, "First delay before reconnecting; it doubles per failure, with random jitter." },
-    { "amqp", "reconnect_interval_max", OPT_INT, O(amqp_reconnect_interval_max), "30", NULL, 1,
-      3600, NULL, 0, "Longest delay between reconnection attempts." },
+    { "amqp", "reconnect_interval_max", OPT_INT, O(amqp_reconnect_interval_max), "5", NULL, 1,
+      3600, NULL, 0,
+      "Longest delay between reconnection attempts (jittered to 50-100 %), so a broker that "
+      "comes back is consumed from again within seconds." },
     { "amqp", "reply_timeout", OPT_INT, O(amqp_reply_timeout), "60", NULL, 1, 3600, NULL, 0,
       "Seconds to keep retrying a reply whose reply queue does not exist yet." },
     { "amqp", "duplicate_window", OPT_INT, O(amqp_duplicate_window), "3600", NULL, 60, 2592000,

@@ -23,6 +23,7 @@ typedef struct {
     char *config;
     char *url;
     char *exchange;
+    gboolean durable; /* [amqp] durable_queues or quorum_queues, as the agents declare */
     char *topic;
     char *host;          /* target agent */
     gboolean host_given; /* -H on the command line */
@@ -69,6 +70,12 @@ static void load_config(Ctl *c)
     FROM(host, "DEFAULT", "host");
     FROM(db, "database", "connection");
 #undef FROM
+    g_autoptr(GError) e = NULL;
+    gboolean d = g_key_file_get_boolean(kf, "amqp", "durable_queues", &e);
+    if (!e)
+        c->durable = d;
+    if (g_key_file_get_boolean(kf, "amqp", "quorum_queues", NULL))
+        c->durable = TRUE;
     g_autofree char *pwfile = g_key_file_get_string(kf, "database", "password_file", NULL);
     if (pwfile && *pwfile && !c->db_password) {
         g_autofree char *pw = NULL;
@@ -95,6 +102,7 @@ static void connect_link(Ctl *c)
     rc.urls = urls;
     rc.exchange = c->exchange ? c->exchange : "virtnode";
     rc.topic = c->topic ? c->topic : "compute";
+    rc.durable = c->durable;
     rc.connection_name = "virtnodectl";
     rc.heartbeat = 30;
     rc.connect_timeout = 5;
@@ -545,7 +553,7 @@ static const char *usage =
 
 int main(int argc, char **argv)
 {
-    Ctl c = { 0 };
+    Ctl c = { .durable = TRUE };
     GOptionEntry e[] = {
         { "config", 'c', 0, G_OPTION_ARG_FILENAME, &c.config, "Configuration file", "FILE" },
         { "url", 0, 0, G_OPTION_ARG_STRING, &c.url, "Broker URL(s)", "URL" },
