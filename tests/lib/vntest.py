@@ -129,7 +129,8 @@ class Agent:
 
     serial = 0
 
-    def __init__(self, hostkey, shared=True, name=None, extra=None, database=True, wrapper=None):
+    def __init__(self, hostkey, shared=True, name=None, extra=None, database=True, wrapper=None,
+                 default_paths=False):
         self.key = hostkey
         self.host, self.uri = HOSTS[hostkey]
         if name:
@@ -139,18 +140,25 @@ class Agent:
         self.state = os.path.join(self.dir, "state")
         self.instances = os.path.join(ENV["SHARED_DIR"] if shared else ENV["PRIVATE_DIR"],
                                       "instances")
+        # default_paths: state_path and instances_path left to their shipped defaults
+        # (/var/lib/virtnode), which the harness makes private to each host's namespace
+        self.default_paths = default_paths
+        if default_paths:
+            self.state = os.path.join(RUN, "hosts", hostkey, "virtnode")
+            self.instances = os.path.join(self.state, "instances")
         self.api_port = free_port()
         self.conf = os.path.join(self.dir, "virtnode.conf")
         self.log = os.path.join(self.dir, "virtnoded.log")
         self.proc = None
         self.wrapper = list(wrapper or [])  # e.g. valgrind and its options
         os.makedirs(self.dir, exist_ok=True)
+        paths = {} if default_paths else {"state_path": self.state,
+                                          "instances_path": self.instances}
         sections = {
-            "DEFAULT": {"host": self.host, "state_path": self.state,
-                        "instances_path": self.instances, "log_level": "debug",
+            "DEFAULT": dict(paths, **{"host": self.host, "log_level": "debug",
                         "graceful_shutdown_timeout": "30", "sync_power_state_interval": "60",
-                        "report_interval": "2", "heartbeat_interval": "2"},
-            "amqp": {"transport_url": ENV["AMQP_URL"], "reconnect_interval_max": "5"},
+                        "report_interval": "2", "heartbeat_interval": "2"}),
+            "amqp": {"transport_url": ENV["AMQP_URL"]},
             "database": {"connection": ENV["PG_DSN"] if database else ""},
             "libvirt": {"uri": "qemu:///system", "virt_type": "qemu",
                         "live_migration_target_uri": self.uri},
@@ -259,7 +267,7 @@ class Agent:
 class Rpc:
     """An oslo.messaging RPC client, as a controller uses."""
 
-    def __init__(self, exchange="virtnode", topic="compute", durable=False):
+    def __init__(self, exchange="virtnode", topic="compute", durable=True):
         from oslo_config import cfg
         import oslo_messaging as om
         self.om = om
