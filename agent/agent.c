@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <glib-unix.h>
@@ -488,6 +489,53 @@ static VnImageCacheConfig cache_config(const VnConfig *cfg)
     return c;
 }
 
+/* Makes @path (mode @mode, whatever the umask) if missing and gives it @mode. */
+static gboolean own_dir(const char *path, mode_t mode, const char *key, GError **error)
+{
+    if (g_mkdir_with_parents(path, (int)mode) == 0 && chmod(path, mode) == 0)
+        return TRUE;
+    g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "%s: preparing '%s': %s", key,
+                path, g_strerror(errno));
+    return FALSE;
+}
+
+/* The agent's folders, with the modes guests under their own identities need:
+ * state_path and instances_path 0711 (QEMU may pass through, nobody may list them; what
+ * is inside is 0600 or, per instance, 0750 root:guest), and every folder above
+ * instances_path searchable by others, or guests cannot open their disks: refused here
+ * with the folder named rather than at every build. */
+static gboolean prepare_paths(const VnConfig *cfg, GError **error)
+{
+    g_autofree char *up = NULL;
+
+    if (!own_dir(cfg->state_path, 0711, "state_path", error) ||
+        !own_dir(cfg->instances_path, 0711, "instances_path", error))
+        return FALSE;
+    up = g_path_get_dirname(cfg->instances_path);
+    for (;;) {
+        struct stat st;
+        char *parent;
+        if (stat(up, &st) < 0) {
+            g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "instances_path: '%s': %s",
+                        up, g_strerror(errno));
+            return FALSE;
+        }
+        if (!(st.st_mode & S_IXOTH)) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_PERMISSION_DENIED,
+                        "instances_path: '%s' (mode %04o) cannot be entered by the guests' "
+                        "QEMU identities: allow search (chmod o+x '%s') or choose another "
+                        "instances_path",
+                        up, (unsigned)(st.st_mode & 07777), up);
+            return FALSE;
+        }
+        if (strcmp(up, "/") == 0)
+            return TRUE;
+        parent = g_path_get_dirname(up);
+        g_free(up);
+        up = parent;
+    }
+}
+
 gboolean vn_agent_open_local(VnAgent *a, GError **error)
 {
     g_autoptr(VnConfig) cfg = vn_agent_config(a);
@@ -497,12 +545,8 @@ gboolean vn_agent_open_local(VnAgent *a, GError **error)
     VnVirtHandlers vh = { on_lifecycle, on_job_completed, on_virt_connection, a };
     VnImageCacheConfig icfg = cache_config(cfg);
 
-    if (g_mkdir_with_parents(cfg->state_path, 0700) < 0 ||
-        g_mkdir_with_parents(cfg->instances_path, 0755) < 0) {
-        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "creating %s or %s: %s",
-                    cfg->state_path, cfg->instances_path, g_strerror(errno));
+    if (!prepare_paths(cfg, error))
         return FALSE;
-    }
     a->journal = vn_journal_open(journal, error);
     if (!a->journal)
         return FALSE;
@@ -671,11 +715,8 @@ gboolean vn_agent_start(VnAgent *a, GError **error)
     g_autoptr(VnConfig) cfg = vn_agent_config(a);
     g_autoptr(GPtrArray) unfinished = NULL;
 
-    if (g_mkdir_with_parents(cfg->state_path, 0700) < 0) {
-        g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "creating %s: %s",
-                    cfg->state_path, g_strerror(errno));
+    if (!own_dir(cfg->state_path, 0711, "state_path", error))
         return FALSE;
-    }
     if (!take_lock(a, cfg->state_path, error) || !vn_agent_open_local(a, error))
         return FALSE;
     if (!connect_libvirt(a, 60, error)) {

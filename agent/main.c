@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <sys/stat.h>
+
 #include <glib.h>
 
 #include "agent/agent.h"
@@ -47,6 +49,9 @@ int main(int argc, char **argv)
     VnAgent *agent;
     int rc;
 
+    /* what the agent creates is private unless it says otherwise (guest disks 0600, the
+     * journal 0600): the modes never depend on the umask the service manager passed */
+    umask(077);
     g_option_context_add_main_entries(ctx, entries, NULL);
     if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
         fprintf(stderr, "virtnoded: %s\n", err->message);

@@ -217,17 +217,16 @@ GHashTable *vn_reconcile_bases_in_use(const char *instances_path)
         if (!is_uuid_name(name))
             continue;
         g_autofree char *dir = g_build_filename(instances_path, name, NULL);
-        g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
-        const char *f;
-        while (d && (f = g_dir_read_name(d))) {
-            g_autofree char *path = g_build_filename(dir, f, NULL);
-            char *backing;
-            if (!g_str_has_prefix(f, "disk"))
-                continue;
-            backing = vn_disk_backing_file(path, NULL);
-            if (backing)
-                g_hash_table_add(in_use, backing);
+        /* what the agent recorded, never the qcow2 header a guest's QEMU can rewrite */
+        char *backing = vn_guest_read_backing(dir);
+        if (!backing) {
+            /* a folder made before the agent recorded its bases: its header can only keep
+             * a base from being aged out, never get one used or removed */
+            g_autofree char *disk = g_build_filename(dir, VN_GUEST_ROOT_DISK, NULL);
+            backing = vn_disk_backing_file(disk, NULL);
         }
+        if (backing)
+            g_hash_table_add(in_use, backing);
     }
     return in_use;
 }

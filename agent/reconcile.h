@@ -21,5 +21,6 @@ void vn_reconcile_sync_one(VnAgent *a, const char *uuid);
  * (-1: leave the vm_state), and whether the guest must be forced off. */
 int vn_reconcile_rule(VnVmState vm, VnPowerState power, gboolean *force_off);
 
-/* The base images in use by any disk under @instances_path (paths, in a set). */
+/* The base images in use by any instance folder under @instances_path, as the agents
+ * recorded them (paths, in a set). */
 GHashTable *vn_reconcile_bases_in_use(const char *instances_path);

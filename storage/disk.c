@@ -11,16 +11,53 @@
 #include "storage/image_inspect.h"
 #include "storage/stor_error.h"
 
+/* qemu-img create on a local or NFS-backed folder takes milliseconds; a run this long means
+ * a hung mount or device, and the worker it pins is freed by killing it. */
 #define QEMU_IMG_TIMEOUT_S 120
 
-/* Runs qemu-img with @argv (NULL-terminated, without the program). */
-static gboolean qemu_img(const char *const *argv, GError **error)
+/* A watchdog thread: cancels @cancel when @deadline passes before vn_disk is done. */
+typedef struct {
+    GMutex lock;
+    GCond cond;
+    gboolean done;
+    gint64 deadline; /* monotonic */
+    GCancellable *cancel;
+} Watchdog;
+
+static gpointer watchdog_run(gpointer data)
+{
+    Watchdog *w = data;
+
+    g_mutex_lock(&w->lock);
+    while (!w->done && g_cond_wait_until(&w->cond, &w->lock, w->deadline))
+        ;
+    if (!w->done)
+        g_cancellable_cancel(w->cancel);
+    g_mutex_unlock(&w->lock);
+    return NULL;
+}
+
+static void forward_cancel(GCancellable *from, gpointer to)
+{
+    (void)from;
+    g_cancellable_cancel(to);
+}
+
+/* Runs qemu-img with @argv (NULL-terminated, without the program), killing it when
+ * @cancel fires or QEMU_IMG_TIMEOUT_S passes. */
+static gboolean qemu_img(const char *const *argv, GCancellable *cancel, GError **error)
 {
     g_autoptr(GPtrArray) args = g_ptr_array_new();
     g_autoptr(GSubprocess) p = NULL;
+    g_autoptr(GCancellable) mine = g_cancellable_new();
     g_autofree char *out = NULL;
     g_autofree char *err = NULL;
     g_autoptr(GError) e = NULL;
+    Watchdog w = { .deadline = g_get_monotonic_time() + QEMU_IMG_TIMEOUT_S * G_TIME_SPAN_SECOND,
+                   .cancel = mine };
+    gulong handler = 0;
+    GThread *t;
+    gboolean ok;
 
     g_ptr_array_add(args, (gpointer) "qemu-img");
     for (const char *const *a = argv; *a; a++)
@@ -32,8 +69,32 @@ static gboolean qemu_img(const char *const *argv, GError **error)
         g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOOL, "running qemu-img: %s", e->message);
         return FALSE;
     }
-    if (!g_subprocess_communicate_utf8(p, NULL, NULL, &out, &err, &e)) {
-        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOOL, "qemu-img: %s", e->message);
+    g_mutex_init(&w.lock);
+    g_cond_init(&w.cond);
+    if (cancel)
+        handler = g_cancellable_connect(cancel, G_CALLBACK(forward_cancel), mine, NULL);
+    t = g_thread_new("qemu-img-watchdog", watchdog_run, &w);
+    ok = g_subprocess_communicate_utf8(p, NULL, mine, &out, &err, &e);
+    g_mutex_lock(&w.lock);
+    w.done = TRUE;
+    g_cond_signal(&w.cond);
+    g_mutex_unlock(&w.lock);
+    g_thread_join(t);
+    if (cancel)
+        g_cancellable_disconnect(cancel, handler);
+    g_mutex_clear(&w.lock);
+    g_cond_clear(&w.cond);
+    if (!ok) {
+        g_subprocess_force_exit(p);
+        g_subprocess_wait(p, NULL, NULL);
+        if (cancel && g_cancellable_is_cancelled(cancel))
+            g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_CANCELLED, "qemu-img %s: cancelled",
+                        argv[0]);
+        else if (g_error_matches(e, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+            g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TIMEOUT,
+                        "qemu-img %s: no answer within %d s (killed)", argv[0], QEMU_IMG_TIMEOUT_S);
+        else
+            g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOOL, "qemu-img: %s", e->message);
         return FALSE;
     }
     if (!g_subprocess_get_successful(p)) {
@@ -42,6 +103,17 @@ static gboolean qemu_img(const char *const *argv, GError **error)
         return FALSE;
     }
     return TRUE;
+}
+
+/* A guest's disk is its own: 0600, whatever the process umask (libvirt gives it to the
+ * guest's identity while the guest runs). */
+static gboolean make_private(const char *path, GError **error)
+{
+    if (chmod(path, 0600) == 0)
+        return TRUE;
+    g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "chmod 0600 '%s': %s", path,
+                g_strerror(errno));
+    return FALSE;
 }
 
 gboolean vn_disk_virtual_size(const char *path, guint64 *out, GError **error)
@@ -55,7 +127,7 @@ gboolean vn_disk_virtual_size(const char *path, guint64 *out, GError **error)
 }
 
 gboolean vn_disk_create_overlay(const char *path, const char *base, const char *base_format,
-                                guint64 size, GError **error)
+                                guint64 size, GCancellable *cancel, GError **error)
 {
     guint64 base_size = 0;
     g_autofree char *size_text = NULL;
@@ -74,15 +146,15 @@ gboolean vn_disk_create_overlay(const char *path, const char *base, const char *
     size_text = g_strdup_printf("%" G_GUINT64_FORMAT, size);
     const char *argv[] = { "create", "-q", "-f", "qcow2",   "-F", base_format,
                            "-b",     base, path, size_text, NULL };
-    return qemu_img(argv, error);
+    return qemu_img(argv, cancel, error) && make_private(path, error);
 }
 
-gboolean vn_disk_create_blank(const char *path, guint64 size, GError **error)
+gboolean vn_disk_create_blank(const char *path, guint64 size, GCancellable *cancel, GError **error)
 {
     g_autofree char *size_text = g_strdup_printf("%" G_GUINT64_FORMAT, size);
     const char *argv[] = { "create", "-q", "-f", "qcow2", path, size_text, NULL };
 
-    return qemu_img(argv, error);
+    return qemu_img(argv, cancel, error) && make_private(path, error);
 }
 
 guint64 vn_disk_allocated(const char *path)

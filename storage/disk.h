@@ -7,14 +7,16 @@
 
 #include <gio/gio.h>
 
-/* Creates a qcow2 overlay at @path whose backing file is @base (of @base_format), with a
- * virtual size of @size bytes (0: the base's).  The overlay is never smaller than the
- * base: VN_STOR_ERROR_INVALID then. */
+/* Creates a qcow2 overlay at @path whose backing file is @base (of @base_format, pinned in
+ * the header), with a virtual size of @size bytes (0: the base's), mode 0600.  The overlay
+ * is never smaller than the base: VN_STOR_ERROR_INVALID then.  qemu-img is killed when
+ * @cancel (may be NULL) fires (VN_STOR_ERROR_CANCELLED) or after 120 s
+ * (VN_STOR_ERROR_TIMEOUT): a hung mount never pins the caller. */
 gboolean vn_disk_create_overlay(const char *path, const char *base, const char *base_format,
-                                guint64 size, GError **error);
+                                guint64 size, GCancellable *cancel, GError **error);
 
-/* Creates a blank qcow2 disk of @size bytes. */
-gboolean vn_disk_create_blank(const char *path, guint64 size, GError **error);
+/* Creates a blank qcow2 disk of @size bytes, mode 0600; cancel and time limit as above. */
+gboolean vn_disk_create_blank(const char *path, guint64 size, GCancellable *cancel, GError **error);
 
 /* The virtual size of @path (qcow2 header, or the file size of a raw file). */
 gboolean vn_disk_virtual_size(const char *path, guint64 *out, GError **error);

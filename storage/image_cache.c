@@ -66,7 +66,9 @@ VnImageCache *vn_image_cache_new(const char *dir, const VnImageCacheConfig *cfg,
         curl_global_init(CURL_GLOBAL_DEFAULT);
         g_once_init_leave(&curl_once, 1);
     }
-    if (g_mkdir_with_parents(dir, 0755) < 0) {
+    /* guests' QEMU (each under its own identity) read their backing files here; only the
+     * agent writes: 0755 folder, 0644 images, whatever the process umask */
+    if (g_mkdir_with_parents(dir, 0755) < 0 || chmod(dir, 0755) < 0) {
         g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "creating '%s': %s", dir,
                     g_strerror(errno));
         return NULL;
@@ -283,6 +285,10 @@ static gboolean download_once(VnImageCache *c, const VnImageSource *src, const c
     g_mutex_unlock(&c->lock);
 
     d.fd = open(part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (d.fd >= 0 && fchmod(d.fd, 0644) < 0) {
+        close(d.fd);
+        d.fd = -1;
+    }
     if (d.fd < 0) {
         g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "creating '%s': %s", part,
                     g_strerror(errno));
@@ -397,33 +403,54 @@ static gboolean fsync_dir(const char *dir)
     return ok;
 }
 
-/* Takes the cross-process lock of @base, waiting (cancellably) for another holder. */
+/* Takes the cross-process lock of @base, waiting (cancellably) for another holder.  The
+ * lock file exists only while someone holds it (unlock_base removes it), so a holder that
+ * finds its file replaced or removed after flock() has locked a stale inode and tries
+ * again. */
 static int lock_base(const char *base, GCancellable *cancel, gboolean wait, GError **error)
 {
     g_autofree char *path = g_strconcat(base, ".lock", NULL);
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
 
-    if (fd < 0) {
-        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "opening '%s': %s", path,
-                    g_strerror(errno));
-        return -1;
-    }
-    while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-        if (errno != EWOULDBLOCK && errno != EINTR) {
-            g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "locking '%s': %s", path,
+    for (;;) {
+        struct stat fst, pst;
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+
+        if (fd < 0) {
+            g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "opening '%s': %s", path,
                         g_strerror(errno));
-            close(fd);
             return -1;
         }
-        if (!wait || g_cancellable_set_error_if_cancelled(cancel, error)) {
-            if (!wait)
-                g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "'%s' is busy", path);
-            close(fd);
-            return -1;
+        while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+            if (errno != EWOULDBLOCK && errno != EINTR) {
+                g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "locking '%s': %s", path,
+                            g_strerror(errno));
+                close(fd);
+                return -1;
+            }
+            if (!wait || g_cancellable_set_error_if_cancelled(cancel, error)) {
+                if (!wait)
+                    g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "'%s' is busy", path);
+                close(fd);
+                return -1;
+            }
+            g_usleep(200 * 1000);
         }
-        g_usleep(200 * 1000);
+        if (fstat(fd, &fst) == 0 && stat(path, &pst) == 0 && fst.st_dev == pst.st_dev &&
+            fst.st_ino == pst.st_ino)
+            return fd;
+        close(fd); /* the previous holder removed it: lock the current file */
     }
-    return fd;
+}
+
+/* Releases a lock_base() lock and removes its file: no lock file outlives its holder,
+ * whatever the outcome (a failed download used to leave one behind for good). */
+static void unlock_base(const char *base, int fd)
+{
+    g_autofree char *path = g_strconcat(base, ".lock", NULL);
+
+    g_unlink(path);
+    flock(fd, LOCK_UN);
+    close(fd);
 }
 
 /* Fetches the base under its cross-process lock (another host may have done it). */
@@ -473,8 +500,7 @@ static gboolean fetch(VnImageCache *c, const VnImageSource *src, const char *bas
             g_message("image '%s' downloaded and verified into %s", src->id, base);
         }
     }
-    flock(lock, LOCK_UN);
-    close(lock);
+    unlock_base(base, lock);
     return ok;
 }
 
@@ -608,8 +634,7 @@ static void age_one(VnImageCache *c, const char *name, GHashTable *in_use, gint6
     } else {
         r->kept_young++;
     }
-    flock(lock, LOCK_UN);
-    close(lock);
+    unlock_base(base, lock);
 }
 
 /* Removes the download @name (a .part file) when no one holds its base's lock and it is
@@ -626,8 +651,18 @@ static void remove_stale_part(VnImageCache *c, const char *name, gint64 min_age_
         return;
     if (stat(part, &st) == 0 && now - st.st_mtime >= min_age_s && g_unlink(part) == 0)
         g_message("image cache: removed the unfinished download %s", part);
-    flock(lock, LOCK_UN);
-    close(lock);
+    unlock_base(base, lock);
+}
+
+/* A lock file nobody holds (left by a crash, or by versions that kept them): removed. */
+static void remove_stale_lock(VnImageCache *c, const char *name)
+{
+    g_autofree char *path = g_build_filename(c->dir, name, NULL);
+    g_autofree char *base = g_strndup(path, strlen(path) - 5);
+    int lock = lock_base(base, NULL, FALSE, NULL);
+
+    if (lock >= 0)
+        unlock_base(base, lock);
 }
 
 void vn_image_cache_remove_partials(VnImageCache *c)
@@ -638,6 +673,8 @@ void vn_image_cache_remove_partials(VnImageCache *c)
     while (dir && (name = g_dir_read_name(dir))) {
         if (g_str_has_suffix(name, ".part"))
             remove_stale_part(c, name, 0);
+        else if (g_str_has_suffix(name, ".lock"))
+            remove_stale_lock(c, name);
     }
 }
 

@@ -15,5 +15,6 @@ typedef enum {
     VN_STOR_ERROR_TOOL,      /* qemu-img failed */
     VN_STOR_ERROR_CANCELLED, /* the operation was cancelled */
     VN_STOR_ERROR_INVALID,   /* a request that makes no sense (disk smaller than image, ...) */
+    VN_STOR_ERROR_TIMEOUT,   /* a tool or device did not answer in time (and was killed) */
     VN_STOR_ERROR_LAST
 } VnStorErrorCode;

@@ -57,49 +57,28 @@ static void rollback(Build *b)
     vn_agent_capacity_changed(b->a);
 }
 
-static gboolean make_dir(Build *b, GError **error)
-{
-    g_autofree char *dir = vn_agent_instance_dir(b->a, b->spec->uuid);
-    g_autofree char *console = g_build_filename(dir, "console.log", NULL);
-    int fd;
-
-    if (g_mkdir_with_parents(dir, 0755) < 0) {
-        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "creating '%s': %s", dir,
-                    g_strerror(errno));
-        return FALSE;
-    }
-    b->dir_made = TRUE;
-    /* created by us, so its owner is known even where dynamic ownership is off */
-    fd = open(console, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "creating '%s': %s", console,
-                    g_strerror(errno));
-        return FALSE;
-    }
-    close(fd);
-    return TRUE;
-}
-
 static gboolean make_disks(Build *b, const char *base, GError **error)
 {
     const VnFlavor *f = &b->spec->flavor;
     g_autofree char *root = vn_guest_file(b->a, b->spec->uuid, VN_GUEST_ROOT_DISK);
 
     if (!vn_disk_create_overlay(root, base, b->spec->image.disk_format, (guint64)f->root_gb << 30,
-                                error)) {
+                                b->op->cancel, error)) {
         if (g_error_matches(*error, VN_STOR_ERROR, VN_STOR_ERROR_INVALID))
             g_prefix_error(error, "flavor root_gb %d is too small for image '%s': ", f->root_gb,
                            b->spec->image.id);
         return FALSE;
     }
+    if (!vn_guest_record_backing(b->a, b->spec->uuid, base, error))
+        return FALSE;
     if (f->ephemeral_gb > 0) {
         g_autofree char *eph = vn_guest_file(b->a, b->spec->uuid, VN_GUEST_EPHEMERAL_DISK);
-        if (!vn_disk_create_blank(eph, (guint64)f->ephemeral_gb << 30, error))
+        if (!vn_disk_create_blank(eph, (guint64)f->ephemeral_gb << 30, b->op->cancel, error))
             return FALSE;
     }
     if (f->swap_mb > 0) {
         g_autofree char *swap = vn_guest_file(b->a, b->spec->uuid, VN_GUEST_SWAP_DISK);
-        if (!vn_disk_create_blank(swap, (guint64)f->swap_mb << 20, error))
+        if (!vn_disk_create_blank(swap, (guint64)f->swap_mb << 20, b->op->cancel, error))
             return FALSE;
     }
     return TRUE;
@@ -128,14 +107,6 @@ static gboolean spawn(Build *b, VnInstanceRecord **launched, GError **error)
                           spec->image.disk_format, (guint64)spec->image.size };
     int uid = 0;
 
-    if (!make_dir(b, error) || !check_cancelled(b, error))
-        return FALSE;
-    base = vn_image_cache_acquire(b->a->images, &src, b->op->cancel, on_download, b, error);
-    if (!base)
-        return FALSE;
-    b->image_held = TRUE;
-    if (!check_cancelled(b, error) || !make_disks(b, base, error))
-        return FALSE;
     if (cfg->per_guest_dac && b->a->dac_available) {
         uid = vn_instance_store_allocate_uid(b->a->store, spec->uuid, cfg->guest_uid_min,
                                              cfg->guest_uid_max, error);
@@ -149,6 +120,15 @@ static gboolean spawn(Build *b, VnInstanceRecord **launched, GError **error)
                     b->a->dac_available ? "off" : "unavailable");
         return FALSE;
     }
+    b->dir_made = TRUE; /* set first: a half-made folder is removed too */
+    if (!vn_guest_prepare_dir(b->a, spec->uuid, uid, error) || !check_cancelled(b, error))
+        return FALSE;
+    base = vn_image_cache_acquire(b->a->images, &src, b->op->cancel, on_download, b, error);
+    if (!base)
+        return FALSE;
+    b->image_held = TRUE;
+    if (!check_cancelled(b, error) || !make_disks(b, base, error))
+        return FALSE;
     rec = vn_instance_store_get(b->a->store, spec->uuid);
     if (!rec) {
         g_set_error(error, VN_API_ERROR, VN_API_ERROR_NOT_FOUND, "instance %s vanished",

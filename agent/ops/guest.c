@@ -1,10 +1,15 @@
 /* agent/ops/guest.c - a guest's files, domain description and labels (see guest.h). */
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "agent/ops/guest.h"
 #include "agent/virt/domain.h"
 #include "agent/virt/virt.h"
 #include "storage/disk.h"
+#include "storage/stor_error.h"
 
 #define MAX_GUEST_STRINGS 64
 
@@ -18,6 +23,53 @@ char *vn_guest_file(VnAgent *a, const char *uuid, const char *name)
 char *vn_guest_domain_name(const char *uuid)
 {
     return g_strdup_printf("instance-%s", uuid);
+}
+
+gboolean vn_guest_prepare_dir(VnAgent *a, const char *uuid, int gid, GError **error)
+{
+    g_autofree char *dir = vn_agent_instance_dir(a, uuid);
+    g_autofree char *console = g_build_filename(dir, VN_GUEST_CONSOLE, NULL);
+    mode_t mode = gid > 0 ? 0750 : 0711;
+    int fd;
+
+    if (g_mkdir_with_parents(dir, mode) < 0 ||
+        chown(dir, (uid_t)-1, gid > 0 ? (gid_t)gid : 0) < 0 || chmod(dir, mode) < 0) {
+        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "preparing '%s': %s", dir,
+                    g_strerror(errno));
+        return FALSE;
+    }
+    /* created by the agent, so its owner is known even where dynamic ownership is off */
+    fd = open(console, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "creating '%s': %s", console,
+                    g_strerror(errno));
+        return FALSE;
+    }
+    close(fd);
+    return TRUE;
+}
+
+gboolean vn_guest_record_backing(VnAgent *a, const char *uuid, const char *base, GError **error)
+{
+    g_autofree char *path = vn_guest_file(a, uuid, VN_GUEST_BACKING);
+    g_autofree char *text = g_strconcat(base, "\n", NULL);
+
+    if (!g_file_set_contents_full(path, text, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600, error)) {
+        g_prefix_error(error, "recording the base of %s: ", uuid);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+char *vn_guest_read_backing(const char *instance_dir)
+{
+    g_autofree char *path = g_build_filename(instance_dir, VN_GUEST_BACKING, NULL);
+    g_autofree char *text = NULL;
+
+    if (!g_file_get_contents(path, &text, NULL, NULL))
+        return NULL;
+    g_strchomp(text);
+    return *text == '/' ? g_steal_pointer(&text) : NULL;
 }
 
 static gboolean guest_string_ok(const char *s, gboolean key)
@@ -48,12 +100,16 @@ static const char *cpu_mode_name(const VnConfig *cfg)
     }
 }
 
-/* Adds the disk file @name of the instance when it exists. */
-static gboolean add_disk(VnDomainSpec *s, const char *dir, const char *name, const char *target,
-                         gboolean required, GError **error)
+/* Adds the disk file @name of the instance when it exists, with the backing file the
+ * agent's record says (@backing, or none).  The qcow2 header is written by the guest's
+ * QEMU and so never trusted: a header naming another backing file is reported and
+ * overridden (libvirt hands QEMU the chain from the XML). */
+static gboolean add_disk(VnDomainSpec *s, const char *uuid, const char *dir, const char *name,
+                         const char *target, gboolean required, const char *backing,
+                         const char *backing_format, GError **error)
 {
     g_autofree char *path = g_build_filename(dir, name, NULL);
-    g_autofree char *backing = NULL;
+    g_autofree char *header = NULL;
     g_autoptr(GError) err = NULL;
 
     if (!g_file_test(path, G_FILE_TEST_IS_REGULAR)) {
@@ -63,12 +119,13 @@ static gboolean add_disk(VnDomainSpec *s, const char *dir, const char *name, con
         }
         return TRUE;
     }
-    backing = vn_disk_backing_file(path, &err);
-    if (err) {
-        g_propagate_error(error, g_steal_pointer(&err));
-        return FALSE;
-    }
-    vn_domain_spec_add_disk(s, path, "qcow2", backing, NULL, target);
+    header = vn_disk_backing_file(path, &err);
+    if (g_strcmp0(header, backing) != 0)
+        g_warning("instance %s: the header of '%s' names the backing file '%s', the record "
+                  "says '%s': the header is ignored (rewritten by the guest's QEMU?)",
+                  uuid, path, header ? header : (err ? err->message : "none"),
+                  backing ? backing : "none");
+    vn_domain_spec_add_disk(s, path, "qcow2", backing, backing ? backing_format : NULL, target);
     return TRUE;
 }
 
@@ -104,14 +161,14 @@ VnDomainSpec *vn_guest_domain_spec(VnAgent *a, const VnInstanceRecord *rec, int 
     s->console_log = g_build_filename(dir, VN_GUEST_CONSOLE, NULL);
     s->dac_uid = dac_uid;
     s->mac_model = g_strdup(a->mac_model);
-    if (!add_disk(s, dir, VN_GUEST_ROOT_DISK, "vda", TRUE, error) ||
-        !add_disk(s, dir, VN_GUEST_EPHEMERAL_DISK, "vdb", FALSE, error) ||
-        !add_disk(s, dir, VN_GUEST_SWAP_DISK, "vdc", FALSE, error))
+    /* the root disk's base is the cached image of the record's image, in the format the
+     * record declares; the other disks have none */
+    g_autofree char *base = vn_image_cache_path(a->images, rec->image.id);
+    if (!add_disk(s, rec->uuid, dir, VN_GUEST_ROOT_DISK, "vda", TRUE, base, rec->image.disk_format,
+                  error) ||
+        !add_disk(s, rec->uuid, dir, VN_GUEST_EPHEMERAL_DISK, "vdb", FALSE, NULL, NULL, error) ||
+        !add_disk(s, rec->uuid, dir, VN_GUEST_SWAP_DISK, "vdc", FALSE, NULL, NULL, error))
         return NULL;
-    /* the root disk's base is the cached image, in the format it was declared */
-    VnDiskSpec *root = g_ptr_array_index(s->disks, 0);
-    if (root->backing_path)
-        root->backing_format = g_strdup(rec->image.disk_format);
     g_hash_table_iter_init(&it, rec->metadata);
     while (g_hash_table_iter_next(&it, &k, &v) && n < MAX_GUEST_STRINGS) {
         if (!guest_string_ok(k, TRUE) || !guest_string_ok(v, FALSE))

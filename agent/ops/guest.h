@@ -13,12 +13,27 @@
 #define VN_GUEST_EPHEMERAL_DISK "disk.eph0"
 #define VN_GUEST_SWAP_DISK      "disk.swap"
 #define VN_GUEST_CONSOLE        "console.log"
+#define VN_GUEST_BACKING        "disk.backing" /* the root disk's base, as the agent made it */
 
 /* <instance dir>/<name>.  Caller frees. */
 char *vn_guest_file(VnAgent *a, const char *uuid, const char *name);
 
 /* "instance-<uuid>". Caller frees. */
 char *vn_guest_domain_name(const char *uuid);
+
+/* Creates, or brings back to what it must be, the folder of instance @uuid for a guest whose
+ * QEMU runs with group @gid (its per-guest DAC identity; 0: none): 0750 root:@gid, so only
+ * that guest's QEMU may enter it, or 0711 without an identity (QEMU's shared user may
+ * traverse, nobody may list); and its console log (0600).  Called before every define,
+ * whatever the flow (build, migration, reboot), so an identity change follows. */
+gboolean vn_guest_prepare_dir(VnAgent *a, const char *uuid, int gid, GError **error);
+
+/* Records, beside the disks, the base the agent gave the root disk (0600, written by the
+ * agent only): what the image cache's in-use scan reads, never a qcow2 header. */
+gboolean vn_guest_record_backing(VnAgent *a, const char *uuid, const char *base, GError **error);
+
+/* The base recorded in @instance_dir, or NULL.  Caller frees. */
+char *vn_guest_read_backing(const char *instance_dir);
 
 /* The domain description of @rec: its disks as they exist in its folder (the root disk's
  * backing file read from the disk itself), console, CPU, security labels (@dac_uid > 0:

@@ -1022,31 +1022,24 @@ static void undo_dest(VnAgent *a, const char *uuid, gboolean shared)
         g_clear_error(&err);
         if (!vn_disk_remove_tree(dir, &err))
             g_warning("rollback of %s: %s", uuid, err->message);
-        vn_image_cache_release(a->images, rec->image.id);
     }
     vn_tracker_drop(a->tracker, uuid);
     vn_instance_store_forget(a->store, uuid, NULL);
     vn_agent_capacity_changed(a);
 }
 
+/* The disks of an arriving guest whose storage is not shared, in its prepared folder.
+ * The cached base is held only while the overlays are made (as a build holds it): from
+ * then on the record and the recorded backing keep it. */
 static gboolean make_dest_disks(VnAgent *a, const VnInstanceRecord *inst, json_object *disks,
                                 GError **error)
 {
     g_autofree char *dir = vn_agent_instance_dir(a, inst->uuid);
-    g_autofree char *console = g_build_filename(dir, VN_GUEST_CONSOLE, NULL);
     g_autofree char *base = NULL;
     VnImageSource src = { inst->image.id, inst->image.url, inst->image.sha256,
                           inst->image.disk_format, (guint64)inst->image.size };
-    int fd;
+    gboolean ok = TRUE;
 
-    if (g_mkdir_with_parents(dir, 0755) < 0) {
-        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "creating '%s': %s", dir,
-                    g_strerror(errno));
-        return FALSE;
-    }
-    fd = open(console, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (fd >= 0)
-        close(fd);
     base = vn_image_cache_acquire(a->images, &src, NULL, NULL, NULL, error);
     if (!base)
         return FALSE;
@@ -1054,18 +1047,17 @@ static gboolean make_dest_disks(VnAgent *a, const VnInstanceRecord *inst, json_o
     {
         g_autofree char *path = g_build_filename(dir, name, NULL);
         guint64 bytes = (guint64)json_object_get_int64(size);
-        gboolean ok;
         if (strcmp(name, VN_GUEST_ROOT_DISK) == 0)
-            ok = vn_disk_create_overlay(path, base, inst->image.disk_format, bytes, error);
+            ok = vn_disk_create_overlay(path, base, inst->image.disk_format, bytes, NULL, error) &&
+                 vn_guest_record_backing(a, inst->uuid, base, error);
         else if (strcmp(name, VN_GUEST_EPHEMERAL_DISK) == 0 ||
                  strcmp(name, VN_GUEST_SWAP_DISK) == 0)
-            ok = vn_disk_create_blank(path, bytes, error);
-        else
-            continue;
+            ok = vn_disk_create_blank(path, bytes, NULL, error);
         if (!ok)
-            return FALSE;
+            break;
     }
-    return TRUE;
+    vn_image_cache_release(a->images, inst->image.id);
+    return ok;
 }
 
 gboolean vn_op_pre_live_migration(VnOp *op, json_object **result, GError **error)
@@ -1092,14 +1084,8 @@ gboolean vn_op_pre_live_migration(VnOp *op, json_object **result, GError **error
         g_propagate_error(error, g_steal_pointer(&err));
         return FALSE;
     }
-    if (!shared && (!disks || !json_object_is_type(disks, json_type_object) ||
-                    !make_dest_disks(a, inst, disks, &err))) {
-        if (!err)
-            g_set_error(&err, VN_API_ERROR, VN_API_ERROR_INVALID, "migrate_data.disks: missing");
-        undo_dest(a, inst->uuid, FALSE);
-        g_propagate_error(error, g_steal_pointer(&err));
-        return FALSE;
-    }
+    /* the guest's identity here first: its folder is made (or, on shared storage, handed
+     * over) for it before any disk */
     if (cfg->per_guest_dac && a->dac_available) {
         uid = vn_instance_store_allocate_uid(a->store, inst->uuid, cfg->guest_uid_min,
                                              cfg->guest_uid_max, &err);
@@ -1108,6 +1094,15 @@ gboolean vn_op_pre_live_migration(VnOp *op, json_object **result, GError **error
             g_propagate_error(error, g_steal_pointer(&err));
             return FALSE;
         }
+    }
+    if (!vn_guest_prepare_dir(a, inst->uuid, uid, &err) ||
+        (!shared && (!disks || !json_object_is_type(disks, json_type_object) ||
+                     !make_dest_disks(a, inst, disks, &err)))) {
+        if (!err)
+            g_set_error(&err, VN_API_ERROR, VN_API_ERROR_INVALID, "migrate_data.disks: missing");
+        undo_dest(a, inst->uuid, shared);
+        g_propagate_error(error, g_steal_pointer(&err));
+        return FALSE;
     }
     vn_agent_capacity_changed(a);
     out = json_object_new_object();

@@ -107,7 +107,8 @@ static gboolean hard_reboot(VnOp *op, VnInstanceRecord *rec, GError **error)
     g_autofree char *xml = NULL;
     g_autofree char *labels = NULL;
 
-    if (!vn_domain_destroy(a->virt, rec->uuid, error))
+    if (!vn_domain_destroy(a->virt, rec->uuid, error) ||
+        !vn_guest_prepare_dir(a, rec->uuid, rec->guest_uid, error))
         return FALSE;
     ds = vn_guest_domain_spec(a, rec, rec->guest_uid, error);
     if (!ds || !(xml = vn_domain_xml_build(ds, error)) ||

@@ -151,7 +151,7 @@ host_start() {
     local H=$1 IP; IP=$(host_ip "$1")
     local R=$RUN/hosts/$H PORT MIG
     PORT=$(envget "HOST_${H^^}_PORT"); MIG=$(envget "HOST_${H^^}_MIGRATION_PORT")
-    mkdir -p "$R"/{run,lib,cache,log,etc,private} "$RUN/private"
+    mkdir -p "$R"/{run,lib,cache,log,etc,private,virtnode} "$RUN/private" /var/lib/virtnode
     cp -rn /etc/libvirt/. "$R/etc/" 2>/dev/null || true
     rm -f "$R"/etc/qemu/networks/autostart/* "$R"/etc/qemu/*.xml 2>/dev/null || true
     local last=${IP##*.}
@@ -187,6 +187,7 @@ EOF
         mount --bind $R/log   /var/log/libvirt
         mount --bind $R/etc   /etc/libvirt
         mount --bind $R/private $RUN/private
+        mount --bind $R/virtnode /var/lib/virtnode
         exec libvirtd --listen -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid
     " > "$R/libvirtd.out" 2>&1 &
     local p=$! i

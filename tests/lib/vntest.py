@@ -327,22 +327,31 @@ def domain_uuids(hostkey):
         c.close()
 
 
-def qemu_uid(uuid):
-    """uid of the QEMU process running instance @uuid, or None."""
+def qemu_pid(uuid):
+    """pid of the QEMU process running instance @uuid, or None."""
     needle = ("guest=instance-%s" % uuid).encode()
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
         try:
             with open("/proc/%s/cmdline" % d, "rb") as f:
-                if needle not in f.read():
-                    continue
-            with open("/proc/%s/status" % d) as f:
-                for line in f:
-                    if line.startswith("Uid:"):
-                        return int(line.split()[1])
+                if needle in f.read():
+                    return int(d)
         except OSError:
             continue
+    return None
+
+
+def qemu_uid(uuid):
+    """uid of the QEMU process running instance @uuid, or None."""
+    pid = qemu_pid(uuid)
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, TypeError):
+        pass
     return None
 
 

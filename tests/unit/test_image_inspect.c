@@ -3,6 +3,7 @@
 #include "tests/unit/testutil.h"
 
 #include <string.h>
+#include <sys/stat.h>
 
 #include "storage/disk.h"
 #include "storage/image_inspect.h"
@@ -199,24 +200,44 @@ static void test_overlay(void **state)
     g_autofree char *backing = NULL;
     guint64 size = 0;
 
+    struct stat st;
+
     (void)state;
     assert_true(vn_test_run(cmd));
-    assert_true(vn_disk_create_overlay(over, base, "qcow2", GIB, &err));
+    umask(022); /* the modes below hold whatever the process umask */
+    assert_true(vn_disk_create_overlay(over, base, "qcow2", GIB, NULL, &err));
+    assert_int_equal(stat(over, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
     assert_true(vn_disk_virtual_size(over, &size, &err));
     assert_int_equal(size, GIB);
     backing = vn_disk_backing_file(over, &err);
     assert_string_equal(backing, base);
     assert_true(vn_disk_allocated(over) < 1 << 20); /* thin */
     /* an overlay smaller than its base is refused, and nothing is made */
-    assert_false(vn_disk_create_overlay(small, base, "qcow2", 1 << 20, &err));
+    assert_false(vn_disk_create_overlay(small, base, "qcow2", 1 << 20, NULL, &err));
     assert_true(g_error_matches(err, VN_STOR_ERROR, VN_STOR_ERROR_INVALID));
     assert_false(g_file_test(small, G_FILE_TEST_EXISTS));
     g_clear_error(&err);
-    assert_true(vn_disk_create_blank(small, 8 << 20, &err));
+    assert_true(vn_disk_create_blank(small, 8 << 20, NULL, &err));
+    assert_int_equal(stat(small, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
     assert_true(vn_disk_virtual_size(small, &size, &err));
     assert_int_equal(size, 8 << 20);
     g_autofree char *none = vn_disk_backing_file(small, &err);
     assert_null(none);
+}
+
+/* A cancelled caller (a delete during the build) stops qemu-img: the worker is freed. */
+static void test_disk_cancelled(void **state)
+{
+    g_autofree char *path = g_build_filename(vn_test_dir(), "cancelled", NULL);
+    g_autoptr(GCancellable) cancel = g_cancellable_new();
+    g_autoptr(GError) err = NULL;
+
+    (void)state;
+    g_cancellable_cancel(cancel);
+    assert_false(vn_disk_create_blank(path, 8 << 20, cancel, &err));
+    assert_true(g_error_matches(err, VN_STOR_ERROR, VN_STOR_ERROR_CANCELLED));
 }
 
 int main(void)
@@ -225,7 +246,7 @@ int main(void)
         cmocka_unit_test(test_plain_qcow2),       cmocka_unit_test(test_backing_file_refused),
         cmocka_unit_test(test_data_file_refused), cmocka_unit_test(test_encrypted_refused),
         cmocka_unit_test(test_crafted_headers),   cmocka_unit_test(test_other_formats_detected),
-        cmocka_unit_test(test_overlay),
+        cmocka_unit_test(test_overlay),           cmocka_unit_test(test_disk_cancelled),
     };
     return cmocka_run_group_tests(tests, vn_test_dir_setup, vn_test_dir_teardown);
 }

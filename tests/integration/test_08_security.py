@@ -1,0 +1,96 @@
+"""What a compromised guest's QEMU can write is never trusted: a qcow2 header rewritten to
+name another file as its backing is ignored at the next hard reboot (the guest gets the
+base its record names, and the tampering is logged)."""
+
+import os
+import shutil
+import struct
+import unittest
+import xml.etree.ElementTree as ET
+
+import libvirt
+
+import vntest
+
+
+def qcow2_backing(path):
+    with open(path, "rb") as f:
+        h = f.read(20)
+        off, size = struct.unpack(">QI", h[8:20])
+        f.seek(off)
+        return f.read(size).decode()
+
+
+def holders(path):
+    """pids with @path open."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            fds = os.listdir("/proc/%s/fd" % d)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%s/fd/%s" % (d, fd)) == path:
+                    pids.append(int(d))
+                    break
+            except OSError:
+                pass
+    return pids
+
+
+def qcow2_set_backing(path, name):
+    """Rewrites the backing name in place, as a compromised QEMU could (same length)."""
+    with open(path, "r+b") as f:
+        h = f.read(20)
+        off, size = struct.unpack(">QI", h[8:20])
+        assert len(name) == size
+        f.seek(off)
+        f.write(name.encode())
+
+
+class Security(vntest.AgentTestCase):
+    def call(self, method, **kw):
+        return self.rpc.call("host-a", method, timeout=300, **kw)
+
+    def test_rewritten_backing_name_is_ignored_at_hard_reboot(self):
+        a = self.agent("a").start()
+        args = vntest.build_args("tamper-1")
+        u = args["instance"]["uuid"]
+        self.assertEqual(self.call("build_and_run_instance", **args)["vm_state"], "active")
+        vntest.wait_for(lambda: "VIRTNODE-GUEST-BOOTED" in a.console(u), 60, what="boot")
+        disk = os.path.join(a.instance_dir(u), "disk")
+        base = qcow2_backing(disk)
+        # the "victim": another file of the same name length, in the cache folder
+        victim = os.path.join(os.path.dirname(base), "f" * len(os.path.basename(base)))
+        shutil.copyfile(base, victim)
+        try:
+            self.call("stop_instance", instance_uuid=u)
+            qcow2_set_backing(disk, victim)
+            self.assertEqual(qcow2_backing(disk), victim)
+            boots = a.console(u).count("VIRTNODE-GUEST-BOOTED")
+            r = self.call("reboot_instance", instance_uuid=u, reboot_type="HARD")
+            self.assertEqual(r["power_state"], 1, r)
+            vntest.wait_for(lambda: a.console(u).count("VIRTNODE-GUEST-BOOTED") > boots, 60,
+                            what="boot after the hard reboot")
+            c = vntest.virt("a")
+            try:
+                x = ET.fromstring(c.lookupByUUIDString(u).XMLDesc(0))
+            finally:
+                c.close()
+            src = x.find("./devices/disk/backingStore/source")
+            self.assertEqual(src.get("file"), base, "the domain uses the header's backing")
+            self.assertIn("the header is ignored", a.log_text())
+            self.assertIn(victim, a.log_text())
+            # no process holds the victim open; the guest's QEMU holds its real base
+            self.assertEqual(holders(victim), [])
+            self.assertIn(vntest.qemu_pid(u), holders(base))
+        finally:
+            self.call("terminate_instance", instance_uuid=u)
+            os.unlink(victim)
+
+
+if __name__ == "__main__":
+    unittest.main()
