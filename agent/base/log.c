@@ -137,13 +137,47 @@ static LogRecord record_from(const GLogField *fields, gsize n_fields)
     return r;
 }
 
+char *vn_log_escape(const char *s)
+{
+    g_autofree char *valid = NULL;
+    GString *out;
+
+    if (!s)
+        return NULL;
+    valid = g_utf8_make_valid(s, -1);
+    out = g_string_sized_new(strlen(valid));
+    for (const char *p = valid; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '\n')
+            g_string_append(out, "\\n");
+        else if (c == '\r')
+            g_string_append(out, "\\r");
+        else if (c == '\t')
+            g_string_append(out, "\\t");
+        else if (c < 0x20 || c == 0x7f)
+            g_string_append_printf(out, "\\x%02x", c);
+        else
+            g_string_append_c(out, (char)c);
+    }
+    return g_string_free(out, FALSE);
+}
+
 char *vn_log_format_line(VnLogFormat format, GLogLevelFlags level, const GLogField *fields,
                          gsize n_fields)
 {
     LogRecord r = record_from(fields, n_fields);
     g_autoptr(GDateTime) now = g_date_time_new_now_utc();
     g_autofree char *ts = g_date_time_format_iso8601(now);
-    g_autofree char *msg = vn_log_mask_secrets(r.message);
+    g_autofree char *masked = vn_log_mask_secrets(r.message);
+    /* one event, one line: nothing that came from outside can start a line of its own */
+    g_autofree char *msg = vn_log_escape(masked);
+    g_autofree char *request_id = vn_log_escape(r.request_id);
+    g_autofree char *instance_uuid = vn_log_escape(r.instance_uuid);
+    g_autofree char *domain = vn_log_escape(r.domain);
+
+    r.request_id = request_id;
+    r.instance_uuid = instance_uuid;
+    r.domain = domain;
 
     if (format == VN_LOG_FORMAT_JSON) {
         json_object *o = json_object_new_object();

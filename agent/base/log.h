@@ -19,6 +19,10 @@ void vn_log_configure(VnLogTarget target, VnLogFormat format, VnLogLevel level);
 /* A copy of @text with URL passwords and password=/token= style values replaced by ***. */
 char *vn_log_mask_secrets(const char *text);
 
+/* @s with invalid UTF-8 repaired and control characters escaped (\n, \r, \t, \xNN), so
+ * a logged value can never forge a line.  NULL for NULL; caller frees. */
+char *vn_log_escape(const char *s);
+
 /* Sets (or with NULLs clears) the ids added to every message logged by this thread. */
 void vn_log_context_set(const char *request_id, const char *instance_uuid);
 

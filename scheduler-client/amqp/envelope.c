@@ -98,6 +98,31 @@ static gboolean malformed(GError **error, const char *fmt, ...)
 }
 
 /* Reads an optional string member; a non-string is an error naming @key. */
+/* Outside text made safe to store, log and echo: valid UTF-8 (invalid bytes become
+ * U+FFFD), control characters replaced by U+FFFD, at most @max_bytes bytes, cut on a
+ * character boundary.  A request id that broke every later reply of its instance once
+ * (cut mid-character, then refused by the database and by the controllers' decoder) can
+ * no longer. */
+char *vn_envelope_clean_text(const char *s, gsize len, gsize max_bytes)
+{
+    g_autofree char *valid = g_utf8_make_valid(s, (gssize)len);
+    GString *out = g_string_sized_new(MIN(len, max_bytes) + 1);
+
+    for (const char *p = valid; *p; p = g_utf8_next_char(p)) {
+        gunichar c = g_utf8_get_char(p);
+        char buf[6];
+        gint n;
+
+        if (c < 0x20 || c == 0x7f || (c >= 0x80 && c < 0xa0))
+            c = 0xfffd;
+        n = g_unichar_to_utf8(c, buf);
+        if (out->len + (gsize)n > max_bytes)
+            break;
+        g_string_append_len(out, buf, n);
+    }
+    return g_string_free(out, FALSE);
+}
+
 static gboolean opt_string(json_object *o, const char *key, gsize max_len, char **out,
                            GError **error)
 {
@@ -111,6 +136,11 @@ static gboolean opt_string(json_object *o, const char *key, gsize max_len, char 
     if ((gsize)json_object_get_string_len(v) > max_len ||
         strlen(json_object_get_string(v)) != (gsize)json_object_get_string_len(v))
         return malformed(error, "'%s' is too long or contains NUL", key);
+    /* ids the agent stores and echoes: printable ASCII only */
+    for (const char *p = json_object_get_string(v); *p; p++) {
+        if (!g_ascii_isprint(*p))
+            return malformed(error, "'%s' contains characters other than printable ASCII", key);
+    }
     *out = g_strdup(json_object_get_string(v));
     return TRUE;
 }
@@ -183,7 +213,8 @@ static void read_ids(json_object *m, VnRpcMessage *msg)
     json_object *rid = NULL;
     if (json_object_object_get_ex(m, CONTEXT_PREFIX "request_id", &rid) &&
         json_object_is_type(rid, json_type_string))
-        msg->request_id = g_strndup(json_object_get_string(rid), 255);
+        msg->request_id = vn_envelope_clean_text(json_object_get_string(rid),
+                                                 (gsize)json_object_get_string_len(rid), 255);
 }
 
 static gboolean read_request(json_object *m, VnRpcMessage *msg, GError **error)

@@ -80,3 +80,7 @@ char *vn_envelope_new_id(void);
 
 /* Parses JSON text strictly (UTF-8 validated, depth bounded); NULL on error. */
 json_object *vn_json_parse_strict(const char *text, gsize len, GError **error);
+
+/* @s (@len bytes, from outside) as valid UTF-8 without control characters, cut on a
+ * character boundary to at most @max_bytes bytes.  Caller frees. */
+char *vn_envelope_clean_text(const char *s, gsize len, gsize max_bytes);

@@ -40,6 +40,52 @@ static void test_decode_oslo_call(void **state)
     vn_rpc_message_free(m);
 }
 
+/* A request id from outside is stored and echoed: it becomes valid UTF-8 without control
+ * characters, cut on a character boundary; ids with anything but printable ASCII are
+ * dropped (a call without them cannot be answered, and is not stored). */
+static void test_hostile_ids(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    VnRpcMessage *m = NULL;
+    GString *rid = g_string_new(NULL);
+    g_autofree char *body = NULL;
+    g_autofree char *inner = NULL;
+    json_object *o = json_object_new_object();
+    json_object *outer = json_object_new_object();
+
+    (void)state;
+    /* 254 ASCII bytes, then a 2-byte character: a byte cut at 255 splits it */
+    for (int i = 0; i < 254; i++)
+        g_string_append_c(rid, 'r');
+    g_string_append(rid, "\xc3\xa9\n2026-01-01 FAKE LINE");
+    json_object_object_add(o, "method", json_object_new_string("ping"));
+    json_object_object_add(o, "_context_request_id",
+                           json_object_new_string_len(rid->str, (int)rid->len));
+    json_object_object_add(o, "_unique_id", json_object_new_string("abc\ndef"));
+    inner = g_strdup(json_object_to_json_string(o));
+    json_object_object_add(outer, "oslo.version", json_object_new_string("2.0"));
+    json_object_object_add(outer, "oslo.message", json_object_new_string(inner));
+    body = g_strdup(json_object_to_json_string(outer));
+    if (!vn_envelope_decode_request(body, strlen(body), &m, &err))
+        fail_msg("%s", err->message);
+    assert_true(g_utf8_validate(m->request_id, -1, NULL));
+    assert_true(strlen(m->request_id) <= 255);
+    assert_int_equal(strlen(m->request_id), 254); /* the split character is left out */
+    assert_null(strchr(m->request_id, '\n'));
+    assert_null(m->unique_id);
+    g_autofree char *clean = vn_envelope_clean_text("a\x01"
+                                                    "b\xff"
+                                                    "c",
+                                                    5, 64);
+    assert_string_equal(clean, "a\xef\xbf\xbd"
+                               "b\xef\xbf\xbd"
+                               "c");
+    vn_rpc_message_free(m);
+    json_object_put(o);
+    json_object_put(outer);
+    g_string_free(rid, TRUE);
+}
+
 static void test_encode_decode_round_trip(void **state)
 {
     g_autoptr(VnRpcMessage) m = vn_rpc_message_new();
@@ -234,6 +280,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_decode_oslo_call),
+        cmocka_unit_test(test_hostile_ids),
         cmocka_unit_test(test_encode_decode_round_trip),
         cmocka_unit_test(test_bad_envelopes),
         cmocka_unit_test(test_raw_v1_message_accepted),

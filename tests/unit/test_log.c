@@ -55,11 +55,33 @@ static void test_plain_and_json_lines(void **state)
     json_object_put(o);
 }
 
+/* Values from outside cannot forge a log line: control characters are escaped. */
+static void test_no_forged_lines(void **state)
+{
+    GLogField fields[] = {
+        { "MESSAGE", "unknown method 'x'\n2026-01-01T00:00:00Z NOTICE virtnode-agent: forged", -1 },
+        { "GLIB_DOMAIN", "virtnode-test", -1 },
+        { "REQUEST_ID", "req\r\n\x1b[31mred\xff", -1 },
+    };
+    g_autofree char *plain = NULL;
+
+    (void)state;
+    plain = vn_log_format_line(VN_LOG_FORMAT_PLAIN, G_LOG_LEVEL_WARNING, fields, 3);
+    /* one line: the only newline is the last character */
+    assert_ptr_equal(strchr(plain, '\n'), plain + strlen(plain) - 1);
+    assert_null(strchr(plain, '\r'));
+    assert_null(strchr(plain, '\x1b'));
+    assert_non_null(strstr(plain, "'x'\\n2026"));
+    assert_non_null(strstr(plain, "request_id=req\\r\\n\\x1b[31mred"));
+    assert_true(g_utf8_validate(plain, -1, NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_masking),
         cmocka_unit_test(test_plain_and_json_lines),
+        cmocka_unit_test(test_no_forged_lines),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
