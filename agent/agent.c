@@ -802,9 +802,10 @@ void vn_agent_reload(VnAgent *a)
         sd_notify(0, "READY=1");
         return;
     }
-    restart = vn_config_restart_needed(prev, next);
+    /* only what is marked reloadable changes now; the rest keeps its running value */
+    restart = vn_config_reload_merge(next, prev);
     for (char **r = restart; *r; r++)
-        g_warning("reload: %s changed; it takes effect at the next restart", *r);
+        g_warning("reload: %s changed; the running value stays until the next restart", *r);
     g_mutex_lock(&a->cfg_lock);
     vn_config_unref(a->cfg);
     a->cfg = vn_config_ref(next);

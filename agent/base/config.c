@@ -754,6 +754,43 @@ char **vn_config_restart_needed(const VnConfig *a, const VnConfig *b)
     return (char **)g_ptr_array_free(names, FALSE);
 }
 
+/* Copies option @o's value from @from into @to (whose old value is freed). */
+static void copy_value(VnConfig *to, const VnConfig *from, const OptDef *o)
+{
+    void *t = field(to, o);
+    const void *f = cfield(from, o);
+
+    switch (o->type) {
+    case OPT_STR:
+        g_free(*(char **)t);
+        *(char **)t = g_strdup(*(char *const *)f);
+        break;
+    case OPT_LIST:
+        g_strfreev(*(char ***)t);
+        *(char ***)t = g_strdupv(*(char **const *)f);
+        break;
+    case OPT_DOUBLE:
+        *(double *)t = *(const double *)f;
+        break;
+    case OPT_INT:
+    case OPT_BOOL:
+    case OPT_ENUM:
+        *(int *)t = *(const int *)f;
+        break;
+    }
+}
+
+char **vn_config_reload_merge(VnConfig *next, const VnConfig *running)
+{
+    g_auto(GStrv) changed = vn_config_restart_needed(running, next);
+
+    for (gsize i = 0; i < G_N_ELEMENTS(opts); i++) {
+        if (!(opts[i].flags & OPT_RELOAD))
+            copy_value(next, running, &opts[i]);
+    }
+    return g_steal_pointer(&changed);
+}
+
 const char *vn_virt_type_name(VnVirtType t)
 {
     return t < VN_VIRT_TYPE_LAST ? virt_types[t] : "?";

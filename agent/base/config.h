@@ -174,4 +174,10 @@ char *vn_config_reference_markdown(void);
  * apply ("[section] key"); NULL-terminated, caller frees with g_strfreev. */
 char **vn_config_restart_needed(const VnConfig *a, const VnConfig *b);
 
+/* Makes @next, a configuration just loaded for a reload and not yet shared, what a reload
+ * may apply: every option not marked reloadable takes its value from @running.  Returns
+ * the names of those whose new value was set aside ("[section] key"; NULL-terminated,
+ * g_strfreev). */
+char **vn_config_reload_merge(VnConfig *next, const VnConfig *running);
+
 const char *vn_virt_type_name(VnVirtType t);

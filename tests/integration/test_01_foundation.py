@@ -88,14 +88,42 @@ class Daemon(vntest.AgentTestCase):
         self.assertIn("stopped", a.log_text())
 
     def test_sighup_reloads(self):
+        """SIGHUP applies the reloadable options (asserted by their effect: the capacity row
+        and the log level) and keeps the running value of the others (a build after the
+        reload still uses the old instances_path, and its delete removes it)."""
         a = self.agent("a", extra={"log_level": "info"}).start()
+
+        def reserved():
+            r = vntest.db_query("SELECT reserved_host_memory_mb FROM compute_nodes "
+                                "WHERE host = 'host-a'")
+            return r[0][0] if r else None
+        vntest.wait_for(lambda: reserved() is not None, 20, what="capacity row")
+        self.assertNotEqual(reserved(), 1024)
+        moved = os.path.join(a.dir, "moved-instances")
         with open(a.conf) as f:
             text = f.read()
         with open(a.conf, "w") as f:
             f.write(text.replace("log_level = info", "log_level = debug")
+                    .replace("instances_path = %s" % a.instances, "instances_path = %s" % moved)
                     .replace("[DEFAULT]\n", "[DEFAULT]\nreserved_host_memory_mb = 1024\n"))
         os.kill(a.daemon_pid(), 1)
         vntest.wait_for(lambda: "configuration reloaded" in a.log_text(), 10, what="reload")
+        vntest.wait_for(lambda: reserved() == 1024, 10, what="the reserved memory applied")
+        self.assertIn("[DEFAULT] instances_path changed; the running value stays",
+                      a.log_text())
+        before = a.log_text().count(" DEBUG ")
+        # instances_path kept its running value: a guest lands there, and its delete
+        # removes it (it reported success while removing nothing when the value moved)
+        args = vntest.build_args("reload-1")
+        u = args["instance"]["uuid"]
+        self.assertEqual(self.rpc.call("host-a", "build_and_run_instance", timeout=300,
+                                       **args)["vm_state"], "active")
+        self.assertTrue(os.path.exists(os.path.join(a.instances, u, "disk")))
+        self.assertFalse(os.path.exists(os.path.join(moved, u)))
+        # debug lines appear now: the new log level is in effect
+        self.assertGreater(a.log_text().count(" DEBUG "), before)
+        self.rpc.call("host-a", "terminate_instance", timeout=300, instance_uuid=u)
+        self.assertFalse(os.path.exists(os.path.join(a.instances, u)))
         # a broken file is refused and the running configuration stays
         with open(a.conf, "a") as f:
             f.write("[nonsense]\nx = 1\n")

@@ -179,6 +179,29 @@ static void test_restart_needed(void **state)
     assert_true(g_strv_contains((const char *const *)names, "[DEFAULT] host"));
 }
 
+/* A reload applies only the reloadable options; the rest keep their running values. */
+static void test_reload_merge(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnConfig) run =
+        load("[DEFAULT]\nlog_level = info\ninstances_path = /a\nhost = h1\n", &err);
+    g_autoptr(VnConfig) next = load("[DEFAULT]\nlog_level = debug\ninstances_path = /b\nhost = h1\n"
+                                    "[amqp]\ntransport_url = amqp://u:p@x:1/,amqp://u:p@y:2/\n",
+                                    &err);
+    g_auto(GStrv) kept = NULL;
+
+    (void)state;
+    assert_non_null(run);
+    assert_non_null(next);
+    kept = vn_config_reload_merge(next, run);
+    assert_true(g_strv_contains((const char *const *)kept, "[DEFAULT] instances_path"));
+    assert_true(g_strv_contains((const char *const *)kept, "[amqp] transport_url"));
+    assert_string_equal(next->instances_path, "/a");
+    assert_int_equal(g_strv_length(next->amqp_transport_url),
+                     g_strv_length(run->amqp_transport_url));
+    assert_int_equal(next->log_level, VN_LOG_LEVEL_DEBUG); /* reloadable: applied */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -189,6 +212,7 @@ int main(void)
         cmocka_unit_test(test_dump_lists_every_option_masked),
         cmocka_unit_test(test_reference_matches_docs),
         cmocka_unit_test(test_restart_needed),
+        cmocka_unit_test(test_reload_merge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
