@@ -133,8 +133,8 @@ void vn_agent_notify_service(VnAgent *a, const char *event_type)
     json_object_object_add(d, "binary", json_object_new_string(BINARY));
     json_object_object_add(d, "topic", json_object_new_string(cfg->amqp_topic));
     json_object_object_add(d, "version", json_object_new_string(VIRTNODE_VERSION));
-    json_object_object_add(d, "ready", json_object_new_boolean(a->ready));
-    json_object_object_add(d, "stopping", json_object_new_boolean(a->stopping));
+    json_object_object_add(d, "ready", json_object_new_boolean(g_atomic_int_get(&a->ready)));
+    json_object_object_add(d, "stopping", json_object_new_boolean(g_atomic_int_get(&a->stopping)));
     p = payload("ServiceStatusPayload", d);
     publish(a, event_type, p);
 }
@@ -279,7 +279,7 @@ static void on_lifecycle(const char *uuid, int event, int detail, gpointer data)
     g_debug("libvirt event %d/%d for %s", event, detail, uuid);
     if (a->migrations)
         vn_migrations_lifecycle(a->migrations, uuid, event, detail);
-    if (a->sync_pool && !a->stopping)
+    if (a->sync_pool && !g_atomic_int_get(&a->stopping))
         g_thread_pool_push(a->sync_pool, g_strdup(uuid), NULL);
 }
 
@@ -305,10 +305,10 @@ static char *ready_body(gpointer data, gboolean *ready)
         vn_rpc_get_stats(a->rpc, &rs);
     if (a->reporter)
         vn_reporter_get_stats(a->reporter, &ds);
-    *ready = a->ready && !a->stopping && virt && rs.connected;
+    *ready = g_atomic_int_get(&a->ready) && !g_atomic_int_get(&a->stopping) && virt && rs.connected;
     json_object_object_add(o, "ready", json_object_new_boolean(*ready));
-    json_object_object_add(o, "started", json_object_new_boolean(a->ready));
-    json_object_object_add(o, "stopping", json_object_new_boolean(a->stopping));
+    json_object_object_add(o, "started", json_object_new_boolean(g_atomic_int_get(&a->ready)));
+    json_object_object_add(o, "stopping", json_object_new_boolean(g_atomic_int_get(&a->stopping)));
     json_object_object_add(o, "libvirt", json_object_new_boolean(virt));
     json_object_object_add(o, "amqp", json_object_new_boolean(rs.connected));
     /* the database is not needed to serve requests: shown, not required */
@@ -329,7 +329,7 @@ static gboolean tick_power_sync(gpointer data)
     VnAgent *a = data;
     g_autoptr(GPtrArray) recs = NULL;
 
-    if (!a->ready || a->stopping)
+    if (!g_atomic_int_get(&a->ready) || g_atomic_int_get(&a->stopping))
         return G_SOURCE_CONTINUE;
     recs = vn_instance_store_list(a->store, FALSE);
     for (guint i = 0; i < recs->len; i++)
@@ -368,23 +368,38 @@ static gboolean tick_image_cache(gpointer data)
     VnAgent *a = data;
     g_autoptr(VnConfig) cfg = vn_agent_config(a);
 
-    if (a->ready && !a->stopping && cfg->remove_unused_base_images &&
+    if (g_atomic_int_get(&a->ready) && !g_atomic_int_get(&a->stopping) && cfg->remove_unused_base_images &&
         g_atomic_int_compare_and_exchange(&a->aging, 0, 1))
         g_thread_unref(g_thread_new("image-aging", age_images, a));
     return G_SOURCE_CONTINUE;
 }
 
-static gboolean tick_housekeeping(gpointer data)
+static gpointer housekeeping(gpointer data)
 {
     VnAgent *a = data;
     g_autoptr(VnConfig) cfg = vn_agent_config(a);
     gint64 now = g_get_real_time() / G_USEC_PER_SEC;
     g_autoptr(GError) err = NULL;
 
-    vn_journal_prune(a->journal, now - cfg->amqp_duplicate_window, NULL);
+    if (vn_journal_prune(a->journal, now - cfg->amqp_duplicate_window, &err) < 0) {
+        g_warning("journal: pruning: %s", err->message);
+        g_clear_error(&err);
+    }
     vn_instance_store_purge_deleted(a->store, now - 3600);
     if (a->virt && !vn_tracker_refresh(a->tracker, a->virt, &err))
         g_debug("host facts: %s", err->message);
+    g_atomic_int_set(&a->housekeeping, 0);
+    return NULL;
+}
+
+/* The journal, the records and libvirt can each block: the work runs in a thread of its
+ * own, never on the main loop, which must keep answering signals and the watchdog. */
+static gboolean tick_housekeeping(gpointer data)
+{
+    VnAgent *a = data;
+
+    if (!g_atomic_int_get(&a->stopping) && g_atomic_int_compare_and_exchange(&a->housekeeping, 0, 1))
+        g_thread_unref(g_thread_new("housekeeping", housekeeping, a));
     return G_SOURCE_CONTINUE;
 }
 
@@ -406,7 +421,7 @@ static gboolean tick_libvirt(gpointer data)
 {
     VnAgent *a = data;
 
-    if (!a->ready || a->stopping || !a->virt || vn_virt_conn_is_alive(a->virt))
+    if (!g_atomic_int_get(&a->ready) || g_atomic_int_get(&a->stopping) || !a->virt || vn_virt_conn_is_alive(a->virt))
         return G_SOURCE_CONTINUE;
     if (g_atomic_int_compare_and_exchange(&a->reconnecting, 0, 1))
         g_thread_unref(g_thread_new("libvirt-reconnect", reconnect_libvirt, a));
@@ -735,7 +750,7 @@ gboolean vn_agent_start(VnAgent *a, GError **error)
      * unreachable broker does not hold the start; the link keeps reconnecting) */
     if (a->rpc && !vn_rpc_wait_connected(a->rpc, cfg->amqp_connect_timeout))
         g_warning("amqp: not connected yet; ready anyway, requests arrive once it is");
-    a->ready = TRUE;
+    g_atomic_int_set(&a->ready, 1);
     vn_agent_capacity_changed(a);
     vn_agent_notify_service(a, "service.update");
     sd_notify(0, "READY=1\nSTATUS=serving");
@@ -776,9 +791,8 @@ static gpointer stop_thread(gpointer data)
 
 void vn_agent_request_stop(VnAgent *a)
 {
-    if (a->stopping)
+    if (!g_atomic_int_compare_and_exchange(&a->stopping, 0, 1))
         return;
-    a->stopping = TRUE;
     sd_notify(0, "STOPPING=1");
     g_message("stopping: no new work; waiting for running operations");
     g_thread_unref(g_thread_new("stop", stop_thread, a));
@@ -868,7 +882,8 @@ void vn_agent_free(VnAgent *a)
     if (a->sync_pool)
         g_thread_pool_free(a->sync_pool, TRUE, TRUE);
     /* the detached background threads use what follows */
-    while (g_atomic_int_get(&a->reconnecting) || g_atomic_int_get(&a->aging))
+    while (g_atomic_int_get(&a->reconnecting) || g_atomic_int_get(&a->aging) ||
+           g_atomic_int_get(&a->housekeeping))
         g_usleep(10 * 1000);
     vn_migrations_free(a->migrations);
     vn_reporter_free(a->reporter);

@@ -42,18 +42,21 @@ typedef struct {
     gint power_syncs;
 } VnAgentCounters;
 
+/* The daemon's object.  Seen by the main loop, the link thread, the reporter, the status
+ * server, libvirt's event thread and every worker; each field says who may touch it. */
 struct _VnAgent {
-    GMutex cfg_lock;
-    VnConfig *cfg; /* current; take a reference with vn_agent_config */
+    /* immutable after vn_agent_new */
     char *config_path;
-
-    GMainLoop *loop;
-    int lock_fd;
-    gboolean ready;
-    gboolean stopping;
-    int exit_code;
+    VnReplyFunc reply; /* tests replace it before vn_agent_start */
+    gpointer reply_data;
     gint64 started_at;
 
+    /* under @cfg_lock: take a reference with vn_agent_config, read it lockless */
+    GMutex cfg_lock;
+    VnConfig *cfg;
+
+    /* immutable after vn_agent_start returns (set up before any worker, link or timer
+     * runs; freed by vn_agent_free after they all stopped).  Each is self-locking. */
     VnJournal *journal;
     VnInstanceStore *store;
     VnVirtConn *virt;
@@ -64,18 +67,23 @@ struct _VnAgent {
     VnStatusServer *http;
     VnDispatcher *dispatcher;
     VnMigrations *migrations;
-
-    VnReplyFunc reply;
-    gpointer reply_data;
-
-    char *mac_model; /* "selinux" / "apparmor" when the host has one */
-    gboolean dac_available;
-
-    VnAgentCounters counters;
-    GPtrArray *timers;      /* GSource ids */
     GThreadPool *sync_pool; /* one thread: power-state syncs, in order */
-    gint reconnecting;      /* a libvirt reconnect thread is running */
-    gint aging;             /* an image-cache aging thread is running */
+    char *mac_model;        /* "selinux" / "apparmor" when the host has one */
+    gboolean dac_available;
+    int lock_fd;
+
+    /* main loop only */
+    GMainLoop *loop;
+    GPtrArray *timers; /* GSource ids */
+    int exit_code;
+
+    /* atomic (g_atomic_int_*) */
+    gint ready;        /* started and serving */
+    gint stopping;     /* a stop was requested: set once, never cleared */
+    gint reconnecting; /* a libvirt reconnect thread is running */
+    gint aging;        /* an image-cache aging thread is running */
+    gint housekeeping; /* a housekeeping thread is running */
+    VnAgentCounters counters;
 };
 
 /* A new agent of @cfg (reference taken); nothing is started.  @config_path is re-read on

@@ -22,7 +22,7 @@ char *vn_agent_metrics(VnAgent *a)
     g_autoptr(GPtrArray) recs = a->store ? vn_instance_store_list(a->store, FALSE) : NULL;
 
     metric(out, "virtnode_ready", "gauge", "1 when the agent takes work", NULL,
-           a->ready && !a->stopping);
+           g_atomic_int_get(&a->ready) && !g_atomic_int_get(&a->stopping));
     metric(out, "virtnode_start_time_seconds", "gauge", "Unix time the agent started", NULL,
            (double)a->started_at);
     metric(out, "virtnode_requests_total", "counter", "RPC requests received", NULL,

@@ -134,7 +134,7 @@ gboolean vn_op_host_info(VnOp *op, json_object **result, GError **error)
     json_object_object_add(o, "version", json_object_new_string(VIRTNODE_VERSION));
     json_object_object_add(o, "virt_type",
                            json_object_new_string(vn_virt_type_name(cfg->virt_type)));
-    json_object_object_add(o, "ready", json_object_new_boolean(a->ready));
+    json_object_object_add(o, "ready", json_object_new_boolean(g_atomic_int_get(&a->ready)));
     json_object_object_add(cap, "vcpus", json_object_new_int(c->vcpus));
     json_object_object_add(cap, "vcpus_used", json_object_new_int(c->vcpus_used));
     json_object_object_add(cap, "memory_mb", json_object_new_int64(c->memory_mb));

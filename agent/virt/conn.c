@@ -65,20 +65,33 @@ static void loop_release(void)
 /* ------------------------------------------------------------------ connection */
 
 struct _VnVirtConn {
+    /* immutable after vn_virt_conn_new */
     char *uri;
     int ka_interval;
     int ka_count;
     VnVirtHandlers h;
 
+    /* under @lock, which is never held across a call that talks to libvirtd: opening,
+     * registering and closing happen outside it, so a hung libvirtd cannot stall a thread
+     * that only asks whether the connection is alive (the main loop, /readyz) */
     GMutex lock;
-    virConnectPtr conn;
-    gboolean broken;
+    GCond cond;            /* signalled when an attempt to connect ends */
+    virConnectPtr conn;    /* the connection in use (a reference), or NULL */
+    int cb_lifecycle;      /* @conn's callback ids */
+    int cb_job;
+    gboolean connecting;   /* one thread is opening a connection */
+    gboolean broken;       /* the close callback fired for @conn */
     gboolean outage_logged;
     gboolean was_down; /* closed or unreachable since the last successful open */
     gint64 last_attempt;
+};
+
+/* A connection taken out of use with its callback ids, to be closed outside the lock. */
+typedef struct {
+    virConnectPtr conn;
     int cb_lifecycle;
     int cb_job;
-};
+} Held;
 
 static void on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int detail, void *opaque)
 {
@@ -122,44 +135,55 @@ static void on_close(virConnectPtr conn, int reason, void *opaque)
         c->h.connection(FALSE, c->h.user_data);
 }
 
-/* Drops the current connection; called with the lock held. */
-static void drop_locked(VnVirtConn *c)
+/* Takes the connection out of use; with the lock held.  close_held() finishes. */
+static Held take_locked(VnVirtConn *c)
 {
-    if (!c->conn)
-        return;
-    if (c->cb_lifecycle >= 0)
-        virConnectDomainEventDeregisterAny(c->conn, c->cb_lifecycle);
-    if (c->cb_job >= 0)
-        virConnectDomainEventDeregisterAny(c->conn, c->cb_job);
-    virConnectUnregisterCloseCallback(c->conn, on_close);
-    virResetLastError();
-    virConnectClose(c->conn);
+    Held h = { c->conn, c->cb_lifecycle, c->cb_job };
+
     c->conn = NULL;
     c->cb_lifecycle = c->cb_job = -1;
+    return h;
 }
 
-static gboolean open_locked(VnVirtConn *c, GError **error)
+/* Deregisters and closes a connection taken out of use; it talks to libvirtd, so never
+ * with the lock held. */
+static void close_held(Held *h)
 {
-    virConnectPtr conn = virConnectOpen(c->uri);
+    if (!h->conn)
+        return;
+    if (h->cb_lifecycle >= 0)
+        virConnectDomainEventDeregisterAny(h->conn, h->cb_lifecycle);
+    if (h->cb_job >= 0)
+        virConnectDomainEventDeregisterAny(h->conn, h->cb_job);
+    virConnectUnregisterCloseCallback(h->conn, on_close);
+    virResetLastError();
+    virConnectClose(h->conn);
+    h->conn = NULL;
+}
 
-    if (!conn)
-        return vn_virt_error(error, "connecting to %s", c->uri);
+/* Opens a connection with its keepalive and callbacks; outside the lock. */
+static Held open_conn(VnVirtConn *c, GError **error)
+{
+    Held h = { virConnectOpen(c->uri), -1, -1 };
+
+    if (!h.conn) {
+        vn_virt_error(error, "connecting to %s", c->uri);
+        return h;
+    }
     /* local test drivers have no keepalive and no close callback: that is fine */
-    if (virConnectSetKeepAlive(conn, c->ka_interval, (unsigned)c->ka_count) < 0)
+    if (virConnectSetKeepAlive(h.conn, c->ka_interval, (unsigned)c->ka_count) < 0)
         virResetLastError();
-    if (virConnectRegisterCloseCallback(conn, on_close, c, NULL) < 0)
+    if (virConnectRegisterCloseCallback(h.conn, on_close, c, NULL) < 0)
         virResetLastError();
-    c->cb_lifecycle =
-        virConnectDomainEventRegisterAny(conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+    h.cb_lifecycle =
+        virConnectDomainEventRegisterAny(h.conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                          VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle), c, NULL);
-    c->cb_job =
-        virConnectDomainEventRegisterAny(conn, NULL, VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
+    h.cb_job =
+        virConnectDomainEventRegisterAny(h.conn, NULL, VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
                                          VIR_DOMAIN_EVENT_CALLBACK(on_job_completed), c, NULL);
-    if (c->cb_lifecycle < 0 || c->cb_job < 0)
+    if (h.cb_lifecycle < 0 || h.cb_job < 0)
         virResetLastError();
-    c->conn = conn;
-    c->broken = FALSE;
-    return TRUE;
+    return h;
 }
 
 VnVirtConn *vn_virt_conn_new(const char *uri, int keepalive_interval, int keepalive_count,
@@ -175,17 +199,24 @@ VnVirtConn *vn_virt_conn_new(const char *uri, int keepalive_interval, int keepal
         c->h = *handlers;
     c->cb_lifecycle = c->cb_job = -1;
     g_mutex_init(&c->lock);
+    g_cond_init(&c->cond);
     return c;
 }
 
 void vn_virt_conn_free(VnVirtConn *c)
 {
+    Held h;
+
     if (!c)
         return;
     g_mutex_lock(&c->lock);
-    drop_locked(c);
+    while (c->connecting)
+        g_cond_wait(&c->cond, &c->lock);
+    h = take_locked(c);
     g_mutex_unlock(&c->lock);
+    close_held(&h);
     g_mutex_clear(&c->lock);
+    g_cond_clear(&c->cond);
     g_free(c->uri);
     g_free(c);
     loop_release();
@@ -193,36 +224,59 @@ void vn_virt_conn_free(VnVirtConn *c)
 
 virConnectPtr vn_virt_conn_get(VnVirtConn *c, GError **error)
 {
+    g_autoptr(GError) err = NULL;
+    Held stale = { NULL, -1, -1 };
+    Held fresh;
     virConnectPtr out = NULL;
-    gboolean restored = FALSE;
+    gboolean restored;
 
     g_mutex_lock(&c->lock);
+    /* one thread connects; the others wait for its outcome rather than pile up */
+    while (c->connecting)
+        g_cond_wait(&c->cond, &c->lock);
     if (c->conn && (c->broken || virConnectIsAlive(c->conn) != 1)) {
         virResetLastError();
-        drop_locked(c);
+        stale = take_locked(c);
     }
-    if (!c->conn) {
-        gint64 now = g_get_monotonic_time();
-        g_autoptr(GError) err = NULL;
-        if (c->last_attempt && now - c->last_attempt < G_TIME_SPAN_SECOND) {
-            g_set_error(error, VN_VIRT_ERROR, VN_VIRT_ERROR_CONNECT,
-                        "libvirt at %s is unreachable (retrying)", c->uri);
-            g_mutex_unlock(&c->lock);
-            return NULL;
-        }
-        c->last_attempt = now;
-        if (!open_locked(c, &err)) {
-            if (!c->outage_logged)
-                g_warning("libvirt: %s", err->message);
-            c->outage_logged = TRUE;
-            c->was_down = TRUE;
-            g_propagate_error(error, g_steal_pointer(&err));
-            g_mutex_unlock(&c->lock);
-            return NULL;
-        }
-        restored = c->was_down;
-        c->outage_logged = c->was_down = FALSE;
+    if (c->conn) {
+        out = c->conn;
+        virConnectRef(out);
+        g_mutex_unlock(&c->lock);
+        return out;
     }
+    gint64 now = g_get_monotonic_time();
+    if (c->last_attempt && now - c->last_attempt < G_TIME_SPAN_SECOND) {
+        g_mutex_unlock(&c->lock);
+        close_held(&stale);
+        g_set_error(error, VN_VIRT_ERROR, VN_VIRT_ERROR_CONNECT,
+                    "libvirt at %s is unreachable (retrying)", c->uri);
+        return NULL;
+    }
+    c->last_attempt = now;
+    c->connecting = TRUE;
+    g_mutex_unlock(&c->lock);
+
+    close_held(&stale);
+    fresh = open_conn(c, &err);
+
+    g_mutex_lock(&c->lock);
+    c->connecting = FALSE;
+    g_cond_broadcast(&c->cond);
+    if (!fresh.conn) {
+        gboolean log = !c->outage_logged;
+        c->outage_logged = c->was_down = TRUE;
+        g_mutex_unlock(&c->lock);
+        if (log)
+            g_warning("libvirt: %s", err->message);
+        g_propagate_error(error, g_steal_pointer(&err));
+        return NULL;
+    }
+    c->conn = fresh.conn;
+    c->cb_lifecycle = fresh.cb_lifecycle;
+    c->cb_job = fresh.cb_job;
+    c->broken = FALSE;
+    restored = c->was_down;
+    c->outage_logged = c->was_down = FALSE;
     out = c->conn;
     virConnectRef(out);
     g_mutex_unlock(&c->lock);
