@@ -368,8 +368,8 @@ static gboolean tick_image_cache(gpointer data)
     VnAgent *a = data;
     g_autoptr(VnConfig) cfg = vn_agent_config(a);
 
-    if (g_atomic_int_get(&a->ready) && !g_atomic_int_get(&a->stopping) && cfg->remove_unused_base_images &&
-        g_atomic_int_compare_and_exchange(&a->aging, 0, 1))
+    if (g_atomic_int_get(&a->ready) && !g_atomic_int_get(&a->stopping) &&
+        cfg->remove_unused_base_images && g_atomic_int_compare_and_exchange(&a->aging, 0, 1))
         g_thread_unref(g_thread_new("image-aging", age_images, a));
     return G_SOURCE_CONTINUE;
 }
@@ -398,7 +398,8 @@ static gboolean tick_housekeeping(gpointer data)
 {
     VnAgent *a = data;
 
-    if (!g_atomic_int_get(&a->stopping) && g_atomic_int_compare_and_exchange(&a->housekeeping, 0, 1))
+    if (!g_atomic_int_get(&a->stopping) &&
+        g_atomic_int_compare_and_exchange(&a->housekeeping, 0, 1))
         g_thread_unref(g_thread_new("housekeeping", housekeeping, a));
     return G_SOURCE_CONTINUE;
 }
@@ -421,7 +422,8 @@ static gboolean tick_libvirt(gpointer data)
 {
     VnAgent *a = data;
 
-    if (!g_atomic_int_get(&a->ready) || g_atomic_int_get(&a->stopping) || !a->virt || vn_virt_conn_is_alive(a->virt))
+    if (!g_atomic_int_get(&a->ready) || g_atomic_int_get(&a->stopping) || !a->virt ||
+        vn_virt_conn_is_alive(a->virt))
         return G_SOURCE_CONTINUE;
     if (g_atomic_int_compare_and_exchange(&a->reconnecting, 0, 1))
         g_thread_unref(g_thread_new("libvirt-reconnect", reconnect_libvirt, a));
@@ -865,28 +867,43 @@ int vn_agent_run(VnAgent *a)
     return a->exit_code;
 }
 
+/* The one stop order: stop accepting -> cancel and wait for every worker -> silence
+ * libvirt's events -> wait for the helper threads -> stop the links -> free.  Each step
+ * only frees what nothing still running can reach. */
 void vn_agent_free(VnAgent *a)
 {
     if (!a)
         return;
+    g_atomic_int_set(&a->stopping, 1);
     for (guint i = 0; i < a->timers->len; i++)
         g_source_remove(GPOINTER_TO_UINT(g_ptr_array_index(a->timers, i)));
     g_ptr_array_free(a->timers, TRUE);
     vn_status_server_stop(a->http);
-    /* the link first: no request may reach a dispatcher being torn down */
-    vn_rpc_free(a->rpc);
-    a->rpc = NULL;
+    /* 1. nothing new comes in */
+    if (a->rpc)
+        vn_rpc_stop_consuming(a->rpc);
     if (a->dispatcher)
-        vn_dispatcher_drain(a->dispatcher, 0);
-    vn_dispatcher_free(a->dispatcher);
+        vn_dispatcher_stop_accepting(a->dispatcher);
+    /* 2. every worker (operation flows and the migration monitors inside them) has
+     *    returned; queued operations wait in the journal for the next start */
+    if (a->dispatcher)
+        vn_dispatcher_shutdown(a->dispatcher);
+    /* 3. libvirt's event thread no longer calls in */
+    if (a->virt)
+        vn_virt_conn_silence(a->virt);
     if (a->sync_pool)
         g_thread_pool_free(a->sync_pool, TRUE, TRUE);
-    /* the detached background threads use what follows */
     while (g_atomic_int_get(&a->reconnecting) || g_atomic_int_get(&a->aging) ||
            g_atomic_int_get(&a->housekeeping))
         g_usleep(10 * 1000);
-    vn_migrations_free(a->migrations);
+    /* 4. the links: the reporter's hooks read the tracker and the store, freed after */
+    vn_rpc_free(a->rpc);
+    a->rpc = NULL;
     vn_reporter_free(a->reporter);
+    a->reporter = NULL;
+    /* 5. the rest */
+    vn_dispatcher_free(a->dispatcher);
+    vn_migrations_free(a->migrations);
     vn_virt_conn_free(a->virt);
     vn_tracker_free(a->tracker);
     vn_image_cache_free(a->images);

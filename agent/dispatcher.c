@@ -13,13 +13,17 @@ typedef struct {
 } InstanceQueue;
 
 struct _VnDispatcher {
+    /* immutable after vn_dispatcher_new */
     VnAgent *agent;
+    GThreadPool *pools[VN_KIND_LAST]; /* self-locking; freed by vn_dispatcher_shutdown */
+
+    /* under @lock */
     GMutex lock;
-    GCond idle;
-    GThreadPool *pools[VN_KIND_LAST];
+    GCond idle;         /* signalled when @pending drops */
     GHashTable *queues; /* uuid -> InstanceQueue* */
-    int pending;        /* ops accepted and not finished */
+    int pending;        /* ops accepted whose worker has not returned (or queued) */
     gboolean accepting;
+    gboolean closing; /* vn_dispatcher_shutdown began: nothing more starts */
     int max_queued;
     GPtrArray *running; /* VnOp* running now (for cancellation at shutdown) */
 };
@@ -153,14 +157,25 @@ static void finish_op(VnDispatcher *d, VnOp *op, gboolean ok, json_object *resul
             if (!next)
                 g_hash_table_remove(d->queues, uuid);
         }
-        if (next)
+        if (next && d->closing) {
+            /* never started: it stays in the journal and runs after the next start */
+            g_queue_push_head(&q->pending, next);
+            q->current = NULL;
+        } else if (next) {
             start_op(d, next);
+        }
     }
-    d->pending--;
-    g_cond_broadcast(&d->idle);
     g_mutex_unlock(&d->lock);
     /* the reply last: when the caller hears back, the agent's state is settled */
     vn_agent_reply(a, op->msg->reply_q, op->msg->msg_id, ok ? result : NULL, ok ? NULL : &fail);
+}
+
+static void release_pending(VnDispatcher *d)
+{
+    g_mutex_lock(&d->lock);
+    d->pending--;
+    g_cond_broadcast(&d->idle);
+    g_mutex_unlock(&d->lock);
 }
 
 static void worker(gpointer data, gpointer user_data)
@@ -174,8 +189,18 @@ static void worker(gpointer data, gpointer user_data)
 
     vn_log_context_set(op->request_id, op->req ? op->req->instance_uuid : NULL);
     g_mutex_lock(&d->lock);
-    g_ptr_array_add(d->running, op);
+    gboolean closing = d->closing;
+    if (!closing)
+        g_ptr_array_add(d->running, op);
     g_mutex_unlock(&d->lock);
+    if (closing) {
+        /* queued in the pool when the shutdown began: the journal replays it at the next
+         * start */
+        vn_log_context_set(NULL, NULL);
+        op_free(op);
+        release_pending(d);
+        return;
+    }
     if (op->info->journaled && op->unique_id)
         vn_journal_set_running(a->journal, op->unique_id, NULL);
     if (op->info->journaled && op->req && op->req->instance_uuid) {
@@ -195,6 +220,8 @@ static void worker(gpointer data, gpointer user_data)
     finish_op(d, op, ok, result, err, TRUE);
     vn_log_context_set(NULL, NULL);
     op_free(op);
+    /* counted until the very end: once pending is 0, no worker touches the agent again */
+    release_pending(d);
 }
 
 /* Queues @op behind the operations of its instance; called with the lock held.  Returns
@@ -268,6 +295,7 @@ static void dispatch(VnDispatcher *d, VnOp *op)
         g_mutex_unlock(&d->lock);
         finish_op(d, op, FALSE, NULL, err, FALSE);
         op_free(op);
+        release_pending(d);
     }
 }
 
@@ -451,16 +479,6 @@ gboolean vn_dispatcher_drain(VnDispatcher *d, int timeout_s)
     return idle;
 }
 
-int vn_dispatcher_pending(VnDispatcher *d)
-{
-    int n;
-
-    g_mutex_lock(&d->lock);
-    n = d->pending;
-    g_mutex_unlock(&d->lock);
-    return n;
-}
-
 gboolean vn_dispatcher_busy(VnDispatcher *d, const char *uuid)
 {
     gboolean busy;
@@ -476,12 +494,51 @@ gboolean vn_dispatcher_busy(VnDispatcher *d, const char *uuid)
     return busy;
 }
 
+void vn_dispatcher_shutdown(VnDispatcher *d)
+{
+    GHashTableIter it;
+    gpointer k, v;
+    int dropped = 0;
+
+    g_mutex_lock(&d->lock);
+    if (d->closing) {
+        g_mutex_unlock(&d->lock);
+        return;
+    }
+    d->accepting = FALSE;
+    d->closing = TRUE;
+    /* queued, never started: they are journaled and run again after the next start */
+    g_hash_table_iter_init(&it, d->queues);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        InstanceQueue *q = v;
+        VnOp *op;
+        while ((op = g_queue_pop_head(&q->pending))) {
+            op_free(op);
+            d->pending--;
+            dropped++;
+        }
+    }
+    for (guint i = 0; i < d->running->len; i++)
+        g_cancellable_cancel(((VnOp *)g_ptr_array_index(d->running, i))->cancel);
+    g_mutex_unlock(&d->lock);
+    if (dropped)
+        g_message("%d queued operations left for the next start", dropped);
+    /* waits for every worker, including those queued in a pool and not yet running (they
+     * see the cancellation at once) */
+    for (int i = 0; i < VN_KIND_LAST; i++) {
+        g_thread_pool_free(d->pools[i], FALSE, TRUE);
+        d->pools[i] = NULL;
+    }
+    g_mutex_lock(&d->lock);
+    g_assert(d->pending == 0);
+    g_mutex_unlock(&d->lock);
+}
+
 void vn_dispatcher_free(VnDispatcher *d)
 {
     if (!d)
         return;
-    for (int k = 0; k < VN_KIND_LAST; k++)
-        g_thread_pool_free(d->pools[k], FALSE, TRUE);
+    vn_dispatcher_shutdown(d);
     g_hash_table_destroy(d->queues);
     g_ptr_array_free(d->running, TRUE);
     g_mutex_clear(&d->lock);

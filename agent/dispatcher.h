@@ -33,6 +33,11 @@ typedef struct {
 } VnOp;
 
 VnDispatcher *vn_dispatcher_new(VnAgent *agent);
+/* Stops for good: nothing more is accepted or started, queued operations are left to
+ * the journal's replay at the next start, running ones are cancelled, and it returns once
+ * every worker has returned (after which no worker touches the agent).  Idempotent. */
+void vn_dispatcher_shutdown(VnDispatcher *d);
+/* Shuts down (if not yet) and frees. */
 void vn_dispatcher_free(VnDispatcher *d);
 
 /* Pool sizes (reloadable). */
@@ -50,9 +55,6 @@ void vn_dispatcher_stop_accepting(VnDispatcher *d);
 /* Waits up to @timeout_s for queued and running operations to end; then cancels what is
  * left and waits a little more.  TRUE when nothing runs any more. */
 gboolean vn_dispatcher_drain(VnDispatcher *d, int timeout_s);
-
-/* Operations running or queued now. */
-int vn_dispatcher_pending(VnDispatcher *d);
 
 /* TRUE while an operation runs or waits for instance @uuid. */
 gboolean vn_dispatcher_busy(VnDispatcher *d, const char *uuid);

@@ -75,16 +75,42 @@ struct _VnVirtConn {
      * registering and closing happen outside it, so a hung libvirtd cannot stall a thread
      * that only asks whether the connection is alive (the main loop, /readyz) */
     GMutex lock;
-    GCond cond;            /* signalled when an attempt to connect ends */
-    virConnectPtr conn;    /* the connection in use (a reference), or NULL */
-    int cb_lifecycle;      /* @conn's callback ids */
+    GCond cond;         /* signalled when an attempt to connect ends */
+    virConnectPtr conn; /* the connection in use (a reference), or NULL */
+    int cb_lifecycle;   /* @conn's callback ids */
     int cb_job;
-    gboolean connecting;   /* one thread is opening a connection */
-    gboolean broken;       /* the close callback fired for @conn */
+    gboolean connecting; /* one thread is opening a connection */
+    gboolean broken;     /* the close callback fired for @conn */
     gboolean outage_logged;
     gboolean was_down; /* closed or unreachable since the last successful open */
     gint64 last_attempt;
+
+    /* the handlers run under the read side; vn_virt_conn_silence takes the write side */
+    GRWLock handlers_lock;
+    gboolean silenced; /* under @handlers_lock */
 };
+
+/* Runs in libvirt's event thread: calls into the agent only while not silenced. */
+static gboolean handlers_enter(VnVirtConn *c)
+{
+    g_rw_lock_reader_lock(&c->handlers_lock);
+    if (!c->silenced)
+        return TRUE;
+    g_rw_lock_reader_unlock(&c->handlers_lock);
+    return FALSE;
+}
+
+static void handlers_leave(VnVirtConn *c)
+{
+    g_rw_lock_reader_unlock(&c->handlers_lock);
+}
+
+void vn_virt_conn_silence(VnVirtConn *c)
+{
+    g_rw_lock_writer_lock(&c->handlers_lock);
+    c->silenced = TRUE;
+    g_rw_lock_writer_unlock(&c->handlers_lock);
+}
 
 /* A connection taken out of use with its callback ids, to be closed outside the lock. */
 typedef struct {
@@ -99,8 +125,10 @@ static void on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int de
     char uuid[VIR_UUID_STRING_BUFLEN];
 
     (void)conn;
-    if (c->h.lifecycle && virDomainGetUUIDString(dom, uuid) == 0)
-        c->h.lifecycle(uuid, event, detail, c->h.user_data);
+    if (!c->h.lifecycle || virDomainGetUUIDString(dom, uuid) != 0 || !handlers_enter(c))
+        return;
+    c->h.lifecycle(uuid, event, detail, c->h.user_data);
+    handlers_leave(c);
 }
 
 static void on_job_completed(virConnectPtr conn, virDomainPtr dom, virTypedParameterPtr params,
@@ -115,7 +143,10 @@ static void on_job_completed(virConnectPtr conn, virDomainPtr dom, virTypedParam
         return;
     vn_job_stats_from_params(params, nparams, &stats);
     stats.state = VN_JOB_COMPLETED;
+    if (!handlers_enter(c))
+        return;
     c->h.job_completed(uuid, &stats, c->h.user_data);
+    handlers_leave(c);
 }
 
 static void on_close(virConnectPtr conn, int reason, void *opaque)
@@ -131,8 +162,10 @@ static void on_close(virConnectPtr conn, int reason, void *opaque)
     g_mutex_unlock(&c->lock);
     g_warning("libvirt: connection to %s closed (%s)", c->uri,
               reason >= 0 && reason < (int)G_N_ELEMENTS(reasons) ? reasons[reason] : "unknown");
-    if (c->h.connection)
+    if (c->h.connection && handlers_enter(c)) {
         c->h.connection(FALSE, c->h.user_data);
+        handlers_leave(c);
+    }
 }
 
 /* Takes the connection out of use; with the lock held.  close_held() finishes. */
@@ -200,6 +233,7 @@ VnVirtConn *vn_virt_conn_new(const char *uri, int keepalive_interval, int keepal
     c->cb_lifecycle = c->cb_job = -1;
     g_mutex_init(&c->lock);
     g_cond_init(&c->cond);
+    g_rw_lock_init(&c->handlers_lock);
     return c;
 }
 
@@ -217,6 +251,7 @@ void vn_virt_conn_free(VnVirtConn *c)
     close_held(&h);
     g_mutex_clear(&c->lock);
     g_cond_clear(&c->cond);
+    g_rw_lock_clear(&c->handlers_lock);
     g_free(c->uri);
     g_free(c);
     loop_release();
@@ -282,8 +317,10 @@ virConnectPtr vn_virt_conn_get(VnVirtConn *c, GError **error)
     g_mutex_unlock(&c->lock);
     if (restored) {
         g_message("libvirt: connection to %s restored", c->uri);
-        if (c->h.connection)
+        if (c->h.connection && handlers_enter(c)) {
             c->h.connection(TRUE, c->h.user_data);
+            handlers_leave(c);
+        }
     }
     return out;
 }

@@ -26,6 +26,10 @@ typedef struct {
 VnVirtConn *vn_virt_conn_new(const char *uri, int keepalive_interval, int keepalive_count,
                              const VnVirtHandlers *handlers);
 void vn_virt_conn_free(VnVirtConn *c);
+
+/* After it returns, no handler is running or will be called again (the connection itself
+ * stays usable): what the handlers reach may then be freed. */
+void vn_virt_conn_silence(VnVirtConn *c);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VnVirtConn, vn_virt_conn_free)
 
 /* The connection, opened or reopened if needed; the caller owns a reference

@@ -91,6 +91,7 @@ struct _VnRpc {
     GQueue outbox;
     GHashTable *calls; /* msg_id -> PendingCall* */
     gboolean stop;
+    guint callers; /* threads inside vn_rpc_call; vn_rpc_free waits for none */
     gboolean stop_consuming;
     gboolean cancel_sent;
     gboolean drained;
@@ -322,6 +323,7 @@ gboolean vn_rpc_call(VnRpc *rpc, const char *server, const char *method, json_ob
         g_set_error(error, VN_SCHED_ERROR, VN_SCHED_ERROR_STOPPED, "the AMQP link is stopping");
         return FALSE;
     }
+    rpc->callers++;
     g_hash_table_insert(rpc->calls, g_strdup(msg_id), pc);
     enqueue_locked(rpc, m, FALSE);
     wake(rpc);
@@ -353,6 +355,10 @@ gboolean vn_rpc_call(VnRpc *rpc, const char *server, const char *method, json_ob
         }
     }
     pending_free(pc);
+    g_mutex_lock(&rpc->lock);
+    rpc->callers--;
+    g_cond_broadcast(&rpc->cond);
+    g_mutex_unlock(&rpc->lock);
     return ok;
 }
 
@@ -1446,6 +1452,9 @@ void vn_rpc_free(VnRpc *rpc)
         }
     }
     g_cond_broadcast(&rpc->cond);
+    /* woken callers still read their call and the lock: wait until every one has left */
+    while (rpc->callers > 0)
+        g_cond_wait(&rpc->cond, &rpc->lock);
     g_mutex_unlock(&rpc->lock);
     wake(rpc);
     if (rpc->thread)
