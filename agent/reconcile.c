@@ -36,6 +36,16 @@ int vn_reconcile_rule(VnVmState vm, VnPowerState power, gboolean *force_off)
     }
 }
 
+/* Logs a sync change the record refused: an operation took the instance meanwhile, and
+ * its view wins. */
+static void sync_refused(const char *uuid, GError *err)
+{
+    if (g_error_matches(err, VN_API_ERROR, VN_API_ERROR_INVALID_STATE))
+        g_debug("power sync of %s skipped: %s", uuid, err->message);
+    else
+        g_warning("power sync of %s: %s", uuid, err->message);
+}
+
 void vn_reconcile_sync_one(VnAgent *a, const char *uuid)
 {
     g_autoptr(VnInstanceRecord) rec = vn_instance_store_get(a->store, uuid);
@@ -49,35 +59,59 @@ void vn_reconcile_sync_one(VnAgent *a, const char *uuid)
         return;
     if (a->dispatcher && vn_dispatcher_busy(a->dispatcher, uuid))
         return;
+    /* every change below is a compare-and-set against this read (rec->generation) */
     if (!vn_domain_power_state(a->virt, uuid, &power, &err)) {
         if (!g_error_matches(err, VN_VIRT_ERROR, VN_VIRT_ERROR_NOT_FOUND))
             return; /* libvirt unreachable: try again later */
+        g_clear_error(&err);
         if (rec->vm_state != VN_VM_ERROR) {
+            if (!vn_instance_store_sync_error(a->store, uuid, rec->generation, "InstanceNotFound",
+                                              "the domain of this instance disappeared from "
+                                              "the hypervisor",
+                                              &err)) {
+                sync_refused(uuid, err);
+                return;
+            }
             g_warning("instance %s has no domain any more", uuid);
-            vn_instance_store_set_error(a->store, uuid, "InstanceNotFound",
-                                        "the domain of this instance disappeared from the "
-                                        "hypervisor",
-                                        NULL);
+        } else if (rec->power_state != VN_POWER_NOSTATE &&
+                   !vn_instance_store_sync_power(a->store, uuid, rec->generation, VN_POWER_NOSTATE,
+                                                 -1, &err)) {
+            sync_refused(uuid, err);
+            return;
         }
-        if (rec->power_state != VN_POWER_NOSTATE)
-            vn_instance_store_set_power(a->store, uuid, VN_POWER_NOSTATE, -1, NULL);
         vn_agent_capacity_changed(a);
         return;
     }
     vm = vn_reconcile_rule(rec->vm_state, power, &force_off);
     if (force_off) {
+        /* claimed first, so a start that arrives now waits for the power-off instead of
+         * having its guest destroyed under it */
+        if (!vn_instance_store_sync_begin(a->store, uuid, rec->generation, VN_TASK_POWERING_OFF,
+                                          &err)) {
+            sync_refused(uuid, err);
+            return;
+        }
         g_message("instance %s is stopped but its guest runs: powering it off", uuid);
-        g_clear_error(&err);
         if (vn_domain_destroy(a->virt, uuid, &err))
             power = VN_POWER_SHUTDOWN;
         else
             g_warning("powering off %s: %s", uuid, err->message);
+        g_clear_error(&err);
+        if (!vn_instance_store_end_task(a->store, uuid, VN_TASK_POWERING_OFF, VN_VM_STOPPED, power,
+                                        &err))
+            g_warning("power sync of %s: %s", uuid, err->message);
+        g_atomic_int_inc(&a->counters.power_syncs);
+        vn_agent_capacity_changed(a);
+        return;
     }
     if (power != rec->power_state || vm >= 0) {
+        if (!vn_instance_store_sync_power(a->store, uuid, rec->generation, power, vm, &err)) {
+            sync_refused(uuid, err);
+            return;
+        }
         g_info("instance %s: power state %d -> %d%s%s", uuid, rec->power_state, power,
                vm >= 0 ? ", vm_state " : "", vm >= 0 ? vn_vm_state_name(vm) : "");
         g_atomic_int_inc(&a->counters.power_syncs);
-        vn_instance_store_set_power(a->store, uuid, power, vm, NULL);
         vn_agent_capacity_changed(a);
     }
 }

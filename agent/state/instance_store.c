@@ -399,6 +399,62 @@ gboolean vn_instance_store_set_power(VnInstanceStore *s, const char *uuid, VnPow
     return FALSE;
 }
 
+/* A change made by a background sync from an earlier read: it applies only while the
+ * record is still the one read and no operation holds it. */
+typedef struct {
+    gint64 seen;
+    Change inner;
+    gpointer inner_data;
+} GuardArgs;
+
+static gboolean change_guarded(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    GuardArgs *g = data;
+
+    if (r->generation != g->seen || r->task_state != VN_TASK_NONE) {
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID_STATE,
+                    "instance %s changed since it was read (an operation took it)", r->uuid);
+        return FALSE;
+    }
+    return g->inner(r, g->inner_data, error);
+}
+
+gboolean vn_instance_store_sync_power(VnInstanceStore *s, const char *uuid, gint64 seen,
+                                      VnPowerState power, int vm, GError **error)
+{
+    PowerArgs a = { power, vm };
+    GuardArgs g = { seen, change_power, &a };
+    g_autoptr(GError) err = NULL;
+
+    if (update(s, uuid, change_guarded, &g, &err))
+        return TRUE;
+    if (g_error_matches(err, VN_API_ERROR, VN_API_ERROR_EXISTS))
+        return TRUE;
+    g_propagate_error(error, g_steal_pointer(&err));
+    return FALSE;
+}
+
+gboolean vn_instance_store_sync_error(VnInstanceStore *s, const char *uuid, gint64 seen,
+                                      const char *fault_class, const char *fault_message,
+                                      GError **error)
+{
+    FaultArgs a = { fault_class, fault_message };
+    GuardArgs g = { seen, change_error, &a };
+
+    return update(s, uuid, change_guarded, &g, error);
+}
+
+gboolean vn_instance_store_sync_begin(VnInstanceStore *s, const char *uuid, gint64 seen,
+                                      VnTaskState task, GError **error)
+{
+    static const VnVmState any[] = { VN_VM_ACTIVE, VN_VM_STOPPED, VN_VM_PAUSED,
+                                     VN_VM_SUSPENDED, VN_VM_ERROR, VN_VM_LAST };
+    BeginArgs a = { any, task, NULL };
+    GuardArgs g = { seen, change_begin, &a };
+
+    return update(s, uuid, change_guarded, &g, error);
+}
+
 static gboolean change_clear_task(VnInstanceRecord *r, gpointer data, GError **error)
 {
     r->task_state = VN_TASK_NONE;

@@ -92,3 +92,15 @@ int vn_instance_store_allocate_uid(VnInstanceStore *s, const char *uuid, int min
 
 /* Forgets deleted records whose terminated_at is older than @before (unix seconds). */
 guint vn_instance_store_purge_deleted(VnInstanceStore *s, gint64 before);
+
+/* Compare-and-set for background syncs: like vn_instance_store_set_power, _set_error and
+ * _begin_task, but only while the record's generation is still @seen (the one the sync
+ * read) and no task holds it; VN_API_ERROR_INVALID_STATE otherwise, and nothing changes.
+ * A start that slips in between the sync's read and its decision wins. */
+gboolean vn_instance_store_sync_power(VnInstanceStore *s, const char *uuid, gint64 seen,
+                                      VnPowerState power, int vm, GError **error);
+gboolean vn_instance_store_sync_error(VnInstanceStore *s, const char *uuid, gint64 seen,
+                                      const char *fault_class, const char *fault_message,
+                                      GError **error);
+gboolean vn_instance_store_sync_begin(VnInstanceStore *s, const char *uuid, gint64 seen,
+                                      VnTaskState task, GError **error);

@@ -10,6 +10,7 @@
 #include "agent/ops/guest.h"
 #include "agent/reconcile.h"
 #include "agent/virt/domain.h"
+#include "api/error.h"
 #include "api/json.h"
 #include "scheduler-client/amqp/envelope.h"
 
@@ -457,6 +458,58 @@ static void test_reconcile(void **state)
     assert_true(g_strv_length(left) >= 1);
 }
 
+/* A sync decided from a read loses to an operation that took the instance since: the
+ * stale power-off and state change are refused, and the operation's task stands. */
+static void test_sync_loses_to_an_operation(void **state)
+{
+    Fixture *f = *state;
+    const char *u = "aaaaaaaa-0000-4000-8000-000000000009";
+    g_autofree char *b = build_args(f, u, f->sha, 1);
+    static const VnVmState stopped[] = { VN_VM_STOPPED, VN_VM_LAST };
+    g_autoptr(GError) err = NULL;
+    Reply *r;
+
+    r = call(f, "build_and_run_instance", b, NULL);
+    assert_string_equal(state_of(r), "active");
+    reply_free(r);
+    g_autofree char *a = uuid_args(u, NULL);
+    reply_free(call(f, "stop_instance", a, NULL));
+    /* the sync reads the stopped record ... */
+    g_autoptr(VnInstanceRecord) seen = vn_instance_store_get(f->agent->store, u);
+    assert_int_equal(seen->vm_state, VN_VM_STOPPED);
+    /* ... a start takes the instance ... */
+    assert_true(vn_instance_store_begin_task(f->agent->store, u, stopped, VN_TASK_POWERING_ON,
+                                             "req-start", &err));
+    /* ... and what the sync decided from its read is refused */
+    assert_false(vn_instance_store_sync_begin(f->agent->store, u, seen->generation,
+                                              VN_TASK_POWERING_OFF, &err));
+    assert_true(g_error_matches(err, VN_API_ERROR, VN_API_ERROR_INVALID_STATE));
+    g_clear_error(&err);
+    assert_false(vn_instance_store_sync_power(f->agent->store, u, seen->generation,
+                                              VN_POWER_RUNNING, VN_VM_ACTIVE, &err));
+    g_clear_error(&err);
+    assert_false(
+        vn_instance_store_sync_error(f->agent->store, u, seen->generation, "X", "y", &err));
+    g_clear_error(&err);
+    g_autoptr(VnInstanceRecord) now = vn_instance_store_get(f->agent->store, u);
+    assert_int_equal(now->task_state, VN_TASK_POWERING_ON);
+    assert_int_equal(now->vm_state, VN_VM_STOPPED);
+    /* the whole sync of a busy instance touches nothing (its guest runs, the record says
+     * stopped: without the claim the sync would power the guest off) */
+    assert_true(vn_domain_start(f->agent->virt, u, &err));
+    vn_reconcile_sync_one(f->agent, u);
+    VnPowerState p = VN_POWER_NOSTATE;
+    assert_true(vn_domain_power_state(f->agent->virt, u, &p, &err));
+    assert_int_equal(p, VN_POWER_RUNNING);
+    /* with the task ended, the current record syncs normally */
+    assert_true(vn_instance_store_end_task(f->agent->store, u, VN_TASK_POWERING_ON, VN_VM_ACTIVE,
+                                           VN_POWER_RUNNING, &err));
+    g_autoptr(VnInstanceRecord) cur = vn_instance_store_get(f->agent->store, u);
+    assert_true(vn_instance_store_sync_power(f->agent->store, u, cur->generation, VN_POWER_PAUSED,
+                                             -1, &err));
+    reply_free(call(f, "terminate_instance", a, NULL));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -466,6 +519,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_duplicates_not_applied_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_busy_queue_and_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconcile, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sync_loses_to_an_operation, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
