@@ -235,7 +235,11 @@ static void hook_actions_written(GPtrArray *rows, gpointer data)
     for (guint i = 0; i < rows->len; i++) {
         VnActionRow *r = g_ptr_array_index(rows, i);
         VnJournalAction j = { .id = r->local_id, .finish = r->finish };
-        vn_journal_actions_mark_reported(a->journal, &j, NULL);
+        {
+            g_autoptr(GError) e = NULL;
+            if (!vn_journal_actions_mark_reported(a->journal, &j, &e))
+                vn_warn_error(&e, "journal: marking action %" G_GINT64_FORMAT " reported", j.id);
+        }
     }
 }
 
@@ -259,7 +263,11 @@ static void on_confirmed(gint64 id, gpointer data)
 {
     VnAgent *a = data;
 
-    vn_journal_outbox_remove(a->journal, id, NULL);
+    {
+        g_autoptr(GError) e = NULL;
+        if (!vn_journal_outbox_remove(a->journal, id, &e))
+            vn_warn_error(&e, "journal: removing notification %" G_GINT64_FORMAT, id);
+    }
 }
 
 /* ------------------------------------------------------------------ libvirt hooks */
@@ -581,6 +589,7 @@ gboolean vn_agent_open_local(VnAgent *a, GError **error)
         vn_virt_conn_new(cfg->libvirt_uri, cfg->keepalive_interval, cfg->keepalive_count, &vh);
     a->dispatcher = vn_dispatcher_new(a);
     a->migrations = vn_migrations_new(a);
+    vn_migrations_load(a->migrations);
     a->sync_pool = g_thread_pool_new(sync_worker, a, 1, FALSE, NULL);
     return TRUE;
 }
@@ -710,8 +719,11 @@ static gboolean start_rpc(VnAgent *a, const VnConfig *cfg, GError **error)
         g_autoptr(json_object) p = json_tokener_parse(n->payload);
         if (p)
             vn_rpc_notify(a->rpc, n->id, n->event_type, n->priority, p);
-        else
-            vn_journal_outbox_remove(a->journal, n->id, NULL);
+        else {
+            g_autoptr(GError) e = NULL;
+            if (!vn_journal_outbox_remove(a->journal, n->id, &e))
+                vn_warn_error(&e, "journal: removing notification %" G_GINT64_FORMAT, n->id);
+        }
     }
     vn_rpc_start(a->rpc);
     return TRUE;

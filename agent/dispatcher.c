@@ -201,8 +201,11 @@ static void worker(gpointer data, gpointer user_data)
         release_pending(d);
         return;
     }
-    if (op->info->journaled && op->unique_id)
-        vn_journal_set_running(a->journal, op->unique_id, NULL);
+    if (op->info->journaled && op->unique_id) {
+        g_autoptr(GError) e = NULL;
+        if (!vn_journal_set_running(a->journal, op->unique_id, &e))
+            vn_warn_error(&e, "journal: marking request %s running", op->unique_id);
+    }
     if (op->info->journaled && op->req && op->req->instance_uuid) {
         op->action_id =
             vn_journal_action_start(a->journal, op->req->instance_uuid, op->request_id,
@@ -405,7 +408,11 @@ void vn_dispatcher_replay(VnDispatcher *d, GPtrArray *unfinished)
         if (!req) {
             g_warning("journal: dropping unreadable request %s: %s", jr->unique_id,
                       err ? err->message : "?");
-            vn_journal_finish(d->agent->journal, jr->unique_id, NULL, NULL);
+            {
+                g_autoptr(GError) e = NULL;
+                if (!vn_journal_finish(d->agent->journal, jr->unique_id, NULL, &e))
+                    vn_warn_error(&e, "journal: finishing request %s", jr->unique_id);
+            }
             vn_rpc_message_free(msg);
             continue;
         }

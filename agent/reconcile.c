@@ -1,6 +1,7 @@
 /* agent/reconcile.c - libvirt vs records vs journal (see reconcile.h). */
 #include <string.h>
 
+#include "agent/base/log.h"
 #include "agent/dispatcher.h"
 #include "agent/ops/guest.h"
 #include "agent/reconcile.h"
@@ -162,7 +163,11 @@ static void reconcile_migrating(VnAgent *a, const VnInstanceRecord *r, gboolean 
                                        power == VN_POWER_PAUSED ? VN_VM_PAUSED : VN_VM_ACTIVE,
                                        power, NULL);
         } else {
-            vn_instance_store_forget(a->store, r->uuid, NULL);
+            {
+                g_autoptr(GError) e = NULL;
+                if (!vn_instance_store_forget(a->store, r->uuid, &e))
+                    vn_warn_error(&e, "forgetting instance %s", r->uuid);
+            }
         }
         return;
     }
@@ -171,7 +176,11 @@ static void reconcile_migrating(VnAgent *a, const VnInstanceRecord *r, gboolean 
     if (exists && vn_domain_power_state(a->virt, r->uuid, &power, NULL) &&
         (power == VN_POWER_RUNNING || power == VN_POWER_PAUSED)) {
         g_message("adopting instance %s, which arrived by migration", r->uuid);
-        vn_instance_store_set_host(a->store, r->uuid, cfg->host, NULL);
+        {
+            g_autoptr(GError) e = NULL;
+            if (!vn_instance_store_set_host(a->store, r->uuid, cfg->host, &e))
+                vn_warn_error(&e, "recording the host of instance %s", r->uuid);
+        }
         vn_instance_store_end_task(a->store, r->uuid, VN_TASK_MIGRATING,
                                    power == VN_POWER_PAUSED ? VN_VM_PAUSED : VN_VM_ACTIVE, power,
                                    NULL);
@@ -209,8 +218,11 @@ gboolean vn_reconcile_startup(VnAgent *a, GPtrArray *unfinished, GError **error)
         }
         if (has_unfinished(unfinished, r->uuid)) {
             /* its request runs again from the journal; a build's replay rolls it back */
-            if (r->vm_state != VN_VM_BUILDING)
-                vn_instance_store_clear_task(a->store, r->uuid, NULL);
+            if (r->vm_state != VN_VM_BUILDING) {
+                g_autoptr(GError) e = NULL;
+                if (!vn_instance_store_clear_task(a->store, r->uuid, &e))
+                    vn_warn_error(&e, "clearing the task of instance %s", r->uuid);
+            }
             continue;
         }
         if (r->vm_state == VN_VM_BUILDING) {
@@ -225,7 +237,11 @@ gboolean vn_reconcile_startup(VnAgent *a, GPtrArray *unfinished, GError **error)
                                         NULL);
             continue;
         }
-        vn_instance_store_clear_task(a->store, r->uuid, NULL);
+        {
+            g_autoptr(GError) e = NULL;
+            if (!vn_instance_store_clear_task(a->store, r->uuid, &e))
+                vn_warn_error(&e, "clearing the task of instance %s", r->uuid);
+        }
         vn_reconcile_sync_one(a, r->uuid);
     }
     vn_tracker_load(a->tracker);

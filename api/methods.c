@@ -192,6 +192,36 @@ static gboolean get_migrate_data(json_object *args, VnRequest *req, GError **err
     }
     if (!vn_json_expect_object(md, "migrate_data", keys, error))
         return FALSE;
+    json_object *cpu = vn_json_member(md, "cpu_info");
+    if (cpu) {
+        static const char *const cpu_keys[] = { "xml", NULL };
+        json_object *x;
+        if (!vn_json_expect_object(cpu, "migrate_data.cpu_info", cpu_keys, error))
+            return FALSE;
+        x = vn_json_member(cpu, "xml");
+        if (!x || !json_object_is_type(x, json_type_string) ||
+            json_object_get_string_len(x) > 65536) {
+            g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID,
+                        "migrate_data.cpu_info.xml: a string of at most 65536 bytes expected");
+            return FALSE;
+        }
+    }
+    /* the peer's record of the instance is validated like any other input, and must be the
+     * instance the request names */
+    json_object *inst = vn_json_member(md, "instance");
+    if (inst) {
+        g_autoptr(VnInstanceRecord) rec = vn_instance_record_from_json(inst, error);
+        if (!rec) {
+            g_prefix_error(error, "migrate_data.instance: ");
+            return FALSE;
+        }
+        if (g_strcmp0(rec->uuid, req->instance_uuid) != 0) {
+            g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID,
+                        "migrate_data.instance.uuid: '%s' is not the instance_uuid '%s'", rec->uuid,
+                        req->instance_uuid);
+            return FALSE;
+        }
+    }
     req->migrate_data = json_object_get(md);
     return TRUE;
 }

@@ -121,6 +121,20 @@ guint vn_image_cache_download_count(VnImageCache *c)
     return n;
 }
 
+guint vn_image_cache_holds(VnImageCache *c)
+{
+    GHashTableIter it;
+    gpointer k, v;
+    guint n = 0;
+
+    g_mutex_lock(&c->lock);
+    g_hash_table_iter_init(&it, c->entries);
+    while (g_hash_table_iter_next(&it, &k, &v))
+        n += (guint)((const Entry *)v)->holds;
+    g_mutex_unlock(&c->lock);
+    return n;
+}
+
 /* The URL without credentials, for messages. */
 static char *url_shown(const char *url)
 {

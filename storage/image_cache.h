@@ -70,3 +70,6 @@ guint64 vn_image_cache_usage(VnImageCache *cache);
 
 /* Downloads finished since the cache was made (for tests and metrics). */
 guint vn_image_cache_download_count(VnImageCache *cache);
+
+/* Holds taken by vn_image_cache_acquire and not yet released, over every image. */
+guint vn_image_cache_holds(VnImageCache *cache);

@@ -1,5 +1,6 @@
 /* agent/base/log.c - GLib structured-log writer for the daemon (see log.h). */
 #include <stdio.h>
+#include <stdarg.h>
 #include <string.h>
 #include <unistd.h>
 #include <syslog.h>
@@ -253,4 +254,18 @@ void vn_log_configure(VnLogTarget target, VnLogFormat format, VnLogLevel level)
     g_atomic_int_set(&log_level, level);
     g_atomic_int_set(&log_format, format);
     g_atomic_int_set(&log_journald, journald);
+}
+
+void vn_warn_error(GError **err, const char *fmt, ...)
+{
+    g_autofree char *what = NULL;
+    va_list ap;
+
+    if (!err || !*err)
+        return;
+    va_start(ap, fmt);
+    what = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_warning("%s: %s", what, (*err)->message);
+    g_clear_error(err);
 }

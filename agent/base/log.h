@@ -29,3 +29,8 @@ void vn_log_context_set(const char *request_id, const char *instance_uuid);
 /* The format of one log line (exposed for tests): @fields as GLib passes them. */
 char *vn_log_format_line(VnLogFormat format, GLogLevelFlags level, const GLogField *fields,
                          gsize n_fields);
+
+/* Logs *@err (if set) as a warning after @fmt, then clears it: for a step whose failure
+ * must be seen but cannot change the outcome (a journal write during a rollback, an
+ * acknowledgement).  Never pass NULL as a GError ** to hide such a failure. */
+void vn_warn_error(GError **err, const char *fmt, ...) G_GNUC_PRINTF(2, 3);

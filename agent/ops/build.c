@@ -14,6 +14,7 @@
 
 #include <glib/gstdio.h>
 
+#include "agent/base/log.h"
 #include "agent/ops/guest.h"
 #include "agent/ops/ops.h"
 #include "agent/virt/domain.h"
@@ -224,7 +225,11 @@ static gboolean build_failed(Build *b, GError *err, GError **error)
 
     g_atomic_int_inc(&a->counters.builds_failed);
     rollback(b);
-    vn_instance_store_set_error(a->store, uuid, fault_class_of(err), err->message, NULL);
+    {
+        g_autoptr(GError) e = NULL;
+        if (!vn_instance_store_set_error(a->store, uuid, fault_class_of(err), err->message, &e))
+            vn_warn_error(&e, "recording the fault of instance %s", uuid);
+    }
     rec = vn_instance_store_get(a->store, uuid);
     vn_agent_notify_instance(a, "instance.create.error", rec, err->message);
     /* the reply says why, in the contract's terms */

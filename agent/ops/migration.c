@@ -7,6 +7,7 @@
 #include <glib/gstdio.h>
 #include <libvirt/libvirt.h>
 
+#include "agent/base/log.h"
 #include "agent/ops/guest.h"
 #include "agent/ops/migration.h"
 #include "agent/ops/migration_policy.h"
@@ -175,6 +176,81 @@ static json_object *describe_locked(const Migration *mig)
     return o;
 }
 
+/* What survives a restart of a migration: who, where, how it ended (not the live
+ * statistics, which libvirt keeps while the job runs). */
+static json_object *persisted_locked(const Migration *mig)
+{
+    json_object *o = json_object_new_object();
+
+    json_object_object_add(o, "id", json_object_new_string(mig->id));
+    json_object_object_add(o, "instance_uuid", json_object_new_string(mig->uuid));
+    json_object_object_add(o, "source_host", json_object_new_string(mig->source));
+    json_object_object_add(o, "dest_host", json_object_new_string(mig->dest));
+    json_object_object_add(o, "status", json_object_new_string(mig->status));
+    json_object_object_add(o, "block_migration", json_object_new_boolean(mig->block));
+    json_object_object_add(o, "error", mig->error ? json_object_new_string(mig->error) : NULL);
+    json_object_object_add(o, "started_at", json_object_new_int64(mig->started_at));
+    json_object_object_add(o, "finished_at", json_object_new_int64(mig->finished_at));
+    json_object_object_add(o, "downtime_ms",
+                           json_object_new_int64(mig->have_final ? mig->final.downtime_ms : -1));
+    return o;
+}
+
+/* Journals @mig; called with the lock held (the journal is self-locking and never calls
+ * back).  A failure is logged: the migration goes on, only its restart view is older. */
+static void save_locked(VnMigrations *m, const Migration *mig)
+{
+    g_autoptr(json_object) o = persisted_locked(mig);
+    g_autoptr(GError) err = NULL;
+
+    if (!vn_journal_save_migration(m->a->journal, mig->uuid, json_object_to_json_string(o), &err))
+        g_warning("migration %s of %s: %s", mig->id, mig->uuid, err->message);
+}
+
+static char *jstr(json_object *o, const char *key)
+{
+    json_object *v = vn_json_member(o, key);
+
+    return v && json_object_is_type(v, json_type_string) ? g_strdup(json_object_get_string(v))
+                                                         : NULL;
+}
+
+void vn_migrations_load(VnMigrations *m)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) rows = vn_journal_load_migrations(m->a->journal, &err);
+
+    if (!rows) {
+        g_warning("loading migrations: %s", err->message);
+        return;
+    }
+    g_mutex_lock(&m->lock);
+    for (guint i = 0; i < rows->len; i++) {
+        g_autoptr(json_object) o = json_tokener_parse(g_ptr_array_index(rows, i));
+        Migration *mig;
+        if (!o)
+            continue;
+        mig = g_new0(Migration, 1);
+        mig->id = jstr(o, "id");
+        mig->uuid = jstr(o, "instance_uuid");
+        mig->source = jstr(o, "source_host");
+        mig->dest = jstr(o, "dest_host");
+        mig->status = jstr(o, "status");
+        mig->error = jstr(o, "error");
+        mig->block = json_object_get_boolean(vn_json_member(o, "block_migration"));
+        mig->started_at = json_object_get_int64(vn_json_member(o, "started_at"));
+        mig->finished_at = json_object_get_int64(vn_json_member(o, "finished_at"));
+        mig->final.downtime_ms = json_object_get_int64(vn_json_member(o, "downtime_ms"));
+        mig->have_final = mig->final.downtime_ms >= 0;
+        if (!mig->id || !mig->uuid || !mig->source || !mig->dest || !mig->status) {
+            migration_free(mig);
+            continue;
+        }
+        g_hash_table_replace(m->by_uuid, g_strdup(mig->uuid), mig);
+    }
+    g_mutex_unlock(&m->lock);
+}
+
 json_object *vn_migrations_describe(VnMigrations *m, const char *uuid)
 {
     json_object *o = NULL;
@@ -202,6 +278,7 @@ typedef struct {
     gboolean paused_by_us;
     gboolean aborted; /* cancelled on purpose (operator, policy, dead destination) */
     gboolean postcopy;
+    gboolean handed_over; /* libvirt moved the guest: it runs on the destination now */
     char *abort_reason;
 } Flow;
 
@@ -250,6 +327,7 @@ static void set_status(Flow *f, const char *status, const char *error)
         if (!running_status(status))
             mig->finished_at = g_get_real_time() / G_USEC_PER_SEC;
         mig->block = f->block;
+        save_locked(f->a->migrations, mig);
     }
     g_mutex_unlock(&f->a->migrations->lock);
     report(f);
@@ -406,6 +484,17 @@ static gboolean prepare(Flow *f, const VnInstanceRecord *rec, int pref_block, GE
     json_object_object_add(f->md, "block_migration",
                            pref_block < 0 ? NULL : json_object_new_boolean(pref_block));
     json_object_object_add(f->md, "disks", disk_sizes(a, f->uuid));
+    /* the guest's CPU, for the destination to compare with what its hypervisor offers */
+    if (cfg->virt_type == VN_VIRT_TYPE_KVM) {
+        g_autofree char *dom = vn_domain_get_xml(a->virt, f->uuid, TRUE, error);
+        g_autofree char *cpu = dom ? vn_domain_xml_cpu(dom, strlen(dom), error) : NULL;
+        json_object *ci;
+        if (!cpu)
+            return FALSE;
+        ci = json_object_new_object();
+        json_object_object_add(ci, "xml", json_object_new_string(cpu));
+        json_object_object_add(f->md, "cpu_info", ci);
+    }
 
     check = peer_call(a, f->dest, "check_can_live_migrate_destination", f->uuid, f->md, 60, error);
     if (!check)
@@ -593,14 +682,21 @@ static void monitor(Flow *f, MigrateThread *t, const VnInstanceRecord *rec)
     }
 }
 
-/* After libvirt moved the guest: the destination takes over, the source lets go. */
-static gboolean complete(Flow *f)
+#define POST_ATTEMPTS 3
+
+/* After libvirt moved the guest: the destination takes over, the source lets go.  The
+ * source forgets the guest either way (it no longer runs here), but the migration is a
+ * success only once the destination's agent confirmed it took the guest over; otherwise
+ * it fails with MigrationError, the guest running on the destination, whose agent adopts
+ * it at its next start. */
+static gboolean complete(Flow *f, GError **error)
 {
     VnAgent *a = f->a;
     g_autoptr(json_object) post = NULL;
     g_autoptr(GError) err = NULL;
     gint64 end = g_get_monotonic_time() + 3 * G_TIME_SPAN_SECOND;
 
+    f->handed_over = TRUE;
     /* the final statistics (downtime) come with libvirt's job-completed event */
     g_mutex_lock(&a->migrations->lock);
     Migration *mig = g_hash_table_lookup(a->migrations->by_uuid, f->uuid);
@@ -609,12 +705,15 @@ static gboolean complete(Flow *f)
         ;
     g_mutex_unlock(&a->migrations->lock);
 
-    post = peer_call(a, f->dest, "post_live_migration_at_destination", f->uuid, f->md, 120, &err);
-    if (!post) {
-        /* the guest runs on the destination; its agent adopts it when it answers again */
-        g_warning("migration of %s: the guest runs on %s but its agent did not confirm: %s",
-                  f->uuid, f->dest, err->message);
-        set_status(f, "error", err->message);
+    for (int i = 1; i <= POST_ATTEMPTS && !post; i++) {
+        g_clear_error(&err);
+        post =
+            peer_call(a, f->dest, "post_live_migration_at_destination", f->uuid, f->md, 120, &err);
+        if (!post && i < POST_ATTEMPTS) {
+            g_warning("migration of %s: %s did not confirm the take-over (%s); asking again",
+                      f->uuid, f->dest, err->message);
+            g_usleep((gulong)(2 * i) * G_USEC_PER_SEC);
+        }
     }
     if (!f->shared) {
         g_autofree char *dir = vn_agent_instance_dir(a, f->uuid);
@@ -623,11 +722,18 @@ static gboolean complete(Flow *f)
             g_warning("removing the source disks of %s: %s", f->uuid, rm->message);
     }
     vn_tracker_drop(a->tracker, f->uuid);
-    /* the instance is the destination's now: forgotten here, never reported from here */
-    vn_instance_store_forget(a->store, f->uuid, NULL);
+    /* the instance is not here any more: forgotten, never reported from here */
+    if (!vn_instance_store_forget(a->store, f->uuid, &err))
+        g_warning("migration of %s: forgetting the record: %s", f->uuid, err->message);
     vn_agent_capacity_changed(a);
-    if (post)
-        set_status(f, "completed", NULL);
+    if (!post) {
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_MIGRATION_FAILED,
+                    "the guest of %s runs on %s, but that host's agent did not take it over "
+                    "(%s); it adopts the guest when it restarts",
+                    f->uuid, f->dest, err ? err->message : "no answer");
+        return FALSE;
+    }
+    set_status(f, "completed", NULL);
     return TRUE;
 }
 
@@ -652,7 +758,54 @@ static void roll_back(Flow *f, VnTaskState task, VnVmState vm)
                                     "the guest was lost during a failed post-copy migration", NULL);
         return;
     }
-    vn_instance_store_end_task(a->store, f->uuid, task, vm, power, NULL);
+    {
+        g_autoptr(GError) e = NULL;
+        if (!vn_instance_store_end_task(a->store, f->uuid, task, vm, power, &e))
+            vn_warn_error(&e, "ending the task of instance %s", f->uuid);
+    }
+}
+
+/* The destination's own entry of an arriving migration (the source owns the central row):
+ * so get_migration answers there too, before and after a restart. */
+static void record_arrival(VnMigrations *m, const char *uuid, const char *id, const char *source,
+                           const char *dest, gboolean block)
+{
+    Migration *mig = g_new0(Migration, 1);
+
+    mig->id = g_strdup(id ? id : "unknown");
+    mig->uuid = g_strdup(uuid);
+    mig->source = g_strdup(source ? source : "?");
+    mig->dest = g_strdup(dest);
+    mig->status = g_strdup("arriving");
+    mig->block = block;
+    mig->started_at = g_get_real_time() / G_USEC_PER_SEC;
+    mig->final.downtime_ms = -1;
+    g_mutex_lock(&m->lock);
+    g_hash_table_replace(m->by_uuid, g_strdup(uuid), mig);
+    save_locked(m, mig);
+    g_mutex_unlock(&m->lock);
+}
+
+/* Ends the entry of @uuid (if it still runs) with @status; TRUE when it changed. */
+static gboolean record_end(VnMigrations *m, const char *uuid, const char *status, const char *error)
+{
+    gboolean changed = FALSE;
+
+    g_mutex_lock(&m->lock);
+    Migration *mig = g_hash_table_lookup(m->by_uuid, uuid);
+    if (mig && (running_status(mig->status) || strcmp(mig->status, "arriving") == 0)) {
+        g_free(mig->status);
+        mig->status = g_strdup(status);
+        if (error) {
+            g_free(mig->error);
+            mig->error = g_strdup(error);
+        }
+        mig->finished_at = g_get_real_time() / G_USEC_PER_SEC;
+        save_locked(m, mig);
+        changed = TRUE;
+    }
+    g_mutex_unlock(&m->lock);
+    return changed;
 }
 
 static char *new_migration(VnMigrations *m, const char *uuid, const char *source, const char *dest,
@@ -673,7 +826,9 @@ static char *new_migration(VnMigrations *m, const char *uuid, const char *source
         mig->dest = g_strdup(dest);
         mig->status = g_strdup("queued");
         mig->started_at = g_get_real_time() / G_USEC_PER_SEC;
+        mig->final.downtime_ms = -1;
         g_hash_table_replace(m->by_uuid, g_strdup(uuid), mig);
+        save_locked(m, mig);
         id = g_strdup(mig->id);
     }
     g_mutex_unlock(&m->lock);
@@ -719,7 +874,7 @@ static gboolean run_migration(Flow *f, const VnInstanceRecord *rec, GError **err
     t.params.parallel = cfg->live_migration_parallel_connections;
     t.params.block = f->block;
     t.params.block_disks = (char **)block_disks->pdata;
-    t.params.shared_unsafe = f->shared;
+    t.params.storage_proven_shared = f->shared;
     t.params.post_copy = cfg->live_migration_permit_post_copy;
     t.params.auto_converge =
         cfg->live_migration_permit_auto_converge && !cfg->live_migration_permit_post_copy;
@@ -744,7 +899,17 @@ static gboolean run_migration(Flow *f, const VnInstanceRecord *rec, GError **err
         g_clear_error(&t.error);
         return FALSE;
     }
-    return complete(f);
+    return complete(f, error);
+}
+
+/* Closes the journaled entry and the central row of a migration a restart interrupted
+ * (they stayed "running" for good before). */
+static void close_recovered(VnAgent *a, const char *uuid, const char *status, const char *error)
+{
+    Flow f = { .a = a, .uuid = (char *)uuid };
+
+    if (record_end(a->migrations, uuid, status, error))
+        report(&f);
 }
 
 /* A live migration this agent was running when it stopped: finish the hand-over if
@@ -772,20 +937,45 @@ static gboolean recover_source(VnOp *op, GError **error)
         if (!post)
             g_warning("recovering the migration of %s: %s", uuid, err->message);
         vn_tracker_drop(a->tracker, uuid);
-        vn_instance_store_forget(a->store, uuid, NULL);
+        {
+            g_autoptr(GError) e = NULL;
+            if (!vn_instance_store_forget(a->store, uuid, &e))
+                vn_warn_error(&e, "forgetting instance %s", uuid);
+        }
         vn_agent_capacity_changed(a);
+        close_recovered(a, uuid, post ? "completed" : "error",
+                        post ? NULL
+                             : "the guest moved while the source agent was stopped, and "
+                               "the destination's agent did not confirm the take-over");
         g_message("instance %s finished migrating to %s while the agent was stopped", uuid, dest);
+        if (!post) {
+            g_set_error(error, VN_API_ERROR, VN_API_ERROR_MIGRATION_FAILED,
+                        "the guest of %s runs on %s, but that host's agent did not take it over "
+                        "(%s)",
+                        uuid, dest, err->message);
+            return FALSE;
+        }
         return TRUE;
     }
     if (!vn_migrate_abort(a->virt, uuid, &err))
         g_debug("no migration job to abort for %s: %s", uuid, err->message);
-    /* whether the storage was shared is not known any more: the destination keeps its
-     * files (a leak, logged there) rather than risk deleting shared ones */
-    peer_cast(a, dest, "rollback_live_migration_at_destination", uuid, NULL);
+    /* the journaled entry says whether the storage was shared (a block migration means it
+     * was not): the destination then removes the disks it made; unknown, it keeps them
+     * (a leak, logged there) rather than risk deleting shared ones */
+    g_autoptr(json_object) md = json_object_new_object();
+    g_mutex_lock(&a->migrations->lock);
+    Migration *mig = g_hash_table_lookup(a->migrations->by_uuid, uuid);
+    if (mig && running_status(mig->status) && g_strcmp0(mig->dest, dest) == 0)
+        json_object_object_add(md, "is_shared_instance_path", json_object_new_boolean(!mig->block));
+    g_mutex_unlock(&a->migrations->lock);
+    peer_cast(a, dest, "rollback_live_migration_at_destination", uuid, md);
     VnPowerState power = VN_POWER_NOSTATE;
     vn_domain_power_state(a->virt, uuid, &power, NULL);
-    vn_instance_store_end_task(a->store, uuid, VN_TASK_MIGRATING,
-                               power == VN_POWER_PAUSED ? VN_VM_PAUSED : VN_VM_ACTIVE, power, NULL);
+    if (!vn_instance_store_end_task(a->store, uuid, VN_TASK_MIGRATING,
+                                    power == VN_POWER_PAUSED ? VN_VM_PAUSED : VN_VM_ACTIVE, power,
+                                    &err))
+        g_warning("recovering the migration of %s: %s", uuid, err->message);
+    close_recovered(a, uuid, "cancelled", "the source agent restarted during the migration");
     g_set_error(error, VN_API_ERROR, VN_API_ERROR_INTERRUPTED,
                 "the agent restarted during the live migration of %s; it was cancelled and the "
                 "guest stays on this host",
@@ -822,7 +1012,12 @@ gboolean vn_op_live_migration(VnOp *op, json_object **result, GError **error)
     f.md = json_object_new_object();
     f.id = new_migration(a->migrations, uuid, cfg->host, f.dest, &err);
     if (!f.id) {
-        vn_instance_store_end_task(a->store, uuid, VN_TASK_MIGRATING, rec->vm_state, -1, NULL);
+        {
+            g_autoptr(GError) e = NULL;
+            if (!vn_instance_store_end_task(a->store, uuid, VN_TASK_MIGRATING, rec->vm_state, -1,
+                                            &e))
+                vn_warn_error(&e, "ending the task of instance %s", uuid);
+        }
         g_propagate_error(error, g_steal_pointer(&err));
         ok = FALSE;
     } else {
@@ -837,8 +1032,12 @@ gboolean vn_op_live_migration(VnOp *op, json_object **result, GError **error)
             *result = vn_migrations_describe(a->migrations, uuid);
         } else {
             g_atomic_int_inc(&a->counters.migrations_failed);
-            roll_back(&f, VN_TASK_MIGRATING, rec->vm_state);
-            set_status(&f, f.aborted ? "cancelled" : (f.postcopy ? "error" : "failed"),
+            /* a guest that left cannot be rolled back: undoing the destination would
+             * destroy it there */
+            if (!f.handed_over)
+                roll_back(&f, VN_TASK_MIGRATING, rec->vm_state);
+            set_status(&f,
+                       f.aborted ? "cancelled" : (f.postcopy || f.handed_over ? "error" : "failed"),
                        err->message);
             g_autoptr(VnInstanceRecord) now = vn_instance_store_get(a->store, uuid);
             vn_agent_notify_instance(
@@ -869,29 +1068,6 @@ static VnInstanceRecord *md_instance(json_object *md, GError **error)
 }
 
 /* A <cpu> element from a cpu_info JSON (for the CPU comparison under kvm). */
-static char *cpu_xml_of(json_object *cpu)
-{
-    GString *x = g_string_new("<cpu>");
-    json_object *feats = vn_json_member(cpu, "features");
-    const char *arch = json_object_get_string(vn_json_member(cpu, "arch"));
-    const char *model = json_object_get_string(vn_json_member(cpu, "model"));
-    const char *vendor = json_object_get_string(vn_json_member(cpu, "vendor"));
-    g_autofree char *ea = g_markup_escape_text(arch ? arch : "", -1);
-    g_autofree char *em = g_markup_escape_text(model ? model : "", -1);
-    g_autofree char *ev = g_markup_escape_text(vendor ? vendor : "", -1);
-
-    g_string_append_printf(x, "<arch>%s</arch><model>%s</model><vendor>%s</vendor>", ea, em, ev);
-    for (size_t i = 0; feats && json_object_is_type(feats, json_type_array) &&
-                       i < json_object_array_length(feats);
-         i++) {
-        const char *name = json_object_get_string(json_object_array_get_idx(feats, i));
-        g_autofree char *en = g_markup_escape_text(name ? name : "", -1);
-        g_string_append_printf(x, "<feature name='%s'/>", en);
-    }
-    g_string_append(x, "</cpu>");
-    return g_string_free(x, FALSE);
-}
-
 gboolean vn_op_check_dest(VnOp *op, json_object **result, GError **error)
 {
     VnAgent *a = op->agent;
@@ -923,10 +1099,15 @@ gboolean vn_op_check_dest(VnOp *op, json_object **result, GError **error)
     }
     if (!vn_tracker_check(a->tracker, inst->uuid, &inst->flavor, error))
         return FALSE;
-    if (cfg->virt_type == VN_VIRT_TYPE_KVM && md_get(md, "cpu_info")) {
-        g_autofree char *cpu = cpu_xml_of(md_get(md, "cpu_info"));
+    const char *cpu = json_object_get_string(vn_json_member(md_get(md, "cpu_info"), "xml"));
+    if (cfg->virt_type == VN_VIRT_TYPE_KVM && cpu && *cpu) {
         gboolean compatible = FALSE;
-        if (!vn_migrate_compare_cpu(a->virt, cpu, &compatible, error))
+        if (!vn_cpu_xml_check(cpu, strlen(cpu), error)) {
+            g_prefix_error(error, "migrate_data.cpu_info.xml: ");
+            return FALSE;
+        }
+        if (!vn_migrate_compare_cpu(a->virt, vn_virt_type_name(cfg->virt_type), cpu, &compatible,
+                                    error))
             return FALSE;
         if (!compatible) {
             g_set_error(error, VN_API_ERROR, VN_API_ERROR_MIGRATION_FAILED,
@@ -1024,7 +1205,11 @@ static void undo_dest(VnAgent *a, const char *uuid, gboolean shared)
             g_warning("rollback of %s: %s", uuid, err->message);
     }
     vn_tracker_drop(a->tracker, uuid);
-    vn_instance_store_forget(a->store, uuid, NULL);
+    {
+        g_autoptr(GError) e = NULL;
+        if (!vn_instance_store_forget(a->store, uuid, &e))
+            vn_warn_error(&e, "forgetting instance %s", uuid);
+    }
     vn_agent_capacity_changed(a);
 }
 
@@ -1078,8 +1263,7 @@ gboolean vn_op_pre_live_migration(VnOp *op, json_object **result, GError **error
         return FALSE;
     /* recorded now, as arriving (host: the source, task: migrating), so a restart here
      * knows the domain that libvirt may bring */
-    inst->task_state = VN_TASK_MIGRATING;
-    if (!vn_instance_store_put(a->store, inst, &err)) {
+    if (!vn_instance_store_arrive(a->store, inst, &err)) {
         vn_tracker_drop(a->tracker, inst->uuid);
         g_propagate_error(error, g_steal_pointer(&err));
         return FALSE;
@@ -1104,6 +1288,8 @@ gboolean vn_op_pre_live_migration(VnOp *op, json_object **result, GError **error
         g_propagate_error(error, g_steal_pointer(&err));
         return FALSE;
     }
+    record_arrival(a->migrations, inst->uuid, md_str(md, "migration_id"), op->req->source_host,
+                   cfg->host, !shared);
     vn_agent_capacity_changed(a);
     out = json_object_new_object();
     json_object_object_add(out, "dest_guest_uid", json_object_new_int(uid));
@@ -1138,6 +1324,7 @@ gboolean vn_op_post_live_migration_dest(VnOp *op, json_object **result, GError *
                                     power == VN_POWER_PAUSED ? VN_VM_PAUSED : VN_VM_ACTIVE, power,
                                     error))
         return FALSE;
+    record_end(a->migrations, uuid, "completed", NULL);
     done = vn_instance_store_get(a->store, uuid);
     g_message("instance %s arrived from %s", uuid,
               op->req->source_host ? op->req->source_host : "?");
@@ -1155,6 +1342,8 @@ gboolean vn_op_rollback_dest(VnOp *op, json_object **result, GError **error)
         !md_get(md, "is_shared_instance_path") || md_bool(md, "is_shared_instance_path");
 
     undo_dest(op->agent, op->req->instance_uuid, shared);
+    record_end(op->agent->migrations, op->req->instance_uuid, "cancelled",
+               "rolled back by the source");
     *result = NULL;
     (void)error;
     return TRUE;

@@ -9,8 +9,13 @@
  *      claims resources, records the instance, picks the guest's uid, and without shared
  *      storage fetches the image and makes the disks) -> running: libvirt peer-to-peer
  *      migration, watched by the policy (migration_policy.h) every 0.5 s, with progress
- *      in the migrations table -> completed: B.post_live_migration_at_destination (B owns
- *      the instance), A forgets it and frees its disks and claim.
+ *      in the migrations table -> B.post_live_migration_at_destination (B owns the
+ *      instance), A forgets it and frees its disks and claim -> completed.  Should B not
+ *      confirm (asked three times), the migration ends in error, not success: the guest
+ *      runs on B, whose agent adopts it at its next start.
+ *   Each host journals its entry of the migration (A: the whole flow, B: "arriving" until
+ *   the take-over or the rollback), so a restart closes the migrations row and
+ *   get_migration still answers.
  *   Any failure: the guest keeps running on A (un-paused if the policy paused it),
  *   B.rollback_live_migration_at_destination removes B's domain, disks, record and
  *   claim, and the migration row says failed or cancelled, and why.
@@ -26,6 +31,8 @@
 #include "agent/virt/job.h"
 
 VnMigrations *vn_migrations_new(VnAgent *a);
+/* Loads the journaled entries (once, at start, before requests run). */
+void vn_migrations_load(VnMigrations *m);
 void vn_migrations_free(VnMigrations *m);
 
 /* libvirt events for migrations of this host (from the event thread). */

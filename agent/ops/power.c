@@ -7,6 +7,7 @@
  * fails the request with libvirt's words. */
 #include <string.h>
 
+#include "agent/base/log.h"
 #include "agent/ops/guest.h"
 #include "agent/ops/ops.h"
 #include "agent/virt/domain.h"
@@ -269,7 +270,11 @@ gboolean vn_op_terminate(VnOp *op, json_object **result, GError **error)
         return FALSE;
     vn_agent_notify_instance(a, "instance.delete.start", rec, NULL);
     if (!vn_guest_remove(a, uuid, &err)) {
-        vn_instance_store_set_error(a->store, uuid, "DeleteFailed", err->message, NULL);
+        {
+            g_autoptr(GError) e = NULL;
+            if (!vn_instance_store_set_error(a->store, uuid, "DeleteFailed", err->message, &e))
+                vn_warn_error(&e, "recording the fault of instance %s", uuid);
+        }
         done = vn_instance_store_get(a->store, uuid);
         vn_agent_notify_instance(a, "instance.delete.error", done, err->message);
         g_propagate_error(error, g_steal_pointer(&err));

@@ -210,11 +210,27 @@ gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *sp
     return commit_locked(s, rec, error);
 }
 
-gboolean vn_instance_store_put(VnInstanceStore *s, const VnInstanceRecord *in, GError **error)
+gboolean vn_instance_store_arrive(VnInstanceStore *s, const VnInstanceRecord *in, GError **error)
 {
-    VnInstanceRecord *rec = vn_instance_record_copy(in);
+    VnInstanceRecord *cur, *rec;
 
     g_mutex_lock(&s->lock);
+    cur = g_hash_table_lookup(s->records, in->uuid);
+    if (cur && cur->vm_state != VN_VM_DELETED) {
+        g_mutex_unlock(&s->lock);
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_EXISTS,
+                    "instance %s already exists on this host (vm_state %s, task_state %s): "
+                    "it cannot arrive here again",
+                    in->uuid, vn_vm_state_name(cur->vm_state),
+                    cur->task_state ? vn_task_state_name(cur->task_state) : "none");
+        return FALSE;
+    }
+    rec = vn_instance_record_copy(in);
+    /* what only this host may say is not taken from the peer */
+    rec->task_state = VN_TASK_MIGRATING;
+    rec->guest_uid = 0;
+    g_clear_pointer(&rec->security_label, g_free);
+    rec->progress = 0;
     return commit_locked(s, rec, error);
 }
 
@@ -447,8 +463,8 @@ gboolean vn_instance_store_sync_error(VnInstanceStore *s, const char *uuid, gint
 gboolean vn_instance_store_sync_begin(VnInstanceStore *s, const char *uuid, gint64 seen,
                                       VnTaskState task, GError **error)
 {
-    static const VnVmState any[] = { VN_VM_ACTIVE, VN_VM_STOPPED, VN_VM_PAUSED,
-                                     VN_VM_SUSPENDED, VN_VM_ERROR, VN_VM_LAST };
+    static const VnVmState any[] = { VN_VM_ACTIVE,    VN_VM_STOPPED, VN_VM_PAUSED,
+                                     VN_VM_SUSPENDED, VN_VM_ERROR,   VN_VM_LAST };
     BeginArgs a = { any, task, NULL };
     GuardArgs g = { seen, change_begin, &a };
 

@@ -35,8 +35,10 @@ GPtrArray *vn_instance_store_list(VnInstanceStore *s, gboolean with_deleted);
 gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *spec,
                                   const char *request_id, GError **error);
 
-/* Adopts a record as is (an instance arriving by live migration, or reconciliation). */
-gboolean vn_instance_store_put(VnInstanceStore *s, const VnInstanceRecord *rec, GError **error);
+/* Records an instance arriving by live migration from its source's record (validated by
+ * the contract): task_state migrating, no local identity or label yet.  Like a build, it
+ * never overwrites a live record of the same uuid (VN_API_ERROR_EXISTS). */
+gboolean vn_instance_store_arrive(VnInstanceStore *s, const VnInstanceRecord *rec, GError **error);
 
 /* Claims @uuid for @task: no task may be running and vm_state must be one of @allowed
  * (terminated by VN_VM_LAST).  VN_API_ERROR_NOT_FOUND / _INVALID_STATE otherwise. */

@@ -54,6 +54,8 @@ static const char *schema =
     "  action TEXT NOT NULL, start INTEGER NOT NULL, finish INTEGER, result TEXT,"
     "  message TEXT, reported INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX IF NOT EXISTS actions_reported ON actions (reported);"
+    "CREATE TABLE IF NOT EXISTS migrations ("
+    "  instance_uuid TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS outbox ("
     "  id INTEGER PRIMARY KEY AUTOINCREMENT, event_type TEXT NOT NULL,"
     "  priority TEXT NOT NULL, payload TEXT NOT NULL, created_at INTEGER NOT NULL);";
@@ -365,6 +367,23 @@ GPtrArray *vn_journal_load_instances(VnJournal *j, GError **error)
 {
     return query_rows(j, "SELECT record FROM instances ORDER BY uuid", 0, row_text0, g_free,
                       "loading instances", error);
+}
+
+gboolean vn_journal_save_migration(VnJournal *j, const char *uuid, const char *json, GError **error)
+{
+    g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
+
+    return exec_text_args(j,
+                          "INSERT INTO migrations (instance_uuid, record, updated_at) "
+                          "VALUES (?1, ?2, ?3) ON CONFLICT (instance_uuid) DO UPDATE SET "
+                          "record = excluded.record, updated_at = excluded.updated_at",
+                          "saving a migration", error, 3, uuid, json, now);
+}
+
+GPtrArray *vn_journal_load_migrations(VnJournal *j, GError **error)
+{
+    return query_rows(j, "SELECT record FROM migrations ORDER BY instance_uuid", 0, row_text0,
+                      g_free, "loading migrations", error);
 }
 
 gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *request_id,

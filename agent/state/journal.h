@@ -67,6 +67,12 @@ gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *js
 gboolean vn_journal_delete_instance(VnJournal *j, const char *uuid, GError **error);
 GPtrArray *vn_journal_load_instances(VnJournal *j, GError **error); /* char* JSON texts */
 
+/* The last live migration of each instance (JSON text), so that its row is closed and
+ * get_migration answers after a restart. */
+gboolean vn_journal_save_migration(VnJournal *j, const char *uuid, const char *json,
+                                   GError **error);
+GPtrArray *vn_journal_load_migrations(VnJournal *j, GError **error); /* char* JSON texts */
+
 /* Actions (instance_actions of the central database). */
 gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *request_id,
                                const char *action, gint64 start, GError **error);

@@ -433,3 +433,31 @@ char *vn_domain_xml_for_destination(const char *xml, const char *from_dir, const
         set_dac_label(xmlDocGetRootElement(doc), dac_uid);
     return vn_xml_dump(doc);
 }
+
+char *vn_domain_xml_cpu(const char *xml, gsize len, GError **error)
+{
+    g_autoptr(xmlDoc) doc = vn_xml_read(xml, len, "domain", error);
+    g_autoptr(xmlDoc) out = NULL;
+    xmlNodePtr cpu = NULL;
+
+    if (!doc)
+        return NULL;
+    for (xmlNodePtr n = xmlDocGetRootElement(doc)->children; n; n = n->next) {
+        if (n->type == XML_ELEMENT_NODE && xmlStrcmp(n->name, BAD_CAST "cpu") == 0) {
+            cpu = n;
+            break;
+        }
+    }
+    if (!cpu)
+        return g_strdup("");
+    out = xmlNewDoc(BAD_CAST "1.0");
+    xmlDocSetRootElement(out, xmlDocCopyNode(cpu, out, 1));
+    return vn_xml_dump(out);
+}
+
+gboolean vn_cpu_xml_check(const char *xml, gsize len, GError **error)
+{
+    g_autoptr(xmlDoc) doc = vn_xml_read(xml, len, "cpu", error);
+
+    return doc != NULL;
+}

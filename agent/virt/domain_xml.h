@@ -95,3 +95,11 @@ VnDomainInfo *vn_domain_xml_parse(const char *xml, gsize len, GError **error);
  * destination.  Caller frees. */
 char *vn_domain_xml_for_destination(const char *xml, const char *from_dir, const char *to_dir,
                                     int dac_uid, GError **error);
+
+/* The guest's <cpu> element of a domain's (migratable) XML, as its own document; "" when
+ * the domain states none (the hypervisor's default model).  Caller frees. */
+char *vn_domain_xml_cpu(const char *xml, gsize len, GError **error);
+
+/* TRUE when @xml (from a peer) is a well-formed <cpu> document within the reader's
+ * bounds; VN_VIRT_ERROR_XML otherwise. */
+gboolean vn_cpu_xml_check(const char *xml, gsize len, GError **error);

@@ -55,8 +55,6 @@ static unsigned long migrate_flags(const VnMigrateParams *p)
 
     if (p->block)
         flags |= VIR_MIGRATE_NON_SHARED_INC;
-    if (p->shared_unsafe)
-        flags |= VIR_MIGRATE_UNSAFE;
     if (p->auto_converge)
         flags |= VIR_MIGRATE_AUTO_CONVERGE;
     if (p->post_copy)
@@ -78,6 +76,17 @@ gboolean vn_migrate_run(VnVirtConn *c, const char *uuid, const VnMigrateParams *
     if (!build_params(p, &params, &n))
         return vn_virt_error(error, "preparing the migration parameters of %s", uuid);
     rc = virDomainMigrateToURI3(dom, p->dest_uri, params, n, migrate_flags(p));
+    /* libvirt refuses storage it cannot tell is shared (a plain folder both hosts see).
+     * Only when the agents proved it shared (the probe file) is that overridden, and only
+     * for that refusal: any other safety check stands. */
+    if (rc < 0 && p->storage_proven_shared && virGetLastErrorCode() == VIR_ERR_MIGRATE_UNSAFE) {
+        g_info("migrating %s: libvirt cannot tell that the storage is shared, which the "
+               "probe proved (%s); migrating with VIR_MIGRATE_UNSAFE",
+               uuid, virGetLastErrorMessage());
+        virResetLastError();
+        rc = virDomainMigrateToURI3(dom, p->dest_uri, params, n,
+                                    migrate_flags(p) | VIR_MIGRATE_UNSAFE);
+    }
     virTypedParamsFree(params, n);
     if (rc < 0)
         return vn_virt_error(error, "migrating instance %s to %s", uuid, p->dest_uri);
@@ -162,17 +171,19 @@ gboolean vn_migrate_in_postcopy(VnVirtConn *c, const char *uuid)
     return state == VIR_DOMAIN_PAUSED && reason == VIR_DOMAIN_PAUSED_POSTCOPY;
 }
 
-gboolean vn_migrate_compare_cpu(VnVirtConn *c, const char *cpu_xml, gboolean *compatible,
-                                GError **error)
+gboolean vn_migrate_compare_cpu(VnVirtConn *c, const char *virt_type, const char *cpu_xml,
+                                gboolean *compatible, GError **error)
 {
     g_autoptr(virConnect) conn = vn_virt_conn_get(c, error);
     int r;
 
     if (!conn)
         return FALSE;
-    r = virConnectCompareCPU(conn, cpu_xml, 0);
+    /* what this host's hypervisor can give a guest, not the host CPU itself: identical
+     * hosts whose guests use a model the host CPU lacks a flag of are not refused */
+    r = virConnectCompareHypervisorCPU(conn, NULL, NULL, NULL, virt_type, cpu_xml, 0);
     if (r == VIR_CPU_COMPARE_ERROR)
-        return vn_virt_error(error, "comparing the guest CPU with this host's");
+        return vn_virt_error(error, "comparing the guest CPU with what this host provides");
     *compatible = r == VIR_CPU_COMPARE_IDENTICAL || r == VIR_CPU_COMPARE_SUPERSET;
     return TRUE;
 }

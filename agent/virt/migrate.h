@@ -8,14 +8,15 @@
 #include "agent/virt/job.h"
 
 typedef struct {
-    const char *dest_uri;     /* libvirt URI of the destination host */
-    const char *dest_xml;     /* the domain as the destination must define it */
-    const char *inbound_addr; /* NULL: libvirt's choice of the migration address */
-    guint64 bandwidth_mib;    /* 0: the hypervisor's default */
-    int parallel;             /* > 1: parallel connections */
-    gboolean block;           /* copy local disks (incrementally over pre-made overlays) */
-    char **block_disks;       /* targets to copy ("vda", ...), NULL-terminated */
-    gboolean shared_unsafe;   /* storage proven shared although libvirt cannot tell */
+    const char *dest_uri;           /* libvirt URI of the destination host */
+    const char *dest_xml;           /* the domain as the destination must define it */
+    const char *inbound_addr;       /* NULL: libvirt's choice of the migration address */
+    guint64 bandwidth_mib;          /* 0: the hypervisor's default */
+    int parallel;                   /* > 1: parallel connections */
+    gboolean block;                 /* copy local disks (incrementally over pre-made overlays) */
+    char **block_disks;             /* targets to copy ("vda", ...), NULL-terminated */
+    gboolean storage_proven_shared; /* the agents' probe saw the same folder on both hosts:
+                                     * VIR_MIGRATE_UNSAFE only if libvirt refuses for that */
     gboolean auto_converge;
     gboolean post_copy; /* allow a switch to post-copy */
 } VnMigrateParams;
@@ -34,6 +35,7 @@ gboolean vn_migrate_abort(VnVirtConn *c, const char *uuid, GError **error);
 /* TRUE when the domain is paused because its migration is in post-copy. */
 gboolean vn_migrate_in_postcopy(VnVirtConn *c, const char *uuid);
 
-/* CPU compatibility of this host with @cpu_xml (a <cpu> element); kvm only. */
-gboolean vn_migrate_compare_cpu(VnVirtConn *c, const char *cpu_xml, gboolean *compatible,
-                                GError **error);
+/* Whether this host's hypervisor (@virt_type) can provide the guest CPU @cpu_xml (the
+ * guest's <cpu> element, virConnectCompareHypervisorCPU); kvm only. */
+gboolean vn_migrate_compare_cpu(VnVirtConn *c, const char *virt_type, const char *cpu_xml,
+                                gboolean *compatible, GError **error);

@@ -225,7 +225,9 @@ static void churn(Sim *s, GRand *rng)
         r->power_state = VN_POWER_RUNNING;
         r->created_at = r->launched_at = g_get_real_time() / G_USEC_PER_SEC;
         if (!vn_tracker_claim(s->tracker, r->uuid, &r->flavor, &err) ||
-            !vn_instance_store_put(s->store, r, &err))
+            !vn_instance_store_create(s->store, r, "req-bench", &err) ||
+            !vn_instance_store_end_task(s->store, r->uuid, VN_TASK_SCHEDULING, VN_VM_ACTIVE,
+                                        VN_POWER_RUNNING, &err))
             die("%s: %s", s->host, err->message);
         g_ptr_array_add(s->uuids, g_strdup(r->uuid));
     } else {

@@ -247,6 +247,37 @@ class Migration(vntest.AgentTestCase):
         self.wait_destination_clean(b, u, 30)
         self.rpc.call(a.host, "terminate_instance", instance_uuid=u)
 
+    def test_source_agent_killed_row_closed(self):
+        """kill -9 of the source agent mid-migration: after its restart the migration is
+        over one way or the other, the guest runs on exactly one host, the central row is
+        closed (not left running for good), and get_migration answers on both hosts."""
+        a, b = self.pair(shared=False, **self.CAPPED)
+        u = self.boot_dirty(a, "source-dies")
+        self.migrate(a, b, u, wait=False)
+        self.wait_running(a, u)
+        mid = self.migration(a.host, u)["id"]
+        a.kill9()
+        a.start()
+        m = self.wait_ended(a, u, 120)
+        self.assertEqual(m["id"], mid)
+        self.assertIn(m["status"], ("cancelled", "completed"), m)
+        row = self.assert_row(m, m["status"])
+        # exactly one host keeps the guest, once the other side's clean-up has run
+        if m["status"] == "cancelled":
+            self.wait_destination_clean(b, u, 60)
+            self.assert_on("a", a, u)
+            host = a
+        else:
+            vntest.wait_for(lambda: u not in vntest.domain_uuids("a"), 60,
+                            what="the source's domain gone")
+            self.assert_on("b", b, u)
+            host = b
+        vntest.wait_for(lambda: (self.migration(b.host, u) or {}).get("status") in
+                        ("cancelled", "completed"), 60, what="the destination's entry closed")
+        self.assertEqual(self.migration(b.host, u)["id"], mid)
+        print("source killed mid-migration: %s, row %s" % (m["status"], row[0]))
+        self.rpc.call(host.host, "terminate_instance", instance_uuid=u)
+
     def test_destination_libvirtd_refusing(self):
         a, b = self.pair(shared=True)
         u = self.boot(a, "dest-refuses")

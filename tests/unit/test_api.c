@@ -158,6 +158,39 @@ static void test_other_requests(void **state)
     assert_non_null(strstr(err->message, "instance_uuid: missing"));
 }
 
+/* A peer's record in migrate_data is validated and must be the instance named. */
+static void test_pre_live_migration_record(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnRequest) b = parse(VN_METHOD_BUILD_AND_RUN_INSTANCE, build_args, &err);
+    g_autoptr(json_object) rec = NULL;
+    g_autofree char *good = NULL;
+    g_autofree char *other = NULL;
+    g_autoptr(VnRequest) r = NULL;
+
+    (void)state;
+    assert_non_null(b);
+    rec = vn_instance_record_to_json(b->spec);
+    good = g_strdup_printf("{\"instance_uuid\": \"%s\", \"migrate_data\": {\"instance\": %s}}",
+                           b->spec->uuid, json_object_to_json_string(rec));
+    r = parse(VN_METHOD_PRE_LIVE_MIGRATION, good, &err);
+    assert_non_null(r);
+    g_clear_pointer(&r, vn_request_free);
+    other =
+        g_strdup_printf("{\"instance_uuid\": \"%s\", \"migrate_data\": {\"instance\": %s}}",
+                        "11111111-2222-4333-8444-555555555555", json_object_to_json_string(rec));
+    r = parse(VN_METHOD_PRE_LIVE_MIGRATION, other, &err);
+    assert_null(r);
+    assert_non_null(strstr(err->message, "migrate_data.instance.uuid"));
+    g_clear_error(&err);
+    r = parse(VN_METHOD_PRE_LIVE_MIGRATION,
+              "{\"instance_uuid\": \"11111111-2222-4333-8444-555555555555\", "
+              "\"migrate_data\": {\"instance\": {\"uuid\": 5}}}",
+              &err);
+    assert_null(r);
+    assert_non_null(strstr(err->message, "migrate_data.instance"));
+}
+
 static void test_method_lookup(void **state)
 {
     g_autoptr(GError) err = NULL;
@@ -255,6 +288,7 @@ int main(void)
         cmocka_unit_test(test_build_request_errors),
         cmocka_unit_test(test_other_requests),
         cmocka_unit_test(test_method_lookup),
+        cmocka_unit_test(test_pre_live_migration_record),
         cmocka_unit_test(test_record_round_trip),
         cmocka_unit_test(test_uuid_canonical),
     };

@@ -144,14 +144,37 @@ static void test_incomplete_spec(void **state)
     assert_true(g_error_matches(err, VN_VIRT_ERROR, VN_VIRT_ERROR_XML));
 }
 
+/* The guest CPU sent to a migration's destination is the domain's own <cpu> element. */
+static void test_cpu_element(void **state)
+{
+    static const char dom[] = "<domain type='kvm'><name>x</name>"
+                              "<cpu mode='custom' match='exact'><model>Westmere</model>"
+                              "<feature policy='require' name='aes'/></cpu><devices/></domain>";
+    static const char none[] = "<domain type='qemu'><name>y</name><devices/></domain>";
+    g_autoptr(GError) err = NULL;
+    g_autofree char *cpu = vn_domain_xml_cpu(dom, strlen(dom), &err);
+    g_autofree char *empty = vn_domain_xml_cpu(none, strlen(none), &err);
+
+    (void)state;
+    assert_non_null(cpu);
+    assert_non_null(strstr(cpu, "<cpu mode=\"custom\" match=\"exact\">"));
+    assert_non_null(strstr(cpu, "<model>Westmere</model>"));
+    assert_non_null(strstr(cpu, "name=\"aes\""));
+    assert_null(strstr(cpu, "<domain"));
+    assert_true(vn_cpu_xml_check(cpu, strlen(cpu), &err));
+    assert_string_equal(empty, "");
+    /* a peer's text that is not a <cpu> document is refused before libvirt sees it */
+    assert_false(vn_cpu_xml_check(dom, strlen(dom), &err));
+    g_clear_error(&err);
+    assert_false(vn_cpu_xml_check("<cpu><model>", 12, &err));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_golden),
-        cmocka_unit_test(test_parse_back),
-        cmocka_unit_test(test_foreign_and_hostile),
-        cmocka_unit_test(test_for_destination),
-        cmocka_unit_test(test_incomplete_spec),
+        cmocka_unit_test(test_cpu_element),     cmocka_unit_test(test_golden),
+        cmocka_unit_test(test_parse_back),      cmocka_unit_test(test_foreign_and_hostile),
+        cmocka_unit_test(test_for_destination), cmocka_unit_test(test_incomplete_spec),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,7 @@
 #include "agent/ops/guest.h"
 #include "agent/reconcile.h"
 #include "agent/virt/domain.h"
+#include "agent/virt/virt.h"
 #include "api/error.h"
 #include "api/json.h"
 #include "scheduler-client/amqp/envelope.h"
@@ -412,7 +413,9 @@ static void test_busy_queue_and_cancel(void **state)
     assert_null(r->failure_class);
     reply_free(r);
     r = wait_reply(f, bid2);
-    assert_non_null(r->failure_class);
+    /* the build ends cancelled by the delete, not by some other failure */
+    assert_string_equal(r->failure_class, "BuildAbortException");
+    assert_non_null(strstr(r->failure_message, "cancelled"));
     reply_free(r);
     assert_false(domain_exists(f, u2));
     assert_false(dir_exists(f, u2));
@@ -453,9 +456,14 @@ static void test_reconcile(void **state)
     assert_true(domain_exists(f, orphan));
     assert_true(vn_reconcile_startup(f->agent, none, &err));
     assert_false(domain_exists(f, orphan));
-    /* the test driver's own domain is not ours: left alone */
+    /* the test driver's own domain ("test") is not ours: left alone */
     g_auto(GStrv) left = vn_domain_list(f->agent->virt, &err);
-    assert_true(g_strv_length(left) >= 1);
+    g_autoptr(virConnect) conn = vn_virt_conn_get(f->agent->virt, &err);
+    g_autoptr(virDomain) theirs = virDomainLookupByName(conn, "test");
+    assert_non_null(theirs);
+    char tu[VIR_UUID_STRING_BUFLEN];
+    assert_int_equal(virDomainGetUUIDString(theirs, tu), 0);
+    assert_true(g_strv_contains((const char *const *)left, tu));
 }
 
 /* A sync decided from a read loses to an operation that took the instance since: the
@@ -510,6 +518,91 @@ static void test_sync_loses_to_an_operation(void **state)
     reply_free(call(f, "terminate_instance", a, NULL));
 }
 
+/* The destination's side of a live migration (the test driver cannot migrate, but it
+ * can host the steps): the peer's record is validated and must name the instance; an
+ * arrival never overwrites a live record; without shared storage the disks are made from
+ * the image cache and its hold is released; the rollback removes everything; and the
+ * destination's entry of the migration is journaled, so a new agent on the same state
+ * still answers get_migration. */
+static void test_migration_destination(void **state)
+{
+    Fixture *f = *state;
+    const char *u = "aaaaaaaa-0000-4000-8000-00000000000a";
+    g_autofree char *b = build_args(f, u, f->sha, 1);
+    g_autofree char *del = uuid_args(u, NULL);
+    g_autoptr(json_object) inst = NULL;
+    Reply *r;
+
+    /* a record as a source sends it: built here once, then deleted, so it can arrive */
+    r = call(f, "build_and_run_instance", b, NULL);
+    assert_string_equal(state_of(r), "active");
+    inst = json_object_get(r->result);
+    reply_free(r);
+    reply_free(call(f, "terminate_instance", del, NULL));
+    json_object_object_add(inst, "host", json_object_new_string("host-src"));
+    g_autofree char *md = g_strdup_printf(
+        "{\"migration_id\": \"mig-1\", \"source_host\": \"host-src\", "
+        "\"is_shared_instance_path\": false, \"block_migration\": true, "
+        "\"disks\": {\"disk\": 1073741824}, \"instance\": %s}",
+        json_object_to_json_string(inst));
+    g_autofree char *args = uuid_args(u, NULL);
+    g_autofree char *pre = g_strdup_printf("{\"instance_uuid\": \"%s\", \"source_host\": "
+                                           "\"host-src\", \"migrate_data\": %s}",
+                                           u, md);
+    g_autofree char *wrong = g_strdup_printf(
+        "{\"instance_uuid\": \"aaaaaaaa-0000-4000-8000-0000000000ff\", \"source_host\": "
+        "\"host-src\", \"migrate_data\": %s}",
+        md);
+
+    /* a record for another instance is refused before anything is touched */
+    r = call(f, "pre_live_migration", wrong, NULL);
+    assert_string_equal(r->failure_class, "InvalidInput");
+    if (!strstr(r->failure_message, "migrate_data.instance.uuid"))
+        fail_msg("%s", r->failure_message);
+    reply_free(r);
+    assert_false(dir_exists(f, "aaaaaaaa-0000-4000-8000-0000000000ff"));
+
+    r = call(f, "pre_live_migration", pre, NULL);
+    assert_null(r->failure_class);
+    reply_free(r);
+    g_autoptr(VnInstanceRecord) arrived = vn_instance_store_get(f->agent->store, u);
+    assert_non_null(arrived);
+    assert_int_equal(arrived->task_state, VN_TASK_MIGRATING);
+    assert_true(dir_exists(f, u));
+    g_autofree char *disk = vn_guest_file(f->agent, u, VN_GUEST_ROOT_DISK);
+    assert_true(g_file_test(disk, G_FILE_TEST_IS_REGULAR));
+    /* the cache holds nothing once the disks exist: aging may judge the base by use */
+    assert_int_equal(vn_image_cache_holds(f->agent->images), 0);
+
+    /* arriving again while the first is live: refused, the record untouched */
+    r = call(f, "pre_live_migration", pre, NULL);
+    assert_string_equal(r->failure_class, "InstanceExists");
+    reply_free(r);
+
+    r = call(f, "get_migration", args, NULL);
+    assert_null(r->failure_class);
+    assert_string_equal(json_object_get_string(json_object_object_get(r->result, "status")),
+                        "arriving");
+    assert_string_equal(json_object_get_string(json_object_object_get(r->result, "id")), "mig-1");
+    reply_free(r);
+
+    r = call(f, "rollback_live_migration_at_destination", pre, NULL);
+    assert_null(r->failure_class);
+    reply_free(r);
+    assert_false(dir_exists(f, u));
+    g_autoptr(VnInstanceRecord) gone = vn_instance_store_get(f->agent->store, u);
+    assert_null(gone);
+
+    /* a new agent on the same state still knows how the migration ended */
+    vn_agent_free(f->agent);
+    f->agent = agent_new(f, 32);
+    r = call(f, "get_migration", args, NULL);
+    assert_null(r->failure_class);
+    assert_string_equal(json_object_get_string(json_object_object_get(r->result, "status")),
+                        "cancelled");
+    reply_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -520,6 +613,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_busy_queue_and_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconcile, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_loses_to_an_operation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_migration_destination, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

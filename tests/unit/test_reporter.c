@@ -21,21 +21,50 @@ static void test_conninfo_check(void **state)
     assert_false(vn_report_conninfo_check("nonsense=1", &err));
 }
 
+/* Every field counts: a change in any one of them makes the row differ (and be written). */
 static void test_capacity_equal(void **state)
 {
-    VnCapacity a = { 0 }, b = { 0 };
+    VnCapacity a = { 0 };
 
     (void)state;
-    a.host = b.host = (char *)"h";
-    a.stats = b.stats = (char *)"{}";
-    a.vcpus = b.vcpus = 4;
-    assert_true(vn_capacity_equal(&a, &b));
-    b.vcpus_used = 1;
-    assert_false(vn_capacity_equal(&a, &b));
-    b.vcpus_used = 0;
-    b.stats = (char *)"{\"num_instances\":1}";
-    assert_false(vn_capacity_equal(&a, &b));
+    a.host = (char *)"h";
+    a.hypervisor_type = (char *)"QEMU";
+    a.hypervisor_hostname = (char *)"h.example";
+    a.cpu_info = (char *)"{}";
+    a.stats = (char *)"{}";
+    assert_true(vn_capacity_equal(&a, &a));
     assert_false(vn_capacity_equal(&a, NULL));
+    assert_true(vn_capacity_equal(NULL, NULL));
+#define DIFFERS(field, value)                                                                      \
+    do {                                                                                           \
+        VnCapacity b = a;                                                                          \
+        b.field = value;                                                                           \
+        if (vn_capacity_equal(&a, &b))                                                             \
+            fail_msg("a change of '%s' went unnoticed", #field);                                   \
+    } while (0)
+    DIFFERS(host, (char *)"other");
+    DIFFERS(hypervisor_type, (char *)"KVM");
+    DIFFERS(hypervisor_version, 1);
+    DIFFERS(hypervisor_hostname, (char *)"x");
+    DIFFERS(cpu_info, (char *)"{\"a\":1}");
+    DIFFERS(vcpus, 1);
+    DIFFERS(vcpus_used, 1);
+    DIFFERS(memory_mb, 1);
+    DIFFERS(memory_mb_used, 1);
+    DIFFERS(free_ram_mb, 1);
+    DIFFERS(local_gb, 1);
+    DIFFERS(local_gb_used, 1);
+    DIFFERS(free_disk_gb, 1);
+    DIFFERS(disk_available_least, 1);
+    DIFFERS(running_vms, 1);
+    DIFFERS(cpu_allocation_ratio, 2.0);
+    DIFFERS(ram_allocation_ratio, 2.0);
+    DIFFERS(disk_allocation_ratio, 2.0);
+    DIFFERS(reserved_host_memory_mb, 1);
+    DIFFERS(reserved_host_disk_mb, 1);
+    DIFFERS(reserved_host_cpus, 1);
+    DIFFERS(stats, (char *)"{\"num_instances\":1}");
+#undef DIFFERS
 }
 
 static void test_schema_migrations_named(void **state)

@@ -87,9 +87,19 @@ static void test_claims(void **state)
     assert_true(vn_tracker_check(t, "d", &one, &err));
     assert_true(vn_tracker_check(t, "d", &one, &err));
     assert_true(vn_tracker_claim(t, "d", &one, &err));
-    /* claiming again for the same instance replaces its claim */
+    /* claiming again for the same instance replaces its claim: three claims of 1024 MiB
+     * stand (a, b, d), so 512 MiB are left and 4000 MiB do not fit */
     assert_true(vn_tracker_claim(t, "d", &one, &err));
+    g_autoptr(VnCapacity) cap = vn_tracker_capacity(t);
+    assert_int_equal(cap->vcpus_used, 3);
+    assert_int_equal(cap->memory_mb_used, 512 + 3 * 1024);
     assert_false(vn_tracker_claim(t, "m", &mem, &err));
+    assert_true(g_error_matches(err, VN_API_ERROR, VN_API_ERROR_INSUFFICIENT_RESOURCES));
+    assert_non_null(strstr(err->message, "memory"));
+    g_clear_error(&err);
+    /* the refused claim took nothing */
+    g_autoptr(VnCapacity) after = vn_tracker_capacity(t);
+    assert_int_equal(after->vcpus_used, 3);
 }
 
 static void test_capacity_row(void **state)

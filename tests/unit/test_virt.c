@@ -94,11 +94,19 @@ static void test_create_failure_leaves_nothing(void **state)
     g_autoptr(VnVirtConn) c = vn_virt_conn_new("test:///default", 5, 5, NULL);
     g_autoptr(GError) err = NULL;
     gboolean exists = TRUE;
+    /* well-formed, with our uuid, but the name is taken by the driver's own domain */
+    g_autofree char *clash =
+        g_strdup_printf("<domain type='test'><name>test</name><uuid>%s</uuid><memory>65536</memory>"
+                        "<os><type>hvm</type></os></domain>",
+                        UUID);
 
     (void)state;
     assert_false(vn_domain_create(c, "<domain type='qemu'><name>x</name></domain", &err));
     assert_non_null(err);
-    assert_true(vn_domain_exists(c, UUID, &exists, NULL));
+    g_clear_error(&err);
+    assert_false(vn_domain_create(c, clash, &err));
+    assert_non_null(err);
+    assert_true(vn_domain_exists(c, UUID, &exists, &err));
     assert_false(exists);
 }
 
