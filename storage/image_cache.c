@@ -279,8 +279,16 @@ static gboolean transient(CURLcode rc, long http)
 }
 
 /* One attempt to download @src into @part.  *retry tells whether another may help. */
+/* What all the attempts of one download may spend together: download_timeout and
+ * max_image_size_gb bound the whole download, not each try. */
+typedef struct {
+    gint64 deadline;    /* monotonic */
+    guint64 bytes_left; /* of max_bytes */
+    int timeout_s;      /* for messages */
+} Budget;
+
 static gboolean download_once(VnImageCache *c, const VnImageSource *src, const char *part,
-                              GCancellable *cancel, VnImageProgressFunc progress,
+                              Budget *budget, GCancellable *cancel, VnImageProgressFunc progress,
                               gpointer user_data, gboolean *retry, GError **error)
 {
     g_autoptr(CURL) curl = curl_easy_init();
@@ -308,8 +316,19 @@ static gboolean download_once(VnImageCache *c, const VnImageSource *src, const c
                     g_strerror(errno));
         return FALSE;
     }
+    gint64 left_ms = (budget->deadline - g_get_monotonic_time()) / 1000;
+    if (left_ms <= 0 || budget->bytes_left == 0) {
+        close(d.fd);
+        g_set_error(error, VN_STOR_ERROR,
+                    left_ms <= 0 ? VN_STOR_ERROR_TIMEOUT : VN_STOR_ERROR_TOO_LARGE,
+                    "fetching '%s': the download's %s is spent", shown,
+                    left_ms <= 0 ? "time (download_timeout)" : "size (max_image_size_gb)");
+        return FALSE;
+    }
     d.sum = sum;
     d.limit = src->size ? MIN(src->size, cfg.max_bytes) : cfg.max_bytes;
+    gboolean budget_bound = budget->bytes_left < d.limit;
+    d.limit = MIN(d.limit, budget->bytes_left);
     d.cancel = cancel;
     d.progress = progress;
     d.user_data = user_data;
@@ -323,7 +342,7 @@ static gboolean download_once(VnImageCache *c, const VnImageSource *src, const c
     curl_easy_setopt(curl, CURLOPT_FAILONERROR, 1L);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 30L);
-    curl_easy_setopt(curl, CURLOPT_TIMEOUT, (long)cfg.timeout_s);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, (long)left_ms);
     curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, 1024L);
     curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME, (long)cfg.low_speed_time_s);
     curl_easy_setopt(curl, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)d.limit);
@@ -339,6 +358,7 @@ static gboolean download_once(VnImageCache *c, const VnImageSource *src, const c
 
     rc = curl_easy_perform(curl);
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &http);
+    budget->bytes_left -= MIN(budget->bytes_left, d.received);
     if (rc == CURLE_OK && fsync(d.fd) < 0)
         d.write_errno = errno;
     close(d.fd);
@@ -349,10 +369,21 @@ static gboolean download_once(VnImageCache *c, const VnImageSource *src, const c
         return FALSE;
     }
     if (d.too_large || rc == CURLE_FILESIZE_EXCEEDED) {
-        g_set_error(error, VN_STOR_ERROR,
-                    src->size ? VN_STOR_ERROR_CHECKSUM : VN_STOR_ERROR_TOO_LARGE,
-                    "'%s' sends more than %s bytes %" G_GUINT64_FORMAT, shown,
-                    src->size ? "the declared" : "the allowed", d.limit);
+        if (budget_bound)
+            g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOO_LARGE,
+                        "fetching '%s': the attempts together received max_image_size_gb", shown);
+        else
+            g_set_error(error, VN_STOR_ERROR,
+                        src->size ? VN_STOR_ERROR_CHECKSUM : VN_STOR_ERROR_TOO_LARGE,
+                        "'%s' sends more than %s bytes %" G_GUINT64_FORMAT, shown,
+                        src->size ? "the declared" : "the allowed", d.limit);
+        return FALSE;
+    }
+    if (rc == CURLE_OPERATION_TIMEDOUT && g_get_monotonic_time() >= budget->deadline) {
+        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TIMEOUT,
+                    "fetching '%s': not done within download_timeout (%d s, all attempts "
+                    "together)",
+                    shown, budget->timeout_s);
         return FALSE;
     }
     if (d.write_errno) {
@@ -485,9 +516,15 @@ static gboolean fetch(VnImageCache *c, const VnImageSource *src, const char *bas
     } else if (err) {
         g_propagate_error(error, g_steal_pointer(&err));
     } else {
+        Budget budget;
+        g_mutex_lock(&c->lock);
+        budget.timeout_s = c->cfg.timeout_s;
+        budget.bytes_left = c->cfg.max_bytes;
+        g_mutex_unlock(&c->lock);
+        budget.deadline = g_get_monotonic_time() + (gint64)budget.timeout_s * G_TIME_SPAN_SECOND;
         for (int attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
             g_clear_error(&err);
-            if (download_once(c, src, part, cancel, progress, user_data, &retry, &err))
+            if (download_once(c, src, part, &budget, cancel, progress, user_data, &retry, &err))
                 break;
             g_unlink(part);
             if (!retry || attempt == MAX_ATTEMPTS)

@@ -198,6 +198,54 @@ static void test_failures_leave_nothing(void **state)
     assert_cache_clean(f);
 }
 
+/* download_timeout and max_image_size_gb bound the whole download, all attempts together
+ * (each attempt used to get the full allowance, three times over). */
+static void test_download_budget(void **state)
+{
+    Fixture *f = *state;
+    g_autofree char *drop = url(f, "drop/good.qcow2");
+    g_autofree char *trickle = url(f, "trickle/good.qcow2");
+    g_autoptr(GError) err = NULL;
+
+    (void)state;
+    {
+        /* every connection drops half-way: transient, so it is tried again, but the tries
+         * together receive at most max_image_size */
+        g_autoptr(VnImageCache) c = cache_new(f, f->size);
+        VnImageSource src = { "dropping", drop, f->sha, "qcow2", 0 };
+        guint64 before = vn_test_http_bytes(f->http);
+        g_autofree char *p = vn_image_cache_acquire(c, &src, NULL, NULL, NULL, &err);
+        assert_null(p);
+        assert_non_null(err);
+        guint64 sent = vn_test_http_bytes(f->http) - before;
+        if (sent > f->size)
+            fail_msg("%" G_GUINT64_FORMAT " bytes fetched for a limit of %" G_GUINT64_FORMAT,
+                     sent, f->size);
+        assert_true(vn_test_http_count(f->http, "/drop/good.qcow2") >= 2); /* it did retry */
+        g_clear_error(&err);
+        assert_cache_clean(f);
+    }
+    {
+        /* a byte per 100 ms: cut when download_timeout (2 s) is spent, with no new try */
+        VnImageCacheConfig cfg = { 1 << 30, 2, 60, NULL };
+        g_autoptr(VnImageCache) c = NULL;
+        VnImageSource src = { "trickling", trickle, f->sha, "qcow2", 0 };
+        vn_test_rmtree(f->cache_dir);
+        c = vn_image_cache_new(f->cache_dir, &cfg, &err);
+        assert_non_null(c);
+        gint64 t0 = g_get_monotonic_time();
+        g_autofree char *p = vn_image_cache_acquire(c, &src, NULL, NULL, NULL, &err);
+        double took = (g_get_monotonic_time() - t0) / 1e6;
+        assert_null(p);
+        assert_true(g_error_matches(err, VN_STOR_ERROR, VN_STOR_ERROR_TIMEOUT));
+        assert_non_null(strstr(err->message, "download_timeout"));
+        if (took > 3.9) /* three tries would take more than 6 s */
+            fail_msg("the trickling download took %.1f s for a 2 s limit", took);
+        assert_int_equal(vn_test_http_count(f->http, "/trickle/good.qcow2"), 1);
+        assert_cache_clean(f);
+    }
+}
+
 static void test_cancel(void **state)
 {
     Fixture *f = *state;
@@ -266,6 +314,7 @@ int main(void)
         cmocka_unit_test(test_download_verified_once),
         cmocka_unit_test(test_concurrent_callers_share_one_download),
         cmocka_unit_test(test_failures_leave_nothing),
+        cmocka_unit_test(test_download_budget),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_aging),
     };

@@ -68,6 +68,7 @@ struct _VnTestHttp {
     int delay_ms;
     GMutex lock;
     GHashTable *counts;
+    guint64 bytes; /* body bytes sent, under @lock */
 };
 
 static gboolean handle(GThreadedSocketService *svc, GSocketConnection *conn, GObject *src,
@@ -103,7 +104,11 @@ static gboolean handle(GThreadedSocketService *svc, GSocketConnection *conn, GOb
     g_mutex_unlock(&h->lock);
     if (h->delay_ms)
         g_usleep((gulong)h->delay_ms * 1000);
-    file = g_build_filename(h->root, path, NULL);
+    /* /trickle/<file>: one byte per 100 ms; /drop/<file>: half the body, then close */
+    gboolean trickle = g_str_has_prefix(path, "/trickle/");
+    gboolean drop = g_str_has_prefix(path, "/drop/");
+    const char *name = trickle ? path + 8 : drop ? path + 5 : path;
+    file = g_build_filename(h->root, name, NULL);
     if (strstr(path, "..") || !g_file_get_contents(file, &body, &len, NULL)) {
         const char *nf = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         g_output_stream_write_all(out, nf, strlen(nf), NULL, NULL, NULL);
@@ -114,8 +119,35 @@ static gboolean handle(GThreadedSocketService *svc, GSocketConnection *conn, GOb
         "Connection: close\r\n\r\n",
         len);
     g_output_stream_write_all(out, head, strlen(head), NULL, NULL, NULL);
-    g_output_stream_write_all(out, body, len, NULL, NULL, NULL);
+    if (trickle) {
+        for (gsize i = 0; i < len && i < 300; i++) { /* at most 30 s */
+            if (!g_output_stream_write_all(out, body + i, 1, NULL, NULL, NULL) ||
+                !g_output_stream_flush(out, NULL, NULL))
+                break;
+            g_mutex_lock(&h->lock);
+            h->bytes++;
+            g_mutex_unlock(&h->lock);
+            g_usleep(100 * 1000);
+        }
+        return TRUE;
+    }
+    gsize n = drop ? len / 2 : len;
+    gsize sent = 0;
+    g_output_stream_write_all(out, body, n, &sent, NULL, NULL);
+    g_mutex_lock(&h->lock);
+    h->bytes += sent;
+    g_mutex_unlock(&h->lock);
     return TRUE;
+}
+
+guint64 vn_test_http_bytes(VnTestHttp *h)
+{
+    guint64 n;
+
+    g_mutex_lock(&h->lock);
+    n = h->bytes;
+    g_mutex_unlock(&h->lock);
+    return n;
 }
 
 /* The service accepts in a main loop of its own thread: the test's thread blocks in the

@@ -33,6 +33,9 @@ typedef struct _VnTestHttp VnTestHttp;
 VnTestHttp *vn_test_http_start(const char *root, int delay_ms);
 int vn_test_http_port(VnTestHttp *h);
 guint vn_test_http_count(VnTestHttp *h, const char *path);
+/* Body bytes sent so far.  Paths /trickle/<file> (a byte per 100 ms) and /drop/<file> (half
+ * the body, then the connection closes) serve broken downloads. */
+guint64 vn_test_http_bytes(VnTestHttp *h);
 void vn_test_http_stop(VnTestHttp *h);
 
 /* Source tree path of @rel (VN_SOURCE_DIR set by ctest).  Caller frees. */
