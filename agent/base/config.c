@@ -317,13 +317,22 @@ static const void *cfield(const VnConfig *cfg, const OptDef *o)
     return (const char *)cfg + o->offset;
 }
 
-/* Expands $name references to [DEFAULT] options in @text, using the raw texts in @raw. */
-static char *expand(const char *text, GHashTable *raw, int depth)
+/* Bounds of $name expansion: a value refers to at most EXPAND_MAX_REFS options in all
+ * (nested ones included) and expands to at most EXPAND_MAX_BYTES.  Without them a few
+ * dozen bytes of mutually referring options took gigabytes and minutes. */
+#define EXPAND_MAX_REFS  64
+#define EXPAND_MAX_BYTES 65536
+
+typedef struct {
+    int refs_left;
+    gboolean overflow;
+} ExpandBudget;
+
+static void expand_into(GString *out, const char *text, GHashTable *raw, int depth, ExpandBudget *b)
 {
-    GString *out = g_string_new(NULL);
     const char *p = text;
 
-    while (*p) {
+    while (*p && !b->overflow) {
         if (*p == '$' && (g_ascii_isalpha(p[1]) || p[1] == '_') && depth < 8) {
             const char *s = p + 1;
             while (g_ascii_isalnum(*s) || *s == '_')
@@ -331,13 +340,32 @@ static char *expand(const char *text, GHashTable *raw, int depth)
             g_autofree char *name = g_strndup(p + 1, s - (p + 1));
             const char *val = g_hash_table_lookup(raw, name);
             if (val) {
-                g_autofree char *sub = expand(val, raw, depth + 1);
-                g_string_append(out, sub);
+                if (--b->refs_left < 0) {
+                    b->overflow = TRUE;
+                    return;
+                }
+                expand_into(out, val, raw, depth + 1, b);
                 p = s;
                 continue;
             }
         }
         g_string_append_c(out, *p++);
+        if (out->len > EXPAND_MAX_BYTES)
+            b->overflow = TRUE;
+    }
+}
+
+/* Expands $name references to [DEFAULT] options in @text, using the raw texts in @raw;
+ * NULL when the bounds above are passed. */
+static char *expand(const char *text, GHashTable *raw, int depth)
+{
+    GString *out = g_string_new(NULL);
+    ExpandBudget b = { EXPAND_MAX_REFS, FALSE };
+
+    expand_into(out, text, raw, depth, &b);
+    if (b.overflow) {
+        g_string_free(out, TRUE);
+        return NULL;
     }
     return g_string_free(out, FALSE);
 }
@@ -558,11 +586,20 @@ static VnConfig *load_keyfile(GKeyFile *kf, const char *name, GError **error)
                 add_problem(problems, name, o->section, o->key, err->message);
                 g_clear_error(&err);
                 text = expand(o->def, raw, 0);
-                parse_value(cfg, o, text, NULL);
+                parse_value(cfg, o, text ? text : o->def, NULL);
                 continue;
             }
         }
         text = expand(given ? given : o->def, raw, 0);
+        if (!text) {
+            add_problem(
+                problems, name, o->section, o->key,
+                "$name references expand beyond " G_STRINGIFY(
+                    EXPAND_MAX_REFS) " references or " G_STRINGIFY(EXPAND_MAX_BYTES) " bytes");
+            text = g_strdup(o->def);
+            parse_value(cfg, o, text, NULL);
+            continue;
+        }
         if (strcmp(o->key, "host") == 0 && strcmp(o->section, "DEFAULT") == 0 && !*text) {
             g_free(text);
             text = g_strdup(g_get_host_name());
@@ -573,7 +610,7 @@ static VnConfig *load_keyfile(GKeyFile *kf, const char *name, GError **error)
             g_clear_error(&err);
             if (o->type == OPT_STR || o->type == OPT_LIST || o->type == OPT_ENUM) {
                 g_autofree char *d = expand(o->def, raw, 0);
-                parse_value(cfg, o, d, NULL);
+                parse_value(cfg, o, d ? d : o->def, NULL);
             }
         }
     }
@@ -707,7 +744,8 @@ char *vn_config_reference_markdown(void)
              "`--config FILE`). An unknown section or option, or a value of the wrong type or "
              "out of bounds, is an error that names the file, section and option; "
              "`virtnoded --check-config` then exits with status 2. `$name` in a value stands "
-             "for the `[DEFAULT]` option `name`. Options marked *reload* take effect on "
+             "for the `[DEFAULT]` option `name` (at most 64 references and 64 KiB once expanded). "
+             "Options marked *reload* take effect on "
              "SIGHUP; the others need a restart. `virtnoded --dump-config` prints every option "
              "with its value and default.\n");
     for (const char *const *s = sections; *s; s++) {

@@ -202,6 +202,27 @@ static void test_reload_merge(void **state)
     assert_int_equal(next->log_level, VN_LOG_LEVEL_DEBUG); /* reloadable: applied */
 }
 
+/* Mutually referring $names cannot blow up: the load fails fast, naming the option. */
+static void test_expansion_bomb(void **state)
+{
+    GString *text = g_string_new("[DEFAULT]\n");
+    g_autoptr(GError) err = NULL;
+    gint64 t0 = g_get_monotonic_time();
+
+    (void)state;
+    /* three options referring to each other four times a level: 4^8 references */
+    g_string_append(text, "host = $instances_path$instances_path$instances_path$instances_path\n"
+                          "state_path = /$host$host$host$host\n"
+                          "instances_path = /$state_path$state_path$state_path$state_path\n");
+    g_autoptr(VnConfig) c = vn_config_load_data(text->str, text->len, "bomb.conf", &err);
+    assert_null(c);
+    assert_non_null(err);
+    if (!strstr(err->message, "[DEFAULT] state_path") || !strstr(err->message, "expand beyond"))
+        fail_msg("%s", err->message);
+    assert_true(g_get_monotonic_time() - t0 < 5 * G_USEC_PER_SEC);
+    g_string_free(text, TRUE);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -213,6 +234,7 @@ int main(void)
         cmocka_unit_test(test_reference_matches_docs),
         cmocka_unit_test(test_restart_needed),
         cmocka_unit_test(test_reload_merge),
+        cmocka_unit_test(test_expansion_bomb),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
