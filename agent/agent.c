@@ -325,6 +325,25 @@ static char *ready_body(gpointer data, gboolean *ready)
     return vn_json_to_string(o);
 }
 
+/* /healthz: the main loop (signals, the watchdog) turned within the last 5 s */
+#define MAIN_LOOP_STALL_S 5
+
+static gboolean main_loop_healthy(gpointer data)
+{
+    VnAgent *a = data;
+    gint64 beat = g_atomic_int_get(&a->loop_beat);
+
+    return g_get_monotonic_time() / G_USEC_PER_SEC - beat <= MAIN_LOOP_STALL_S;
+}
+
+static gboolean tick_loop_beat(gpointer data)
+{
+    VnAgent *a = data;
+
+    g_atomic_int_set(&a->loop_beat, (gint)(g_get_monotonic_time() / G_USEC_PER_SEC));
+    return G_SOURCE_CONTINUE;
+}
+
 static char *metrics_body(gpointer data)
 {
     return vn_agent_metrics(data);
@@ -472,6 +491,8 @@ static void start_timers(VnAgent *a)
     add_timer(a, (guint)cfg->image_cache_manager_interval, tick_image_cache);
     add_timer(a, 300, tick_housekeeping);
     add_timer(a, 2, tick_libvirt);
+    add_timer(a, 1, tick_loop_beat);
+    tick_loop_beat(a);
     if (sd_watchdog_enabled(0, &wd) > 0 && wd > 0)
         g_ptr_array_add(a->timers, GUINT_TO_POINTER(g_timeout_add((guint)MAX(wd / 2000, 100),
                                                                   tick_watchdog, a)));
@@ -731,7 +752,7 @@ static gboolean start_rpc(VnAgent *a, const VnConfig *cfg, GError **error)
 
 static gboolean start_http(VnAgent *a, const VnConfig *cfg, GError **error)
 {
-    VnStatusHandlers h = { ready_body, metrics_body, a };
+    VnStatusHandlers h = { main_loop_healthy, ready_body, metrics_body, a };
 
     if (!*cfg->api_listen)
         return TRUE;

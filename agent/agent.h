@@ -83,6 +83,7 @@ struct _VnAgent {
     gint reconnecting; /* a libvirt reconnect thread is running */
     gint aging;        /* an image-cache aging thread is running */
     gint housekeeping; /* a housekeeping thread is running */
+    gint loop_beat;    /* monotonic second the main loop last turned (/healthz) */
     VnAgentCounters counters;
 };
 

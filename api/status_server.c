@@ -1,6 +1,8 @@
 /* api/status_server.c - /healthz, /readyz, /metrics over libmicrohttpd. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -9,11 +11,111 @@
 #include "api/error.h"
 #include "api/status_server.h"
 
+/* A client may hold this many connections, and no connection lives longer than
+ * REQUEST_DEADLINE_S from accept to close, however slowly it sends: 64 slow clients
+ * (libmicrohttpd's inactivity timeout restarts with every byte) can no longer keep
+ * /healthz from a well-behaved one. */
+#define CONNECTIONS_MAX      64
+#define CONNECTIONS_PER_IP   8
+#define INACTIVITY_TIMEOUT_S 5
+#define REQUEST_DEADLINE_S   10
+#define ERROR_LOG_EVERY_S    60
+
+typedef struct {
+    int fd;
+    gint64 deadline; /* monotonic */
+} Open;
+
 struct _VnStatusServer {
+    /* immutable after start */
     struct MHD_Daemon *daemon;
     VnStatusHandlers h;
     int port;
+    GThread *reaper;
+
+    /* under @lock */
+    GMutex lock;
+    GCond cond;
+    gboolean stopping;
+    GHashTable *open; /* struct MHD_Connection * -> Open* */
+    gint64 log_next;  /* monotonic: the next library message that may be logged */
+    guint log_suppressed;
 };
+
+/* Called by libmicrohttpd's thread when a connection starts and when it closes (before
+ * its socket is closed), so the reaper never touches a closed descriptor. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    VnStatusServer *s = cls;
+
+    (void)socket_context;
+    g_mutex_lock(&s->lock);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *i =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        Open *o = g_new0(Open, 1);
+        o->fd = i ? i->connect_fd : -1;
+        o->deadline = g_get_monotonic_time() + REQUEST_DEADLINE_S * G_TIME_SPAN_SECOND;
+        g_hash_table_replace(s->open, conn, o);
+    } else {
+        g_hash_table_remove(s->open, conn);
+    }
+    g_mutex_unlock(&s->lock);
+}
+
+/* Ends connections past their deadline: shutting the socket down makes the library see
+ * the end of the stream and close it in its own thread. */
+static gpointer reaper(gpointer data)
+{
+    VnStatusServer *s = data;
+
+    g_mutex_lock(&s->lock);
+    while (!s->stopping) {
+        GHashTableIter it;
+        gpointer k, v;
+        gint64 now = g_get_monotonic_time();
+        g_hash_table_iter_init(&it, s->open);
+        while (g_hash_table_iter_next(&it, &k, &v)) {
+            Open *o = v;
+            if (o->fd >= 0 && now >= o->deadline) {
+                shutdown(o->fd, SHUT_RDWR);
+                o->fd = -1; /* once */
+            }
+        }
+        g_cond_wait_until(&s->cond, &s->lock, now + G_TIME_SPAN_SECOND);
+    }
+    g_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+/* The library's own messages (a refused connection, a client gone): one line a minute at
+ * most, with a count of those left out, never a flood on stderr. */
+static void on_library_message(void *cls, const char *fmt, va_list ap)
+{
+    VnStatusServer *s = cls;
+    gint64 now = g_get_monotonic_time();
+    guint suppressed;
+    char buf[256];
+
+    g_mutex_lock(&s->lock);
+    if (now < s->log_next) {
+        s->log_suppressed++;
+        g_mutex_unlock(&s->lock);
+        return;
+    }
+    suppressed = s->log_suppressed;
+    s->log_suppressed = 0;
+    s->log_next = now + ERROR_LOG_EVERY_S * G_TIME_SPAN_SECOND;
+    g_mutex_unlock(&s->lock);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    g_strchomp(buf);
+    if (suppressed)
+        g_warning("status endpoint: %s (and %u similar messages in the last minute)", buf,
+                  suppressed);
+    else
+        g_warning("status endpoint: %s", buf);
+}
 
 static gboolean parse_listen(const char *value, struct sockaddr_in *sa, GError **error)
 {
@@ -85,8 +187,11 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
         return respond(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain",
                        dup_for_mhd("method not allowed\n"));
-    if (strcmp(url, "/healthz") == 0)
-        return respond(conn, MHD_HTTP_OK, "text/plain", dup_for_mhd("ok\n"));
+    if (strcmp(url, "/healthz") == 0) {
+        gboolean ok = !s->h.healthy || s->h.healthy(s->h.user_data);
+        return respond(conn, ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain",
+                       dup_for_mhd(ok ? "ok\n" : "the main loop does not answer\n"));
+    }
     if (strcmp(url, "/readyz") == 0) {
         gboolean ready = FALSE;
         g_autofree char *body = s->h.ready ? s->h.ready(s->h.user_data, &ready) : g_strdup("{}");
@@ -111,18 +216,27 @@ VnStatusServer *vn_status_server_start(const char *listen, const VnStatusHandler
         return NULL;
     s = g_new0(VnStatusServer, 1);
     s->h = *handlers;
-    s->daemon =
-        MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, handle,
-                         s, MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
-                         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10, MHD_OPTION_END);
+    g_mutex_init(&s->lock);
+    g_cond_init(&s->cond);
+    s->open = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
+    s->daemon = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, handle, s,
+        MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONNECTIONS_MAX,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)CONNECTIONS_PER_IP,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)INACTIVITY_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION,
+        on_connection, s, MHD_OPTION_EXTERNAL_LOGGER, on_library_message, s, MHD_OPTION_END);
     if (!s->daemon) {
         g_set_error(error, VN_API_ERROR, VN_API_ERROR_INTERNAL,
                     "cannot listen on %s for the status endpoint", listen);
+        g_hash_table_destroy(s->open);
+        g_mutex_clear(&s->lock);
+        g_cond_clear(&s->cond);
         g_free(s);
         return NULL;
     }
     info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     s->port = info ? info->port : ntohs(sa.sin_port);
+    s->reaper = g_thread_new("status-reaper", reaper, s);
     return s;
 }
 
@@ -135,6 +249,14 @@ void vn_status_server_stop(VnStatusServer *s)
 {
     if (!s)
         return;
+    g_mutex_lock(&s->lock);
+    s->stopping = TRUE;
+    g_cond_broadcast(&s->cond);
+    g_mutex_unlock(&s->lock);
+    g_thread_join(s->reaper);
     MHD_stop_daemon(s->daemon);
+    g_hash_table_destroy(s->open);
+    g_mutex_clear(&s->lock);
+    g_cond_clear(&s->cond);
     g_free(s);
 }

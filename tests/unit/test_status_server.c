@@ -1,7 +1,12 @@
 /* Unit tests of api/status_server: the endpoints over real HTTP (libcurl). */
 #include "tests/unit/testutil.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 
@@ -48,7 +53,7 @@ static long get(int port, const char *path, const char *method, char **body)
 
 static void test_endpoints(void **state)
 {
-    VnStatusHandlers h = { ready, metrics, NULL };
+    VnStatusHandlers h = { NULL, ready, metrics, NULL };
     g_autoptr(GError) err = NULL;
     VnStatusServer *s = vn_status_server_start("127.0.0.1:0", &h, &err);
     char *body = NULL;
@@ -77,6 +82,80 @@ static void test_endpoints(void **state)
     vn_status_server_stop(s);
 }
 
+static gboolean healthy_flag = TRUE;
+
+static gboolean healthy(gpointer data)
+{
+    (void)data;
+    return healthy_flag;
+}
+
+/* A connection from @src to 127.0.0.1:@port that sends one byte of a request. */
+static int slow_client(const char *src, int port)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET }, to = { .sin_family = AF_INET };
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    assert_true(fd >= 0);
+    inet_pton(AF_INET, src, &a.sin_addr);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+    to.sin_port = htons((uint16_t)port);
+    assert_int_equal(connect(fd, (struct sockaddr *)&to, sizeof(to)), 0);
+    assert_int_equal(write(fd, "G", 1), 1);
+    return fd;
+}
+
+/* 70 slow clients cannot keep /healthz from a well-behaved one, and none of them holds a
+ * connection past the 10 s deadline, though each sends a byte every 2 s; /healthz follows
+ * the daemon's main loop. */
+static void test_slow_clients(void **state)
+{
+    VnStatusHandlers h = { healthy, ready, metrics, NULL };
+    g_autoptr(GError) err = NULL;
+    VnStatusServer *s = vn_status_server_start("127.0.0.1:0", &h, &err);
+    int fds[70];
+    char *body = NULL;
+    int port, closed = 0;
+    gint64 t0 = g_get_monotonic_time();
+
+    (void)state;
+    assert_non_null(s);
+    port = vn_status_server_port(s);
+    for (int i = 0; i < 70; i++)
+        fds[i] = slow_client("127.0.0.5", port);
+    assert_int_equal(get(port, "/healthz", "GET", &body), 200);
+    g_free(body);
+    /* keep dribbling; every slow connection ends by the deadline (10 s, plus slack) */
+    while (closed < 70 && g_get_monotonic_time() - t0 < 16 * G_USEC_PER_SEC) {
+        for (int i = 0; i < 70; i++) {
+            struct pollfd p = { fds[i], POLLIN, 0 };
+            char c;
+            if (fds[i] < 0)
+                continue;
+            if (poll(&p, 1, 0) > 0 && read(fds[i], &c, 1) <= 0) {
+                close(fds[i]);
+                fds[i] = -1;
+                closed++;
+            } else if (send(fds[i], "E", 1, MSG_NOSIGNAL) < 0) {
+                close(fds[i]);
+                fds[i] = -1;
+                closed++;
+            }
+        }
+        g_usleep(2 * G_USEC_PER_SEC);
+    }
+    for (int i = 0; i < 70; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    assert_int_equal(closed, 70);
+    healthy_flag = FALSE;
+    assert_int_equal(get(port, "/healthz", "GET", &body), 503);
+    g_free(body);
+    healthy_flag = TRUE;
+    vn_status_server_stop(s);
+}
+
 static void test_listen_check(void **state)
 {
     g_autoptr(GError) err = NULL;
@@ -96,6 +175,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_endpoints),
         cmocka_unit_test(test_listen_check),
+        cmocka_unit_test(test_slow_clients),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
