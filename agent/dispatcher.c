@@ -309,10 +309,16 @@ static gboolean journal_accept(VnDispatcher *d, VnRpcMessage *msg, VnRequest *re
 {
     g_autoptr(GError) err = NULL;
     g_autoptr(VnJournalRequest) prev = NULL;
-    g_autofree char *body = vn_envelope_encode_request(msg);
+    g_autofree char *body = NULL;
     VnJournalRequest jr = { 0 };
     VnJournalVerdict v;
 
+    /* the journal keeps the request without its secrets */
+    json_object *args = msg->args;
+    msg->args = vn_request_args_redacted(info->name, args);
+    body = vn_envelope_encode_request(msg);
+    json_object_put(msg->args);
+    msg->args = args;
     jr.unique_id = msg->unique_id;
     jr.method = (char *)info->name;
     jr.instance_uuid = req->instance_uuid;

@@ -100,6 +100,7 @@ VnInstanceRecord *vn_instance_record_copy(const VnInstanceRecord *s)
     r->flavor.extra_specs = string_map_copy(s->flavor.extra_specs);
     r->image.id = g_strdup(s->image.id);
     r->image.url = g_strdup(s->image.url);
+    r->image.download_url = g_strdup(s->image.download_url);
     r->image.sha256 = g_strdup(s->image.sha256);
     r->image.disk_format = g_strdup(s->image.disk_format);
     r->metadata = string_map_copy(s->metadata);
@@ -123,6 +124,7 @@ void vn_instance_record_free(VnInstanceRecord *r)
     g_clear_pointer(&r->flavor.extra_specs, g_hash_table_unref);
     g_free(r->image.id);
     g_free(r->image.url);
+    g_free(r->image.download_url);
     g_free(r->image.sha256);
     g_free(r->image.disk_format);
     g_clear_pointer(&r->metadata, g_hash_table_unref);
@@ -171,6 +173,68 @@ static gboolean parse_flavor(json_object *obj, const char *path, VnFlavor *f, GE
     return TRUE;
 }
 
+char *vn_url_redact(const char *url)
+{
+    const char *scheme_end = strstr(url, "://");
+    const char *auth, *auth_end, *at = NULL, *query, *frag;
+    GString *out;
+
+    if (!scheme_end)
+        return g_strdup(url);
+    auth = scheme_end + 3;
+    auth_end = auth + strcspn(auth, "/?#");
+    for (const char *p = auth; p < auth_end; p++) {
+        if (*p == '@')
+            at = p; /* the last '@' ends the user information */
+    }
+    out = g_string_new_len(url, auth - url);
+    if (at) {
+        g_string_append(out, "***");
+        auth = at;
+    }
+    query = strchr(auth_end, '?');
+    frag = strchr(auth_end, '#');
+    if (query && frag && frag < query)
+        query = NULL;
+    g_string_append_len(out, auth, (query ? query : (frag ? frag : auth + strlen(auth))) - auth);
+    if (query) {
+        const char *end = frag ? frag : query + strlen(query);
+        g_auto(GStrv) pairs = NULL;
+        g_autofree char *q = g_strndup(query + 1, end - query - 1);
+        pairs = g_strsplit(q, "&", -1);
+        g_string_append_c(out, '?');
+        for (char **p = pairs; *p; p++) {
+            const char *eq = strchr(*p, '=');
+            if (p != pairs)
+                g_string_append_c(out, '&');
+            if (eq)
+                g_string_append_len(out, *p, eq - *p + 1);
+            if (**p)
+                g_string_append(out, "***");
+        }
+    }
+    if (frag)
+        g_string_append(out, frag);
+    return g_string_free(out, FALSE);
+}
+
+json_object *vn_request_args_redacted(const char *method, json_object *args)
+{
+    json_object *copy = NULL;
+    json_object *image, *url;
+
+    if (!args || json_object_deep_copy(args, &copy, NULL) != 0)
+        return args ? json_object_get(args) : NULL;
+    if (g_strcmp0(method, "build_and_run_instance") == 0 &&
+        (image = json_object_object_get(json_object_object_get(copy, "instance"), "image")) &&
+        (url = json_object_object_get(image, "url")) &&
+        json_object_is_type(url, json_type_string)) {
+        g_autofree char *r = vn_url_redact(json_object_get_string(url));
+        json_object_object_add(image, "url", json_object_new_string(r));
+    }
+    return copy;
+}
+
 static gboolean url_acceptable(const char *url)
 {
     if (g_ascii_strncasecmp(url, "http://", 7) != 0 && g_ascii_strncasecmp(url, "https://", 8) != 0)
@@ -206,6 +270,9 @@ static gboolean parse_image(json_object *obj, const char *path, VnImageRef *im, 
         return FALSE;
     if (!url_acceptable(im->url))
         return invalid(error, "%s.url: only http:// and https:// URLs are accepted", path);
+    /* the credential stays in memory for the download; everything else sees the redacted */
+    im->download_url = g_steal_pointer(&im->url);
+    im->url = vn_url_redact(im->download_url);
     for (char *p = im->sha256; *p; p++) {
         if (!g_ascii_isxdigit(*p))
             return invalid(error, "%s.sha256: expected 64 hexadecimal digits", path);

@@ -61,12 +61,14 @@ typedef struct {
 
 typedef struct {
     char *id;
-    char *url;
-    char *sha256;      /* lower-case hex */
-    char *disk_format; /* "qcow2" or "raw" */
-    gint64 size;       /* bytes; 0 = not declared */
-    int min_disk;      /* GiB */
-    int min_ram;       /* MiB */
+    char *url;          /* redacted (vn_url_redact): what records, replies and logs show */
+    char *download_url; /* as the request gave it, credentials included: in memory only,
+                         * for the download; never serialised (NULL in a record read back) */
+    char *sha256;       /* lower-case hex */
+    char *disk_format;  /* "qcow2" or "raw" */
+    gint64 size;        /* bytes; 0 = not declared */
+    int min_disk;       /* GiB */
+    int min_ram;        /* MiB */
 } VnImageRef;
 
 typedef struct {
@@ -121,4 +123,14 @@ VnInstanceRecord *vn_instance_record_from_json(json_object *obj, GError **error)
 
 json_object *vn_flavor_to_json(const VnFlavor *f);
 json_object *vn_image_ref_to_json(const VnImageRef *i);
+
+/* @url with its secrets replaced by "***": the user information ("user:pass@") and every
+ * query value ("?token=***&x=***"); the rest (scheme, host, path) stays, so the result
+ * still says where the image comes from.  Caller frees. */
+char *vn_url_redact(const char *url);
+
+/* A copy of the arguments of a request of @method with every secret redacted: what the
+ * journal keeps of a request (its replay never needs the secret: an interrupted build is
+ * rolled back, not redone). */
+json_object *vn_request_args_redacted(const char *method, json_object *args);
 json_object *vn_string_map_to_json(GHashTable *map);

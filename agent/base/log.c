@@ -41,8 +41,13 @@ static void masks_init(void)
         /* interpreted, not JIT-compiled (G_REGEX_OPTIMIZE): log lines are short, and JIT
          * code reads past the subject in whole words, which memory checkers report */
         mask_url = g_regex_new("([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\\s]*:)[^@\\s/]+@", 0, 0, NULL);
+        /* a quoted value is masked whole, spaces included; an unquoted one up to the next
+         * "key=" or separator of pairs, so it may hold spaces too ("password=my secret
+         * words user=x" masks "my secret words") */
         mask_kv = g_regex_new("\\b(password|passwd|auth_token|token|secret|chap_secret|"
-                              "auth_password)([\"']?\\s*[=:]\\s*[\"']?)[^\\s\"',&}]+",
+                              "auth_password|auth_username)([\"']?\\s*[=:]\\s*)"
+                              "(\"[^\"]*\"|'[^']*'|[^,&;}\\]\\n\"']+?"
+                              "(?=\\s+[A-Za-z_]+\\s*[=:]|[,&;}\\]\\n\"']|$))",
                               G_REGEX_CASELESS, 0, NULL);
         g_once_init_leave(&once, 1);
     }

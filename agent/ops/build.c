@@ -104,8 +104,9 @@ static gboolean spawn(Build *b, VnInstanceRecord **launched, GError **error)
     g_autofree char *labels = NULL;
     g_autoptr(VnDomainSpec) ds = NULL;
     g_autoptr(VnInstanceRecord) rec = NULL;
-    VnImageSource src = { spec->image.id, spec->image.url, spec->image.sha256,
-                          spec->image.disk_format, (guint64)spec->image.size };
+    VnImageSource src = { spec->image.id,
+                          spec->image.download_url ? spec->image.download_url : spec->image.url,
+                          spec->image.sha256, spec->image.disk_format, (guint64)spec->image.size };
     int uid = 0;
 
     if (cfg->per_guest_dac && b->a->dac_available) {

@@ -191,6 +191,50 @@ static void test_pre_live_migration_record(void **state)
     assert_non_null(strstr(err->message, "migrate_data.instance"));
 }
 
+/* URLs' secrets never leave the request: records and the journal see them redacted, the
+ * download alone the original. */
+static void test_url_redaction(void **state)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        { "http://h/p/img.qcow2", "http://h/p/img.qcow2" },
+        { "https://user:pa55@h:8443/img", "https://***@h:8443/img" },
+        { "https://h/img?token=abc&x=1#frag", "https://h/img?token=***&x=***#frag" },
+        { "http://a:b@c@h/i?sig", "http://***@h/i?***" },
+        { "https://h/img?", "https://h/img?" },
+    };
+    g_autoptr(GError) err = NULL;
+
+    (void)state;
+    for (gsize i = 0; i < G_N_ELEMENTS(cases); i++) {
+        g_autofree char *r = vn_url_redact(cases[i].in);
+        assert_string_equal(r, cases[i].out);
+    }
+    g_autofree char *secret = g_strdup(build_args);
+    g_autofree char *withcred = NULL;
+    {
+        g_autoptr(GString) g = g_string_new(secret);
+        g_string_replace(g, "http://127.0.0.1:8099/guest.qcow2",
+                         "http://u:S3CRET@127.0.0.1:8099/guest.qcow2?token=T0KEN", 1);
+        withcred = g_strdup(g->str);
+    }
+    g_autoptr(VnRequest) r = parse(VN_METHOD_BUILD_AND_RUN_INSTANCE, withcred, &err);
+    assert_non_null(r);
+    assert_non_null(strstr(r->spec->image.download_url, "S3CRET"));
+    assert_null(strstr(r->spec->image.url, "S3CRET"));
+    assert_null(strstr(r->spec->image.url, "T0KEN"));
+    g_autoptr(json_object) rec = vn_instance_record_to_json(r->spec);
+    assert_null(strstr(json_object_to_json_string(rec), "S3CRET"));
+    assert_null(strstr(json_object_to_json_string(rec), "T0KEN"));
+    g_autoptr(json_object) args = json_tokener_parse(withcred);
+    g_autoptr(json_object) red = vn_request_args_redacted("build_and_run_instance", args);
+    assert_null(strstr(json_object_to_json_string(red), "S3CRET"));
+    assert_null(strstr(json_object_to_json_string(red), "T0KEN"));
+    /* the original is untouched */
+    assert_non_null(strstr(json_object_to_json_string(args), "S3CRET"));
+}
+
 static void test_method_lookup(void **state)
 {
     g_autoptr(GError) err = NULL;
@@ -289,6 +333,7 @@ int main(void)
         cmocka_unit_test(test_other_requests),
         cmocka_unit_test(test_method_lookup),
         cmocka_unit_test(test_pre_live_migration_record),
+        cmocka_unit_test(test_url_redaction),
         cmocka_unit_test(test_record_round_trip),
         cmocka_unit_test(test_uuid_canonical),
     };

@@ -26,6 +26,10 @@ static void test_masking(void **state)
     check_mask("{\"auth_token\": \"abcdef\", \"x\": 1}", "abcdef", "\"x\": 1");
     check_mask("chap_secret=topsecret", "topsecret", "chap_secret=***");
     check_mask("postgresql://app:Secr3t@db:5432/cloud", "Secr3t", "@db:5432");
+    /* values with spaces are masked whole (the mask used to stop at the space) */
+    check_mask("password=my secret words user=x", "secret words", "user=x");
+    check_mask("reload: password: correct horse battery", "horse battery", "password: ***");
+    check_mask("{\"auth_password\": \"two words\"}", "words", "\"auth_password\": ***");
 }
 
 static void test_plain_and_json_lines(void **state)
