@@ -161,6 +161,25 @@ static void test_bad_envelopes(void **state)
     expect_bad("{\"method\": \"p\xff\"}", "not JSON", FALSE);
 }
 
+/* Envelope versions follow oslo.messaging's rule: 2.0 only (2.1 is refused, as oslo's
+ * version_is_compatible refuses a minor above its own); a bare message is accepted. */
+static void test_envelope_versions(void **state)
+{
+    const char *v21 = "{\"oslo.version\": \"2.1\", \"oslo.message\": "
+                      "\"{\\\"method\\\": \\\"ping\\\", \\\"_msg_id\\\": \\\"m1\\\", "
+                      "\\\"_reply_q\\\": \\\"reply_x\\\"}\"}";
+    g_autoptr(GError) err = NULL;
+    VnRpcMessage *m = NULL;
+
+    (void)state;
+    assert_false(vn_envelope_decode_request(v21, strlen(v21), &m, &err));
+    assert_true(g_error_matches(err, VN_SCHED_ERROR, VN_SCHED_ERROR_VERSION));
+    /* still answerable: the ids were read */
+    assert_non_null(m);
+    assert_string_equal(m->msg_id, "m1");
+    vn_rpc_message_free(m);
+}
+
 static void test_raw_v1_message_accepted(void **state)
 {
     const char *body = "{\"method\": \"ping\", \"args\": {\"arg\": 1}, \"_unique_id\": \"u\"}";
@@ -284,6 +303,7 @@ int main(void)
         cmocka_unit_test(test_encode_decode_round_trip),
         cmocka_unit_test(test_bad_envelopes),
         cmocka_unit_test(test_raw_v1_message_accepted),
+        cmocka_unit_test(test_envelope_versions),
         cmocka_unit_test(test_reply_and_failure),
         cmocka_unit_test(test_notification),
         cmocka_unit_test(test_urls),
