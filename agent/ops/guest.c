@@ -254,6 +254,19 @@ char *vn_guest_verify_confinement(VnAgent *a, const VnInstanceRecord *rec, int d
         return label_fail(error, "the guest is not confined (no per-guest identity, no MAC "
                                  "label) and require_confinement is set"),
                NULL;
+    /* beyond labels: QEMU's own system-call filter (libvirt's seccomp_sandbox), checked
+     * where the agent can see the process (the local system libvirt) */
+    if (g_str_has_prefix(cfg->libvirt_uri, "qemu:///system")) {
+        int mode = vn_domain_seccomp_mode(rec->uuid);
+        if (mode == 2)
+            g_ptr_array_add(labels, g_strdup("seccomp:filter"));
+        else if (cfg->require_confinement)
+            return label_fail(error,
+                              mode == 0 ? "QEMU runs without its seccomp sandbox "
+                                          "(seccomp_sandbox = 0 in qemu.conf?)"
+                                        : "QEMU's seccomp sandbox cannot be verified"),
+                   NULL;
+    }
     g_ptr_array_add(labels, NULL);
     return g_strjoinv(";", (char **)labels->pdata);
 }

@@ -1,4 +1,5 @@
 /* agent/virt/domain.c - domain operations by uuid (see domain.h). */
+#include <stdlib.h>
 #include <string.h>
 
 #include <libvirt/virterror.h>
@@ -383,4 +384,25 @@ GPtrArray *vn_domain_security_labels(VnVirtConn *c, const char *uuid, GError **e
     }
     free(labels);
     return out;
+}
+
+int vn_domain_seccomp_mode(const char *uuid)
+{
+    g_autofree char *pidfile = g_strdup_printf("/run/libvirt/qemu/instance-%s.pid", uuid);
+    g_autofree char *pid = NULL;
+    g_autofree char *status = NULL;
+    g_autofree char *path = NULL;
+
+    if (!g_file_get_contents(pidfile, &pid, NULL, NULL))
+        return -1;
+    g_strstrip(pid);
+    for (const char *p = pid; *p; p++) {
+        if (!g_ascii_isdigit(*p))
+            return -1;
+    }
+    path = g_strdup_printf("/proc/%s/status", pid);
+    if (!g_file_get_contents(path, &status, NULL, NULL))
+        return -1;
+    const char *line = strstr(status, "\nSeccomp:");
+    return line ? atoi(line + 9) : -1;
 }

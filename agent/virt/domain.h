@@ -57,3 +57,8 @@ char **vn_domain_list(VnVirtConn *c, GError **error);
 /* The security labels of the running guest as "model:label" strings, in the order of
  * the host's security models. */
 GPtrArray *vn_domain_security_labels(VnVirtConn *c, const char *uuid, GError **error);
+
+/* The seccomp mode of the QEMU process of instance @uuid run by the local system libvirt
+ * (its pid file in /run/libvirt/qemu): 2 when QEMU runs under its sandbox's filter
+ * (libvirt's seccomp_sandbox, on by default), 0 without, -1 when it cannot be told. */
+int vn_domain_seccomp_mode(const char *uuid);

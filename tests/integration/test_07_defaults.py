@@ -36,6 +36,11 @@ class Defaults(vntest.AgentTestCase):
         guest = vntest.qemu_uid(u)
         self.assertIsNotNone(guest)
         self.assertNotEqual(guest, 0, "QEMU runs as root")
+        # confined beyond its identity: QEMU's seccomp sandbox, verified by the agent
+        labels = self.rpc.call("host-a", "get_instance", instance_uuid=u)["security_label"]
+        self.assertIn("seccomp:filter", labels)
+        with open("/proc/%d/status" % vntest.qemu_pid(u)) as f:
+            self.assertIn("Seccomp:\t2", f.read())
 
         inst = "/var/lib/virtnode/instances"
         disk = "%s/%s/disk" % (inst, u)
