@@ -207,9 +207,12 @@ static void worker(gpointer data, gpointer user_data)
             vn_warn_error(&e, "journal: marking request %s running", op->unique_id);
     }
     if (op->info->journaled && op->req && op->req->instance_uuid) {
-        op->action_id =
-            vn_journal_action_start(a->journal, op->req->instance_uuid, op->request_id,
-                                    op->info->name, g_get_real_time() / G_USEC_PER_SEC, NULL);
+        g_autoptr(GError) e = NULL;
+        op->action_id = vn_journal_action_start(a->journal, op->req->instance_uuid, op->request_id,
+                                                op->info->name, op->unique_id,
+                                                g_get_real_time() / G_USEC_PER_SEC, &e);
+        if (op->action_id < 0)
+            vn_warn_error(&e, "journal: recording the action of %s", op->unique_id);
         if (a->reporter)
             vn_reporter_actions_pending(a->reporter);
     }

@@ -54,6 +54,8 @@ static const char *schema =
     "  action TEXT NOT NULL, start INTEGER NOT NULL, finish INTEGER, result TEXT,"
     "  message TEXT, reported INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX IF NOT EXISTS actions_reported ON actions (reported);"
+    "CREATE TABLE IF NOT EXISTS action_requests ("
+    "  unique_id TEXT PRIMARY KEY, action_id INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS migrations ("
     "  instance_uuid TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS outbox ("
@@ -387,12 +389,25 @@ GPtrArray *vn_journal_load_migrations(VnJournal *j, GError **error)
 }
 
 gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *request_id,
-                               const char *action, gint64 start, GError **error)
+                               const char *action, const char *unique_id, gint64 start,
+                               GError **error)
 {
     gint64 id = -1;
 
     g_mutex_lock(&j->lock);
-    {
+    /* a request run again after a restart continues its action: one action per request */
+    if (unique_id) {
+        g_autoptr(sqlite3_stmt) st =
+            prepare(j, "SELECT action_id FROM action_requests WHERE unique_id = ?1", error);
+        if (!st) {
+            g_mutex_unlock(&j->lock);
+            return -1;
+        }
+        bind_text(st, 1, unique_id);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            id = sqlite3_column_int64(st, 0);
+    }
+    if (id < 0) {
         g_autoptr(sqlite3_stmt) st = prepare(j,
                                              "INSERT INTO actions (instance_uuid, request_id, "
                                              "action, start) VALUES (?1, ?2, ?3, ?4)",
@@ -406,6 +421,16 @@ gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *reque
                 id = sqlite3_last_insert_rowid(j->db);
             else
                 db_error(j, error, "recording an action");
+        }
+        if (id >= 0 && unique_id) {
+            g_autoptr(sqlite3_stmt) m = prepare(
+                j, "INSERT INTO action_requests (unique_id, action_id) VALUES (?1, ?2)", error);
+            if (m) {
+                bind_text(m, 1, unique_id);
+                sqlite3_bind_int64(m, 2, id);
+                if (sqlite3_step(m) != SQLITE_DONE)
+                    db_error(j, error, "recording an action's request");
+            }
         }
     }
     g_mutex_unlock(&j->lock);

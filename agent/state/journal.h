@@ -74,8 +74,11 @@ gboolean vn_journal_save_migration(VnJournal *j, const char *uuid, const char *j
 GPtrArray *vn_journal_load_migrations(VnJournal *j, GError **error); /* char* JSON texts */
 
 /* Actions (instance_actions of the central database). */
+/* Starts the action of a request; a request (@unique_id) run again after a restart gets
+ * its first action back, so the cloud sees one action per request. */
 gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *request_id,
-                               const char *action, gint64 start, GError **error);
+                               const char *action, const char *unique_id, gint64 start,
+                               GError **error);
 gboolean vn_journal_action_finish(VnJournal *j, gint64 id, const char *result, const char *message,
                                   gint64 finish, GError **error);
 

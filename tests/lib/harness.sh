@@ -237,6 +237,35 @@ host_stop() {
     rm -f "$R/pid" "$R/run/libvirt-sock" "$R/run/libvirt-sock-ro" "$R/run/libvirt-admin-sock"
 }
 
+# Restarts only libvirtd of host H: its guests (and agents) keep running in the host's
+# namespaces, as they do when an operator restarts libvirtd on a real host.
+libvirtd_restart() {
+    local H=$1 IP; IP=$(host_ip "$1")
+    local R=$RUN/hosts/$H PORT p d holder=
+    PORT=$(envget "HOST_${H^^}_PORT")
+    p=$(cat "$R/pid" 2>/dev/null || true)
+    if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+        kill "$p" 2>/dev/null || true
+        for _ in $(seq 25); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+        kill -9 "$p" 2>/dev/null || true
+        for _ in $(seq 25); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
+    fi
+    local ns; ns=$(cat "$R/mntns")
+    for d in /proc/[0-9]*; do
+        [ "$(readlink "$d/ns/mnt" 2>/dev/null)" = "$ns" ] || continue
+        holder=${d#/proc/}
+        break
+    done
+    [ -n "$holder" ] || die "nothing runs in host $H's namespace: use host-start"
+    rm -f "$R/run/libvirt-sock" "$R/run/libvirt-sock-ro" "$R/run/libvirt-admin-sock"
+    nsenter -t "$holder" -m -u -- libvirtd --listen -f /etc/libvirt/libvirtd.conf \
+        -p /run/libvirt/libvirtd.pid >> "$R/libvirtd.out" 2>&1 &
+    p=$!
+    echo "$p" > "$R/pid"
+    wait_port "$IP" "$PORT" 30 || die "libvirtd of host $H did not come back"
+    log "libvirtd of host $H restarted (pid $p), its guests untouched"
+}
+
 host_ns() {
     local H=$1; shift
     local p; p=$(cat "$RUN/hosts/$H/pid" 2>/dev/null) || die "host $H is not running"
@@ -334,6 +363,7 @@ pg-stop) pg_stop; log "PostgreSQL stopped" ;;
 pg-start) pg_start ;;
 host-stop) host_stop "${3:?host}"; log "host $3 stopped" ;;
 host-start) host_start "${3:?host}" ;;
+libvirtd-restart) libvirtd_restart "${3:?host}" ;;
 ns) H=${3:?host}; shift 3; host_ns "$H" "$@" ;;
 *) die "unknown command '$cmd'" ;;
 esac

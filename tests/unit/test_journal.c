@@ -71,7 +71,10 @@ static void test_actions_and_outbox(void **state)
 {
     g_autoptr(VnJournal) j = open_journal();
     g_autoptr(GError) err = NULL;
-    gint64 a = vn_journal_action_start(j, "i1", "req-1", "reboot_instance", 100, &err);
+    gint64 a = vn_journal_action_start(j, "i1", "req-1", "reboot_instance", "u-1", 100, &err);
+    /* the same request run again (a replay after a restart) continues its action */
+    assert_int_equal(vn_journal_action_start(j, "i1", "req-1", "reboot_instance", "u-1", 105, &err),
+                     a);
     g_autoptr(GPtrArray) pending = NULL;
 
     (void)state;
@@ -88,6 +91,9 @@ static void test_actions_and_outbox(void **state)
     assert_true(vn_journal_actions_mark_reported(j, g_ptr_array_index(again, 0), &err));
     g_autoptr(GPtrArray) none = vn_journal_actions_unreported(j, 10, &err);
     assert_int_equal(none->len, 0);
+    /* another request: an action of its own */
+    assert_true(vn_journal_action_start(j, "i1", "req-2", "reboot_instance", "u-2", 106, &err) !=
+                a);
 
     gint64 n = vn_journal_outbox_add(j, "instance.create.end", "INFO", "{\"a\":1}", &err);
     assert_true(n > 0);
