@@ -159,9 +159,13 @@ static void reconcile_migrating(VnAgent *a, const VnInstanceRecord *r, gboolean 
             return;
         if (exists) {
             vn_domain_power_state(a->virt, r->uuid, &power, NULL);
-            vn_instance_store_end_task(a->store, r->uuid, VN_TASK_MIGRATING,
-                                       power == VN_POWER_PAUSED ? VN_VM_PAUSED : VN_VM_ACTIVE,
-                                       power, NULL);
+            {
+                g_autoptr(GError) e = NULL;
+                if (!vn_instance_store_end_task(
+                        a->store, r->uuid, VN_TASK_MIGRATING,
+                        power == VN_POWER_PAUSED ? VN_VM_PAUSED : VN_VM_ACTIVE, power, &e))
+                    vn_warn_error(&e, "ending the migration of instance %s", r->uuid);
+            }
         } else {
             {
                 g_autoptr(GError) e = NULL;
@@ -181,9 +185,13 @@ static void reconcile_migrating(VnAgent *a, const VnInstanceRecord *r, gboolean 
             if (!vn_instance_store_set_host(a->store, r->uuid, cfg->host, &e))
                 vn_warn_error(&e, "recording the host of instance %s", r->uuid);
         }
-        vn_instance_store_end_task(a->store, r->uuid, VN_TASK_MIGRATING,
-                                   power == VN_POWER_PAUSED ? VN_VM_PAUSED : VN_VM_ACTIVE, power,
-                                   NULL);
+        {
+            g_autoptr(GError) e = NULL;
+            if (!vn_instance_store_end_task(a->store, r->uuid, VN_TASK_MIGRATING,
+                                            power == VN_POWER_PAUSED ? VN_VM_PAUSED : VN_VM_ACTIVE,
+                                            power, &e))
+                vn_warn_error(&e, "adopting instance %s", r->uuid);
+        }
     }
 }
 

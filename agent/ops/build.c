@@ -170,8 +170,12 @@ static gboolean recover_interrupted(VnOp *op, GError **error)
     if (!vn_guest_remove(a, uuid, &err))
         g_warning("cleaning up the interrupted build of %s: %s", uuid, err->message);
     vn_tracker_drop(a->tracker, uuid);
-    vn_instance_store_set_error(a->store, uuid, vn_api_error_class(VN_API_ERROR_INTERRUPTED), msg,
-                                NULL);
+    {
+        g_autoptr(GError) e = NULL;
+        if (!vn_instance_store_set_error(a->store, uuid,
+                                         vn_api_error_class(VN_API_ERROR_INTERRUPTED), msg, &e))
+            vn_warn_error(&e, "recording the fault of instance %s", uuid);
+    }
     g_autoptr(VnInstanceRecord) now = vn_instance_store_get(a->store, uuid);
     vn_agent_notify_instance(a, "instance.create.error", now, msg);
     vn_agent_capacity_changed(a);

@@ -261,10 +261,9 @@ char *vn_guest_verify_confinement(VnAgent *a, const VnInstanceRecord *rec, int d
         if (mode == 2)
             g_ptr_array_add(labels, g_strdup("seccomp:filter"));
         else if (cfg->require_confinement)
-            return label_fail(error,
-                              mode == 0 ? "QEMU runs without its seccomp sandbox "
-                                          "(seccomp_sandbox = 0 in qemu.conf?)"
-                                        : "QEMU's seccomp sandbox cannot be verified"),
+            return label_fail(error, mode == 0 ? "QEMU runs without its seccomp sandbox "
+                                                 "(seccomp_sandbox = 0 in qemu.conf?)"
+                                               : "QEMU's seccomp sandbox cannot be verified"),
                    NULL;
     }
     g_ptr_array_add(labels, NULL);

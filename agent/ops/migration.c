@@ -754,8 +754,13 @@ static void roll_back(Flow *f, VnTaskState task, VnVmState vm)
     if (vn_domain_exists(a->virt, f->uuid, &exists, NULL) && exists)
         vn_domain_power_state(a->virt, f->uuid, &power, NULL);
     if (!exists) {
-        vn_instance_store_set_error(a->store, f->uuid, "MigrationError",
-                                    "the guest was lost during a failed post-copy migration", NULL);
+        {
+            g_autoptr(GError) e = NULL;
+            if (!vn_instance_store_set_error(
+                    a->store, f->uuid, "MigrationError",
+                    "the guest was lost during a failed post-copy migration", &e))
+                vn_warn_error(&e, "recording the fault of instance %s", f->uuid);
+        }
         return;
     }
     {

@@ -51,8 +51,12 @@ static gboolean run_power_op(VnOp *op, const PowerOp *p, json_object **result, G
     vn_agent_notify_instance(a, ev, rec, NULL);
     if (!p->act(op, rec, &err)) {
         g_autofree char *ev_err = g_strdup_printf("%s.error", p->event);
-        vn_instance_store_end_task(a->store, uuid, p->task, rec->vm_state, current_power(a, uuid),
-                                   NULL);
+        {
+            g_autoptr(GError) e = NULL;
+            if (!vn_instance_store_end_task(a->store, uuid, p->task, rec->vm_state,
+                                            current_power(a, uuid), &e))
+                vn_warn_error(&e, "ending the task of instance %s", uuid);
+        }
         done = vn_instance_store_get(a->store, uuid);
         vn_agent_notify_instance(a, ev_err, done, err->message);
         g_propagate_error(error, g_steal_pointer(&err));
