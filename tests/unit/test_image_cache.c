@@ -219,8 +219,8 @@ static void test_download_budget(void **state)
         assert_non_null(err);
         guint64 sent = vn_test_http_bytes(f->http) - before;
         if (sent > f->size)
-            fail_msg("%" G_GUINT64_FORMAT " bytes fetched for a limit of %" G_GUINT64_FORMAT,
-                     sent, f->size);
+            fail_msg("%" G_GUINT64_FORMAT " bytes fetched for a limit of %" G_GUINT64_FORMAT, sent,
+                     f->size);
         assert_true(vn_test_http_count(f->http, "/drop/good.qcow2") >= 2); /* it did retry */
         g_clear_error(&err);
         assert_cache_clean(f);

@@ -540,11 +540,11 @@ static void test_migration_destination(void **state)
     reply_free(r);
     reply_free(call(f, "terminate_instance", del, NULL));
     json_object_object_add(inst, "host", json_object_new_string("host-src"));
-    g_autofree char *md = g_strdup_printf(
-        "{\"migration_id\": \"mig-1\", \"source_host\": \"host-src\", "
-        "\"is_shared_instance_path\": false, \"block_migration\": true, "
-        "\"disks\": {\"disk\": 1073741824}, \"instance\": %s}",
-        json_object_to_json_string(inst));
+    g_autofree char *md =
+        g_strdup_printf("{\"migration_id\": \"mig-1\", \"source_host\": \"host-src\", "
+                        "\"is_shared_instance_path\": false, \"block_migration\": true, "
+                        "\"disks\": {\"disk\": 1073741824}, \"instance\": %s}",
+                        json_object_to_json_string(inst));
     g_autofree char *args = uuid_args(u, NULL);
     g_autofree char *pre = g_strdup_printf("{\"instance_uuid\": \"%s\", \"source_host\": "
                                            "\"host-src\", \"migrate_data\": %s}",
