@@ -16,6 +16,7 @@
 #include "agent/base/log.h"
 #include "agent/metrics.h"
 #include "agent/ops/migration.h"
+#include "agent/ops/ports.h"
 #include "agent/reconcile.h"
 #include "agent/virt/host.h"
 #include "agent/virt/virt.h"
@@ -603,6 +604,11 @@ gboolean vn_agent_open_local(VnAgent *a, GError **error)
     a->images = vn_image_cache_new(cache_dir, &icfg, error);
     if (!a->images)
         return FALSE;
+    a->net = vn_net_host_new(cfg->net_physical_interface_mappings, cfg->net_default_mtu, error);
+    if (!a->net) {
+        g_prefix_error(error, "[network] ");
+        return FALSE;
+    }
     a->tracker = vn_tracker_new(cfg->host, cfg->instances_path, a->store);
     vn_tracker_set_config(a->tracker, cfg);
     vn_tracker_load(a->tracker);
@@ -777,6 +783,7 @@ gboolean vn_agent_start(VnAgent *a, GError **error)
     unfinished = vn_journal_unfinished(a->journal, error);
     if (!unfinished || !vn_reconcile_startup(a, unfinished, error))
         return FALSE;
+    vn_ports_reconcile(a);
     if (!start_reporter(a, cfg, error) || !start_rpc(a, cfg, error) || !start_http(a, cfg, error))
         return FALSE;
     vn_dispatcher_replay(a->dispatcher, unfinished);
@@ -938,6 +945,7 @@ void vn_agent_free(VnAgent *a)
     vn_dispatcher_free(a->dispatcher);
     vn_migrations_free(a->migrations);
     vn_virt_conn_free(a->virt);
+    vn_net_host_free(a->net);
     vn_tracker_free(a->tracker);
     vn_image_cache_free(a->images);
     vn_instance_store_free(a->store);

@@ -16,6 +16,7 @@
 #include "agent/state/journal.h"
 #include "agent/state/tracker.h"
 #include "agent/virt/conn.h"
+#include "network/bridge.h"
 #include "scheduler-client/amqp/rpc.h"
 #include "scheduler-client/report/report.h"
 #include "storage/image_cache.h"
@@ -67,6 +68,7 @@ struct _VnAgent {
     VnStatusServer *http;
     VnDispatcher *dispatcher;
     VnMigrations *migrations;
+    VnNetHost *net;         /* bridges and uplinks (network/) */
     GThreadPool *sync_pool; /* one thread: power-state syncs, in order */
     char *mac_model;        /* "selinux" / "apparmor" when the host has one */
     gboolean dac_available;

@@ -84,6 +84,7 @@ VnInstanceRecord *vn_instance_record_new(void)
 
     r->flavor.extra_specs = string_map_new();
     r->metadata = string_map_new();
+    r->ports = g_ptr_array_new_with_free_func((GDestroyNotify)vn_port_spec_free);
     return r;
 }
 
@@ -104,6 +105,10 @@ VnInstanceRecord *vn_instance_record_copy(const VnInstanceRecord *s)
     r->image.sha256 = g_strdup(s->image.sha256);
     r->image.disk_format = g_strdup(s->image.disk_format);
     r->metadata = string_map_copy(s->metadata);
+    r->ports = g_ptr_array_new_with_free_func((GDestroyNotify)vn_port_spec_free);
+    for (guint i = 0; s->ports && i < s->ports->len; i++)
+        g_ptr_array_add(r->ports, vn_port_spec_copy(g_ptr_array_index(s->ports, i)));
+    r->user_data = g_strdup(s->user_data);
     r->host = g_strdup(s->host);
     r->fault_class = g_strdup(s->fault_class);
     r->fault_message = g_strdup(s->fault_message);
@@ -128,6 +133,8 @@ void vn_instance_record_free(VnInstanceRecord *r)
     g_free(r->image.sha256);
     g_free(r->image.disk_format);
     g_clear_pointer(&r->metadata, g_hash_table_unref);
+    g_clear_pointer(&r->ports, g_ptr_array_unref);
+    g_free(r->user_data);
     g_free(r->host);
     g_free(r->fault_class);
     g_free(r->fault_message);
@@ -292,8 +299,8 @@ static gboolean parse_image(json_object *obj, const char *path, VnImageRef *im, 
 gboolean vn_instance_spec_parse(json_object *obj, const char *path, VnInstanceRecord *rec,
                                 GError **error)
 {
-    static const char *const keys[] = { "uuid",   "name",  "project_id", "user_id",
-                                        "flavor", "image", "metadata",   NULL };
+    static const char *const keys[] = { "uuid",  "name",     "project_id", "user_id", "flavor",
+                                        "image", "metadata", "user_data",  NULL };
     g_autofree char *uuid = NULL;
     g_autofree char *flavor_path = g_strdup_printf("%s.flavor", path);
     g_autofree char *image_path = g_strdup_printf("%s.image", path);
@@ -319,6 +326,20 @@ gboolean vn_instance_spec_parse(json_object *obj, const char *path, VnInstanceRe
     g_clear_pointer(&rec->metadata, g_hash_table_unref);
     if (!vn_json_get_string_map(obj, path, "metadata", 128, &rec->metadata, error))
         return FALSE;
+    g_clear_pointer(&rec->user_data, g_free);
+    if (!vn_json_get_string(obj, path, "user_data", FALSE, 0, 87384, &rec->user_data, error))
+        return FALSE;
+    if (rec->user_data) {
+        /* base64 of at most 64 KiB, as Nova's limit */
+        gsize n = 0;
+        for (const char *c = rec->user_data; *c; c++) {
+            if (!g_ascii_isalnum(*c) && *c != '+' && *c != '/' && *c != '=' && *c != '\n')
+                return invalid(error, "%s.user_data: not base64", path);
+        }
+        g_free(g_base64_decode(rec->user_data, &n));
+        if (n > 65536)
+            return invalid(error, "%s.user_data: %zu bytes, at most 65536", path, n);
+    }
     if (rec->flavor.memory_mb < rec->image.min_ram)
         return invalid(error, "%s.memory_mb: %d MiB is less than the image's min_ram %d MiB",
                        flavor_path, rec->flavor.memory_mb, rec->image.min_ram);
@@ -348,6 +369,15 @@ json_object *vn_string_map_to_json(GHashTable *map)
 static json_object *str_or_null(const char *s)
 {
     return s ? json_object_new_string(s) : NULL;
+}
+
+json_object *vn_instance_record_to_reply(const VnInstanceRecord *rec)
+{
+    json_object *o = vn_instance_record_to_json(rec);
+
+    /* user data may carry a tenant's secrets: kept for the config drive, never echoed */
+    json_object_object_del(o, "user_data");
+    return o;
 }
 
 json_object *vn_flavor_to_json(const VnFlavor *f)
@@ -426,6 +456,9 @@ json_object *vn_instance_record_to_json(const VnInstanceRecord *r)
     json_object_object_add(o, "flavor", vn_flavor_to_json(&r->flavor));
     json_object_object_add(o, "image", vn_image_ref_to_json(&r->image));
     json_object_object_add(o, "metadata", vn_string_map_to_json(r->metadata));
+    json_object_object_add(o, "ports", vn_port_specs_to_json(r->ports));
+    if (r->user_data)
+        json_object_object_add(o, "user_data", json_object_new_string(r->user_data));
     if (r->fault_message) {
         json_object *f = json_object_new_object();
         json_object_object_add(f, "class", str_or_null(r->fault_class));
@@ -448,7 +481,7 @@ VnInstanceRecord *vn_instance_record_from_json(json_object *obj, GError **error)
         "uuid",           "name",        "project_id", "user_id",     "host",          "vm_state",
         "task_state",     "power_state", "created_at", "launched_at", "terminated_at", "updated_at",
         "progress",       "flavor",      "image",      "metadata",    "fault",         "guest_uid",
-        "security_label", "request_id",  "generation", NULL
+        "security_label", "request_id",  "generation", "ports",       "user_data",     NULL
     };
     g_autoptr(VnInstanceRecord) r = vn_instance_record_new();
     g_autoptr(json_object) spec = json_object_new_object();
@@ -460,8 +493,8 @@ VnInstanceRecord *vn_instance_record_from_json(json_object *obj, GError **error)
     if (!vn_json_expect_object(obj, "instance", keys, error))
         return NULL;
     /* the spec part is validated exactly as a build request */
-    static const char *const spec_keys[] = { "uuid",   "name",  "project_id", "user_id",
-                                             "flavor", "image", "metadata",   NULL };
+    static const char *const spec_keys[] = { "uuid",  "name",     "project_id", "user_id", "flavor",
+                                             "image", "metadata", "user_data",  NULL };
     for (const char *const *k = spec_keys; *k; k++) {
         json_object *v = vn_json_member(obj, *k);
         if (v)
@@ -469,6 +502,11 @@ VnInstanceRecord *vn_instance_record_from_json(json_object *obj, GError **error)
     }
     if (!vn_instance_spec_parse(spec, "instance", r, error))
         return NULL;
+    GPtrArray *ports = vn_port_specs_parse(vn_json_member(obj, "ports"), "instance.ports", error);
+    if (!ports)
+        return NULL;
+    g_ptr_array_unref(r->ports);
+    r->ports = ports;
     if (!vn_json_get_string(obj, "instance", "host", FALSE, 0, 255, &r->host, error) ||
         !vn_json_get_string(obj, "instance", "vm_state", TRUE, 1, 32, &vm, error) ||
         !vn_json_get_string(obj, "instance", "task_state", FALSE, 1, 32, &task, error) ||

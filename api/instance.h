@@ -9,6 +9,8 @@
 #include <glib.h>
 #include <json-c/json.h>
 
+#include "api/port.h"
+
 typedef enum {
     VN_VM_BUILDING,
     VN_VM_ACTIVE,
@@ -79,6 +81,8 @@ typedef struct {
     VnFlavor flavor;
     VnImageRef image;
     GHashTable *metadata; /* char* -> char* */
+    GPtrArray *ports;     /* VnPortSpec*: the guest's network ports, in device order */
+    char *user_data;      /* base64, as the controller sent it (config drive), or NULL */
 
     char *host;
     VnVmState vm_state;
@@ -117,6 +121,9 @@ gboolean vn_instance_spec_parse(json_object *instance, const char *path, VnInsta
 
 /* The full record as JSON (result of get_instance, journal and database form). */
 json_object *vn_instance_record_to_json(const VnInstanceRecord *rec);
+
+/* The record as RPC replies and notifications show it: without user_data. */
+json_object *vn_instance_record_to_reply(const VnInstanceRecord *rec);
 
 /* Reads back what vn_instance_record_to_json wrote (validated as strictly as a request). */
 VnInstanceRecord *vn_instance_record_from_json(json_object *obj, GError **error);

@@ -253,20 +253,22 @@ static gboolean parse_args(VnRequest *req, json_object *args, GError **error)
         if (!vn_instance_spec_parse(inst, "instance", req->spec, error))
             return FALSE;
         req->instance_uuid = g_strdup(req->spec->uuid);
-        for (const char *const *k =
-                 (const char *const[]){ "networks", "block_device_mapping", NULL };
-             *k; k++) {
-            json_object *v = vn_json_member(args, *k);
-            if (v && !json_object_is_type(v, json_type_array)) {
-                g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID, "%s: expected a list", *k);
-                return FALSE;
-            }
-            if (v && json_object_array_length(v) > 0) {
-                g_set_error(error, VN_API_ERROR, VN_API_ERROR_UNSUPPORTED,
-                            "%s: this agent does not attach %s yet; send an empty list", *k,
-                            strcmp(*k, "networks") == 0 ? "networks" : "volumes");
-                return FALSE;
-            }
+        GPtrArray *ports = vn_port_specs_parse(vn_json_member(args, "networks"), "networks", error);
+        if (!ports)
+            return FALSE;
+        g_ptr_array_unref(req->spec->ports);
+        req->spec->ports = ports;
+        json_object *bdm = vn_json_member(args, "block_device_mapping");
+        if (bdm && !json_object_is_type(bdm, json_type_array)) {
+            g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID,
+                        "block_device_mapping: expected a list");
+            return FALSE;
+        }
+        if (bdm && json_object_array_length(bdm) > 0) {
+            g_set_error(error, VN_API_ERROR, VN_API_ERROR_UNSUPPORTED,
+                        "block_device_mapping: this agent does not attach volumes yet; send an "
+                        "empty list");
+            return FALSE;
         }
         return TRUE;
     }

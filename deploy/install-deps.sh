@@ -28,6 +28,7 @@ PACKAGES=(
     # integration tests and tools
     python3 python3-oslo.messaging python3-pika python3-psycopg2 python3-libvirt sqlite3
     iproute2 nftables rpcbind nfs-ganesha nfs-ganesha-vfs tgt ansible-core curl ca-certificates
+    genisoimage socat ebtables iptables
     procps psmisc
 )
 

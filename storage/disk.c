@@ -8,6 +8,7 @@
 #include <glib/gstdio.h>
 
 #include "storage/disk.h"
+#include "storage/runner.h"
 #include "storage/image_inspect.h"
 #include "storage/stor_error.h"
 
@@ -15,94 +16,15 @@
  * a hung mount or device, and the worker it pins is freed by killing it. */
 #define QEMU_IMG_TIMEOUT_S 120
 
-/* A watchdog thread: cancels @cancel when @deadline passes before vn_disk is done. */
-typedef struct {
-    GMutex lock;
-    GCond cond;
-    gboolean done;
-    gint64 deadline; /* monotonic */
-    GCancellable *cancel;
-} Watchdog;
-
-static gpointer watchdog_run(gpointer data)
-{
-    Watchdog *w = data;
-
-    g_mutex_lock(&w->lock);
-    while (!w->done && g_cond_wait_until(&w->cond, &w->lock, w->deadline))
-        ;
-    if (!w->done)
-        g_cancellable_cancel(w->cancel);
-    g_mutex_unlock(&w->lock);
-    return NULL;
-}
-
-static void forward_cancel(GCancellable *from, gpointer to)
-{
-    (void)from;
-    g_cancellable_cancel(to);
-}
-
-/* Runs qemu-img with @argv (NULL-terminated, without the program), killing it when
- * @cancel fires or QEMU_IMG_TIMEOUT_S passes. */
 static gboolean qemu_img(const char *const *argv, GCancellable *cancel, GError **error)
 {
     g_autoptr(GPtrArray) args = g_ptr_array_new();
-    g_autoptr(GSubprocess) p = NULL;
-    g_autoptr(GCancellable) mine = g_cancellable_new();
-    g_autofree char *out = NULL;
-    g_autofree char *err = NULL;
-    g_autoptr(GError) e = NULL;
-    Watchdog w = { .deadline = g_get_monotonic_time() + QEMU_IMG_TIMEOUT_S * G_TIME_SPAN_SECOND,
-                   .cancel = mine };
-    gulong handler = 0;
-    GThread *t;
-    gboolean ok;
 
     g_ptr_array_add(args, (gpointer) "qemu-img");
     for (const char *const *a = argv; *a; a++)
         g_ptr_array_add(args, (gpointer)*a);
     g_ptr_array_add(args, NULL);
-    p = g_subprocess_newv((const char *const *)args->pdata,
-                          G_SUBPROCESS_FLAGS_STDOUT_PIPE | G_SUBPROCESS_FLAGS_STDERR_PIPE, &e);
-    if (!p) {
-        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOOL, "running qemu-img: %s", e->message);
-        return FALSE;
-    }
-    g_mutex_init(&w.lock);
-    g_cond_init(&w.cond);
-    if (cancel)
-        handler = g_cancellable_connect(cancel, G_CALLBACK(forward_cancel), mine, NULL);
-    t = g_thread_new("qemu-img-watchdog", watchdog_run, &w);
-    ok = g_subprocess_communicate_utf8(p, NULL, mine, &out, &err, &e);
-    g_mutex_lock(&w.lock);
-    w.done = TRUE;
-    g_cond_signal(&w.cond);
-    g_mutex_unlock(&w.lock);
-    g_thread_join(t);
-    if (cancel)
-        g_cancellable_disconnect(cancel, handler);
-    g_mutex_clear(&w.lock);
-    g_cond_clear(&w.cond);
-    if (!ok) {
-        g_subprocess_force_exit(p);
-        g_subprocess_wait(p, NULL, NULL);
-        if (cancel && g_cancellable_is_cancelled(cancel))
-            g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_CANCELLED, "qemu-img %s: cancelled",
-                        argv[0]);
-        else if (g_error_matches(e, G_IO_ERROR, G_IO_ERROR_CANCELLED))
-            g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TIMEOUT,
-                        "qemu-img %s: no answer within %d s (killed)", argv[0], QEMU_IMG_TIMEOUT_S);
-        else
-            g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOOL, "qemu-img: %s", e->message);
-        return FALSE;
-    }
-    if (!g_subprocess_get_successful(p)) {
-        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOOL, "qemu-img %s: %s", argv[0],
-                    err && *err ? g_strstrip(err) : "failed");
-        return FALSE;
-    }
-    return TRUE;
+    return vn_stor_run((const char *const *)args->pdata, QEMU_IMG_TIMEOUT_S, cancel, NULL, error);
 }
 
 /* A guest's disk is its own: 0600, whatever the process umask (libvirt gives it to the

@@ -278,11 +278,19 @@ static const OptDef opts[] = {
     { "api", "listen", OPT_STR, O(api_listen), "127.0.0.1:8775", NULL, 0, 0, NULL, 0,
       "Address:port of the HTTP status endpoint (/healthz, /readyz, /metrics); empty "
       "disables it." },
+
+    { "network", "physical_interface_mappings", OPT_LIST, O(net_physical_interface_mappings), "",
+      NULL, 0, 0, NULL, 0,
+      "Comma-separated physnet:interface pairs: the host interface each physical network "
+      "of a port (physical_network) uses as the uplink of its bridges (a flat network's "
+      "bridge takes the interface itself, a VLAN network's its 802.1Q sub-interface)." },
+    { "network", "default_mtu", OPT_INT, O(net_default_mtu), "1500", NULL, 576, 9216, NULL, 0,
+      "MTU of a network whose ports state none." },
 };
 /* clang-format on */
 
-static const char *const sections[] = { "DEFAULT",     "amqp", "database", "libvirt",
-                                        "image_cache", "api",  NULL };
+static const char *const sections[] = { "DEFAULT", "amqp", "database", "libvirt", "image_cache",
+                                        "api",     "network", NULL };
 
 static VnConfigCheckFunc checks[G_N_ELEMENTS(opts)];
 

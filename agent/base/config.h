@@ -146,6 +146,10 @@ typedef struct _VnConfig {
 
     /* [api] */
     char *api_listen;
+
+    /* [network] */
+    char **net_physical_interface_mappings;
+    int net_default_mtu;
 } VnConfig;
 
 /* An extra check of one option's text, beyond its type and bounds (e.g. a URL's form).

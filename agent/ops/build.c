@@ -17,6 +17,7 @@
 #include "agent/base/log.h"
 #include "agent/ops/guest.h"
 #include "agent/ops/ops.h"
+#include "agent/ops/ports.h"
 #include "agent/virt/domain.h"
 #include "agent/virt/virt.h"
 #include "api/error.h"
@@ -31,6 +32,7 @@ typedef struct {
     gboolean image_held;
     gboolean dir_made;
     gboolean domain_made;
+    guint plugged; /* ports plugged, for the rollback */
 } Build;
 
 static void on_download(guint64 done, guint64 total, gpointer user_data)
@@ -51,6 +53,8 @@ static void rollback(Build *b)
         if (!vn_guest_remove(b->a, uuid, &err))
             g_warning("rollback of %s: %s", uuid, err->message);
     }
+    /* after the domain: its taps are gone, so the filters and bridges can go */
+    vn_ports_unplug(b->a, b->spec->ports, b->plugged);
     if (b->image_held)
         vn_image_cache_release(b->a->images, b->spec->image.id);
     if (b->claimed)
@@ -131,6 +135,12 @@ static gboolean spawn(Build *b, VnInstanceRecord **launched, GError **error)
     b->image_held = TRUE;
     if (!check_cancelled(b, error) || !make_disks(b, base, error))
         return FALSE;
+    /* what the guest learns its addresses (and user data) from */
+    if (spec->ports->len || spec->user_data) {
+        g_autofree char *drive = vn_guest_file(b->a, spec->uuid, VN_GUEST_CONFIG_DRIVE);
+        if (!vn_ports_config_drive(b->a, spec, drive, b->op->cancel, error))
+            return FALSE;
+    }
     rec = vn_instance_store_get(b->a->store, spec->uuid);
     if (!rec) {
         g_set_error(error, VN_API_ERROR, VN_API_ERROR_NOT_FOUND, "instance %s vanished",
@@ -205,6 +215,9 @@ static gboolean build_steps(Build *b, GError **error)
     const char *uuid = b->spec->uuid;
     g_autoptr(VnInstanceRecord) launched = NULL;
 
+    /* whatever this host cannot serve is refused before anything is made */
+    if (!vn_ports_check(a, b->spec->ports, error))
+        return FALSE;
     if (!vn_tracker_claim(a->tracker, uuid, &b->spec->flavor, error))
         return FALSE;
     b->claimed = TRUE;
@@ -213,6 +226,7 @@ static gboolean build_steps(Build *b, GError **error)
                                      VN_TASK_BLOCK_DEVICE_MAPPING, error) ||
         !vn_instance_store_next_task(a->store, uuid, VN_TASK_BLOCK_DEVICE_MAPPING,
                                      VN_TASK_NETWORKING, error) ||
+        !vn_ports_plug(a, b->spec->ports, &b->plugged, error) ||
         !vn_instance_store_next_task(a->store, uuid, VN_TASK_NETWORKING, VN_TASK_SPAWNING, error) ||
         !spawn(b, &launched, error))
         return FALSE;
@@ -248,7 +262,7 @@ gboolean vn_op_build(VnOp *op, json_object **result, GError **error)
 {
     VnAgent *a = op->agent;
     const VnInstanceRecord *spec = op->req->spec;
-    Build b = { op, a, spec, FALSE, FALSE, FALSE, FALSE };
+    Build b = { op, a, spec, FALSE, FALSE, FALSE, FALSE, 0 };
     GError *err = NULL;
     g_autoptr(VnInstanceRecord) rec = NULL;
     g_autoptr(VnInstanceRecord) done = NULL;
@@ -270,6 +284,6 @@ gboolean vn_op_build(VnOp *op, json_object **result, GError **error)
               done->security_label);
     vn_agent_notify_instance(a, "instance.create.end", done, NULL);
     vn_agent_capacity_changed(a);
-    *result = vn_instance_record_to_json(done);
+    *result = vn_instance_record_to_reply(done);
     return TRUE;
 }

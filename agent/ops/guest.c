@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "agent/ops/guest.h"
+#include "agent/ops/ports.h"
 #include "agent/virt/domain.h"
 #include "agent/virt/virt.h"
 #include "storage/disk.h"
@@ -169,6 +170,15 @@ VnDomainSpec *vn_guest_domain_spec(VnAgent *a, const VnInstanceRecord *rec, int 
         !add_disk(s, rec->uuid, dir, VN_GUEST_EPHEMERAL_DISK, "vdb", FALSE, NULL, NULL, error) ||
         !add_disk(s, rec->uuid, dir, VN_GUEST_SWAP_DISK, "vdc", FALSE, NULL, NULL, error))
         return NULL;
+    for (guint i = 0; i < rec->ports->len; i++) {
+        VnIfaceSpec iface;
+        vn_ports_iface(g_ptr_array_index(rec->ports, i), &iface);
+        vn_domain_spec_add_iface(s, &iface);
+        vn_ports_iface_clear(&iface);
+    }
+    g_autofree char *drive = g_build_filename(dir, VN_GUEST_CONFIG_DRIVE, NULL);
+    if (g_file_test(drive, G_FILE_TEST_IS_REGULAR))
+        s->config_drive = g_steal_pointer(&drive);
     g_hash_table_iter_init(&it, rec->metadata);
     while (g_hash_table_iter_next(&it, &k, &v) && n < MAX_GUEST_STRINGS) {
         if (!guest_string_ok(k, TRUE) || !guest_string_ok(v, FALSE))

@@ -14,6 +14,7 @@
 #define VN_GUEST_SWAP_DISK      "disk.swap"
 #define VN_GUEST_CONSOLE        "console.log"
 #define VN_GUEST_BACKING        "disk.backing" /* the root disk's base, as the agent made it */
+#define VN_GUEST_CONFIG_DRIVE   "disk.config"  /* ISO 9660 "config-2" */
 
 /* <instance dir>/<name>.  Caller frees. */
 char *vn_guest_file(VnAgent *a, const char *uuid, const char *name);

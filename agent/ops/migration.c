@@ -1335,7 +1335,7 @@ gboolean vn_op_post_live_migration_dest(VnOp *op, json_object **result, GError *
               op->req->source_host ? op->req->source_host : "?");
     vn_agent_notify_instance(a, "instance.live_migration_post_dest.end", done, NULL);
     vn_agent_capacity_changed(a);
-    *result = vn_instance_record_to_json(done);
+    *result = vn_instance_record_to_reply(done);
     return TRUE;
 }
 

@@ -10,6 +10,7 @@
 #include "agent/base/log.h"
 #include "agent/ops/guest.h"
 #include "agent/ops/ops.h"
+#include "agent/ops/ports.h"
 #include "agent/virt/domain.h"
 #include "agent/virt/domain_xml.h"
 #include "agent/virt/virt.h"
@@ -70,7 +71,7 @@ static gboolean run_power_op(VnOp *op, const PowerOp *p, json_object **result, G
     ev = g_strdup_printf("%s.end", p->event);
     vn_agent_notify_instance(a, ev, done, NULL);
     vn_agent_capacity_changed(a);
-    *result = vn_instance_record_to_json(done);
+    *result = vn_instance_record_to_reply(done);
     return TRUE;
 }
 
@@ -267,7 +268,7 @@ gboolean vn_op_terminate(VnOp *op, json_object **result, GError **error)
         /* deleting twice succeeds; only a leftover domain of ours is cleaned up */
         if (!remove_orphan(a, uuid, error))
             return FALSE;
-        *result = rec ? vn_instance_record_to_json(rec) : NULL;
+        *result = rec ? vn_instance_record_to_reply(rec) : NULL;
         return TRUE;
     }
     if (!vn_instance_store_begin_task(a->store, uuid, any, VN_TASK_DELETING, op->request_id, error))
@@ -284,6 +285,8 @@ gboolean vn_op_terminate(VnOp *op, json_object **result, GError **error)
         g_propagate_error(error, g_steal_pointer(&err));
         return FALSE;
     }
+    /* the guest's taps went with its domain: its filters and bridge uses go now */
+    vn_ports_unplug(a, rec->ports, rec->ports->len);
     vn_tracker_drop(a->tracker, uuid);
     if (!vn_instance_store_mark_deleted(a->store, uuid, error))
         return FALSE;
@@ -291,6 +294,6 @@ gboolean vn_op_terminate(VnOp *op, json_object **result, GError **error)
     g_message("instance %s deleted", uuid);
     vn_agent_notify_instance(a, "instance.delete.end", done, NULL);
     vn_agent_capacity_changed(a);
-    *result = vn_instance_record_to_json(done);
+    *result = vn_instance_record_to_reply(done);
     return TRUE;
 }

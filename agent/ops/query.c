@@ -32,7 +32,7 @@ gboolean vn_op_get_instance(VnOp *op, json_object **result, GError **error)
                     op->req->instance_uuid);
         return FALSE;
     }
-    *result = vn_instance_record_to_json(rec);
+    *result = vn_instance_record_to_reply(rec);
     return TRUE;
 }
 
@@ -42,7 +42,7 @@ gboolean vn_op_list_instances(VnOp *op, json_object **result, GError **error)
     json_object *list = json_object_new_array();
 
     for (guint i = 0; i < recs->len; i++)
-        json_object_array_add(list, vn_instance_record_to_json(g_ptr_array_index(recs, i)));
+        json_object_array_add(list, vn_instance_record_to_reply(g_ptr_array_index(recs, i)));
     *result = list;
     return TRUE;
 }

@@ -33,6 +33,7 @@ VnDomainSpec *vn_domain_spec_new(void)
     VnDomainSpec *s = g_new0(VnDomainSpec, 1);
 
     s->disks = g_ptr_array_new_with_free_func((GDestroyNotify)disk_free);
+    s->ifaces = g_ptr_array_new_with_free_func((GDestroyNotify)vn_iface_spec_free);
     s->guest_strings = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     return s;
 }
@@ -48,10 +49,37 @@ void vn_domain_spec_free(VnDomainSpec *s)
     g_free(s->cpu_mode);
     g_free(s->cpu_model);
     g_ptr_array_unref(s->disks);
+    g_ptr_array_unref(s->ifaces);
+    g_free(s->config_drive);
     g_free(s->console_log);
     g_free(s->mac_model);
     g_hash_table_unref(s->guest_strings);
     g_free(s);
+}
+
+void vn_iface_spec_free(VnIfaceSpec *i)
+{
+    if (!i)
+        return;
+    g_free(i->mac);
+    g_free(i->bridge);
+    g_free(i->tap);
+    g_free(i->filter);
+    g_strfreev(i->filter_ips);
+    g_free(i);
+}
+
+void vn_domain_spec_add_iface(VnDomainSpec *s, const VnIfaceSpec *i)
+{
+    VnIfaceSpec *c = g_new0(VnIfaceSpec, 1);
+
+    *c = *i;
+    c->mac = g_strdup(i->mac);
+    c->bridge = g_strdup(i->bridge);
+    c->tap = g_strdup(i->tap);
+    c->filter = g_strdup(i->filter);
+    c->filter_ips = g_strdupv(i->filter_ips);
+    g_ptr_array_add(s->ifaces, c);
 }
 
 void vn_domain_spec_add_disk(VnDomainSpec *s, const char *path, const char *format,
@@ -207,6 +235,79 @@ static void build_disk(xmlNodePtr devices, const VnDomainSpec *s, const VnDiskSp
     prop(n, "bus", "virtio");
 }
 
+static void bandwidth_dir(xmlNodePtr bw, const char *name, guint64 avg, guint64 peak, guint64 burst)
+{
+    xmlNodePtr n;
+
+    if (!avg)
+        return;
+    n = child(bw, name, NULL);
+    propi(n, "average", (gint64)avg);
+    if (peak)
+        propi(n, "peak", (gint64)peak);
+    if (burst)
+        propi(n, "burst", (gint64)burst);
+}
+
+static void build_iface(xmlNodePtr devices, const VnIfaceSpec *i)
+{
+    xmlNodePtr n = child(devices, "interface", NULL);
+
+    prop(n, "type", "bridge");
+    prop(child(n, "mac", NULL), "address", i->mac);
+    prop(child(n, "source", NULL), "bridge", i->bridge);
+    prop(child(n, "target", NULL), "dev", i->tap);
+    prop(child(n, "model", NULL), "type", "virtio");
+    if (i->mtu > 0)
+        propi(child(n, "mtu", NULL), "size", i->mtu);
+    if (i->in_average || i->out_average) {
+        xmlNodePtr bw = child(n, "bandwidth", NULL);
+        /* libvirt's inbound is what reaches the guest, outbound what it sends */
+        bandwidth_dir(bw, "inbound", i->in_average, i->in_peak, i->in_burst);
+        bandwidth_dir(bw, "outbound", i->out_average, i->out_peak, i->out_burst);
+    }
+    if (i->filter) {
+        xmlNodePtr f = child(n, "filterref", NULL);
+        prop(f, "filter", i->filter);
+        for (char **ip = i->filter_ips; ip && *ip; ip++) {
+            xmlNodePtr p = child(f, "parameter", NULL);
+            prop(p, "name", strchr(*ip, ':') ? "IPV6" : "IP");
+            prop(p, "value", *ip);
+        }
+    }
+}
+
+char *vn_domain_xml_iface(const VnIfaceSpec *i)
+{
+    g_autoptr(xmlDoc) doc = xmlNewDoc(BAD_CAST "1.0");
+    xmlNodePtr holder = xmlNewNode(NULL, BAD_CAST "devices");
+
+    xmlDocSetRootElement(doc, holder);
+    build_iface(holder, i);
+    xmlNodePtr iface = holder->children;
+    xmlUnlinkNode(iface);
+    xmlDocSetRootElement(doc, iface);
+    xmlFreeNode(holder);
+    return vn_xml_dump(doc);
+}
+
+static void build_config_drive(xmlNodePtr devices, const char *path)
+{
+    xmlNodePtr n = child(devices, "disk", NULL);
+    xmlNodePtr t;
+
+    prop(n, "type", "file");
+    prop(n, "device", "cdrom");
+    t = child(n, "driver", NULL);
+    prop(t, "name", "qemu");
+    prop(t, "type", "raw");
+    prop(child(n, "source", NULL), "file", path);
+    t = child(n, "target", NULL);
+    prop(t, "dev", "sda");
+    prop(t, "bus", "sata");
+    child(n, "readonly", NULL);
+}
+
 static void build_devices(xmlNodePtr dom, const VnDomainSpec *s)
 {
     xmlNodePtr dev = child(dom, "devices", NULL);
@@ -214,6 +315,10 @@ static void build_devices(xmlNodePtr dom, const VnDomainSpec *s)
 
     for (guint i = 0; i < s->disks->len; i++)
         build_disk(dev, s, g_ptr_array_index(s->disks, i));
+    if (s->config_drive)
+        build_config_drive(dev, s->config_drive);
+    for (guint i = 0; i < s->ifaces->len; i++)
+        build_iface(dev, g_ptr_array_index(s->ifaces, i));
     n = child(dev, "serial", NULL);
     prop(n, "type", "file");
     xmlNodePtr src = child(n, "source", NULL);

@@ -39,6 +39,22 @@ typedef struct {
     char *target; /* "vda", "vdb", ... */
 } VnDiskSpec;
 
+/* A guest network port on a Linux bridge (libvirt makes the tap and puts it there). */
+typedef struct {
+    char *mac;
+    char *bridge;
+    char *tap;
+    int mtu;            /* 0: the bridge's */
+    char *filter;       /* nwfilter name (port security), or NULL */
+    char **filter_ips;  /* the port's addresses, the filter's $IP (NULL-terminated) */
+    guint64 in_average; /* <bandwidth> KiB/s, KiB; 0: none */
+    guint64 in_peak;
+    guint64 in_burst;
+    guint64 out_average;
+    guint64 out_peak;
+    guint64 out_burst;
+} VnIfaceSpec;
+
 typedef struct {
     /* identity */
     char *uuid;
@@ -51,8 +67,10 @@ typedef struct {
     char *cpu_mode;    /* NULL (none), "host-model", "host-passthrough", "custom" */
     char *cpu_model;   /* for custom */
 
-    GPtrArray *disks;  /* VnDiskSpec* */
-    char *console_log; /* serial console file */
+    GPtrArray *disks;   /* VnDiskSpec* */
+    GPtrArray *ifaces;  /* VnIfaceSpec*, in guest device order */
+    char *config_drive; /* ISO 9660 image attached as a read-only CD-ROM, or NULL */
+    char *console_log;  /* serial console file */
 
     /* security labels */
     int dac_uid;     /* > 0: QEMU runs as +uid:+uid and backing files are not relabelled */
@@ -68,6 +86,13 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(VnDomainSpec, vn_domain_spec_free)
 void vn_domain_spec_add_disk(VnDomainSpec *s, const char *path, const char *format,
                              const char *backing_path, const char *backing_format,
                              const char *target);
+
+/* Adds a copy of @i. */
+void vn_domain_spec_add_iface(VnDomainSpec *s, const VnIfaceSpec *i);
+void vn_iface_spec_free(VnIfaceSpec *i);
+
+/* The <interface> element alone, as a document (for hot-plug).  Caller frees. */
+char *vn_domain_xml_iface(const VnIfaceSpec *i);
 
 /* The domain XML for @spec.  Caller frees. */
 char *vn_domain_xml_build(const VnDomainSpec *spec, GError **error);

@@ -85,11 +85,10 @@ static void test_build_request_errors(void **state)
                        "instance.name: contains control characters", VN_API_ERROR_INVALID);
     expect_build_error("\"metadata\": {}", "\"metadata\": {\"k\": 5}",
                        "instance.metadata.k: expected a string", VN_API_ERROR_INVALID);
-    expect_build_error("\"networks\": []", "\"networks\": {}", "networks: expected a list",
-                       VN_API_ERROR_INVALID);
+    expect_build_error("\"networks\": []", "\"networks\": {}",
+                       "networks: a list of at most 16 ports expected", VN_API_ERROR_INVALID);
     expect_build_error("\"networks\": []", "\"networks\": [{\"id\": \"n\"}]",
-                       "networks: this agent does not attach networks yet",
-                       VN_API_ERROR_UNSUPPORTED);
+                       "networks[0].id: unexpected", VN_API_ERROR_INVALID);
     expect_build_error("\"networks\": []", "\"networks\": [], \"x\": 1", "x: unexpected argument",
                        VN_API_ERROR_INVALID);
     expect_build_error("\"root_gb\": 1", "\"root_gb\": 0, \"y\": 2",
@@ -235,6 +234,107 @@ static void test_url_redaction(void **state)
     assert_non_null(strstr(json_object_to_json_string(args), "S3CRET"));
 }
 
+static json_object *load_json(const char *rel)
+{
+    g_autofree char *path = vn_test_source_path(rel);
+    json_object *o = json_object_from_file(path);
+
+    if (!o)
+        fail_msg("cannot read %s", path);
+    return o;
+}
+
+static void merge(json_object *into, json_object *from)
+{
+    json_object_object_foreach(from, k, v)
+    {
+        if (v)
+            json_object_object_add(into, k, json_object_get(v));
+        else
+            json_object_object_del(into, k);
+    }
+}
+
+static char *build_with_ports(json_object *ports)
+{
+    g_autoptr(json_object) args = json_tokener_parse(build_args);
+
+    json_object_object_add(args, "networks", json_object_get(ports));
+    return g_strdup(json_object_to_json_string(args));
+}
+
+/* The good port parses; every entry of the bad-port corpus (tests/corpus/bad_ports.json,
+ * also sent over RPC by the network integration test) is InvalidInput naming the field. */
+static void test_ports(void **state)
+{
+    g_autoptr(json_object) good = load_json("tests/corpus/good_port.json");
+    g_autoptr(json_object) bad = load_json("tests/corpus/bad_ports.json");
+    g_autoptr(GError) err = NULL;
+
+    (void)state;
+    {
+        g_autoptr(json_object) list = json_object_new_array();
+        json_object_array_add(list, json_object_get(good));
+        g_autofree char *a = build_with_ports(list);
+        g_autoptr(VnRequest) r = parse(VN_METHOD_BUILD_AND_RUN_INSTANCE, a, &err);
+        if (!r)
+            fail_msg("the good port: %s", err->message);
+        assert_int_equal(r->spec->ports->len, 1);
+        VnPortSpec *p = g_ptr_array_index(r->spec->ports, 0);
+        assert_string_equal(p->mac, "fa:16:3e:12:34:56");
+        assert_int_equal(p->mtu, 1500);
+        assert_int_equal(p->rules->len, 2);
+        assert_int_equal(((VnFixedIp *)g_ptr_array_index(p->fixed_ips, 0))->prefix, 24);
+        assert_int_equal(p->inbound.burst, 1024);
+        /* the record's JSON reads back to the same port */
+        g_autoptr(json_object) rec = vn_instance_record_to_json(r->spec);
+        g_autoptr(VnInstanceRecord) back = vn_instance_record_from_json(rec, &err);
+        assert_non_null(back);
+        g_autoptr(json_object) p1 = vn_port_spec_to_json(p);
+        g_autoptr(json_object) p2 = vn_port_spec_to_json(g_ptr_array_index(back->ports, 0));
+        assert_string_equal(json_object_to_json_string(p1), json_object_to_json_string(p2));
+    }
+    for (size_t i = 0; i < json_object_array_length(bad); i++) {
+        json_object *c = json_object_array_get_idx(bad, i);
+        const char *why = json_object_get_string(json_object_object_get(c, "why"));
+        const char *expect = json_object_get_string(json_object_object_get(c, "expect"));
+        json_object *port = NULL, *v;
+        g_autoptr(json_object) list = json_object_new_array();
+
+        assert_int_equal(json_object_deep_copy(good, &port, NULL), 0);
+        if ((v = json_object_object_get(c, "set")))
+            merge(port, v);
+        if ((v = json_object_object_get(c, "del")))
+            for (size_t k = 0; k < json_object_array_length(v); k++)
+                json_object_object_del(port,
+                                       json_object_get_string(json_object_array_get_idx(v, k)));
+        json_object *ip = json_object_array_get_idx(json_object_object_get(port, "fixed_ips"), 0);
+        if ((v = json_object_object_get(c, "set_ip")))
+            merge(ip, v);
+        if ((v = json_object_object_get(c, "set_subnet")))
+            merge(json_object_object_get(ip, "subnet"), v);
+        if ((v = json_object_object_get(c, "set_rule")))
+            merge(
+                json_object_array_get_idx(
+                    json_object_object_get(json_object_array_get_idx(
+                                               json_object_object_get(port, "security_groups"), 0),
+                                           "rules"),
+                    0),
+                v);
+        json_object_array_add(list, port);
+        if (json_object_get_boolean(json_object_object_get(c, "twice")))
+            json_object_array_add(list, json_object_get(port));
+        g_autofree char *a = build_with_ports(list);
+        g_autoptr(VnRequest) r = parse(VN_METHOD_BUILD_AND_RUN_INSTANCE, a, &err);
+        if (r)
+            fail_msg("bad port accepted: %s", why);
+        if (!g_error_matches(err, VN_API_ERROR, VN_API_ERROR_INVALID) ||
+            !strstr(err->message, expect))
+            fail_msg("%s: '%s' does not name '%s'", why, err->message, expect);
+        g_clear_error(&err);
+    }
+}
+
 static void test_method_lookup(void **state)
 {
     g_autoptr(GError) err = NULL;
@@ -334,6 +434,7 @@ int main(void)
         cmocka_unit_test(test_method_lookup),
         cmocka_unit_test(test_pre_live_migration_record),
         cmocka_unit_test(test_url_redaction),
+        cmocka_unit_test(test_ports),
         cmocka_unit_test(test_record_round_trip),
         cmocka_unit_test(test_uuid_canonical),
     };
