@@ -304,7 +304,9 @@ static void build_config_drive(xmlNodePtr devices, const char *path)
     prop(child(n, "source", NULL), "file", path);
     t = child(n, "target", NULL);
     prop(t, "dev", "sda");
-    prop(t, "bus", "sata");
+    /* virtio-scsi: every cloud image has its driver; q35 has no IDE, and not every
+     * kernel has AHCI */
+    prop(t, "bus", "scsi");
     child(n, "readonly", NULL);
 }
 
@@ -315,8 +317,12 @@ static void build_devices(xmlNodePtr dom, const VnDomainSpec *s)
 
     for (guint i = 0; i < s->disks->len; i++)
         build_disk(dev, s, g_ptr_array_index(s->disks, i));
-    if (s->config_drive)
+    if (s->config_drive) {
+        n = child(dev, "controller", NULL);
+        prop(n, "type", "scsi");
+        prop(n, "model", "virtio-scsi");
         build_config_drive(dev, s->config_drive);
+    }
     for (guint i = 0; i < s->ifaces->len; i++)
         build_iface(dev, g_ptr_array_index(s->ifaces, i));
     n = child(dev, "serial", NULL);

@@ -48,17 +48,26 @@ cp "$BUSYBOX" "$R/bin/busybox"
 cp "$HERE/init.sh" "$R/init"
 chmod 755 "$R/init"
 
-# modules the guest needs, in load order: virtio transport, disk, NIC, ACPI power button
-for m in virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci \
-         virtio_blk failover net_failover virtio_net evdev button; do
+# modules the guest needs (virtio transport, disk, NIC, ACPI power button, the config drive:
+# a CD-ROM on virtio-scsi with ISO 9660), each after the modules it depends on
+add_module() {
+    local m=$1 f d
+    grep -qx "$m" "$R/mods/order" 2>/dev/null && return 0
     f=$(modinfo -k "$KVER" -n "$m" 2>/dev/null) || die "module $m not found for $KVER"
+    case "$f" in (builtin*) return 0 ;; esac
+    for d in $(modinfo -k "$KVER" -F depends "$m" | tr ',' ' '); do
+        add_module "$d"
+    done
     case "$f" in
-    (builtin*) continue ;;
     (*.ko) cp "$f" "$R/mods/$m.ko" ;;
     (*.ko.xz) xz -dc "$f" > "$R/mods/$m.ko" ;;
     (*) die "unexpected module file $f" ;;
     esac
     echo "$m" >> "$R/mods/order"
+}
+: > "$R/mods/order"
+for m in virtio_pci virtio_blk virtio_net evdev button virtio_scsi sr_mod isofs; do
+    add_module "$m"
 done
 (cd "$R" && find . | sort | cpio -o -H newc --quiet --reproducible) | gzip -9n > "$W/initrd.gz"
 

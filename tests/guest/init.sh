@@ -7,9 +7,17 @@
 # form "virtnode:key=value" (the agent renders instance metadata as such strings):
 #   vn.mode=idle|dirty     dirty: keep rewriting vn.dirty_mb MiB of RAM (default 64)
 #   vn.dirty_check=K       with dirty: checksum the working set every K passes
-#   vn.ip=A.B.C.D/NN       configure eth0 with this address
-#   vn.peer=E.F.G.H        then ping it and print PING-OK/PING-FAIL
+#   vn.ip=A.B.C.D/NN       configure eth0 with this address (else: from the config drive)
+#   vn.peer=E.F.G.H        then ping it every second: "PING-OK|PING-FAIL <n> <peer>"
+#   vn.listen=PORT         answer TCP connections on PORT with "hello"
+#   vn.probe=E.F.G.H:PORT  connect there every second: "NC-OK|NC-FAIL <n> <addr>"
+#   vn.spoof=ip|mac        misbehave: use another IP (the assigned one + 100) or another
+#                          MAC than the config drive gives
 #   vn.acpi=ignore         do not power off on the ACPI power button
+#
+# A config drive (ISO 9660 "config-2" on /dev/sr0) is read when present: every interface
+# whose MAC a link of openstack/latest/network_data.json names gets that link's
+# addresses ("VIRTNODE-NET <if> <addr>/<prefix> mac=<mac>").
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /work
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -17,7 +25,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 exec >/dev/ttyS0 2>&1 </dev/null
 
-for m in $(cat /mods/order); do insmod "/mods/$m.ko" 2>/dev/null; done
+for m in $(cat /mods/order); do e=$(insmod "/mods/$m.ko" 2>&1) || echo "VIRTNODE-INSMOD-FAIL $m $e"; done
 
 # key=value settings: OEM strings first, the kernel command line overrides them
 : > /tmp/settings
@@ -44,17 +52,76 @@ if [ "$(setting vn.acpi)" != ignore ]; then
     done
 fi
 
+# network_data.json, written by virtnode on one line: one object per link and per network
+netdata() {
+    mkdir -p /cd
+    mount -t iso9660 -o ro /dev/sr0 /cd 2>/dev/null || return 1
+    f=/cd/openstack/latest/network_data.json
+    [ -r "$f" ] || return 1
+    sed 's/},{/}\n{/g' "$f" > /tmp/netdata
+    umount /cd
+}
+wait_cd() { # the SCSI scan that makes /dev/sr0 runs after the module loads
+    i=0
+    while [ ! -b /dev/sr0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    [ -b /dev/sr0 ] || { echo "VIRTNODE-NO-CONFIG-DRIVE"; return 1; }
+}
+field() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"; }
+
+ip link set lo up
+SPOOF=$(setting vn.spoof)
 IP=$(setting vn.ip)
 if [ -n "$IP" ]; then
-    ip link set lo up
     ip link set eth0 up
     ip addr add "$IP" dev eth0
     echo "VIRTNODE-NET eth0 $IP mac=$(cat /sys/class/net/eth0/address)"
-    PEER=$(setting vn.peer)
-    if [ -n "$PEER" ]; then
-        if ping -c 3 -W 2 "$PEER" >/dev/null 2>&1; then echo "PING-OK $PEER"
-        else echo "PING-FAIL $PEER"; fi
-    fi
+elif ls /sys/class/scsi_host/host* > /dev/null 2>&1 && wait_cd && netdata; then
+    grep '"ip_address"' /tmp/netdata | while read -r net; do
+        link=$(echo "$net" | field link)
+        addr=$(echo "$net" | field ip_address)
+        mask=$(echo "$net" | field netmask)
+        mac=$(grep "\"id\":\"$link\"" /tmp/netdata | field ethernet_mac_address)
+        dev=
+        for d in /sys/class/net/*; do
+            [ "$(cat "$d/address")" = "$mac" ] && dev=${d##*/}
+        done
+        [ -n "$dev" ] || { echo "VIRTNODE-NET-MISSING $mac"; continue; }
+        eval "$(ipcalc -p "$addr" "$mask")"
+        if [ "$SPOOF" = ip ]; then
+            last=${addr##*.}; addr=${addr%.*}.$(( (last + 100) % 250 + 2 ))
+        fi
+        if [ "$SPOOF" = mac ]; then
+            ip link set "$dev" address fa:16:3e:99:99:99
+        fi
+        ip link set "$dev" up
+        ip addr add "$addr/$PREFIX" dev "$dev"
+        echo "VIRTNODE-NET $dev $addr/$PREFIX mac=$(cat /sys/class/net/$dev/address)"
+    done
+fi
+PEER=$(setting vn.peer)
+if [ -n "$PEER" ]; then
+    ( i=0
+      while true; do
+          i=$((i + 1))
+          if ping -c 1 -W 1 "$PEER" >/dev/null 2>&1; then echo "PING-OK $i $PEER"; sleep 0.5
+          else echo "PING-FAIL $i $PEER"; sleep 1; fi
+      done ) &
+fi
+PORT=$(setting vn.listen)
+if [ -n "$PORT" ]; then
+    printf '#!/bin/sh\necho hello\n' > /tmp/hello && chmod +x /tmp/hello
+    nc -ll -p "$PORT" -e /tmp/hello &
+fi
+PROBE=$(setting vn.probe)
+if [ -n "$PROBE" ]; then
+    ( i=0
+      while true; do
+          i=$((i + 1))
+          if [ "$(nc -w 1 "${PROBE%:*}" "${PROBE##*:}" </dev/null 2>/dev/null)" = hello ]; then
+              echo "NC-OK $i $PROBE"
+          else echo "NC-FAIL $i $PROBE"; fi
+          sleep 1
+      done ) &
 fi
 
 if [ "$MODE" = dirty ]; then

@@ -269,8 +269,101 @@ libvirtd_restart() {
 host_ns() {
     local H=$1; shift
     local p; p=$(cat "$RUN/hosts/$H/pid" 2>/dev/null) || die "host $H is not running"
+    if [ -f "$RUN/hosts/$H/netns" ]; then
+        exec nsenter -t "$p" -m -u -n -- "$@"
+    fi
     exec nsenter -t "$p" -m -u -- "$@"
 }
+
+# ---------------------------------------------------------------- hosts with their own network
+# A libvirtd "host" in its own mount, UTS and network namespace (for guest networks: its
+# bridges, taps and filters stay in it).  Inside: lo, two veth pairs whose vnphys0 and
+# vnphys1 ends stand for physical interfaces (physnet1, physnet2), and on 127.0.0.1 the
+# ports of RabbitMQ, PostgreSQL and the image server, forwarded over UNIX sockets to the
+# services in the root namespace (socat), so no address outside the namespace is used.
+# libvirt is reached over its UNIX socket: HOST_<H>_URI.
+nethost_start() {
+    local H=$1 R=$RUN/hosts/$1 svc port fwd_in=
+    nethost_stop "$H" 2> /dev/null || true
+    mkdir -p "$R"/{run,lib,cache,log,etc,virtnode}
+    touch "$R/netns"
+    cp -rn /etc/libvirt/. "$R/etc/" 2> /dev/null || true
+    rm -f "$R"/etc/qemu/networks/autostart/* "$R"/etc/qemu/*.xml 2> /dev/null || true
+    printf '%s\n' 'listen_tls = 0' 'listen_tcp = 0' 'unix_sock_dir = "/run/libvirt"' \
+        'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"' 'keepalive_interval = 5' \
+        > "$R/etc/libvirtd.conf"
+    printf '%s\n' 'user = "root"' 'group = "root"' 'dynamic_ownership = 1' 'remember_owner = 0' \
+        'stdio_handler = "file"' > "$R/etc/qemu.conf"
+    for svc in AMQP PG IMAGE; do
+        port=$(envget "${svc}_PORT")
+        rm -f "$R/fwd-$svc.sock"
+        socat "UNIX-LISTEN:$R/fwd-$svc.sock,fork,unlink-early" "TCP:127.0.0.1:$port" \
+            > /dev/null 2>&1 &
+        echo $! >> "$R/forwarders"
+        fwd_in+="socat TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:$R/fwd-$svc.sock > /dev/null 2>&1 &
+"
+    done
+    rm -f "$R/run/libvirt-sock" "$R/run/libvirt-sock-ro" "$R/run/libvirt-admin-sock"
+    unshare --mount --uts --net --propagation private bash -c "
+        set -e
+        hostname host-$H
+        ip link set lo up
+        for i in 0 1; do
+            ip link add vnphys\$i type veth peer name vnpeer\$i
+            ip link set vnpeer\$i up
+            ip link set vnphys\$i up
+        done
+        mkdir -p /run/libvirt /var/lib/virtnode
+        mount --bind $R/run   /run/libvirt
+        mount --bind $R/lib   /var/lib/libvirt
+        mount --bind $R/cache /var/cache/libvirt
+        mount --bind $R/log   /var/log/libvirt
+        mount --bind $R/etc   /etc/libvirt
+        mount --bind $R/virtnode /var/lib/virtnode
+        $fwd_in
+        exec libvirtd -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid
+    " > "$R/libvirtd.out" 2>&1 &
+    local p=$! i
+    echo "$p" > "$R/pid"
+    for i in $(seq 100); do
+        [ -S "$R/run/libvirt-sock" ] && break
+        kill -0 "$p" 2> /dev/null || break
+        sleep 0.1
+    done
+    [ -S "$R/run/libvirt-sock" ] || { tail -n 5 "$R/libvirtd.out" >&2; die "libvirtd host $H failed"; }
+    readlink "/proc/$p/ns/mnt" > "$R/mntns"
+    local uri="qemu+unix:///system?socket=$R/run/libvirt-sock"
+    envset "HOST_${H^^}_URI" "$uri"
+    timeout 60 virsh -q -c "$uri" capabilities > /dev/null || die "libvirtd host $H does not answer"
+    log "libvirtd host $H up in a network namespace of its own (pid $p)"
+}
+
+nethost_stop() {
+    local H=$1 R=$RUN/hosts/$1 p d
+    [ -f "$R/pid" ] || return 0
+    p=$(cat "$R/pid")
+    local uri="qemu+unix:///system?socket=$R/run/libvirt-sock"
+    if kill -0 "$p" 2> /dev/null; then
+        for d in $(timeout 10 virsh -q -c "$uri" list --all --name 2> /dev/null); do
+            timeout 10 virsh -q -c "$uri" destroy "$d" > /dev/null 2>&1 || true
+            timeout 10 virsh -q -c "$uri" undefine --managed-save "$d" > /dev/null 2>&1 || true
+        done
+        kill "$p" 2> /dev/null || true
+        for _ in $(seq 25); do kill -0 "$p" 2> /dev/null || break; sleep 0.2; done
+        kill -9 "$p" 2> /dev/null || true
+    fi
+    if [ -f "$R/mntns" ]; then
+        local ns; ns=$(cat "$R/mntns")
+        for d in /proc/[0-9]*; do
+            [ "$(readlink "$d/ns/mnt" 2> /dev/null)" = "$ns" ] || continue
+            kill -9 "${d#/proc/}" 2> /dev/null || true
+        done
+    fi
+    [ -f "$R/forwarders" ] && xargs -r kill < "$R/forwarders" 2> /dev/null || true
+    rm -f "$R/pid" "$R/forwarders" "$R"/fwd-*.sock "$R/run/libvirt-sock" "$R/run/libvirt-sock-ro" \
+        "$R/run/libvirt-admin-sock"
+}
+
 
 # ---------------------------------------------------------------- image server
 images_start() {
@@ -302,6 +395,8 @@ stop_all() {
     kill_run_processes
     host_stop a || true
     host_stop b || true
+    nethost_stop na || true
+    nethost_stop nb || true
     rabbit_stop || true
     epmd_stop || true
     pg_stop || true
@@ -364,6 +459,8 @@ pg-start) pg_start ;;
 host-stop) host_stop "${3:?host}"; log "host $3 stopped" ;;
 host-start) host_start "${3:?host}" ;;
 libvirtd-restart) libvirtd_restart "${3:?host}" ;;
+nethost-start) nethost_start "${3:?host}" ;;
+nethost-stop) nethost_stop "${3:?host}"; log "host $3 stopped" ;;
 ns) H=${3:?host}; shift 3; host_ns "$H" "$@" ;;
 *) die "unknown command '$cmd'" ;;
 esac

@@ -44,6 +44,34 @@ BIN = os.environ.get("VN_TEST_BIN", os.path.join(SRC, "build", "bin"))
 HARNESS = os.path.join(SRC, "tests", "lib", "harness.sh")
 HOSTS = {"a": ("host-a", ENV["HOST_A_URI"]), "b": ("host-b", ENV["HOST_B_URI"])}
 
+# physical networks of the hosts with a network namespace of their own (nethost_start)
+NET_MAPPINGS = "physnet1:vnphys0,physnet2:vnphys1"
+
+
+def start_nethost(key):
+    """Starts libvirt host @key ("na", "nb") in a network namespace of its own."""
+    harness("nethost-start", key)
+    ENV.update(_load_env())
+    HOSTS[key] = ("host-" + key, ENV["HOST_%s_URI" % key.upper()])
+
+
+def stop_nethost(key):
+    harness("nethost-stop", key)
+    HOSTS.pop(key, None)
+
+
+def is_nethost(key):
+    return os.path.exists(os.path.join(RUN, "hosts", key, "netns"))
+
+
+def in_host(key, *argv, check=False):
+    """Runs @argv inside host @key's namespaces; returns (status, output)."""
+    p = subprocess.run(["bash", HARNESS, "ns", RUN, key] + list(argv),
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if check and p.returncode != 0:
+        raise AssertionError("%s in host %s: %s" % (argv, key, p.stdout.decode(errors="replace")))
+    return p.returncode, p.stdout.decode(errors="replace")
+
 libvirt.registerErrorHandler(lambda *a: None, None)
 
 
@@ -164,6 +192,8 @@ class Agent:
                         "live_migration_target_uri": self.uri},
             "api": {"listen": "127.0.0.1:%d" % self.api_port},
         }
+        if is_nethost(hostkey):
+            sections["network"] = {"physical_interface_mappings": NET_MAPPINGS}
         for key, value in (extra or {}).items():
             section, option = key.split(".", 1) if "." in key else ("DEFAULT", key)
             sections.setdefault(section, {})[option] = str(value)
@@ -185,6 +215,10 @@ class Agent:
         return self
 
     def ready(self):
+        if is_nethost(self.key):
+            rc, _ = in_host(self.key, "curl", "-sf", "-o", "/dev/null", "--max-time", "2",
+                            "http://127.0.0.1:%d/readyz" % self.api_port)
+            return rc == 0
         try:
             with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % self.api_port,
                                         timeout=2) as r:
