@@ -289,8 +289,8 @@ static const OptDef opts[] = {
 };
 /* clang-format on */
 
-static const char *const sections[] = { "DEFAULT", "amqp", "database", "libvirt", "image_cache",
-                                        "api",     "network", NULL };
+static const char *const sections[] = { "DEFAULT",     "amqp", "database", "libvirt",
+                                        "image_cache", "api",  "network",  NULL };
 
 static VnConfigCheckFunc checks[G_N_ELEMENTS(opts)];
 
