@@ -36,6 +36,10 @@ static const VnMethodInfo methods[VN_METHOD_LAST] = {
     { VN_METHOD_LIVE_MIGRATION_FORCE_COMPLETE, "live_migration_force_complete", 1, VN_KIND_QUERY,
       FALSE, FALSE, TRUE },
     { VN_METHOD_GET_MIGRATION, "get_migration", 1, VN_KIND_QUERY, FALSE, FALSE, FALSE },
+    { VN_METHOD_ATTACH_INTERFACE, "attach_interface", 2, VN_KIND_OPERATION, TRUE, TRUE, FALSE },
+    { VN_METHOD_DETACH_INTERFACE, "detach_interface", 2, VN_KIND_OPERATION, TRUE, TRUE, FALSE },
+    { VN_METHOD_UPDATE_PORT_SECURITY, "update_port_security", 2, VN_KIND_OPERATION, TRUE, TRUE,
+      FALSE },
 };
 /* clang-format on */
 
@@ -110,6 +114,10 @@ void vn_request_free(VnRequest *req)
     g_free(req->source_host);
     if (req->migrate_data)
         json_object_put(req->migrate_data);
+    vn_port_spec_free(req->port);
+    g_free(req->port_id);
+    if (req->rules)
+        g_ptr_array_unref(req->rules);
     g_free(req);
 }
 
@@ -331,6 +339,35 @@ static gboolean parse_args(VnRequest *req, json_object *args, GError **error)
                get_host(args, "source_host", FALSE, &req->source_host, error) &&
                get_tristate(args, "block_migration", &req->block_migration, error) &&
                get_migrate_data(args, req, error);
+    }
+    case VN_METHOD_ATTACH_INTERFACE: {
+        static const char *const keys[] = { "instance_uuid", "port", NULL };
+        json_object *port;
+        if (!vn_json_expect_object(args, "args", keys, error) ||
+            !get_uuid(args, "instance_uuid", &req->instance_uuid, error))
+            return FALSE;
+        if (!(port = vn_json_member(args, "port"))) {
+            g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID, "port: missing");
+            return FALSE;
+        }
+        req->port = vn_port_spec_parse(port, "port", error);
+        return req->port != NULL;
+    }
+    case VN_METHOD_DETACH_INTERFACE:
+    case VN_METHOD_UPDATE_PORT_SECURITY: {
+        static const char *const dkeys[] = { "instance_uuid", "port_id", NULL };
+        static const char *const ukeys[] = { "instance_uuid", "port_id", "security_groups", NULL };
+        gboolean update = req->method == VN_METHOD_UPDATE_PORT_SECURITY;
+        if (!vn_json_expect_object(args, "args", update ? ukeys : dkeys, error) ||
+            !get_uuid(args, "instance_uuid", &req->instance_uuid, error) ||
+            !vn_json_get_string(args, "args", "port_id", TRUE, 1, 64, &req->port_id, error))
+            return FALSE;
+        if (update) {
+            req->rules = vn_sg_rules_parse(vn_json_member(args, "security_groups"),
+                                           "security_groups", error);
+            return req->rules != NULL;
+        }
+        return TRUE;
     }
     default:
         return vn_json_expect_object(args, "args", uuid_only, error) &&

@@ -14,7 +14,7 @@
 #include "api/instance.h"
 
 #define VN_API_VERSION_MAJOR  1
-#define VN_API_VERSION_MINOR  1
+#define VN_API_VERSION_MINOR  2
 #define VN_API_BASE_NAMESPACE "baseapi"
 
 typedef enum {
@@ -41,6 +41,9 @@ typedef enum {
     VN_METHOD_LIVE_MIGRATION_ABORT,
     VN_METHOD_LIVE_MIGRATION_FORCE_COMPLETE,
     VN_METHOD_GET_MIGRATION,
+    VN_METHOD_ATTACH_INTERFACE,
+    VN_METHOD_DETACH_INTERFACE,
+    VN_METHOD_UPDATE_PORT_SECURITY,
     VN_METHOD_LAST
 } VnMethod;
 
@@ -85,6 +88,9 @@ typedef struct {
     int block_migration;       /* -1 null (probe), 0 false, 1 true */
     char *source_host;         /* migration steps between agents */
     json_object *migrate_data; /* migration steps between agents (validated object) */
+    VnPortSpec *port;          /* attach_interface */
+    char *port_id;             /* detach_interface, update_port_security */
+    GPtrArray *rules;          /* update_port_security: VnSgRule* */
 } VnRequest;
 
 VnRequest *vn_request_parse(const VnMethodInfo *m, json_object *args, GError **error);

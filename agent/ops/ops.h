@@ -42,3 +42,8 @@ gboolean vn_op_rollback_dest(VnOp *op, json_object **result, GError **error);
 gboolean vn_op_migration_abort(VnOp *op, json_object **result, GError **error);
 gboolean vn_op_migration_force_complete(VnOp *op, json_object **result, GError **error);
 gboolean vn_op_get_migration(VnOp *op, json_object **result, GError **error);
+
+/* interfaces.c */
+gboolean vn_op_attach_interface(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_detach_interface(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_update_port_security(VnOp *op, json_object **result, GError **error);

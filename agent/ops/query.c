@@ -205,6 +205,12 @@ gboolean vn_ops_run(VnOp *op, json_object **result, GError **error)
         return vn_op_migration_force_complete(op, result, error);
     case VN_METHOD_GET_MIGRATION:
         return vn_op_get_migration(op, result, error);
+    case VN_METHOD_ATTACH_INTERFACE:
+        return vn_op_attach_interface(op, result, error);
+    case VN_METHOD_DETACH_INTERFACE:
+        return vn_op_detach_interface(op, result, error);
+    case VN_METHOD_UPDATE_PORT_SECURITY:
+        return vn_op_update_port_security(op, result, error);
     case VN_METHOD_LAST:
         break;
     }

@@ -471,6 +471,24 @@ gboolean vn_instance_store_sync_begin(VnInstanceStore *s, const char *uuid, gint
     return update(s, uuid, change_guarded, &g, error);
 }
 
+static gboolean change_ports(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    const GPtrArray *ports = data;
+
+    if (!task_is(r, VN_TASK_NETWORKING, error))
+        return FALSE;
+    g_ptr_array_set_size(r->ports, 0);
+    for (guint i = 0; i < ports->len; i++)
+        g_ptr_array_add(r->ports, vn_port_spec_copy(g_ptr_array_index(ports, i)));
+    return TRUE;
+}
+
+gboolean vn_instance_store_set_ports(VnInstanceStore *s, const char *uuid, const GPtrArray *ports,
+                                     GError **error)
+{
+    return update(s, uuid, change_ports, (gpointer)ports, error);
+}
+
 static gboolean change_clear_task(VnInstanceRecord *r, gpointer data, GError **error)
 {
     r->task_state = VN_TASK_NONE;

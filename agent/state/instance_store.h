@@ -106,3 +106,8 @@ gboolean vn_instance_store_sync_error(VnInstanceStore *s, const char *uuid, gint
                                       GError **error);
 gboolean vn_instance_store_sync_begin(VnInstanceStore *s, const char *uuid, gint64 seen,
                                       VnTaskState task, GError **error);
+
+/* Replaces the ports of @uuid (copies of @ports, VnPortSpec*); compare-and-set: the
+ * networking task (attach, detach, security update) must hold the record. */
+gboolean vn_instance_store_set_ports(VnInstanceStore *s, const char *uuid, const GPtrArray *ports,
+                                     GError **error);

@@ -406,3 +406,51 @@ int vn_domain_seccomp_mode(const char *uuid)
     const char *line = strstr(status, "\nSeccomp:");
     return line ? atoi(line + 9) : -1;
 }
+
+gboolean vn_domain_attach(VnVirtConn *c, const char *uuid, const char *xml, gboolean live,
+                          GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+    unsigned flags = VIR_DOMAIN_AFFECT_CONFIG | (live ? VIR_DOMAIN_AFFECT_LIVE : 0);
+
+    if (!dom)
+        return FALSE;
+    if (virDomainAttachDeviceFlags(dom, xml, flags) < 0)
+        return vn_virt_error(error, "attaching a device to instance %s", uuid);
+    return TRUE;
+}
+
+/* TRUE while the domain's (live) XML names @mac. */
+static gboolean has_mac(virDomainPtr dom, const char *mac, unsigned flags)
+{
+    g_autofree char *needle = g_strdup_printf("address='%s'", mac);
+    char *xml = virDomainGetXMLDesc(dom, flags);
+    gboolean found = xml && strstr(xml, needle);
+
+    free(xml);
+    return found;
+}
+
+gboolean vn_domain_detach(VnVirtConn *c, const char *uuid, const char *xml, const char *mac,
+                          gboolean live, int timeout_s, GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+    unsigned flags = VIR_DOMAIN_AFFECT_CONFIG | (live ? VIR_DOMAIN_AFFECT_LIVE : 0);
+    gint64 end = g_get_monotonic_time() + (gint64)timeout_s * G_TIME_SPAN_SECOND;
+
+    if (!dom)
+        return FALSE;
+    if (virDomainDetachDeviceFlags(dom, xml, flags) < 0)
+        return vn_virt_error(error, "detaching a device from instance %s", uuid);
+    /* a live detach completes when the guest releases the device */
+    while (live && has_mac(dom, mac, 0)) {
+        if (g_get_monotonic_time() > end) {
+            g_set_error(error, VN_VIRT_ERROR, VN_VIRT_ERROR_TIMEOUT,
+                        "instance %s did not release interface %s within %d s", uuid, mac,
+                        timeout_s);
+            return FALSE;
+        }
+        g_usleep(200 * 1000);
+    }
+    return TRUE;
+}

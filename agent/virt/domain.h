@@ -62,3 +62,14 @@ GPtrArray *vn_domain_security_labels(VnVirtConn *c, const char *uuid, GError **e
  * (its pid file in /run/libvirt/qemu): 2 when QEMU runs under its sandbox's filter
  * (libvirt's seccomp_sandbox, on by default), 0 without, -1 when it cannot be told. */
 int vn_domain_seccomp_mode(const char *uuid);
+
+/* Attaches the device @xml to instance @uuid: to its definition, and to the running guest
+ * when @live. */
+gboolean vn_domain_attach(VnVirtConn *c, const char *uuid, const char *xml, gboolean live,
+                          GError **error);
+
+/* Detaches the device @xml (an interface with MAC @mac) from the definition and, when
+ * @live, from the running guest, waiting up to @timeout_s for the guest to release it
+ * (VN_VIRT_ERROR_TIMEOUT). */
+gboolean vn_domain_detach(VnVirtConn *c, const char *uuid, const char *xml, const char *mac,
+                          gboolean live, int timeout_s, GError **error);

@@ -11,6 +11,9 @@
 #   vn.peer=E.F.G.H        then ping it every second: "PING-OK|PING-FAIL <n> <peer>"
 #   vn.listen=PORT         answer TCP connections on PORT with "hello"
 #   vn.probe=E.F.G.H:PORT  connect there every second: "NC-OK|NC-FAIL <n> <addr>"
+#   vn.hotplug_ip=A.B.C.D/NN  give a NIC plugged in later this address ("VIRTNODE-NIC-ADDED
+#                          <if> <mac>", "VIRTNODE-NIC-REMOVED <if>" as NICs come and go)
+#   vn.hotplug_peer=E.F.G.H   and ping this through it: "HOTPLUG-PING-OK|FAIL <n>"
 #   vn.spoof=ip|mac        misbehave: use another IP (the assigned one + 100) or another
 #                          MAC than the config drive gives
 #   vn.acpi=ignore         do not power off on the ACPI power button
@@ -123,6 +126,35 @@ if [ -n "$PROBE" ]; then
           sleep 1
       done ) &
 fi
+
+HOTIP=$(setting vn.hotplug_ip)
+HOTPEER=$(setting vn.hotplug_peer)
+( ls /sys/class/net > /tmp/nics.boot
+  cp /tmp/nics.boot /tmp/nics
+  i=0
+  while true; do
+      sleep 1
+      ls /sys/class/net > /tmp/nics.now
+      for d in $(cat /tmp/nics.now); do
+          grep -qx "$d" /tmp/nics && continue
+          echo "VIRTNODE-NIC-ADDED $d $(cat /sys/class/net/$d/address)"
+          if [ -n "$HOTIP" ]; then
+              ip link set "$d" up
+              ip addr add "$HOTIP" dev "$d"
+              echo "$d" > /tmp/hotplugged
+          fi
+      done
+      for d in $(cat /tmp/nics); do
+          grep -qx "$d" /tmp/nics.now || echo "VIRTNODE-NIC-REMOVED $d"
+      done
+      cp /tmp/nics.now /tmp/nics
+      if [ -n "$HOTPEER" ] && [ -s /tmp/hotplugged ] &&
+         grep -qx "$(cat /tmp/hotplugged)" /tmp/nics.now; then
+          i=$((i + 1))
+          if ping -c 1 -W 1 "$HOTPEER" > /dev/null 2>&1; then echo "HOTPLUG-PING-OK $i"
+          else echo "HOTPLUG-PING-FAIL $i"; fi
+      fi
+  done ) &
 
 if [ "$MODE" = dirty ]; then
     MB=$(setting vn.dirty_mb); MB=${MB:-64}

@@ -144,9 +144,9 @@ class Messaging(vntest.AgentTestCase):
         """durable_queues = false (a controller fleet that declares transient queues) still
         serves calls on an exchange declared alike."""
         topic, exchange = "compute-transient", "virtnode-transient"
-        self.agent("a", extra={"amqp.topic": topic, "amqp.durable_queues": "false",
-                               "amqp.control_exchange": exchange,
-                               "amqp.notification_topic": "notifications-transient"}).start()
+        a = self.agent("a", extra={"amqp.topic": topic, "amqp.durable_queues": "false",
+                                   "amqp.control_exchange": exchange,
+                                   "amqp.notification_topic": "notifications-transient"}).start()
         rpc = Rpc(exchange=exchange, topic=topic, durable=False)
         try:
             self.assertEqual(rpc.call("host-a", "ping", arg=7)["arg"], 7)

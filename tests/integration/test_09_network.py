@@ -129,6 +129,71 @@ class Network(vntest.AgentTestCase):
         self.assertEqual(sorted(self.links()), before, "a bad port left a device")
         print("bad ports: %d refused with InvalidInput, nothing made" % len(cases))
 
+    def test_security_group_rule_opens_and_closes_a_port(self):
+        """A rule added to a running guest's port opens a TCP port (busybox nc answers),
+        removing it closes the port again; no restart of the guest."""
+        a = self.agent("na").start()
+        net = str(uuidlib.uuid4())
+        srv_port = port(net, "192.0.2.21")
+        srv = self.boot(a, "sg-server", [srv_port], listen="7777")
+        cli = self.boot(a, "sg-client", [port(net, "192.0.2.22")], probe="192.0.2.21:7777")
+        vntest.wait_for(lambda: self.count(a, cli, "NC-FAIL") >= 3, 60, what="closed port")
+        self.assertEqual(self.count(a, cli, "NC-OK"), 0)
+        opened = ALLOW_PING[0]["rules"] + [{"direction": "ingress", "ethertype": "IPv4",
+                                            "protocol": "tcp", "port_range_min": 7777,
+                                            "port_range_max": 7777,
+                                            "remote_ip_prefix": "192.0.2.0/24"}]
+        r = self.rpc.call(a.host, "update_port_security", version="1.2", instance_uuid=srv,
+                          port_id=srv_port["port_id"], security_groups=[{"rules": opened}])
+        self.assertEqual(len(r["ports"][0]["security_groups"][0]["rules"]), 3)
+        vntest.wait_for(lambda: self.count(a, cli, "NC-OK") >= 2, 30, what="the port opened")
+        self.rpc.call(a.host, "update_port_security", version="1.2", instance_uuid=srv,
+                      port_id=srv_port["port_id"], security_groups=ALLOW_PING)
+        oks = self.count(a, cli, "NC-OK")
+        time.sleep(2)  # a probe under way when the rule went may still answer
+        oks = self.count(a, cli, "NC-OK")
+        fails = self.count(a, cli, "NC-FAIL")
+        vntest.wait_for(lambda: self.count(a, cli, "NC-FAIL") >= fails + 3, 30,
+                        what="the port closed again")
+        self.assertEqual(self.count(a, cli, "NC-OK"), oks, "the port stayed open")
+        print("security groups: closed %d probes, opened %d, closed again" % (fails, oks))
+        for u in (srv, cli):
+            self.rpc.call(a.host, "terminate_instance", timeout=300, instance_uuid=u)
+
+    def test_attach_and_detach_interface(self):
+        """attach_interface gives a running guest a working NIC on another network;
+        detach_interface removes it, its tap, and its network's bridge (the last port)."""
+        a = self.agent("na").start()
+        net1, net2 = str(uuidlib.uuid4()), str(uuidlib.uuid4())
+        peer = self.boot(a, "hot-peer", [port(net2, "192.0.2.42", physnet="physnet2")])
+        g = self.boot(a, "hot-guest", [port(net1, "192.0.2.41")], hotplug_ip="192.0.2.51/24",
+                      hotplug_peer="192.0.2.42")
+        extra = port(net2, "192.0.2.51", physnet="physnet2")
+        r = self.rpc.call(a.host, "attach_interface", version="1.2", timeout=120,
+                          instance_uuid=g, port=extra)
+        self.assertEqual([p["port_id"] for p in r["ports"]][-1], extra["port_id"])
+        tap = "tap" + extra["port_id"].replace("-", "")[:11]
+        self.assertIn(tap, self.links())
+        vntest.wait_for(lambda: "VIRTNODE-NIC-ADDED" in a.console(g) and extra["mac"] in
+                        a.console(g), 60, what="the guest sees the new NIC")
+        vntest.wait_for(lambda: self.count(a, g, "HOTPLUG-PING-OK") >= 3, 60,
+                        what="traffic through the new NIC")
+        # a second attach of the same port is refused, nothing changes
+        with self.assertRaises(self.rpc.om.RemoteError) as e:
+            self.rpc.call(a.host, "attach_interface", version="1.2", instance_uuid=g, port=extra)
+        self.assertEqual(e.exception.exc_type, "InvalidInput")
+        r = self.rpc.call(a.host, "detach_interface", version="1.2", timeout=120,
+                          instance_uuid=g, port_id=extra["port_id"])
+        self.assertEqual(len(r["ports"]), 1)
+        vntest.wait_for(lambda: "VIRTNODE-NIC-REMOVED" in a.console(g), 30,
+                        what="the guest lost the NIC")
+        links = self.links()
+        self.assertNotIn(tap, links)
+        self.assertIn(self.bridge(net2), links)  # the peer still uses net2
+        self.rpc.call(a.host, "terminate_instance", timeout=300, instance_uuid=peer)
+        self.assertNotIn(self.bridge(net2), self.links())
+        self.rpc.call(a.host, "terminate_instance", timeout=300, instance_uuid=g)
+
     def test_kill9_keeps_ports_and_cleans_half_plugs(self):
         """kill -9 of the agent: the running guests' ports keep working across its restart,
         and a bridge a half-done plug left (ours, unused) is removed."""
