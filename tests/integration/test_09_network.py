@@ -1,7 +1,7 @@
 """Guest networks on a real libvirt host in a network namespace of its own (the harness's
 "na"): bridges made by the agent, taps made by libvirt, port security by libvirt's
 nwfilter, addresses from the config drive.  Only addresses inside that namespace and its
-guests carry traffic (192.0.2.0/24, a documentation range)."""
+guests carry traffic (192.0.2.0/24 and 198.51.100.0/24, documentation ranges)."""
 
 import json
 import os
@@ -165,10 +165,13 @@ class Network(vntest.AgentTestCase):
         detach_interface removes it, its tap, and its network's bridge (the last port)."""
         a = self.agent("na").start()
         net1, net2 = str(uuidlib.uuid4()), str(uuidlib.uuid4())
-        peer = self.boot(a, "hot-peer", [port(net2, "192.0.2.42", physnet="physnet2")])
-        g = self.boot(a, "hot-guest", [port(net1, "192.0.2.41")], hotplug_ip="192.0.2.51/24",
-                      hotplug_peer="192.0.2.42")
-        extra = port(net2, "192.0.2.51", physnet="physnet2")
+        # net2 on its own subnet (198.51.100.0/24, documentation range too): the guest
+        # routes to the peer through the new NIC only
+        peer = self.boot(a, "hot-peer", [port(net2, "198.51.100.42", physnet="physnet2",
+                                              cidr="198.51.100.0/24")])
+        g = self.boot(a, "hot-guest", [port(net1, "192.0.2.41")],
+                      hotplug_ip="198.51.100.51/24", hotplug_peer="198.51.100.42")
+        extra = port(net2, "198.51.100.51", physnet="physnet2", cidr="198.51.100.0/24")
         r = self.rpc.call(a.host, "attach_interface", version="1.2", timeout=120,
                           instance_uuid=g, port=extra)
         self.assertEqual([p["port_id"] for p in r["ports"]][-1], extra["port_id"])
