@@ -213,6 +213,8 @@ host_stop() {
     local R=$RUN/hosts/$H PORT p d
     PORT=$(envget "HOST_${H^^}_PORT")
     p=$(cat "$R/pid" 2>/dev/null || true)
+    # a pid file from an earlier life may name a recycled pid: only a libvirtd is ours
+    [ -n "$p" ] && [ "$(cat "/proc/$p/comm" 2>/dev/null)" != libvirtd ] && p=
     if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
         local uri="qemu+tcp://$IP:$PORT/system"
         for d in $(timeout 10 virsh -q -c "$uri" list --all --name 2>/dev/null); do
@@ -225,8 +227,10 @@ host_stop() {
         kill -9 "$p" 2>/dev/null || true
     fi
     # guests whose libvirtd died keep running: kill every process of this host's namespace
-    # but the agents, which live on across a libvirtd restart as they do on a real host
-    if [ -f "$R/mntns" ]; then
+    # but the agents, which live on across a libvirtd restart as they do on a real host.
+    # Only while this run's namespace is known alive: a namespace's inode number is reused
+    # once it is gone, and may then be another run's.
+    if [ -n "$p" ] && [ -f "$R/mntns" ]; then
         local ns; ns=$(cat "$R/mntns")
         for d in /proc/[0-9]*; do
             [ "$(readlink "$d/ns/mnt" 2>/dev/null)" = "$ns" ] || continue
@@ -343,7 +347,7 @@ nethost_stop() {
     [ -f "$R/pid" ] || return 0
     p=$(cat "$R/pid")
     local uri="qemu+unix:///system?socket=$R/run/libvirt-sock"
-    if kill -0 "$p" 2> /dev/null; then
+    if [ "$(cat "/proc/$p/comm" 2> /dev/null)" = libvirtd ]; then
         for d in $(timeout 10 virsh -q -c "$uri" list --all --name 2> /dev/null); do
             timeout 10 virsh -q -c "$uri" destroy "$d" > /dev/null 2>&1 || true
             timeout 10 virsh -q -c "$uri" undefine --managed-save "$d" > /dev/null 2>&1 || true
@@ -352,7 +356,7 @@ nethost_stop() {
         for _ in $(seq 25); do kill -0 "$p" 2> /dev/null || break; sleep 0.2; done
         kill -9 "$p" 2> /dev/null || true
     fi
-    if [ -f "$R/mntns" ]; then
+    if [ -f "$R/mntns" ]; then # the pid file says this run's namespace lived
         local ns; ns=$(cat "$R/mntns")
         for d in /proc/[0-9]*; do
             [ "$(readlink "$d/ns/mnt" 2> /dev/null)" = "$ns" ] || continue
@@ -360,8 +364,8 @@ nethost_stop() {
         done
     fi
     [ -f "$R/forwarders" ] && xargs -r kill < "$R/forwarders" 2> /dev/null || true
-    rm -f "$R/pid" "$R/forwarders" "$R"/fwd-*.sock "$R/run/libvirt-sock" "$R/run/libvirt-sock-ro" \
-        "$R/run/libvirt-admin-sock"
+    rm -f "$R/pid" "$R/mntns" "$R/forwarders" "$R"/fwd-*.sock "$R/run/libvirt-sock" \
+        "$R/run/libvirt-sock-ro" "$R/run/libvirt-admin-sock"
 }
 
 
