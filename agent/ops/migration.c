@@ -12,6 +12,7 @@
 #include "agent/ops/migration.h"
 #include "agent/ops/migration_policy.h"
 #include "agent/ops/ops.h"
+#include "agent/ops/ports.h"
 #include "agent/virt/domain.h"
 #include "agent/virt/domain_xml.h"
 #include "agent/virt/migrate.h"
@@ -721,6 +722,12 @@ static gboolean complete(Flow *f, GError **error)
         if (!vn_disk_remove_tree(dir, &rm))
             g_warning("removing the source disks of %s: %s", f->uuid, rm->message);
     }
+    /* its taps left with it: the filters and bridge uses here go */
+    {
+        g_autoptr(VnInstanceRecord) rec = vn_instance_store_get(a->store, f->uuid);
+        if (rec)
+            vn_ports_unplug(a, rec->ports, rec->ports->len);
+    }
     vn_tracker_drop(a->tracker, f->uuid);
     /* the instance is not here any more: forgotten, never reported from here */
     if (!vn_instance_store_forget(a->store, f->uuid, &err))
@@ -941,6 +948,7 @@ static gboolean recover_source(VnOp *op, GError **error)
             peer_call(a, dest, "post_live_migration_at_destination", uuid, NULL, 120, &err);
         if (!post)
             g_warning("recovering the migration of %s: %s", uuid, err->message);
+        vn_ports_unplug(a, rec->ports, rec->ports->len);
         vn_tracker_drop(a->tracker, uuid);
         {
             g_autoptr(GError) e = NULL;
@@ -1203,6 +1211,7 @@ static void undo_dest(VnAgent *a, const char *uuid, gboolean shared)
         return;
     if (!vn_domain_undefine(a->virt, uuid, &err))
         g_warning("rollback of %s: %s", uuid, err->message);
+    vn_ports_unplug(a, rec->ports, rec->ports->len);
     if (!shared) {
         g_autofree char *dir = vn_agent_instance_dir(a, uuid);
         g_clear_error(&err);
@@ -1264,7 +1273,9 @@ gboolean vn_op_pre_live_migration(VnOp *op, json_object **result, GError **error
 
     if (!inst)
         return FALSE;
-    if (!vn_tracker_claim(a->tracker, inst->uuid, &inst->flavor, error))
+    /* the guest's networks must exist here: checked before anything is made */
+    if (!vn_ports_check(a, inst->ports, error) ||
+        !vn_tracker_claim(a->tracker, inst->uuid, &inst->flavor, error))
         return FALSE;
     /* recorded now, as arriving (host: the source, task: migrating), so a restart here
      * knows the domain that libvirt may bring */
@@ -1284,9 +1295,11 @@ gboolean vn_op_pre_live_migration(VnOp *op, json_object **result, GError **error
             return FALSE;
         }
     }
+    guint plugged = 0;
     if (!vn_guest_prepare_dir(a, inst->uuid, uid, &err) ||
         (!shared && (!disks || !json_object_is_type(disks, json_type_object) ||
-                     !make_dest_disks(a, inst, disks, &err)))) {
+                     !make_dest_disks(a, inst, disks, &err))) ||
+        !vn_ports_plug(a, inst->ports, &plugged, &err)) {
         if (!err)
             g_set_error(&err, VN_API_ERROR, VN_API_ERROR_INVALID, "migrate_data.disks: missing");
         undo_dest(a, inst->uuid, shared);

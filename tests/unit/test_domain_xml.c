@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "agent/virt/domain_xml.h"
+#include "agent/virt/nwfilter.h"
+#include "api/port.h"
 #include "agent/virt/virt.h"
 
 static VnDomainSpec *sample(void)
@@ -169,12 +171,67 @@ static void test_cpu_element(void **state)
     assert_false(vn_cpu_xml_check("<cpu><model>", 12, &err));
 }
 
+/* A port renders as a bridge interface with its MAC, tap, MTU, bandwidth and filter; the
+ * filter holds clean-traffic, the DHCP-server drop, the rules and the default drops. */
+static void test_iface_and_filter(void **state)
+{
+    char *ips[] = { (char *)"192.0.2.10", NULL };
+    VnIfaceSpec i = { (char *)"fa:16:3e:12:34:56",
+                      (char *)"brqnet1",
+                      (char *)"tapport1",
+                      1400,
+                      (char *)"virtnode-port-p1",
+                      ips,
+                      1000,
+                      2000,
+                      1024,
+                      500,
+                      0,
+                      0 };
+    g_autofree char *x = vn_domain_xml_iface(&i);
+    g_autoptr(GPtrArray) rules = g_ptr_array_new_with_free_func(g_free);
+    VnSgRule *ssh = g_new0(VnSgRule, 1);
+    g_autoptr(GError) err = NULL;
+
+    (void)state;
+    assert_non_null(strstr(x, "<interface type=\"bridge\">"));
+    assert_non_null(strstr(x, "<mac address=\"fa:16:3e:12:34:56\"/>"));
+    assert_non_null(strstr(x, "<source bridge=\"brqnet1\"/>"));
+    assert_non_null(strstr(x, "<target dev=\"tapport1\"/>"));
+    assert_non_null(strstr(x, "<mtu size=\"1400\"/>"));
+    assert_non_null(strstr(x, "<inbound average=\"1000\" peak=\"2000\" burst=\"1024\"/>"));
+    assert_non_null(strstr(x, "<outbound average=\"500\"/>"));
+    assert_non_null(strstr(x, "<parameter name=\"IP\" value=\"192.0.2.10\"/>"));
+    ssh->ingress = TRUE;
+    ssh->family = 4;
+    ssh->protocol = g_strdup("tcp");
+    ssh->port_min = ssh->port_max = 22;
+    ssh->remote_ip_prefix = g_strdup("192.0.2.0/24");
+    g_ptr_array_add(rules, ssh);
+    g_autofree char *f = vn_nwfilter_xml("p1", rules, &err);
+    assert_non_null(strstr(f, "name=\"virtnode-port-p1\""));
+    assert_non_null(strstr(f, "<filterref filter=\"clean-traffic\"/>"));
+    assert_non_null(strstr(f, "<udp srcportstart=\"67\" srcportend=\"67\"/>"));
+    assert_non_null(strstr(f, "<tcp dstportstart=\"22\" dstportend=\"22\" "
+                              "srcipaddr=\"192.0.2.0\" srcipmask=\"24\"/>"));
+    assert_non_null(strstr(f, "action=\"drop\" direction=\"in\" priority=\"1000\""));
+    /* the uuid is stable: a redefinition keeps it */
+    g_autofree char *f2 = vn_nwfilter_xml("p1", rules, &err);
+    assert_string_equal(f, f2);
+    g_free(ssh->protocol);
+    g_free(ssh->remote_ip_prefix);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cpu_element),     cmocka_unit_test(test_golden),
-        cmocka_unit_test(test_parse_back),      cmocka_unit_test(test_foreign_and_hostile),
-        cmocka_unit_test(test_for_destination), cmocka_unit_test(test_incomplete_spec),
+        cmocka_unit_test(test_cpu_element),
+        cmocka_unit_test(test_iface_and_filter),
+        cmocka_unit_test(test_golden),
+        cmocka_unit_test(test_parse_back),
+        cmocka_unit_test(test_foreign_and_hostile),
+        cmocka_unit_test(test_for_destination),
+        cmocka_unit_test(test_incomplete_spec),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
