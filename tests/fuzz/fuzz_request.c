@@ -37,6 +37,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         VnInstanceRecord *back = vn_instance_record_from_json(stored, &err2);
         if (!back)
             __builtin_trap();
+        if (back->ports->len != req->spec->ports->len)
+            __builtin_trap();
         if (g_strcmp0(back->uuid, req->spec->uuid) != 0)
             __builtin_trap();
         vn_instance_record_free(back);
