@@ -133,12 +133,14 @@ static void disable_ipv6(const char *name)
     fclose(f);
 }
 
-/* Makes the bridge @name for @network_id with @mtu, or adopts and repairs ours. */
-static struct rtnl_link *bridge_ensure(VnNetHost *h, const char *name, const char *network_id,
-                                       int mtu, GError **error)
+/* The link @name of @network_id: adopted when it is ours, made from @tmpl (then marked
+ * ours) when missing, refused when someone else's.  @what names it in messages. */
+static struct rtnl_link *link_ensure(VnNetHost *h, const char *name, const char *network_id,
+                                     struct rtnl_link *tmpl, const char *what, GError **error)
 {
     g_autofree char *alias = g_strconcat(ALIAS_PREFIX, network_id, NULL);
     struct rtnl_link *cur = link_get(h, name, error);
+    int err;
 
     if (!cur && error && *error)
         return NULL;
@@ -150,14 +152,10 @@ static struct rtnl_link *bridge_ensure(VnNetHost *h, const char *name, const cha
         return NULL;
     }
     if (!cur) {
-        g_autoptr(VnNlLink) l = rtnl_link_alloc();
-        int err;
-        rtnl_link_set_name(l, name);
-        rtnl_link_set_type(l, "bridge");
-        rtnl_link_set_mtu(l, (unsigned)mtu);
-        err = rtnl_link_add(h->sk, l, NLM_F_CREATE | NLM_F_EXCL);
+        rtnl_link_set_name(tmpl, name);
+        err = rtnl_link_add(h->sk, tmpl, NLM_F_CREATE | NLM_F_EXCL);
         if (err < 0) {
-            nl_fail(error, err, "creating bridge '%s'", name);
+            nl_fail(error, err, "creating %s '%s'", what, name);
             return NULL;
         }
         cur = link_get(h, name, error);
@@ -168,10 +166,33 @@ static struct rtnl_link *bridge_ensure(VnNetHost *h, const char *name, const cha
             rtnl_link_put(cur);
             return NULL;
         }
-        g_info("network %s: bridge %s made (MTU %d)", network_id, name, mtu);
+        g_info("network %s: %s %s made", network_id, what, name);
     }
     disable_ipv6(name);
     return cur;
+}
+
+/* Makes the bridge @name for @network_id with @mtu, or adopts ours. */
+static struct rtnl_link *bridge_ensure(VnNetHost *h, const char *name, const char *network_id,
+                                       int mtu, GError **error)
+{
+    g_autoptr(VnNlLink) tmpl = rtnl_link_alloc();
+
+    rtnl_link_set_type(tmpl, "bridge");
+    rtnl_link_set_mtu(tmpl, (unsigned)mtu);
+    return link_ensure(h, name, network_id, tmpl, "bridge", error);
+}
+
+/* The VLAN sub-interface @name of @parent for @vlan: made (ours) or adopted. */
+static struct rtnl_link *vlan_ensure(VnNetHost *h, struct rtnl_link *parent, const char *name,
+                                     int vlan, const char *network_id, int mtu, GError **error)
+{
+    g_autoptr(VnNlLink) tmpl = rtnl_link_vlan_alloc();
+
+    rtnl_link_set_link(tmpl, rtnl_link_get_ifindex(parent));
+    rtnl_link_vlan_set_id(tmpl, vlan);
+    rtnl_link_set_mtu(tmpl, (unsigned)mtu);
+    return link_ensure(h, name, network_id, tmpl, "VLAN sub-interface", error);
 }
 
 /* The bridge's MTU and state, set once its uplink is on it: the kernel lowers a bridge's
@@ -189,49 +210,6 @@ static gboolean bridge_finish(VnNetHost *h, const char *name, int mtu, GError **
     rtnl_link_set_mtu(want, (unsigned)mtu);
     rtnl_link_set_flags(want, IFF_UP);
     return link_change(h, cur, want, "setting up bridge", error);
-}
-
-/* The VLAN sub-interface @name of @parent for @vlan: made (ours) or adopted. */
-static struct rtnl_link *vlan_ensure(VnNetHost *h, struct rtnl_link *parent, const char *name,
-                                     int vlan, const char *network_id, int mtu, GError **error)
-{
-    g_autofree char *alias = g_strconcat(ALIAS_PREFIX, network_id, NULL);
-    struct rtnl_link *cur = link_get(h, name, error);
-
-    if (!cur && error && *error)
-        return NULL;
-    if (cur && !ours(cur, network_id)) {
-        g_set_error(error, VN_NET_ERROR, VN_NET_ERROR_CONFLICT,
-                    "a device named '%s' exists and was not made by virtnode for network %s", name,
-                    network_id);
-        rtnl_link_put(cur);
-        return NULL;
-    }
-    if (!cur) {
-        g_autoptr(VnNlLink) l = rtnl_link_vlan_alloc();
-        int err;
-        rtnl_link_set_name(l, name);
-        rtnl_link_set_link(l, rtnl_link_get_ifindex(parent));
-        rtnl_link_vlan_set_id(l, vlan);
-        rtnl_link_set_mtu(l, (unsigned)mtu);
-        err = rtnl_link_add(h->sk, l, NLM_F_CREATE | NLM_F_EXCL);
-        if (err < 0) {
-            nl_fail(error, err, "creating VLAN %d on '%s' ('%s')", vlan, rtnl_link_get_name(parent),
-                    name);
-            return NULL;
-        }
-        cur = link_get(h, name, error);
-        if (!cur)
-            return NULL;
-        if (!set_alias(h, cur, alias, error)) {
-            rtnl_link_delete(h->sk, cur);
-            rtnl_link_put(cur);
-            return NULL;
-        }
-        g_info("network %s: VLAN sub-interface %s made", network_id, name);
-    }
-    disable_ipv6(name);
-    return cur;
 }
 
 /* Puts @uplink under @bridge and brings it up. */

@@ -100,30 +100,6 @@ static gboolean attach(VnAgent *a, const VnInstanceRecord *rec, const VnPortSpec
     return TRUE;
 }
 
-gboolean vn_op_attach_interface(VnOp *op, json_object **result, GError **error)
-{
-    VnAgent *a = op->agent;
-    const char *uuid = op->req->instance_uuid;
-    g_autoptr(VnInstanceRecord) rec = NULL;
-    g_autoptr(VnInstanceRecord) done = NULL;
-    gboolean ok;
-
-    if (!vn_instance_store_begin_task(a->store, uuid, changeable, VN_TASK_NETWORKING,
-                                      op->request_id, error))
-        return FALSE;
-    rec = vn_instance_store_get(a->store, uuid);
-    ok = attach(a, rec, op->req->port, error);
-    end_task(a, uuid);
-    if (!ok)
-        return FALSE;
-    g_message("instance %s: port %s attached (%s)", uuid, op->req->port->port_id,
-              op->req->port->mac);
-    done = vn_instance_store_get(a->store, uuid);
-    vn_agent_notify_instance(a, "instance.interface_attach.end", done, NULL);
-    *result = vn_instance_record_to_reply(done);
-    return TRUE;
-}
-
 static gboolean detach(VnAgent *a, const VnInstanceRecord *rec, const char *port_id, GError **error)
 {
     guint index = 0;
@@ -150,29 +126,6 @@ static gboolean detach(VnAgent *a, const VnInstanceRecord *rec, const char *port
     /* the tap went with the device: the filter and the bridge's use can go */
     g_ptr_array_add(one, (gpointer)port);
     vn_ports_unplug(a, one, 1);
-    return TRUE;
-}
-
-gboolean vn_op_detach_interface(VnOp *op, json_object **result, GError **error)
-{
-    VnAgent *a = op->agent;
-    const char *uuid = op->req->instance_uuid;
-    g_autoptr(VnInstanceRecord) rec = NULL;
-    g_autoptr(VnInstanceRecord) done = NULL;
-    gboolean ok;
-
-    if (!vn_instance_store_begin_task(a->store, uuid, changeable, VN_TASK_NETWORKING,
-                                      op->request_id, error))
-        return FALSE;
-    rec = vn_instance_store_get(a->store, uuid);
-    ok = detach(a, rec, op->req->port_id, error);
-    end_task(a, uuid);
-    if (!ok)
-        return FALSE;
-    g_message("instance %s: port %s detached", uuid, op->req->port_id);
-    done = vn_instance_store_get(a->store, uuid);
-    vn_agent_notify_instance(a, "instance.interface_detach.end", done, NULL);
-    *result = vn_instance_record_to_reply(done);
     return TRUE;
 }
 
@@ -213,7 +166,31 @@ static gboolean update_rules(VnAgent *a, const VnInstanceRecord *rec, const char
     return TRUE;
 }
 
-gboolean vn_op_update_port_security(VnOp *op, json_object **result, GError **error)
+typedef gboolean (*Change)(VnAgent *a, const VnInstanceRecord *rec, const VnRequest *req,
+                           GError **error);
+
+static gboolean do_attach(VnAgent *a, const VnInstanceRecord *rec, const VnRequest *req,
+                          GError **error)
+{
+    return attach(a, rec, req->port, error);
+}
+
+static gboolean do_detach(VnAgent *a, const VnInstanceRecord *rec, const VnRequest *req,
+                          GError **error)
+{
+    return detach(a, rec, req->port_id, error);
+}
+
+static gboolean do_update(VnAgent *a, const VnInstanceRecord *rec, const VnRequest *req,
+                          GError **error)
+{
+    return update_rules(a, rec, req->port_id, req->rules, error);
+}
+
+/* Runs @change under the networking task of the request's instance; the reply is the
+ * record, @event (may be NULL) the notification. */
+static gboolean run(VnOp *op, Change change, const char *what, const char *event,
+                    json_object **result, GError **error)
 {
     VnAgent *a = op->agent;
     const char *uuid = op->req->instance_uuid;
@@ -225,13 +202,30 @@ gboolean vn_op_update_port_security(VnOp *op, json_object **result, GError **err
                                       op->request_id, error))
         return FALSE;
     rec = vn_instance_store_get(a->store, uuid);
-    ok = update_rules(a, rec, op->req->port_id, op->req->rules, error);
+    ok = change(a, rec, op->req, error);
     end_task(a, uuid);
     if (!ok)
         return FALSE;
-    g_message("instance %s: port %s has %u security-group rules now", uuid, op->req->port_id,
-              op->req->rules->len);
+    g_message("instance %s: port %s %s", uuid,
+              op->req->port ? op->req->port->port_id : op->req->port_id, what);
     done = vn_instance_store_get(a->store, uuid);
+    if (event)
+        vn_agent_notify_instance(a, event, done, NULL);
     *result = vn_instance_record_to_reply(done);
     return TRUE;
+}
+
+gboolean vn_op_attach_interface(VnOp *op, json_object **result, GError **error)
+{
+    return run(op, do_attach, "attached", "instance.interface_attach.end", result, error);
+}
+
+gboolean vn_op_detach_interface(VnOp *op, json_object **result, GError **error)
+{
+    return run(op, do_detach, "detached", "instance.interface_detach.end", result, error);
+}
+
+gboolean vn_op_update_port_security(VnOp *op, json_object **result, GError **error)
+{
+    return run(op, do_update, "has new security-group rules", NULL, result, error);
 }
