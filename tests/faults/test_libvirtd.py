@@ -44,5 +44,44 @@ class LibvirtdRestart(vntest.AgentTestCase):
         self.assertLess(recover, 5)
 
 
+    def test_hung_libvirtd_never_stalls_the_main_loop(self):
+        """libvirtd stops answering (SIGSTOP) for longer than the keepalive: the agent's
+        main loop goes on (/healthz 200 every second, a SIGHUP handled at once) while its
+        libvirt threads wait; once libvirtd answers again the agent is ready again."""
+        import os
+        import signal
+        import urllib.request
+        a = self.agent("a", extra={"libvirt.keepalive_interval": "2",
+                                   "libvirt.keepalive_count": "3"}).start()
+        pid = int(open(os.path.join(vntest.RUN, "hosts", "a", "pid")).read())
+        os.kill(pid, signal.SIGSTOP)
+        stalls = 0
+        try:
+            t0 = time.monotonic()
+            reloaded = False
+            while time.monotonic() - t0 < 20:
+                try:
+                    with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % a.api_port,
+                                                timeout=2) as r:
+                        if r.status != 200:
+                            stalls += 1
+                except Exception:
+                    stalls += 1
+                if not reloaded and time.monotonic() - t0 > 10:
+                    os.kill(a.daemon_pid(), signal.SIGHUP)
+                    reloaded = True
+                    t_hup = time.monotonic()
+                    vntest.wait_for(lambda: "configuration reloaded" in a.log_text(), 5,
+                                    what="SIGHUP handled while libvirtd hangs")
+                    hup = time.monotonic() - t_hup
+                time.sleep(1)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        vntest.wait_for(a.ready, 60, what="ready once libvirtd answers")
+        print("hung libvirtd: /healthz failures %d in 20 s, SIGHUP handled in %.1f s" %
+              (stalls, hup))
+        self.assertEqual(stalls, 0)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -278,6 +278,37 @@ class Migration(vntest.AgentTestCase):
         print("source killed mid-migration: %s, row %s" % (m["status"], row[0]))
         self.rpc.call(host.host, "terminate_instance", instance_uuid=u)
 
+    def test_destination_never_takes_over(self):
+        """The destination's agent refuses the take-over after libvirt moved the guest (its
+        post_live_migration_at_destination fails: here, it would run the guest without a
+        per-guest identity while confinement is required).  The migration ends in error,
+        not success; the source forgets the guest, which runs on the destination, and the
+        destination's agent adopts it when it restarts."""
+        a = self.agent("a", shared=True)
+        b = self.agent("b", shared=True, extra={"libvirt.per_guest_dac": "false"})
+        a.start(wait=False)
+        b.start(wait=False)
+        a.wait_ready()
+        b.wait_ready()
+        u = self.boot(a, "no-take-over")
+        m = self.migrate(a, b, u, timeout=180)
+        self.assertEqual(m["status"], "error", m)
+        self.assertIn("did not take it over", m["error"])
+        self.assert_row(m, "error")
+        self.assertIn(u, vntest.domain_uuids("b"))
+        self.assertNotIn(u, vntest.domain_uuids("a"))
+        with self.assertRaises(self.rpc.om.RemoteError):
+            self.rpc.call(a.host, "get_instance", instance_uuid=u)
+        # the destination's agent, restarted (as configured normally), adopts the guest
+        b.stop()
+        b2 = self.agent("b", shared=True).start()
+        got = vntest.wait_for(
+            lambda: (lambda r: r if r["task_state"] is None else None)(
+                self.rpc.call(b2.host, "get_instance", instance_uuid=u)), 30,
+            what="the guest adopted")
+        self.assertEqual((got["host"], got["vm_state"]), ("host-b", "active"))
+        self.rpc.call(b2.host, "terminate_instance", instance_uuid=u)
+
     def test_destination_libvirtd_refusing(self):
         a, b = self.pair(shared=True)
         u = self.boot(a, "dest-refuses")
