@@ -106,7 +106,12 @@ class Security(vntest.AgentTestCase):
         ch = ch_conn.channel()
         ch.queue_declare("notifications.info", durable=True)
         ch.queue_purge("notifications.info")
-        a = self.agent("a").start()
+        # a database password too (the test database trusts every client: it is sent,
+        # and must appear nowhere)
+        pwfile = os.path.join(vntest.RUN, "db-password")
+        with open(pwfile, "w") as f:
+            f.write("DbS3cretPw\n")
+        a = self.agent("a", extra={"database.password_file": pwfile}).start()
         url, sha, size = vntest.publish_image()
         secret_url = url.replace("http://", "http://imguser:S3CRETpw@") + "?token=T0KENvalue"
         args = vntest.build_args("secret-url", image=(secret_url, sha, size),
@@ -146,7 +151,7 @@ class Security(vntest.AgentTestCase):
         self.assertTrue(notes, "no notification was published")
         places["notifications"] = "\n".join(notes)
         for where, text in places.items():
-            for secret in ("S3CRETpw", "T0KENvalue", "imguser:"):
+            for secret in ("S3CRETpw", "T0KENvalue", "imguser:", "DbS3cretPw"):
                 self.assertNotIn(secret, text, "%s holds '%s'" % (where, secret))
         # yet the download used the URL as given (the image server saw the token)
         self.assertTrue(any("token=T0KENvalue" in p for p in vntest.image_requests()),
