@@ -87,12 +87,15 @@ class Migration(vntest.AgentTestCase):
             return None
 
     def migrate(self, a, b, u, block=None, wait=True, timeout=300):
+        # the host may know an earlier migration of the guest (the one that brought it)
+        before = (self.migration(a.host, u) or {}).get("id")
         self.rpc.cast(a.host, "live_migration", version="1.1", instance_uuid=u,
                       dest_host=b.host, block_migration=block)
         if not wait:
             return None
         # the cast may not have reached the agent yet: wait for its migration to show up
-        vntest.wait_for(lambda: self.migration(a.host, u), 30, what="the migration to start")
+        vntest.wait_for(lambda: (self.migration(a.host, u) or {}).get("id") not in (None, before),
+                        30, what="the migration to start")
         return self.wait_ended(a, u, timeout)
 
     def wait_ended(self, a, u, timeout=120):
