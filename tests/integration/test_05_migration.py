@@ -302,15 +302,19 @@ class Migration(vntest.AgentTestCase):
         self.assertNotIn(u, vntest.domain_uuids("a"))
         with self.assertRaises(self.rpc.om.RemoteError):
             self.rpc.call(a.host, "get_instance", instance_uuid=u)
-        # the destination's agent, restarted (as configured normally), adopts the guest
+        # the destination's agent, restarted (configured normally again), adopts the guest
         b.stop()
-        b2 = self.agent("b", shared=True).start()
+        with open(b.conf) as f:
+            conf = f.read()
+        with open(b.conf, "w") as f:
+            f.write(conf.replace("per_guest_dac = false", "per_guest_dac = true"))
+        b.start()
         got = vntest.wait_for(
             lambda: (lambda r: r if r["task_state"] is None else None)(
-                self.rpc.call(b2.host, "get_instance", instance_uuid=u)), 30,
+                self.rpc.call(b.host, "get_instance", instance_uuid=u)), 30,
             what="the guest adopted")
         self.assertEqual((got["host"], got["vm_state"]), ("host-b", "active"))
-        self.rpc.call(b2.host, "terminate_instance", instance_uuid=u)
+        self.rpc.call(b.host, "terminate_instance", instance_uuid=u)
 
     def test_destination_libvirtd_refusing(self):
         a, b = self.pair(shared=True)
