@@ -220,7 +220,11 @@ static void worker(gpointer data, gpointer user_data)
     g_debug("%s started%s", op->info->name, op->replayed ? " (after a restart)" : "");
     ok = vn_ops_run(op, &result, &err);
     g_atomic_int_dec_and_test(&a->counters.ops_running);
-    if (ok)
+    /* reads are polled (get_instance, get_migration): their success is debug, not info */
+    if (ok && op->info->kind == VN_KIND_QUERY && !op->info->reentrant_in_migration)
+        g_debug("%s done in %.3f s", op->info->name,
+                (g_get_monotonic_time() - op->received_us) / 1e6);
+    else if (ok)
         g_info("%s done in %.3f s", op->info->name,
                (g_get_monotonic_time() - op->received_us) / 1e6);
     finish_op(d, op, ok, result, err, TRUE);
