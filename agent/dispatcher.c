@@ -221,7 +221,7 @@ static void worker(gpointer data, gpointer user_data)
     ok = vn_ops_run(op, &result, &err);
     g_atomic_int_dec_and_test(&a->counters.ops_running);
     /* reads are polled (get_instance, get_migration): their success is debug, not info */
-    if (ok && op->info->kind == VN_KIND_QUERY && !op->info->reentrant_in_migration)
+    if (ok && op->info->kind == VN_KIND_QUERY && !op->info->control)
         g_debug("%s done in %.3f s", op->info->name,
                 (g_get_monotonic_time() - op->received_us) / 1e6);
     else if (ok)

@@ -60,9 +60,10 @@ typedef struct {
     const char *name;
     int since_minor; /* API version 1.<since_minor> added it */
     VnMethodKind kind;
-    gboolean journaled;              /* recorded before the broker is acknowledged */
-    gboolean per_instance;           /* one at a time per instance */
-    gboolean reentrant_in_migration; /* may run while the instance migrates (control) */
+    gboolean journaled;    /* recorded before the broker is acknowledged */
+    gboolean per_instance; /* one at a time per instance */
+    gboolean control;      /* acts on another operation under way (abort, force-complete):
+                            * not a read, though it runs as a query */
 } VnMethodInfo;
 
 const VnMethodInfo *vn_method_info(VnMethod m);
