@@ -52,10 +52,14 @@ static gboolean run_power_op(VnOp *op, const PowerOp *p, json_object **result, G
     vn_agent_notify_instance(a, ev, rec, NULL);
     if (!p->act(op, rec, &err)) {
         g_autofree char *ev_err = g_strdup_printf("%s.error", p->event);
+        VnPowerState power = current_power(a, uuid);
+        /* the action may have got part of the way: the record says what runs now (a
+         * running guest is never recorded stopped) */
+        VnVmState vm = rec->vm_state == VN_VM_STOPPED && power == VN_POWER_RUNNING ? VN_VM_ACTIVE
+                                                                                   : rec->vm_state;
         {
             g_autoptr(GError) e = NULL;
-            if (!vn_instance_store_end_task(a->store, uuid, p->task, rec->vm_state,
-                                            current_power(a, uuid), &e))
+            if (!vn_instance_store_end_task(a->store, uuid, p->task, vm, power, &e))
                 vn_warn_error(&e, "ending the task of instance %s", uuid);
         }
         done = vn_instance_store_get(a->store, uuid);
@@ -85,6 +89,10 @@ static gboolean wait_running(VnAgent *a, VnOp *op, GError **error)
 
 static gboolean act_start(VnOp *op, VnInstanceRecord *rec, GError **error)
 {
+    /* already running: a start replayed after the agent died between starting the guest
+     * and recording it has nothing left to do */
+    if (current_power(op->agent, rec->uuid) == VN_POWER_RUNNING)
+        return TRUE;
     return vn_domain_start(op->agent->virt, rec->uuid, error) && wait_running(op->agent, op, error);
 }
 

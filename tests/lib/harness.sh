@@ -298,6 +298,18 @@ nethost_start() {
         > "$R/etc/libvirtd.conf"
     printf '%s\n' 'user = "root"' 'group = "root"' 'dynamic_ownership = 1' 'remember_owner = 0' \
         'stdio_handler = "file"' > "$R/etc/qemu.conf"
+    if [ -n "${NETHOST_MIGRATION_ADDRESS:-}" ]; then
+        printf '%s\n' "migration_address = \"$NETHOST_MIGRATION_ADDRESS\"" \
+            "migration_host = \"$NETHOST_MIGRATION_ADDRESS\"" >> "$R/etc/qemu.conf"
+    fi
+    # alone, each physical interface is one end of a veth pair inside the host; paired
+    # (nethost_pair), the two hosts' interfaces are the ends of one pair
+    local veths='for i in 0 1; do
+            ip link add vnphys$i type veth peer name vnpeer$i
+            ip link set vnpeer$i up
+            ip link set vnphys$i up
+        done'
+    [ -n "${NETHOST_PEERED:-}" ] && veths=:
     for svc in AMQP PG IMAGE; do
         port=$(envget "${svc}_PORT")
         rm -f "$R/fwd-$svc.sock"
@@ -312,11 +324,7 @@ nethost_start() {
         set -e
         hostname host-$H
         ip link set lo up
-        for i in 0 1; do
-            ip link add vnphys\$i type veth peer name vnpeer\$i
-            ip link set vnpeer\$i up
-            ip link set vnphys\$i up
-        done
+        $veths
         mkdir -p /run/libvirt /var/lib/virtnode
         mount --bind $R/run   /run/libvirt
         mount --bind $R/lib   /var/lib/libvirt
@@ -340,6 +348,33 @@ nethost_start() {
     envset "HOST_${H^^}_URI" "$uri"
     timeout 60 virsh -q -c "$uri" capabilities > /dev/null || die "libvirtd host $H does not answer"
     log "libvirtd host $H up in a network namespace of its own (pid $p)"
+}
+
+# Two hosts "na" and "nb" as one fabric: their physical interfaces (vnphys0, vnphys1) are
+# the two ends of veth pairs, so a network's bridges on both hosts share its layer 2 (as
+# hosts on one switch), and a link "vnmig" carries live migrations between them on
+# 203.0.113.1 (na) and 203.0.113.2 (nb), a documentation range that exists only inside
+# the two namespaces.  libvirt's control connection goes over the UNIX sockets.
+nethost_pair() {
+    local i ha hb
+    NETHOST_MIGRATION_ADDRESS=203.0.113.1 NETHOST_PEERED=1 nethost_start na
+    NETHOST_MIGRATION_ADDRESS=203.0.113.2 NETHOST_PEERED=1 nethost_start nb
+    ha=$(cat "$RUN/hosts/na/pid"); hb=$(cat "$RUN/hosts/nb/pid")
+    for i in 0 1; do
+        ip link add "vnx${i}a" type veth peer name "vnx${i}b"
+        ip link set "vnx${i}a" netns "$ha"
+        ip link set "vnx${i}b" netns "$hb"
+        nsenter -t "$ha" -n ip link set "vnx${i}a" name "vnphys$i"
+        nsenter -t "$hb" -n ip link set "vnx${i}b" name "vnphys$i"
+        nsenter -t "$ha" -n ip link set "vnphys$i" up
+        nsenter -t "$hb" -n ip link set "vnphys$i" up
+    done
+    ip link add vnmiga type veth peer name vnmigb
+    ip link set vnmiga netns "$ha"
+    ip link set vnmigb netns "$hb"
+    nsenter -t "$ha" -n sh -c 'ip link set vnmiga name vnmig && ip addr add 203.0.113.1/24 dev vnmig && ip link set vnmig up'
+    nsenter -t "$hb" -n sh -c 'ip link set vnmigb name vnmig && ip addr add 203.0.113.2/24 dev vnmig && ip link set vnmig up'
+    log "hosts na and nb share physnet1, physnet2 and a migration link"
 }
 
 nethost_stop() {
@@ -465,6 +500,7 @@ host-start) host_start "${3:?host}" ;;
 libvirtd-restart) libvirtd_restart "${3:?host}" ;;
 nethost-start) nethost_start "${3:?host}" ;;
 nethost-stop) nethost_stop "${3:?host}"; log "host $3 stopped" ;;
+nethost-pair) nethost_pair ;;
 ns) H=${3:?host}; shift 3; host_ns "$H" "$@" ;;
 *) die "unknown command '$cmd'" ;;
 esac

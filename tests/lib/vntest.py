@@ -55,6 +55,14 @@ def start_nethost(key):
     HOSTS[key] = ("host-" + key, ENV["HOST_%s_URI" % key.upper()])
 
 
+def start_nethost_pair():
+    """Starts hosts "na" and "nb" sharing their physical networks and a migration link."""
+    harness("nethost-pair")
+    ENV.update(_load_env())
+    for key in ("na", "nb"):
+        HOSTS[key] = ("host-" + key, ENV["HOST_%s_URI" % key.upper()])
+
+
 def stop_nethost(key):
     harness("nethost-stop", key)
     HOSTS.pop(key, None)
@@ -194,6 +202,8 @@ class Agent:
         }
         if is_nethost(hostkey):
             sections["network"] = {"physical_interface_mappings": NET_MAPPINGS}
+            # libvirt's control connection between namespaced hosts: their UNIX sockets
+            sections["libvirt"]["live_migration_target_uri"] = self.uri
         for key, value in (extra or {}).items():
             section, option = key.split(".", 1) if "." in key else ("DEFAULT", key)
             sections.setdefault(section, {})[option] = str(value)
