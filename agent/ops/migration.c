@@ -1287,8 +1287,12 @@ gboolean vn_op_pre_live_migration(VnOp *op, json_object **result, GError **error
     /* the guest's identity here first: its folder is made (or, on shared storage, handed
      * over) for it before any disk */
     if (cfg->per_guest_dac && a->dac_available) {
-        uid = vn_instance_store_allocate_uid(a->store, inst->uuid, cfg->guest_uid_min,
-                                             cfg->guest_uid_max, &err);
+        /* on shared storage the guest keeps its identity: relabelling its files to another
+         * uid here would take them from the source's QEMU before the switch-over */
+        uid = shared && inst->guest_uid > 0
+                  ? vn_instance_store_take_uid(a->store, inst->uuid, inst->guest_uid, &err)
+                  : vn_instance_store_allocate_uid(a->store, inst->uuid, cfg->guest_uid_min,
+                                                   cfg->guest_uid_max, &err);
         if (uid == 0) {
             undo_dest(a, inst->uuid, shared);
             g_propagate_error(error, g_steal_pointer(&err));

@@ -593,6 +593,7 @@ typedef struct {
     VnInstanceStore *store;
     int min, max;
     int uid;
+    int exact; /* > 0: this uid or none */
 } UidArgs;
 
 /* Runs under the store's lock (inside update), so two builds never get the same uid. */
@@ -603,7 +604,7 @@ static gboolean change_uid(VnInstanceRecord *r, gpointer data, GError **error)
     GHashTableIter it;
     gpointer k, v;
 
-    if (r->guest_uid >= a->min && r->guest_uid <= a->max) {
+    if (!a->exact && r->guest_uid >= a->min && r->guest_uid <= a->max) {
         a->uid = r->guest_uid;
         return TRUE;
     }
@@ -612,6 +613,15 @@ static gboolean change_uid(VnInstanceRecord *r, gpointer data, GError **error)
         VnInstanceRecord *o = v;
         if (o->vm_state != VN_VM_DELETED && o->guest_uid > 0 && strcmp(o->uuid, r->uuid) != 0)
             g_hash_table_add(used, GINT_TO_POINTER(o->guest_uid));
+    }
+    if (a->exact) {
+        if (g_hash_table_contains(used, GINT_TO_POINTER(a->exact))) {
+            g_set_error(error, VN_API_ERROR, VN_API_ERROR_INSUFFICIENT_RESOURCES,
+                        "guest uid %d is in use on this host by another instance", a->exact);
+            return FALSE;
+        }
+        a->uid = r->guest_uid = a->exact;
+        return TRUE;
     }
     for (int u = a->min; u <= a->max; u++) {
         if (!g_hash_table_contains(used, GINT_TO_POINTER(u))) {
@@ -627,7 +637,14 @@ static gboolean change_uid(VnInstanceRecord *r, gpointer data, GError **error)
 int vn_instance_store_allocate_uid(VnInstanceStore *s, const char *uuid, int min, int max,
                                    GError **error)
 {
-    UidArgs a = { s, min, max, 0 };
+    UidArgs a = { s, min, max, 0, 0 };
+
+    return update(s, uuid, change_uid, &a, error) ? a.uid : 0;
+}
+
+int vn_instance_store_take_uid(VnInstanceStore *s, const char *uuid, int uid, GError **error)
+{
+    UidArgs a = { s, uid, uid, 0, uid };
 
     return update(s, uuid, change_uid, &a, error) ? a.uid : 0;
 }

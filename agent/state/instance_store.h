@@ -92,6 +92,11 @@ void vn_instance_store_set_progress(VnInstanceStore *s, const char *uuid, int pe
 int vn_instance_store_allocate_uid(VnInstanceStore *s, const char *uuid, int min, int max,
                                    GError **error);
 
+/* Exactly @uid for @uuid, when no other live instance of this host uses it (an instance
+ * arriving on shared storage keeps its identity: its files are open under it on the
+ * source until the switch-over); 0 otherwise. */
+int vn_instance_store_take_uid(VnInstanceStore *s, const char *uuid, int uid, GError **error);
+
 /* Forgets deleted records whose terminated_at is older than @before (unix seconds). */
 guint vn_instance_store_purge_deleted(VnInstanceStore *s, gint64 before);
 

@@ -297,16 +297,17 @@ static void build_config_drive(xmlNodePtr devices, const char *path)
     xmlNodePtr t;
 
     prop(n, "type", "file");
-    prop(n, "device", "cdrom");
+    prop(n, "device", "disk");
     t = child(n, "driver", NULL);
     prop(t, "name", "qemu");
     prop(t, "type", "raw");
     prop(child(n, "source", NULL), "file", path);
     t = child(n, "target", NULL);
-    prop(t, "dev", "sda");
-    /* virtio-scsi: every cloud image has its driver; q35 has no IDE, and not every
-     * kernel has AHCI */
-    prop(t, "bus", "scsi");
+    /* a read-only virtio disk, found by its label: a CD-ROM (on virtio-scsi: q35 has no
+     * IDE, and not every kernel has AHCI) kept the guest from live-migrating, as QEMU
+     * could not inactivate it at the switch-over */
+    prop(t, "dev", "vdd");
+    prop(t, "bus", "virtio");
     child(n, "readonly", NULL);
 }
 
@@ -317,12 +318,8 @@ static void build_devices(xmlNodePtr dom, const VnDomainSpec *s)
 
     for (guint i = 0; i < s->disks->len; i++)
         build_disk(dev, s, g_ptr_array_index(s->disks, i));
-    if (s->config_drive) {
-        n = child(dev, "controller", NULL);
-        prop(n, "type", "scsi");
-        prop(n, "model", "virtio-scsi");
+    if (s->config_drive)
         build_config_drive(dev, s->config_drive);
-    }
     for (guint i = 0; i < s->ifaces->len; i++)
         build_iface(dev, g_ptr_array_index(s->ifaces, i));
     n = child(dev, "serial", NULL);

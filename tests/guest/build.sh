@@ -48,8 +48,8 @@ cp "$BUSYBOX" "$R/bin/busybox"
 cp "$HERE/init.sh" "$R/init"
 chmod 755 "$R/init"
 
-# modules the guest needs (virtio transport, disk, NIC, ACPI power button, the config drive:
-# a CD-ROM on virtio-scsi with ISO 9660), each after the modules it depends on
+# modules the guest needs (virtio transport, disk, NIC, ACPI power button, ISO 9660 for the
+# config drive), each after the modules it depends on
 add_module() {
     local m=$1 f d
     grep -qx "$m" "$R/mods/order" 2>/dev/null && return 0
@@ -66,7 +66,7 @@ add_module() {
     echo "$m" >> "$R/mods/order"
 }
 : > "$R/mods/order"
-for m in virtio_pci virtio_blk virtio_net evdev button virtio_scsi sr_mod isofs; do
+for m in virtio_pci virtio_blk virtio_net evdev button isofs; do
     add_module "$m"
 done
 (cd "$R" && find . | sort | cpio -o -H newc --quiet --reproducible) | gzip -9n > "$W/initrd.gz"

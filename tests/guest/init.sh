@@ -18,7 +18,7 @@
 #                          MAC than the config drive gives
 #   vn.acpi=ignore         do not power off on the ACPI power button
 #
-# A config drive (ISO 9660 "config-2" on /dev/sr0) is read when present: every interface
+# A config drive (a disk labelled "config-2", ISO 9660) is read when present: every interface
 # whose MAC a link of openstack/latest/network_data.json names gets that link's
 # addresses ("VIRTNODE-NET <if> <addr>/<prefix> mac=<mac>").
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /work
@@ -58,16 +58,18 @@ fi
 # network_data.json, written by virtnode on one line: one object per link and per network
 netdata() {
     mkdir -p /cd
-    mount -t iso9660 -o ro /dev/sr0 /cd 2>/dev/null || return 1
+    dev=
+    for d in /dev/vd?; do
+        # the ISO 9660 volume label sits at byte 32808 (busybox has no blkid here)
+        [ -b "$d" ] && [ "$(dd if="$d" bs=1 skip=32808 count=8 2>/dev/null)" = config-2 ] &&
+            dev=$d
+    done
+    [ -n "$dev" ] || return 1
+    mount -t iso9660 -o ro "$dev" /cd 2>/dev/null || return 1
     f=/cd/openstack/latest/network_data.json
     [ -r "$f" ] || return 1
     sed 's/},{/}\n{/g' "$f" > /tmp/netdata
     umount /cd
-}
-wait_cd() { # the SCSI scan that makes /dev/sr0 runs after the module loads
-    i=0
-    while [ ! -b /dev/sr0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-    [ -b /dev/sr0 ] || { echo "VIRTNODE-NO-CONFIG-DRIVE"; return 1; }
 }
 field() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"; }
 
@@ -78,7 +80,7 @@ if [ -n "$IP" ]; then
     ip link set eth0 up
     ip addr add "$IP" dev eth0
     echo "VIRTNODE-NET eth0 $IP mac=$(cat /sys/class/net/eth0/address)"
-elif ls /sys/class/scsi_host/host* > /dev/null 2>&1 && wait_cd && netdata; then
+elif netdata; then
     grep '"ip_address"' /tmp/netdata | while read -r net; do
         link=$(echo "$net" | field link)
         addr=$(echo "$net" | field ip_address)
