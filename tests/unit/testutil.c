@@ -68,13 +68,49 @@ struct _VnTestHttp {
     int delay_ms;
     GMutex lock;
     GHashTable *counts;
-    guint64 bytes; /* body bytes sent, under @lock */
+    guint64 bytes;     /* body bytes sent, under @lock */
+    guint active;      /* requests being served, under @lock */
+    gboolean stopping; /* under @lock */
+    GCond idle;        /* signalled when @active drops */
 };
 
+static gboolean stopping(VnTestHttp *h)
+{
+    gboolean s;
+
+    g_mutex_lock(&h->lock);
+    s = h->stopping;
+    g_mutex_unlock(&h->lock);
+    return s;
+}
+
+static void serve(VnTestHttp *h, GSocketConnection *conn);
+
+/* Counts the request while it is served: vn_test_http_stop waits for none to be left. */
 static gboolean handle(GThreadedSocketService *svc, GSocketConnection *conn, GObject *src,
                        gpointer data)
 {
     VnTestHttp *h = data;
+
+    (void)svc;
+    (void)src;
+    g_mutex_lock(&h->lock);
+    if (h->stopping) {
+        g_mutex_unlock(&h->lock);
+        return TRUE;
+    }
+    h->active++;
+    g_mutex_unlock(&h->lock);
+    serve(h, conn);
+    g_mutex_lock(&h->lock);
+    h->active--;
+    g_cond_broadcast(&h->idle);
+    g_mutex_unlock(&h->lock);
+    return TRUE;
+}
+
+static void serve(VnTestHttp *h, GSocketConnection *conn)
+{
     GInputStream *in = g_io_stream_get_input_stream(G_IO_STREAM(conn));
     GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(conn));
     g_autoptr(GDataInputStream) din = g_data_input_stream_new(in);
@@ -84,10 +120,8 @@ static gboolean handle(GThreadedSocketService *svc, GSocketConnection *conn, GOb
     g_autofree char *body = NULL;
     gsize len = 0;
 
-    (void)svc;
-    (void)src;
     if (!line)
-        return TRUE;
+        return;
     for (;;) { /* the rest of the request head */
         g_autofree char *hdr = g_data_input_stream_read_line(din, NULL, NULL, NULL);
         if (!hdr || !*hdr || strcmp(hdr, "\r") == 0)
@@ -95,7 +129,7 @@ static gboolean handle(GThreadedSocketService *svc, GSocketConnection *conn, GOb
     }
     g_auto(GStrv) parts = g_strsplit(line, " ", 3);
     if (g_strv_length(parts) < 2)
-        return TRUE;
+        return;
     path = g_strdup(parts[1]);
     g_mutex_lock(&h->lock);
     g_hash_table_replace(
@@ -112,7 +146,7 @@ static gboolean handle(GThreadedSocketService *svc, GSocketConnection *conn, GOb
     if (strstr(path, "..") || !g_file_get_contents(file, &body, &len, NULL)) {
         const char *nf = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         g_output_stream_write_all(out, nf, strlen(nf), NULL, NULL, NULL);
-        return TRUE;
+        return;
     }
     g_autofree char *head = g_strdup_printf(
         "HTTP/1.1 200 OK\r\nContent-Length: %zu\r\nContent-Type: application/octet-stream\r\n"
@@ -120,7 +154,7 @@ static gboolean handle(GThreadedSocketService *svc, GSocketConnection *conn, GOb
         len);
     g_output_stream_write_all(out, head, strlen(head), NULL, NULL, NULL);
     if (trickle) {
-        for (gsize i = 0; i < len && i < 300; i++) { /* at most 30 s */
+        for (gsize i = 0; i < len && i < 300 && !stopping(h); i++) { /* at most 30 s */
             if (!g_output_stream_write_all(out, body + i, 1, NULL, NULL, NULL) ||
                 !g_output_stream_flush(out, NULL, NULL))
                 break;
@@ -129,7 +163,7 @@ static gboolean handle(GThreadedSocketService *svc, GSocketConnection *conn, GOb
             g_mutex_unlock(&h->lock);
             g_usleep(100 * 1000);
         }
-        return TRUE;
+        return;
     }
     gsize n = drop ? len / 2 : len;
     gsize sent = 0;
@@ -137,7 +171,7 @@ static gboolean handle(GThreadedSocketService *svc, GSocketConnection *conn, GOb
     g_mutex_lock(&h->lock);
     h->bytes += sent;
     g_mutex_unlock(&h->lock);
-    return TRUE;
+    return;
 }
 
 guint64 vn_test_http_bytes(VnTestHttp *h)
@@ -186,6 +220,7 @@ VnTestHttp *vn_test_http_start(const char *root, int delay_ms)
     h->delay_ms = delay_ms;
     g_mutex_init(&h->lock);
     h->counts = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_cond_init(&h->idle);
     h->ctx = g_main_context_new();
     h->loop = g_main_loop_new(h->ctx, FALSE);
     h->thread = g_thread_new("test-http", http_thread, h);
@@ -222,8 +257,17 @@ guint vn_test_http_count(VnTestHttp *h, const char *path)
 
 void vn_test_http_stop(VnTestHttp *h)
 {
+    g_mutex_lock(&h->lock);
+    h->stopping = TRUE;
+    g_mutex_unlock(&h->lock);
     g_main_loop_quit(h->loop);
     g_thread_join(h->thread);
+    /* requests still being served use @h */
+    g_mutex_lock(&h->lock);
+    while (h->active > 0)
+        g_cond_wait(&h->idle, &h->lock);
+    g_mutex_unlock(&h->lock);
+    g_cond_clear(&h->idle);
     g_main_loop_unref(h->loop);
     g_main_context_unref(h->ctx);
     g_hash_table_destroy(h->counts);
