@@ -1,4 +1,6 @@
 /* api/error.c - names of the contract's failures. */
+#include <stdarg.h>
+
 #include "api/error.h"
 
 GQuark vn_api_error_quark(void)
@@ -42,4 +44,15 @@ VnApiErrorCode vn_api_error_code_of(const GError *error, VnApiErrorCode fallback
         error->code < VN_API_ERROR_LAST)
         return error->code;
     return fallback;
+}
+
+gboolean vn_api_invalid(GError **error, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    g_set_error_literal(error, VN_API_ERROR, VN_API_ERROR_INVALID, msg);
+    return FALSE;
 }

@@ -33,3 +33,7 @@ const char *vn_api_error_module(VnApiErrorCode code);
 
 /* The code to report for @error: its own when in VN_API_ERROR, else @fallback. */
 VnApiErrorCode vn_api_error_code_of(const GError *error, VnApiErrorCode fallback);
+
+/* Sets VN_API_ERROR_INVALID (InvalidInput) with the message @fmt names; always FALSE, so
+ * a validator can `return vn_api_invalid(error, "field: ...")`. */
+gboolean vn_api_invalid(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);

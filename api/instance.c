@@ -143,18 +143,6 @@ void vn_instance_record_free(VnInstanceRecord *r)
     g_free(r);
 }
 
-static gboolean invalid(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
-static gboolean invalid(GError **error, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    g_set_error_literal(error, VN_API_ERROR, VN_API_ERROR_INVALID, msg);
-    return FALSE;
-}
-
 static gboolean parse_flavor(json_object *obj, const char *path, VnFlavor *f, GError **error)
 {
     static const char *const keys[] = { "name",         "vcpus",   "memory_mb",   "root_gb",
@@ -276,20 +264,20 @@ static gboolean parse_image(json_object *obj, const char *path, VnImageRef *im, 
         !vn_json_get_int(obj, path, "min_ram", FALSE, 0, 16 * 1024 * 1024, 0, &min_ram, error))
         return FALSE;
     if (!url_acceptable(im->url))
-        return invalid(error, "%s.url: only http:// and https:// URLs are accepted", path);
+        return vn_api_invalid(error, "%s.url: only http:// and https:// URLs are accepted", path);
     /* the credential stays in memory for the download; everything else sees the redacted */
     im->download_url = g_steal_pointer(&im->url);
     im->url = vn_url_redact(im->download_url);
     for (char *p = im->sha256; *p; p++) {
         if (!g_ascii_isxdigit(*p))
-            return invalid(error, "%s.sha256: expected 64 hexadecimal digits", path);
+            return vn_api_invalid(error, "%s.sha256: expected 64 hexadecimal digits", path);
         *p = g_ascii_tolower(*p);
     }
     if (strcmp(im->disk_format, "qcow2") != 0 && strcmp(im->disk_format, "raw") != 0)
-        return invalid(error, "%s.disk_format: '%s' is not supported (qcow2, raw)", path,
-                       im->disk_format);
+        return vn_api_invalid(error, "%s.disk_format: '%s' is not supported (qcow2, raw)", path,
+                              im->disk_format);
     if (container && strcmp(container, "bare") != 0)
-        return invalid(error, "%s.container_format: only 'bare' is supported", path);
+        return vn_api_invalid(error, "%s.container_format: only 'bare' is supported", path);
     im->size = size;
     im->min_disk = (int)min_disk;
     im->min_ram = (int)min_ram;
@@ -310,17 +298,17 @@ gboolean vn_instance_spec_parse(json_object *obj, const char *path, VnInstanceRe
         return FALSE;
     rec->uuid = vn_uuid_canonical(uuid);
     if (!rec->uuid)
-        return invalid(error, "%s.uuid: '%s' is not a uuid", path, uuid);
+        return vn_api_invalid(error, "%s.uuid: '%s' is not a uuid", path, uuid);
     if (!vn_json_get_string(obj, path, "name", TRUE, 1, 255, &rec->name, error) ||
         !vn_json_get_string(obj, path, "project_id", FALSE, 0, 255, &rec->project_id, error) ||
         !vn_json_get_string(obj, path, "user_id", FALSE, 0, 255, &rec->user_id, error))
         return FALSE;
     if (!vn_json_member(obj, "flavor"))
-        return invalid(error, "%s: missing", flavor_path);
+        return vn_api_invalid(error, "%s: missing", flavor_path);
     if (!parse_flavor(vn_json_member(obj, "flavor"), flavor_path, &rec->flavor, error))
         return FALSE;
     if (!vn_json_member(obj, "image"))
-        return invalid(error, "%s: missing", image_path);
+        return vn_api_invalid(error, "%s: missing", image_path);
     if (!parse_image(vn_json_member(obj, "image"), image_path, &rec->image, error))
         return FALSE;
     g_clear_pointer(&rec->metadata, g_hash_table_unref);
@@ -334,23 +322,23 @@ gboolean vn_instance_spec_parse(json_object *obj, const char *path, VnInstanceRe
         gsize n = 0;
         for (const char *c = rec->user_data; *c; c++) {
             if (!g_ascii_isalnum(*c) && *c != '+' && *c != '/' && *c != '=' && *c != '\n')
-                return invalid(error, "%s.user_data: not base64", path);
+                return vn_api_invalid(error, "%s.user_data: not base64", path);
         }
         g_free(g_base64_decode(rec->user_data, &n));
         if (n > 65536)
-            return invalid(error, "%s.user_data: %zu bytes, at most 65536", path, n);
+            return vn_api_invalid(error, "%s.user_data: %zu bytes, at most 65536", path, n);
     }
     if (rec->flavor.memory_mb < rec->image.min_ram)
-        return invalid(error, "%s.memory_mb: %d MiB is less than the image's min_ram %d MiB",
-                       flavor_path, rec->flavor.memory_mb, rec->image.min_ram);
+        return vn_api_invalid(error, "%s.memory_mb: %d MiB is less than the image's min_ram %d MiB",
+                              flavor_path, rec->flavor.memory_mb, rec->image.min_ram);
     if (rec->flavor.root_gb > 0 && rec->flavor.root_gb < rec->image.min_disk)
-        return invalid(error, "%s.root_gb: %d GiB is less than the image's min_disk %d GiB",
-                       flavor_path, rec->flavor.root_gb, rec->image.min_disk);
+        return vn_api_invalid(error, "%s.root_gb: %d GiB is less than the image's min_disk %d GiB",
+                              flavor_path, rec->flavor.root_gb, rec->image.min_disk);
     if (rec->image.size > 0 && rec->flavor.root_gb > 0 &&
         rec->image.size > (gint64)rec->flavor.root_gb << 30)
-        return invalid(error,
-                       "%s.root_gb: the image (%" G_GINT64_FORMAT " bytes) does not fit in %d GiB",
-                       flavor_path, rec->image.size, rec->flavor.root_gb);
+        return vn_api_invalid(
+            error, "%s.root_gb: the image (%" G_GINT64_FORMAT " bytes) does not fit in %d GiB",
+            flavor_path, rec->image.size, rec->flavor.root_gb);
     return TRUE;
 }
 
@@ -430,7 +418,7 @@ static gboolean time_parse(json_object *obj, const char *key, gint64 *out, GErro
         return TRUE;
     g_autoptr(GDateTime) dt = g_date_time_new_from_iso8601(s, NULL);
     if (!dt)
-        return invalid(error, "instance.%s: '%s' is not an ISO 8601 time", key, s);
+        return vn_api_invalid(error, "instance.%s: '%s' is not an ISO 8601 time", key, s);
     *out = g_date_time_to_unix(dt);
     return TRUE;
 }
@@ -524,11 +512,11 @@ VnInstanceRecord *vn_instance_record_from_json(json_object *obj, GError **error)
         !time_parse(obj, "updated_at", &r->updated_at, error))
         return NULL;
     if (!vn_vm_state_from_name(vm, &r->vm_state))
-        return invalid(error, "instance.vm_state: '%s' is unknown", vm), NULL;
+        return vn_api_invalid(error, "instance.vm_state: '%s' is unknown", vm), NULL;
     if (!vn_task_state_from_name(task, &r->task_state))
-        return invalid(error, "instance.task_state: '%s' is unknown", task), NULL;
+        return vn_api_invalid(error, "instance.task_state: '%s' is unknown", task), NULL;
     if (!vn_power_state_valid((int)power))
-        return invalid(error, "instance.power_state: %d is unknown", (int)power), NULL;
+        return vn_api_invalid(error, "instance.power_state: %d is unknown", (int)power), NULL;
     r->power_state = (VnPowerState)power;
     r->progress = (int)progress;
     r->guest_uid = (int)uid;

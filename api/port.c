@@ -15,18 +15,6 @@
 #define MTU_MIN       576
 #define MTU_MAX       9216
 
-static gboolean invalid(GError **error, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
-static gboolean invalid(GError **error, const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    g_autofree char *msg = g_strdup_vprintf(fmt, ap);
-    va_end(ap);
-    g_set_error_literal(error, VN_API_ERROR, VN_API_ERROR_INVALID, msg);
-    return FALSE;
-}
-
 const char *vn_net_type_name(VnNetType t)
 {
     return t == VN_NET_TYPE_VLAN ? "vlan" : "flat";
@@ -106,17 +94,17 @@ char *vn_mac_normalize(const char *text, GError **error)
         }
     }
     if (n != 12) {
-        invalid(error, "'%s' is not a MAC address", text ? text : "");
+        vn_api_invalid(error, "'%s' is not a MAC address", text ? text : "");
         return NULL;
     }
     hex[12] = '\0';
     first = (unsigned)g_ascii_xdigit_value(hex[0]) * 16 + (unsigned)g_ascii_xdigit_value(hex[1]);
     if (first & 1) {
-        invalid(error, "'%s' is a multicast address, not a port's", text);
+        vn_api_invalid(error, "'%s' is a multicast address, not a port's", text);
         return NULL;
     }
     if (strcmp(hex, "000000000000") == 0) {
-        invalid(error, "'%s' is not a usable address", text);
+        vn_api_invalid(error, "'%s' is not a usable address", text);
         return NULL;
     }
     return g_strdup_printf("%.2s:%.2s:%.2s:%.2s:%.2s:%.2s", hex, hex + 2, hex + 4, hex + 6, hex + 8,
@@ -139,12 +127,12 @@ static GInetAddress *parse_address(const char *text, int family, const char *pat
     int f;
 
     if (!a) {
-        invalid(error, "%s: '%s' is not an IP address", path, text);
+        vn_api_invalid(error, "%s: '%s' is not an IP address", path, text);
         return NULL;
     }
     f = g_inet_address_get_family(a) == G_SOCKET_FAMILY_IPV4 ? 4 : 6;
     if (family && f != family) {
-        invalid(error, "%s: '%s' is not an IPv%d address", path, text, family);
+        vn_api_invalid(error, "%s: '%s' is not an IPv%d address", path, text, family);
         g_object_unref(a);
         return NULL;
     }
@@ -158,7 +146,8 @@ static GInetAddressMask *parse_cidr(const char *text, const char *path, GError *
     GInetAddressMask *m = g_inet_address_mask_new_from_string(text, &e);
 
     if (!m || !strchr(text, '/')) {
-        invalid(error, "%s: '%s' is not a network in CIDR form (address/prefix)", path, text);
+        vn_api_invalid(error, "%s: '%s' is not a network in CIDR form (address/prefix)", path,
+                       text);
         g_clear_object(&m);
         return NULL;
     }
@@ -191,7 +180,7 @@ static gboolean parse_fixed_ip(json_object *obj, const char *path, VnFixedIp *ou
         return FALSE;
     subnet = vn_json_member(obj, "subnet");
     if (!subnet)
-        return invalid(error, "%s: missing", spath);
+        return vn_api_invalid(error, "%s: missing", spath);
     if (!vn_json_expect_object(subnet, spath, skeys, error) ||
         !vn_json_get_string(subnet, spath, "cidr", TRUE, 3, 64, &cidr, error) ||
         !vn_json_get_string(subnet, spath, "gateway", FALSE, 2, 64, &gw, error))
@@ -203,12 +192,12 @@ static gboolean parse_fixed_ip(json_object *obj, const char *path, VnFixedIp *ou
         return FALSE;
     if (g_inet_address_get_family(addr) !=
         g_inet_address_get_family(g_inet_address_mask_get_address(net)))
-        return invalid(error, "%s: '%s' and the subnet '%s' are of different families", ippath, ip,
-                       cidr);
+        return vn_api_invalid(error, "%s: '%s' and the subnet '%s' are of different families",
+                              ippath, ip, cidr);
     if (!g_inet_address_mask_matches(net, addr))
-        return invalid(error, "%s: '%s' is not inside its subnet '%s'", ippath, ip, cidr);
+        return vn_api_invalid(error, "%s: '%s' is not inside its subnet '%s'", ippath, ip, cidr);
     if (g_inet_address_equal(addr, g_inet_address_mask_get_address(net)))
-        return invalid(error, "%s: '%s' is the subnet's network address", ippath, ip);
+        return vn_api_invalid(error, "%s: '%s' is the subnet's network address", ippath, ip);
     out->family = g_inet_address_get_family(addr) == G_SOCKET_FAMILY_IPV4 ? 4 : 6;
     out->address = g_inet_address_to_string(addr);
     out->cidr = mask_text(net);
@@ -219,9 +208,9 @@ static gboolean parse_fixed_ip(json_object *obj, const char *path, VnFixedIp *ou
         if (!g)
             return FALSE;
         if (!g_inet_address_mask_matches(net, g))
-            return invalid(error, "%s: '%s' is not inside the subnet '%s'", gpath, gw, cidr);
+            return vn_api_invalid(error, "%s: '%s' is not inside the subnet '%s'", gpath, gw, cidr);
         if (g_inet_address_equal(g, addr))
-            return invalid(error, "%s: '%s' is the port's own address", gpath, gw);
+            return vn_api_invalid(error, "%s: '%s' is the port's own address", gpath, gw);
         out->gateway = g_inet_address_to_string(g);
     }
     servers = g_ptr_array_new();
@@ -229,7 +218,8 @@ static gboolean parse_fixed_ip(json_object *obj, const char *path, VnFixedIp *ou
     if (dns &&
         (!json_object_is_type(dns, json_type_array) || json_object_array_length(dns) > MAX_DNS)) {
         g_ptr_array_free(servers, TRUE);
-        return invalid(error, "%s.dns: a list of at most %d addresses expected", spath, MAX_DNS);
+        return vn_api_invalid(error, "%s.dns: a list of at most %d addresses expected", spath,
+                              MAX_DNS);
     }
     for (size_t i = 0; dns && i < json_object_array_length(dns); i++) {
         json_object *d = json_object_array_get_idx(dns, i);
@@ -237,7 +227,7 @@ static gboolean parse_fixed_ip(json_object *obj, const char *path, VnFixedIp *ou
         g_autoptr(GInetAddress) da = NULL;
         if (!json_object_is_type(d, json_type_string)) {
             g_ptr_array_free(servers, TRUE);
-            return invalid(error, "%s: a string expected", dpath);
+            return vn_api_invalid(error, "%s: a string expected", dpath);
         }
         if (!(da = parse_address(json_object_get_string(d), 0, dpath, error))) {
             g_ptr_array_free(servers, TRUE);
@@ -273,9 +263,9 @@ static gboolean parse_bandwidth(json_object *obj, const char *path, VnBandwidth 
             !vn_json_get_int(o, dpath, "burst", FALSE, 1, 1048576, 0, &burst, error))
             return FALSE;
         if (peak && peak < avg)
-            return invalid(error,
-                           "%s.peak: %" G_GINT64_FORMAT " is below the average %" G_GINT64_FORMAT,
-                           dpath, peak, avg);
+            return vn_api_invalid(
+                error, "%s.peak: %" G_GINT64_FORMAT " is below the average %" G_GINT64_FORMAT,
+                dpath, peak, avg);
         bw->average = (guint64)avg;
         bw->peak = (guint64)peak;
         bw->burst = (guint64)burst;
@@ -311,39 +301,39 @@ static gboolean parse_rule(json_object *obj, const char *path, VnSgRule *r, GErr
         !vn_json_get_string(obj, path, "remote_group_id", FALSE, 1, 64, &group, error))
         return FALSE;
     if (strcmp(dir, "ingress") != 0 && strcmp(dir, "egress") != 0)
-        return invalid(error, "%s.direction: '%s' is not ingress or egress", path, dir);
+        return vn_api_invalid(error, "%s.direction: '%s' is not ingress or egress", path, dir);
     r->ingress = strcmp(dir, "ingress") == 0;
     if (!eth || strcmp(eth, "IPv4") == 0)
         r->family = 4;
     else if (strcmp(eth, "IPv6") == 0)
         r->family = 6;
     else
-        return invalid(error, "%s.ethertype: '%s' is not IPv4 or IPv6", path, eth);
+        return vn_api_invalid(error, "%s.ethertype: '%s' is not IPv4 or IPv6", path, eth);
     if (group)
-        return invalid(error,
-                       "%s.remote_group_id: rules by group are not supported; send "
-                       "remote_ip_prefix",
-                       path);
+        return vn_api_invalid(error,
+                              "%s.remote_group_id: rules by group are not supported; send "
+                              "remote_ip_prefix",
+                              path);
     if (proto) {
         for (char *p = proto; *p; p++)
             *p = g_ascii_tolower(*p);
         if (strcmp(proto, "tcp") != 0 && strcmp(proto, "udp") != 0 && strcmp(proto, "icmp") != 0 &&
             strcmp(proto, "any") != 0)
-            return invalid(error, "%s.protocol: '%s' is not tcp, udp or icmp", path, proto);
+            return vn_api_invalid(error, "%s.protocol: '%s' is not tcp, udp or icmp", path, proto);
         if (strcmp(proto, "any") != 0)
             r->protocol = g_strdup(proto);
     }
     if ((lo || hi) && (!r->protocol || strcmp(r->protocol, "icmp") == 0))
-        return invalid(error, "%s.port_range_min: ports need protocol tcp or udp", path);
+        return vn_api_invalid(error, "%s.port_range_min: ports need protocol tcp or udp", path);
     if (hi && !lo)
         lo = hi;
     if (lo && !hi)
         hi = lo;
     if (lo > hi)
-        return invalid(error,
-                       "%s.port_range_min: %" G_GINT64_FORMAT
-                       " is above port_range_max %" G_GINT64_FORMAT,
-                       path, lo, hi);
+        return vn_api_invalid(error,
+                              "%s.port_range_min: %" G_GINT64_FORMAT
+                              " is above port_range_max %" G_GINT64_FORMAT,
+                              path, lo, hi);
     r->port_min = (int)lo;
     r->port_max = (int)hi;
     if (prefix) {
@@ -354,8 +344,8 @@ static gboolean parse_rule(json_object *obj, const char *path, VnSgRule *r, GErr
         if ((g_inet_address_get_family(g_inet_address_mask_get_address(m)) == G_SOCKET_FAMILY_IPV4
                  ? 4
                  : 6) != r->family)
-            return invalid(error, "%s: '%s' is not an %s network", ppath, prefix,
-                           r->family == 4 ? "IPv4" : "IPv6");
+            return vn_api_invalid(error, "%s: '%s' is not an %s network", ppath, prefix,
+                                  r->family == 4 ? "IPv4" : "IPv6");
         r->remote_ip_prefix = mask_text(m);
     }
     return TRUE;
@@ -368,7 +358,7 @@ GPtrArray *vn_sg_rules_parse(json_object *groups, const char *path, GError **err
     if (!groups)
         return g_steal_pointer(&rules);
     if (!json_object_is_type(groups, json_type_array)) {
-        invalid(error, "%s: a list expected", path);
+        vn_api_invalid(error, "%s: a list expected", path);
         return NULL;
     }
     for (size_t g = 0; g < json_object_array_length(groups); g++) {
@@ -380,7 +370,7 @@ GPtrArray *vn_sg_rules_parse(json_object *groups, const char *path, GError **err
             return NULL;
         list = vn_json_member(grp, "rules");
         if (list && !json_object_is_type(list, json_type_array)) {
-            invalid(error, "%s.rules: a list expected", gpath);
+            vn_api_invalid(error, "%s.rules: a list expected", gpath);
             return NULL;
         }
         for (size_t i = 0; list && i < json_object_array_length(list); i++) {
@@ -388,7 +378,7 @@ GPtrArray *vn_sg_rules_parse(json_object *groups, const char *path, GError **err
             VnSgRule *r = g_new0(VnSgRule, 1);
             g_ptr_array_add(rules, r);
             if (rules->len > MAX_RULES) {
-                invalid(error, "%s: more than %d rules", path, MAX_RULES);
+                vn_api_invalid(error, "%s: more than %d rules", path, MAX_RULES);
                 return NULL;
             }
             if (!parse_rule(json_object_array_get_idx(list, i), rpath, r, error))
@@ -436,38 +426,41 @@ VnPortSpec *vn_port_spec_parse(json_object *obj, const char *path, GError **erro
         !vn_json_get_bool(obj, path, "port_security", TRUE, &p->port_security, error))
         return NULL;
     if (!id_ok(p->port_id))
-        return invalid(error, "%s.port_id: '%s' may hold letters, digits and '-' only", path,
-                       p->port_id),
+        return vn_api_invalid(error, "%s.port_id: '%s' may hold letters, digits and '-' only", path,
+                              p->port_id),
                NULL;
     if (!id_ok(p->network_id))
-        return invalid(error, "%s.network_id: '%s' may hold letters, digits and '-' only", path,
-                       p->network_id),
+        return vn_api_invalid(error, "%s.network_id: '%s' may hold letters, digits and '-' only",
+                              path, p->network_id),
                NULL;
     for (const char *c = p->physical_network; *c; c++) {
         if (!g_ascii_isalnum(*c) && *c != '-' && *c != '_' && *c != '.')
-            return invalid(error, "%s.physical_network: '%s' is not a physical network name", path,
-                           p->physical_network),
+            return vn_api_invalid(error, "%s.physical_network: '%s' is not a physical network name",
+                                  path, p->physical_network),
                    NULL;
     }
     if (!(p->mac = vn_mac_normalize(mac, &merr)))
-        return invalid(error, "%s.mac: %s", path, merr->message), NULL;
+        return vn_api_invalid(error, "%s.mac: %s", path, merr->message), NULL;
     p->mtu = (int)mtu;
     if (!type || strcmp(type, "flat") == 0)
         p->type = VN_NET_TYPE_FLAT;
     else if (strcmp(type, "vlan") == 0)
         p->type = VN_NET_TYPE_VLAN;
     else
-        return invalid(error, "%s.network_type: '%s' is not flat or vlan", path, type), NULL;
+        return vn_api_invalid(error, "%s.network_type: '%s' is not flat or vlan", path, type), NULL;
     if (p->type == VN_NET_TYPE_VLAN && !seg)
-        return invalid(error, "%s.segmentation_id: a vlan network needs a VLAN id (1-4094)", path),
+        return vn_api_invalid(error, "%s.segmentation_id: a vlan network needs a VLAN id (1-4094)",
+                              path),
                NULL;
     if (p->type == VN_NET_TYPE_FLAT && seg)
-        return invalid(error, "%s.segmentation_id: a flat network has no VLAN id", path), NULL;
+        return vn_api_invalid(error, "%s.segmentation_id: a flat network has no VLAN id", path),
+               NULL;
     p->segmentation_id = (int)seg;
     ips = vn_json_member(obj, "fixed_ips");
     if (ips && (!json_object_is_type(ips, json_type_array) ||
                 json_object_array_length(ips) > MAX_FIXED_IPS))
-        return invalid(error, "%s: a list of at most %d addresses expected", fpath, MAX_FIXED_IPS),
+        return vn_api_invalid(error, "%s: a list of at most %d addresses expected", fpath,
+                              MAX_FIXED_IPS),
                NULL;
     for (size_t i = 0; ips && i < json_object_array_length(ips); i++) {
         g_autofree char *ipath = g_strdup_printf("%s[%zu]", fpath, i);
@@ -477,7 +470,8 @@ VnPortSpec *vn_port_spec_parse(json_object *obj, const char *path, GError **erro
             return NULL;
         for (guint j = 0; j + 1 < p->fixed_ips->len; j++) {
             if (strcmp(((VnFixedIp *)g_ptr_array_index(p->fixed_ips, j))->address, f->address) == 0)
-                return invalid(error, "%s.ip_address: '%s' is given twice", ipath, f->address),
+                return vn_api_invalid(error, "%s.ip_address: '%s' is given twice", ipath,
+                                      f->address),
                        NULL;
         }
     }
@@ -486,7 +480,7 @@ VnPortSpec *vn_port_spec_parse(json_object *obj, const char *path, GError **erro
     g_ptr_array_unref(p->rules);
     p->rules = rules;
     if (!p->port_security && p->rules->len)
-        return invalid(error, "%s: security groups need port_security", sgpath), NULL;
+        return vn_api_invalid(error, "%s: security groups need port_security", sgpath), NULL;
     bw = vn_json_member(obj, "bandwidth");
     if (bw) {
         g_autofree char *bpath = g_strdup_printf("%s.bandwidth", path);
@@ -503,7 +497,7 @@ GPtrArray *vn_port_specs_parse(json_object *list, const char *path, GError **err
     if (!list)
         return g_steal_pointer(&ports);
     if (!json_object_is_type(list, json_type_array) || json_object_array_length(list) > MAX_PORTS) {
-        invalid(error, "%s: a list of at most %d ports expected", path, MAX_PORTS);
+        vn_api_invalid(error, "%s: a list of at most %d ports expected", path, MAX_PORTS);
         return NULL;
     }
     for (size_t i = 0; i < json_object_array_length(list); i++) {
@@ -514,7 +508,8 @@ GPtrArray *vn_port_specs_parse(json_object *list, const char *path, GError **err
         for (guint j = 0; j < ports->len; j++) {
             VnPortSpec *q = g_ptr_array_index(ports, j);
             if (strcmp(q->port_id, p->port_id) == 0 || strcmp(q->mac, p->mac) == 0) {
-                invalid(error, "%s: port '%s' (%s) is given twice", ppath, p->port_id, p->mac);
+                vn_api_invalid(error, "%s: port '%s' (%s) is given twice", ppath, p->port_id,
+                               p->mac);
                 vn_port_spec_free(p);
                 return NULL;
             }
