@@ -85,6 +85,7 @@ VnInstanceRecord *vn_instance_record_new(void)
     r->flavor.extra_specs = string_map_new();
     r->metadata = string_map_new();
     r->ports = g_ptr_array_new_with_free_func((GDestroyNotify)vn_port_spec_free);
+    r->volumes = g_ptr_array_new_with_free_func((GDestroyNotify)vn_volume_spec_free);
     return r;
 }
 
@@ -108,6 +109,9 @@ VnInstanceRecord *vn_instance_record_copy(const VnInstanceRecord *s)
     r->ports = g_ptr_array_new_with_free_func((GDestroyNotify)vn_port_spec_free);
     for (guint i = 0; s->ports && i < s->ports->len; i++)
         g_ptr_array_add(r->ports, vn_port_spec_copy(g_ptr_array_index(s->ports, i)));
+    r->volumes = g_ptr_array_new_with_free_func((GDestroyNotify)vn_volume_spec_free);
+    for (guint i = 0; s->volumes && i < s->volumes->len; i++)
+        g_ptr_array_add(r->volumes, vn_volume_spec_copy(g_ptr_array_index(s->volumes, i)));
     r->user_data = g_strdup(s->user_data);
     r->host = g_strdup(s->host);
     r->fault_class = g_strdup(s->fault_class);
@@ -134,6 +138,7 @@ void vn_instance_record_free(VnInstanceRecord *r)
     g_free(r->image.disk_format);
     g_clear_pointer(&r->metadata, g_hash_table_unref);
     g_clear_pointer(&r->ports, g_ptr_array_unref);
+    g_clear_pointer(&r->volumes, g_ptr_array_unref);
     g_free(r->user_data);
     g_free(r->host);
     g_free(r->fault_class);
@@ -213,6 +218,25 @@ char *vn_url_redact(const char *url)
     return g_string_free(out, FALSE);
 }
 
+/* Replaces the value of every member named like a secret, at any depth. */
+static void redact_secrets(json_object *o)
+{
+    if (json_object_is_type(o, json_type_array)) {
+        for (gsize i = 0; i < json_object_array_length(o); i++)
+            redact_secrets(json_object_array_get_idx(o, i));
+        return;
+    }
+    if (!json_object_is_type(o, json_type_object))
+        return;
+    json_object_object_foreach(o, key, val)
+    {
+        if (strstr(key, "password") || strstr(key, "secret"))
+            json_object_object_add(o, key, json_object_new_string("***"));
+        else
+            redact_secrets(val);
+    }
+}
+
 json_object *vn_request_args_redacted(const char *method, json_object *args)
 {
     json_object *copy = NULL;
@@ -227,6 +251,7 @@ json_object *vn_request_args_redacted(const char *method, json_object *args)
         g_autofree char *r = vn_url_redact(json_object_get_string(url));
         json_object_object_add(image, "url", json_object_new_string(r));
     }
+    redact_secrets(copy);
     return copy;
 }
 
@@ -307,9 +332,9 @@ gboolean vn_instance_spec_parse(json_object *obj, const char *path, VnInstanceRe
         return vn_api_invalid(error, "%s: missing", flavor_path);
     if (!parse_flavor(vn_json_member(obj, "flavor"), flavor_path, &rec->flavor, error))
         return FALSE;
-    if (!vn_json_member(obj, "image"))
-        return vn_api_invalid(error, "%s: missing", image_path);
-    if (!parse_image(vn_json_member(obj, "image"), image_path, &rec->image, error))
+    /* no image: the guest boots from a volume (checked with the block device mapping) */
+    if (vn_json_member(obj, "image") &&
+        !parse_image(vn_json_member(obj, "image"), image_path, &rec->image, error))
         return FALSE;
     g_clear_pointer(&rec->metadata, g_hash_table_unref);
     if (!vn_json_get_string_map(obj, path, "metadata", 128, &rec->metadata, error))
@@ -442,9 +467,10 @@ json_object *vn_instance_record_to_json(const VnInstanceRecord *r)
     json_object_object_add(o, "updated_at", time_json(r->updated_at));
     json_object_object_add(o, "progress", json_object_new_int(r->progress));
     json_object_object_add(o, "flavor", vn_flavor_to_json(&r->flavor));
-    json_object_object_add(o, "image", vn_image_ref_to_json(&r->image));
+    json_object_object_add(o, "image", r->image.id ? vn_image_ref_to_json(&r->image) : NULL);
     json_object_object_add(o, "metadata", vn_string_map_to_json(r->metadata));
     json_object_object_add(o, "ports", vn_port_specs_to_json(r->ports));
+    json_object_object_add(o, "block_device_mapping", vn_volume_specs_to_json(r->volumes));
     if (r->user_data)
         json_object_object_add(o, "user_data", json_object_new_string(r->user_data));
     if (r->fault_message) {
@@ -466,10 +492,13 @@ json_object *vn_instance_record_to_json(const VnInstanceRecord *r)
 VnInstanceRecord *vn_instance_record_from_json(json_object *obj, GError **error)
 {
     static const char *const keys[] = {
-        "uuid",           "name",        "project_id", "user_id",     "host",          "vm_state",
-        "task_state",     "power_state", "created_at", "launched_at", "terminated_at", "updated_at",
-        "progress",       "flavor",      "image",      "metadata",    "fault",         "guest_uid",
-        "security_label", "request_id",  "generation", "ports",       "user_data",     NULL
+        "uuid",       "name",        "project_id",     "user_id",
+        "host",       "vm_state",    "task_state",     "power_state",
+        "created_at", "launched_at", "terminated_at",  "updated_at",
+        "progress",   "flavor",      "image",          "metadata",
+        "fault",      "guest_uid",   "security_label", "request_id",
+        "generation", "ports",       "user_data",      "block_device_mapping",
+        NULL
     };
     g_autoptr(VnInstanceRecord) r = vn_instance_record_new();
     g_autoptr(json_object) spec = json_object_new_object();
@@ -495,6 +524,12 @@ VnInstanceRecord *vn_instance_record_from_json(json_object *obj, GError **error)
         return NULL;
     g_ptr_array_unref(r->ports);
     r->ports = ports;
+    GPtrArray *vols = vn_volume_specs_from_record(vn_json_member(obj, "block_device_mapping"),
+                                                  "instance.block_device_mapping", error);
+    if (!vols)
+        return NULL;
+    g_ptr_array_unref(r->volumes);
+    r->volumes = vols;
     if (!vn_json_get_string(obj, "instance", "host", FALSE, 0, 255, &r->host, error) ||
         !vn_json_get_string(obj, "instance", "vm_state", TRUE, 1, 32, &vm, error) ||
         !vn_json_get_string(obj, "instance", "task_state", FALSE, 1, 32, &task, error) ||

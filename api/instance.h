@@ -10,6 +10,7 @@
 #include <json-c/json.h>
 
 #include "api/port.h"
+#include "api/volume.h"
 
 typedef enum {
     VN_VM_BUILDING,
@@ -82,6 +83,8 @@ typedef struct {
     VnImageRef image;
     GHashTable *metadata; /* char* -> char* */
     GPtrArray *ports;     /* VnPortSpec*: the guest's network ports, in device order */
+    GPtrArray *volumes;   /* VnVolumeSpec*: attached volumes, without their secrets; image.id
+                           * is NULL when the guest boots from one of them */
     char *user_data;      /* base64, as the controller sent it (config drive), or NULL */
 
     char *host;

@@ -40,6 +40,8 @@ static const VnMethodInfo methods[VN_METHOD_LAST] = {
     { VN_METHOD_DETACH_INTERFACE, "detach_interface", 2, VN_KIND_OPERATION, TRUE, TRUE, FALSE },
     { VN_METHOD_UPDATE_PORT_SECURITY, "update_port_security", 2, VN_KIND_OPERATION, TRUE, TRUE,
       FALSE },
+    { VN_METHOD_ATTACH_VOLUME, "attach_volume", 3, VN_KIND_OPERATION, TRUE, TRUE, FALSE },
+    { VN_METHOD_DETACH_VOLUME, "detach_volume", 3, VN_KIND_OPERATION, TRUE, TRUE, FALSE },
 };
 /* clang-format on */
 
@@ -118,6 +120,8 @@ void vn_request_free(VnRequest *req)
     g_free(req->port_id);
     if (req->rules)
         g_ptr_array_unref(req->rules);
+    vn_volume_spec_free(req->volume);
+    g_free(req->volume_id);
     g_free(req);
 }
 
@@ -266,16 +270,16 @@ static gboolean parse_args(VnRequest *req, json_object *args, GError **error)
             return FALSE;
         g_ptr_array_unref(req->spec->ports);
         req->spec->ports = ports;
-        json_object *bdm = vn_json_member(args, "block_device_mapping");
-        if (bdm && !json_object_is_type(bdm, json_type_array)) {
-            g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID,
-                        "block_device_mapping: expected a list");
+        GPtrArray *vols = vn_volume_specs_parse(vn_json_member(args, "block_device_mapping"),
+                                                "block_device_mapping", error);
+        if (!vols)
             return FALSE;
-        }
-        if (bdm && json_object_array_length(bdm) > 0) {
-            g_set_error(error, VN_API_ERROR, VN_API_ERROR_UNSUPPORTED,
-                        "block_device_mapping: this agent does not attach volumes yet; send an "
-                        "empty list");
+        g_ptr_array_unref(req->spec->volumes);
+        req->spec->volumes = vols;
+        if (!req->spec->image.id && !vn_volume_specs_boot(vols)) {
+            g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID,
+                        "instance.image: missing (a guest without an image boots from a "
+                        "block_device_mapping entry with boot_index 0)");
             return FALSE;
         }
         return TRUE;
@@ -368,6 +372,30 @@ static gboolean parse_args(VnRequest *req, json_object *args, GError **error)
             return req->rules != NULL;
         }
         return TRUE;
+    }
+    case VN_METHOD_ATTACH_VOLUME: {
+        static const char *const keys[] = { "instance_uuid", "block_device", NULL };
+        json_object *bd;
+        if (!vn_json_expect_object(args, "args", keys, error) ||
+            !get_uuid(args, "instance_uuid", &req->instance_uuid, error))
+            return FALSE;
+        if (!(bd = vn_json_member(args, "block_device"))) {
+            g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID, "block_device: missing");
+            return FALSE;
+        }
+        req->volume = vn_volume_spec_parse(bd, "block_device", error);
+        if (req->volume && req->volume->boot_index == 0) {
+            g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID,
+                        "block_device.boot_index: a volume attached later cannot be the boot disk");
+            return FALSE;
+        }
+        return req->volume != NULL;
+    }
+    case VN_METHOD_DETACH_VOLUME: {
+        static const char *const keys[] = { "instance_uuid", "volume_id", NULL };
+        return vn_json_expect_object(args, "args", keys, error) &&
+               get_uuid(args, "instance_uuid", &req->instance_uuid, error) &&
+               vn_json_get_string(args, "args", "volume_id", TRUE, 1, 64, &req->volume_id, error);
     }
     default:
         return vn_json_expect_object(args, "args", uuid_only, error) &&

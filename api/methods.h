@@ -14,7 +14,7 @@
 #include "api/instance.h"
 
 #define VN_API_VERSION_MAJOR  1
-#define VN_API_VERSION_MINOR  2
+#define VN_API_VERSION_MINOR  3
 #define VN_API_BASE_NAMESPACE "baseapi"
 
 typedef enum {
@@ -44,6 +44,8 @@ typedef enum {
     VN_METHOD_ATTACH_INTERFACE,
     VN_METHOD_DETACH_INTERFACE,
     VN_METHOD_UPDATE_PORT_SECURITY,
+    VN_METHOD_ATTACH_VOLUME,
+    VN_METHOD_DETACH_VOLUME,
     VN_METHOD_LAST
 } VnMethod;
 
@@ -92,6 +94,8 @@ typedef struct {
     VnPortSpec *port;          /* attach_interface */
     char *port_id;             /* detach_interface, update_port_security */
     GPtrArray *rules;          /* update_port_security: VnSgRule* */
+    VnVolumeSpec *volume;      /* attach_volume (with its secret, in memory only) */
+    char *volume_id;           /* detach_volume */
 } VnRequest;
 
 VnRequest *vn_request_parse(const VnMethodInfo *m, json_object *args, GError **error);
