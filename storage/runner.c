@@ -33,6 +33,24 @@ static void forward_cancel(GCancellable *from, gpointer to)
 gboolean vn_stor_run(const char *const *argv, int timeout_s, GCancellable *cancel, char **out_text,
                      GError **error)
 {
+    g_autofree char *err = NULL;
+    int status = 0;
+
+    if (!vn_stor_run_status(argv, timeout_s, cancel, out_text, &err, &status, error))
+        return FALSE;
+    if (status != 0) {
+        if (out_text)
+            g_clear_pointer(out_text, g_free);
+        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOOL, "%s %s: %s", argv[0],
+                    argv[1] ? argv[1] : "", err && *err ? g_strstrip(err) : "failed");
+        return FALSE;
+    }
+    return TRUE;
+}
+
+gboolean vn_stor_run_status(const char *const *argv, int timeout_s, GCancellable *cancel,
+                            char **out_text, char **err_text, int *status, GError **error)
+{
     g_autoptr(GSubprocess) p = NULL;
     g_autoptr(GCancellable) mine = g_cancellable_new();
     g_autofree char *out = NULL;
@@ -80,12 +98,15 @@ gboolean vn_stor_run(const char *const *argv, int timeout_s, GCancellable *cance
             g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOOL, "%s: %s", argv[0], e->message);
         return FALSE;
     }
-    if (!g_subprocess_get_successful(p)) {
-        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOOL, "%s %s: %s", argv[0],
-                    argv[1] ? argv[1] : "", err && *err ? g_strstrip(err) : "failed");
+    if (!g_subprocess_get_if_exited(p)) {
+        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOOL, "%s %s: killed by signal %d", argv[0],
+                    argv[1] ? argv[1] : "", g_subprocess_get_term_sig(p));
         return FALSE;
     }
+    *status = g_subprocess_get_exit_status(p);
     if (out_text)
         *out_text = g_steal_pointer(&out);
+    if (err_text)
+        *err_text = g_steal_pointer(&err);
     return TRUE;
 }

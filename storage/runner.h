@@ -11,3 +11,15 @@
  * or failed: its stderr in the message), _TIMEOUT (killed at the limit), _CANCELLED. */
 gboolean vn_stor_run(const char *const *argv, int timeout_s, GCancellable *cancel, char **out,
                      GError **error);
+
+/* As vn_stor_run, but a program that ran and exited with a status other than 0 is not an
+ * error: its status goes to *@status (0 on success), for tools whose exit codes mean
+ * something (iscsiadm's 15 "already logged in", 21 "no records").  Errors in *@errout
+ * (may be NULL) are its standard error. */
+gboolean vn_stor_run_status(const char *const *argv, int timeout_s, GCancellable *cancel,
+                            char **out, char **errout, int *status, GError **error);
+
+/* The shape of a runner, so that code driving external tools (the volume connectors) can
+ * be given another one in unit tests: same contract as vn_stor_run_status. */
+typedef gboolean (*VnStorRunFunc)(const char *const *argv, int timeout_s, char **out, char **errout,
+                                  int *status, gpointer data, GError **error);
