@@ -17,6 +17,7 @@
 #include "agent/metrics.h"
 #include "agent/ops/migration.h"
 #include "agent/ops/ports.h"
+#include "agent/ops/volumes.h"
 #include "agent/reconcile.h"
 #include "agent/virt/host.h"
 #include "agent/virt/virt.h"
@@ -109,6 +110,21 @@ void vn_agent_notify_instance(VnAgent *a, const char *event_type, const VnInstan
     json_object_object_add(d, "image_uuid",
                            json_object_new_string(rec->image.id ? rec->image.id : ""));
     json_object_object_add(d, "flavor", vn_flavor_to_json(&rec->flavor));
+    /* the volumes (never their connection info); the controller asks the volume service to
+     * delete those marked delete_on_termination once instance.delete.end arrives */
+    json_object *bds = json_object_new_array();
+    for (guint i = 0; rec->volumes && i < rec->volumes->len; i++) {
+        const VnVolumeSpec *v = g_ptr_array_index(rec->volumes, i);
+        json_object *b = json_object_new_object();
+        json_object_object_add(b, "volume_id", json_object_new_string(v->volume_id));
+        json_object_object_add(b, "device_name",
+                               v->device_name ? json_object_new_string(v->device_name) : NULL);
+        json_object_object_add(b, "boot_index", json_object_new_int(v->boot_index));
+        json_object_object_add(b, "delete_on_termination",
+                               json_object_new_boolean(v->delete_on_termination));
+        json_object_array_add(bds, b);
+    }
+    json_object_object_add(d, "block_devices", bds);
     json_object_object_add(d, "request_id",
                            rec->request_id ? json_object_new_string(rec->request_id) : NULL);
     if (fault) {
@@ -377,7 +393,8 @@ static gpointer age_images(gpointer data)
 
     for (guint i = 0; i < recs->len; i++) {
         VnInstanceRecord *rec = g_ptr_array_index(recs, i);
-        g_hash_table_add(in_use, vn_image_cache_path(a->images, rec->image.id));
+        if (rec->image.id)
+            g_hash_table_add(in_use, vn_image_cache_path(a->images, rec->image.id));
     }
     if (!vn_image_cache_age(a->images, in_use, cfg->remove_unused_original_minimum_age_seconds, &r,
                             &err))
@@ -416,6 +433,7 @@ static gpointer housekeeping(gpointer data)
     vn_instance_store_purge_deleted(a->store, now - 3600);
     if (a->virt && !vn_tracker_refresh(a->tracker, a->virt, &err))
         g_debug("host facts: %s", err->message);
+    vn_vols_reconcile(a, FALSE);
     g_atomic_int_set(&a->housekeeping, 0);
     return NULL;
 }
@@ -583,6 +601,49 @@ static gboolean prepare_paths(const VnConfig *cfg, GError **error)
     }
 }
 
+/* This host's iSCSI initiator name: configured, else open-iscsi's, else one of ours. */
+static char *initiator_name(const VnConfig *cfg)
+{
+    g_autofree char *text = NULL;
+
+    if (*cfg->iscsi_initiator_name)
+        return g_strdup(cfg->iscsi_initiator_name);
+    if (g_file_get_contents("/etc/iscsi/initiatorname.iscsi", &text, NULL, NULL)) {
+        g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+        for (char **l = lines; *l; l++) {
+            if (g_str_has_prefix(*l, "InitiatorName="))
+                return g_strdup(g_strstrip(*l + strlen("InitiatorName=")));
+        }
+    }
+    return g_strdup_printf("iqn.2010-10.org.virtnode:%s", cfg->host);
+}
+
+static gboolean open_volumes(VnAgent *a, const VnConfig *cfg, GError **error)
+{
+    g_autofree char *state = g_build_filename(cfg->state_path, "volumes", NULL);
+    g_autofree char *initiator = initiator_name(cfg);
+    VnVolumesConfig vc = {
+        .state_dir = state,
+        .nfs_mount_point_base = cfg->nfs_mount_point_base,
+        .nfs_mount_options = cfg->nfs_mount_options,
+        .nfs_driver = cfg->nfs_driver == 1 ? VN_VOL_DRIVER_QEMU : VN_VOL_DRIVER_KERNEL,
+        .iscsi_driver = cfg->iscsi_driver == 1 ? VN_VOL_DRIVER_QEMU : VN_VOL_DRIVER_KERNEL,
+        .use_multipath = cfg->use_multipath,
+        .initiator_name = initiator,
+        .sys_root = "/",
+        .command_timeout = cfg->volume_command_timeout,
+        .attach_timeout = cfg->volume_attach_timeout,
+        .attempts = cfg->volume_attempts,
+    };
+
+    a->volumes = vn_volumes_new(&vc, error);
+    if (!a->volumes) {
+        g_prefix_error(error, "[storage] ");
+        return FALSE;
+    }
+    return TRUE;
+}
+
 gboolean vn_agent_open_local(VnAgent *a, GError **error)
 {
     g_autoptr(VnConfig) cfg = vn_agent_config(a);
@@ -609,6 +670,8 @@ gboolean vn_agent_open_local(VnAgent *a, GError **error)
         g_prefix_error(error, "[network] ");
         return FALSE;
     }
+    if (!open_volumes(a, cfg, error))
+        return FALSE;
     a->tracker = vn_tracker_new(cfg->host, cfg->instances_path, a->store);
     vn_tracker_set_config(a->tracker, cfg);
     vn_tracker_load(a->tracker);
@@ -784,6 +847,7 @@ gboolean vn_agent_start(VnAgent *a, GError **error)
     if (!unfinished || !vn_reconcile_startup(a, unfinished, error))
         return FALSE;
     vn_ports_reconcile(a);
+    vn_vols_reconcile(a, TRUE);
     if (!start_reporter(a, cfg, error) || !start_rpc(a, cfg, error) || !start_http(a, cfg, error))
         return FALSE;
     vn_dispatcher_replay(a->dispatcher, unfinished);
@@ -946,6 +1010,7 @@ void vn_agent_free(VnAgent *a)
     vn_migrations_free(a->migrations);
     vn_virt_conn_free(a->virt);
     vn_net_host_free(a->net);
+    vn_volumes_free(a->volumes);
     vn_tracker_free(a->tracker);
     vn_image_cache_free(a->images);
     vn_instance_store_free(a->store);

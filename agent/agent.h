@@ -20,6 +20,7 @@
 #include "scheduler-client/amqp/rpc.h"
 #include "scheduler-client/report/report.h"
 #include "storage/image_cache.h"
+#include "storage/volume.h"
 
 typedef struct _VnAgent VnAgent;
 typedef struct _VnDispatcher VnDispatcher;
@@ -69,6 +70,7 @@ struct _VnAgent {
     VnDispatcher *dispatcher;
     VnMigrations *migrations;
     VnNetHost *net;         /* bridges and uplinks (network/) */
+    VnVolumes *volumes;     /* volume connectors (storage/) */
     GThreadPool *sync_pool; /* one thread: power-state syncs, in order */
     char *mac_model;        /* "selinux" / "apparmor" when the host has one */
     gboolean dac_available;

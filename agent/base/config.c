@@ -47,6 +47,7 @@ static const char *const virt_types[] = { "kvm", "qemu", NULL };
 static const char *const cpu_modes[] = { "default", "host-model", "host-passthrough",
                                          "custom",  "none",       NULL };
 static const char *const lm_actions[] = { "abort", "force_complete", NULL };
+static const char *const vol_drivers[] = { "kernel", "qemu", NULL };
 
 #define O(f) offsetof(VnConfig, f)
 #define SEC  1.0
@@ -286,11 +287,37 @@ static const OptDef opts[] = {
       "bridge takes the interface itself, a VLAN network's its 802.1Q sub-interface)." },
     { "network", "default_mtu", OPT_INT, O(net_default_mtu), "1500", NULL, 576, 9216, NULL, 0,
       "MTU of a network whose ports state none." },
+
+    { "storage", "nfs_driver", OPT_ENUM, O(nfs_driver), "kernel", NULL, 0, 0, vol_drivers, 0,
+      "kernel: NFS volumes are mounted on the host (one mount per export, shared by its "
+      "volumes); qemu: QEMU's own NFS client (libnfs) reads them, for hosts without a kernel "
+      "client." },
+    { "storage", "iscsi_driver", OPT_ENUM, O(iscsi_driver), "kernel", NULL, 0, 0, vol_drivers,
+      0,
+      "kernel: open-iscsi logs in and the guest gets the device (or multipath map); qemu: "
+      "QEMU's own initiator (libiscsi), one path, for hosts without an initiator." },
+    { "storage", "use_multipath", OPT_BOOL, O(use_multipath), "false", NULL, 0, 0, NULL, 0,
+      "Kernel iSCSI: log in to every portal a volume lists and give the guest the "
+      "dm-multipath map of its paths (multipathd must run)." },
+    { "storage", "nfs_mount_point_base", OPT_STR, O(nfs_mount_point_base), "$state_path/mnt",
+      NULL, 0, 0, NULL, 0, "Folder under which the kernel driver mounts NFS exports." },
+    { "storage", "nfs_mount_options", OPT_STR, O(nfs_mount_options), "", NULL, 0, 0, NULL, 0,
+      "Mount options added to every NFS mount (e.g. timeo=600,retrans=2)." },
+    { "storage", "iscsi_initiator_name", OPT_STR, O(iscsi_initiator_name), "", NULL, 0, 0, NULL,
+      0,
+      "This host's iSCSI initiator name (empty: InitiatorName of "
+      "/etc/iscsi/initiatorname.iscsi, else iqn.2010-10.org.virtnode:<host>)." },
+    { "storage", "volume_command_timeout", OPT_INT, O(volume_command_timeout), "60", NULL, 1,
+      3600, NULL, OPT_RELOAD, "Seconds an iscsiadm, multipath or mount command may take." },
+    { "storage", "volume_attach_timeout", OPT_INT, O(volume_attach_timeout), "30", NULL, 1, 3600,
+      NULL, OPT_RELOAD, "Seconds to wait for a volume's device or multipath map to appear." },
+    { "storage", "volume_attempts", OPT_INT, O(volume_attempts), "3", NULL, 1, 20, NULL,
+      OPT_RELOAD, "Tries of a login, scan or mount before a connect fails." },
 };
 /* clang-format on */
 
-static const char *const sections[] = { "DEFAULT",     "amqp", "database", "libvirt",
-                                        "image_cache", "api",  "network",  NULL };
+static const char *const sections[] = { "DEFAULT", "amqp",    "database", "libvirt", "image_cache",
+                                        "api",     "network", "storage",  NULL };
 
 static VnConfigCheckFunc checks[G_N_ELEMENTS(opts)];
 
@@ -526,6 +553,15 @@ static void check_relations(const VnConfig *cfg, const char *name, GString *prob
         add_problem(problems, name, "DEFAULT", "state_path", "must be an absolute path");
     if (!g_path_is_absolute(cfg->instances_path))
         add_problem(problems, name, "DEFAULT", "instances_path", "must be an absolute path");
+    if (!g_path_is_absolute(cfg->nfs_mount_point_base))
+        add_problem(problems, name, "storage", "nfs_mount_point_base", "must be an absolute path");
+    for (const char *c = cfg->nfs_mount_options; *c; c++) {
+        if (!g_ascii_isalnum(*c) && !strchr("._:/=,-", *c)) {
+            add_problem(problems, name, "storage", "nfs_mount_options",
+                        "comma-separated key[=value] options only");
+            break;
+        }
+    }
     if (strchr(cfg->image_cache_subdirectory_name, '/') || !*cfg->image_cache_subdirectory_name ||
         strcmp(cfg->image_cache_subdirectory_name, "..") == 0)
         add_problem(problems, name, "image_cache", "subdirectory_name",

@@ -150,6 +150,17 @@ typedef struct _VnConfig {
     /* [network] */
     char **net_physical_interface_mappings;
     int net_default_mtu;
+
+    /* [storage] */
+    int nfs_driver;   /* VnVolDriver: 0 kernel, 1 qemu */
+    int iscsi_driver; /* VnVolDriver */
+    gboolean use_multipath;
+    char *nfs_mount_point_base;
+    char *nfs_mount_options;
+    char *iscsi_initiator_name;
+    int volume_command_timeout;
+    int volume_attach_timeout;
+    int volume_attempts;
 } VnConfig;
 
 /* An extra check of one option's text, beyond its type and bounds (e.g. a URL's form).

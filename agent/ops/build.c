@@ -18,6 +18,7 @@
 #include "agent/ops/guest.h"
 #include "agent/ops/ops.h"
 #include "agent/ops/ports.h"
+#include "agent/ops/volumes.h"
 #include "agent/virt/domain.h"
 #include "agent/virt/virt.h"
 #include "api/error.h"
@@ -32,7 +33,8 @@ typedef struct {
     gboolean image_held;
     gboolean dir_made;
     gboolean domain_made;
-    guint plugged; /* ports plugged, for the rollback */
+    guint plugged;   /* ports plugged, for the rollback */
+    guint connected; /* volumes connected, for the rollback */
 } Build;
 
 static void on_download(guint64 done, guint64 total, gpointer user_data)
@@ -55,6 +57,7 @@ static void rollback(Build *b)
     }
     /* after the domain: its taps are gone, so the filters and bridges can go */
     vn_ports_unplug(b->a, b->spec->ports, b->plugged);
+    vn_vols_disconnect_all(b->a, b->spec->volumes, b->connected);
     if (b->image_held)
         vn_image_cache_release(b->a->images, b->spec->image.id);
     if (b->claimed)
@@ -67,14 +70,14 @@ static gboolean make_disks(Build *b, const char *base, GError **error)
     const VnFlavor *f = &b->spec->flavor;
     g_autofree char *root = vn_guest_file(b->a, b->spec->uuid, VN_GUEST_ROOT_DISK);
 
-    if (!vn_disk_create_overlay(root, base, b->spec->image.disk_format, (guint64)f->root_gb << 30,
-                                b->op->cancel, error)) {
+    if (base && !vn_disk_create_overlay(root, base, b->spec->image.disk_format,
+                                        (guint64)f->root_gb << 30, b->op->cancel, error)) {
         if (g_error_matches(*error, VN_STOR_ERROR, VN_STOR_ERROR_INVALID))
             g_prefix_error(error, "flavor root_gb %d is too small for image '%s': ", f->root_gb,
                            b->spec->image.id);
         return FALSE;
     }
-    if (!vn_guest_record_backing(b->a, b->spec->uuid, base, error))
+    if (base && !vn_guest_record_backing(b->a, b->spec->uuid, base, error))
         return FALSE;
     if (f->ephemeral_gb > 0) {
         g_autofree char *eph = vn_guest_file(b->a, b->spec->uuid, VN_GUEST_EPHEMERAL_DISK);
@@ -129,12 +132,16 @@ static gboolean spawn(Build *b, VnInstanceRecord **launched, GError **error)
     b->dir_made = TRUE; /* set first: a half-made folder is removed too */
     if (!vn_guest_prepare_dir(b->a, spec->uuid, uid, error) || !check_cancelled(b, error))
         return FALSE;
-    base = vn_image_cache_acquire(b->a->images, &src, b->op->cancel, on_download, b, error);
-    if (!base)
+    if (spec->image.id) {
+        base = vn_image_cache_acquire(b->a->images, &src, b->op->cancel, on_download, b, error);
+        if (!base)
+            return FALSE;
+        b->image_held = TRUE;
+        if (!check_cancelled(b, error) || !make_disks(b, base, error))
+            return FALSE;
+    } else if (!make_disks(b, NULL, error)) { /* boots from a volume: no root disk here */
         return FALSE;
-    b->image_held = TRUE;
-    if (!check_cancelled(b, error) || !make_disks(b, base, error))
-        return FALSE;
+    }
     /* what the guest learns its addresses (and user data) from */
     if (spec->ports->len || spec->user_data) {
         g_autofree char *drive = vn_guest_file(b->a, spec->uuid, VN_GUEST_CONFIG_DRIVE);
@@ -179,6 +186,7 @@ static gboolean recover_interrupted(VnOp *op, GError **error)
     }
     if (!vn_guest_remove(a, uuid, &err))
         g_warning("cleaning up the interrupted build of %s: %s", uuid, err->message);
+    vn_vols_disconnect_all(a, rec->volumes, rec->volumes->len);
     vn_tracker_drop(a->tracker, uuid);
     {
         g_autoptr(GError) e = NULL;
@@ -208,6 +216,23 @@ static const char *fault_class_of(const GError *err)
     return "BuildAbortException";
 }
 
+/* Device names for the volumes of the build (the record keeps them). */
+static gboolean assign_devices(Build *b, GError **error)
+{
+    g_autoptr(GPtrArray) done = g_ptr_array_new();
+    VnAgent *a = b->a;
+
+    if (!b->spec->volumes->len)
+        return TRUE;
+    for (guint i = 0; i < b->spec->volumes->len; i++) {
+        VnVolumeSpec *v = g_ptr_array_index(b->spec->volumes, i);
+        if (!vn_vols_assign(b->spec, done, v, error))
+            return FALSE;
+        g_ptr_array_add(done, v);
+    }
+    return vn_instance_store_set_volumes(a->store, b->spec->uuid, b->spec->volumes, error);
+}
+
 /* Claim, the build's task steps and the spawn. */
 static gboolean build_steps(Build *b, GError **error)
 {
@@ -224,6 +249,8 @@ static gboolean build_steps(Build *b, GError **error)
     vn_agent_capacity_changed(a);
     if (!vn_instance_store_next_task(a->store, uuid, VN_TASK_SCHEDULING,
                                      VN_TASK_BLOCK_DEVICE_MAPPING, error) ||
+        !assign_devices(b, error) ||
+        !vn_vols_connect_all(a, b->spec->volumes, &b->connected, error) ||
         !vn_instance_store_next_task(a->store, uuid, VN_TASK_BLOCK_DEVICE_MAPPING,
                                      VN_TASK_NETWORKING, error) ||
         !vn_ports_plug(a, b->spec->ports, &b->plugged, error) ||
@@ -262,7 +289,7 @@ gboolean vn_op_build(VnOp *op, json_object **result, GError **error)
 {
     VnAgent *a = op->agent;
     const VnInstanceRecord *spec = op->req->spec;
-    Build b = { op, a, spec, FALSE, FALSE, FALSE, FALSE, 0 };
+    Build b = { op, a, spec, FALSE, FALSE, FALSE, FALSE, 0, 0 };
     GError *err = NULL;
     g_autoptr(VnInstanceRecord) rec = NULL;
     g_autoptr(VnInstanceRecord) done = NULL;

@@ -7,6 +7,7 @@
 
 #include "agent/ops/guest.h"
 #include "agent/ops/ports.h"
+#include "agent/ops/volumes.h"
 #include "agent/virt/domain.h"
 #include "agent/virt/virt.h"
 #include "storage/disk.h"
@@ -164,12 +165,20 @@ VnDomainSpec *vn_guest_domain_spec(VnAgent *a, const VnInstanceRecord *rec, int 
     s->mac_model = g_strdup(a->mac_model);
     /* the root disk's base is the cached image of the record's image, in the format the
      * record declares; the other disks have none */
-    g_autofree char *base = vn_image_cache_path(a->images, rec->image.id);
-    if (!add_disk(s, rec->uuid, dir, VN_GUEST_ROOT_DISK, "vda", TRUE, base, rec->image.disk_format,
-                  error) ||
+    g_autofree char *base = rec->image.id ? vn_image_cache_path(a->images, rec->image.id) : NULL;
+    gboolean boot_volume = vn_volume_specs_boot(rec->volumes) != NULL;
+    if ((!boot_volume && !add_disk(s, rec->uuid, dir, VN_GUEST_ROOT_DISK, "vda", TRUE, base,
+                                   rec->image.disk_format, error)) ||
         !add_disk(s, rec->uuid, dir, VN_GUEST_EPHEMERAL_DISK, "vdb", FALSE, NULL, NULL, error) ||
         !add_disk(s, rec->uuid, dir, VN_GUEST_SWAP_DISK, "vdc", FALSE, NULL, NULL, error))
         return NULL;
+    /* volumes: connected again if needed (a reboot or start after a host restart) */
+    for (guint i = 0; i < rec->volumes->len; i++) {
+        VnVolDiskSpec *d = NULL;
+        if (!vn_vols_connect(a, g_ptr_array_index(rec->volumes, i), &d, error))
+            return NULL;
+        g_ptr_array_add(s->volumes, d);
+    }
     for (guint i = 0; i < rec->ports->len; i++) {
         VnIfaceSpec iface;
         vn_ports_iface(g_ptr_array_index(rec->ports, i), &iface);

@@ -1227,6 +1227,21 @@ static void undo_dest(VnAgent *a, const char *uuid, gboolean shared)
     vn_agent_capacity_changed(a);
 }
 
+static gboolean make_blank_disks(VnAgent *a, const VnInstanceRecord *inst, json_object *disks,
+                                 GError **error)
+{
+    g_autofree char *dir = vn_agent_instance_dir(a, inst->uuid);
+
+    json_object_object_foreach(disks, name, size)
+    {
+        g_autofree char *path = g_build_filename(dir, name, NULL);
+        if ((strcmp(name, VN_GUEST_EPHEMERAL_DISK) == 0 || strcmp(name, VN_GUEST_SWAP_DISK) == 0) &&
+            !vn_disk_create_blank(path, (guint64)json_object_get_int64(size), NULL, error))
+            return FALSE;
+    }
+    return TRUE;
+}
+
 /* The disks of an arriving guest whose storage is not shared, in its prepared folder.
  * The cached base is held only while the overlays are made (as a build holds it): from
  * then on the record and the recorded backing keep it. */
@@ -1239,6 +1254,8 @@ static gboolean make_dest_disks(VnAgent *a, const VnInstanceRecord *inst, json_o
                           inst->image.disk_format, (guint64)inst->image.size };
     gboolean ok = TRUE;
 
+    if (!inst->image.id) /* boots from a volume: only the local extra disks */
+        return make_blank_disks(a, inst, disks, error);
     base = vn_image_cache_acquire(a->images, &src, NULL, NULL, NULL, error);
     if (!base)
         return FALSE;

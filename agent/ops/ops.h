@@ -47,3 +47,7 @@ gboolean vn_op_get_migration(VnOp *op, json_object **result, GError **error);
 gboolean vn_op_attach_interface(VnOp *op, json_object **result, GError **error);
 gboolean vn_op_detach_interface(VnOp *op, json_object **result, GError **error);
 gboolean vn_op_update_port_security(VnOp *op, json_object **result, GError **error);
+
+/* volumes.c */
+gboolean vn_op_attach_volume(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_detach_volume(VnOp *op, json_object **result, GError **error);

@@ -11,6 +11,7 @@
 #include "agent/ops/guest.h"
 #include "agent/ops/ops.h"
 #include "agent/ops/ports.h"
+#include "agent/ops/volumes.h"
 #include "agent/virt/domain.h"
 #include "agent/virt/domain_xml.h"
 #include "agent/virt/virt.h"
@@ -293,8 +294,10 @@ gboolean vn_op_terminate(VnOp *op, json_object **result, GError **error)
         g_propagate_error(error, g_steal_pointer(&err));
         return FALSE;
     }
-    /* the guest's taps went with its domain: its filters and bridge uses go now */
+    /* the guest's taps and disks went with its domain: its filters, bridge uses and
+     * volume connections go now (the volumes themselves are the volume service's) */
     vn_ports_unplug(a, rec->ports, rec->ports->len);
+    vn_vols_disconnect_all(a, rec->volumes, rec->volumes->len);
     vn_tracker_drop(a->tracker, uuid);
     if (!vn_instance_store_mark_deleted(a->store, uuid, error))
         return FALSE;

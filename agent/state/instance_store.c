@@ -192,6 +192,10 @@ gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *sp
         return FALSE;
     }
     rec = vn_instance_record_copy(spec);
+    for (guint i = 0; i < rec->volumes->len; i++) {
+        VnVolumeSpec *v = g_ptr_array_index(rec->volumes, i);
+        g_clear_pointer(&v->conn.auth_password, g_free); /* never in a record */
+    }
     g_free(rec->host);
     rec->host = g_strdup(s->host);
     rec->vm_state = VN_VM_BUILDING;
@@ -487,6 +491,28 @@ gboolean vn_instance_store_set_ports(VnInstanceStore *s, const char *uuid, const
                                      GError **error)
 {
     return update(s, uuid, change_ports, (gpointer)ports, error);
+}
+
+static gboolean change_volumes(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    const GPtrArray *vols = data;
+
+    if (!task_is(r, VN_TASK_BLOCK_DEVICE_MAPPING, error))
+        return FALSE;
+    g_ptr_array_set_size(r->volumes, 0);
+    for (guint i = 0; i < vols->len; i++) {
+        VnVolumeSpec *v = vn_volume_spec_copy(g_ptr_array_index(vols, i));
+        /* a record never holds a secret, not even in memory */
+        g_clear_pointer(&v->conn.auth_password, g_free);
+        g_ptr_array_add(r->volumes, v);
+    }
+    return TRUE;
+}
+
+gboolean vn_instance_store_set_volumes(VnInstanceStore *s, const char *uuid, const GPtrArray *vols,
+                                       GError **error)
+{
+    return update(s, uuid, change_volumes, (gpointer)vols, error);
 }
 
 static gboolean change_clear_task(VnInstanceRecord *r, gpointer data, GError **error)

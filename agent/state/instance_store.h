@@ -114,5 +114,9 @@ gboolean vn_instance_store_sync_begin(VnInstanceStore *s, const char *uuid, gint
 
 /* Replaces the ports of @uuid (copies of @ports, VnPortSpec*); compare-and-set: the
  * networking task (attach, detach, security update) must hold the record. */
+/* Replaces the volumes of @uuid (under the block_device_mapping task); the CHAP password
+ * is never kept. */
+gboolean vn_instance_store_set_volumes(VnInstanceStore *s, const char *uuid, const GPtrArray *vols,
+                                       GError **error);
 gboolean vn_instance_store_set_ports(VnInstanceStore *s, const char *uuid, const GPtrArray *ports,
                                      GError **error);

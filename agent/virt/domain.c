@@ -421,9 +421,8 @@ gboolean vn_domain_attach(VnVirtConn *c, const char *uuid, const char *xml, gboo
 }
 
 /* TRUE while the domain's (live) XML names @mac. */
-static gboolean has_mac(virDomainPtr dom, const char *mac, unsigned flags)
+static gboolean has_text(virDomainPtr dom, const char *needle, unsigned flags)
 {
-    g_autofree char *needle = g_strdup_printf("address='%s'", mac);
     char *xml = virDomainGetXMLDesc(dom, flags);
     gboolean found = xml && strstr(xml, needle);
 
@@ -431,8 +430,11 @@ static gboolean has_mac(virDomainPtr dom, const char *mac, unsigned flags)
     return found;
 }
 
-gboolean vn_domain_detach(VnVirtConn *c, const char *uuid, const char *xml, const char *mac,
-                          gboolean live, int timeout_s, GError **error)
+/* Detaches @xml and, live, waits until the domain no longer shows @needle (the device is
+ * gone when the guest released it). */
+static gboolean detach_until_gone(VnVirtConn *c, const char *uuid, const char *xml,
+                                  const char *needle, const char *what, gboolean live,
+                                  int timeout_s, GError **error)
 {
     g_autoptr(virDomain) dom = domain_get(c, uuid, error);
     unsigned flags = VIR_DOMAIN_AFFECT_CONFIG | (live ? VIR_DOMAIN_AFFECT_LIVE : 0);
@@ -441,16 +443,32 @@ gboolean vn_domain_detach(VnVirtConn *c, const char *uuid, const char *xml, cons
     if (!dom)
         return FALSE;
     if (virDomainDetachDeviceFlags(dom, xml, flags) < 0)
-        return vn_virt_error(error, "detaching a device from instance %s", uuid);
-    /* a live detach completes when the guest releases the device */
-    while (live && has_mac(dom, mac, 0)) {
+        return vn_virt_error(error, "detaching %s from instance %s", what, uuid);
+    while (live && has_text(dom, needle, 0)) {
         if (g_get_monotonic_time() > end) {
             g_set_error(error, VN_VIRT_ERROR, VN_VIRT_ERROR_TIMEOUT,
-                        "instance %s did not release interface %s within %d s", uuid, mac,
-                        timeout_s);
+                        "instance %s did not release %s within %d s", uuid, what, timeout_s);
             return FALSE;
         }
         g_usleep(200 * 1000);
     }
     return TRUE;
+}
+
+gboolean vn_domain_detach(VnVirtConn *c, const char *uuid, const char *xml, const char *mac,
+                          gboolean live, int timeout_s, GError **error)
+{
+    g_autofree char *needle = g_strdup_printf("address='%s'", mac);
+    g_autofree char *what = g_strdup_printf("interface %s", mac);
+
+    return detach_until_gone(c, uuid, xml, needle, what, live, timeout_s, error);
+}
+
+gboolean vn_domain_detach_disk(VnVirtConn *c, const char *uuid, const char *xml, const char *target,
+                               gboolean live, int timeout_s, GError **error)
+{
+    g_autofree char *needle = g_strdup_printf("<target dev='%s'", target);
+    g_autofree char *what = g_strdup_printf("disk %s", target);
+
+    return detach_until_gone(c, uuid, xml, needle, what, live, timeout_s, error);
 }

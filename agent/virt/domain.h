@@ -73,3 +73,7 @@ gboolean vn_domain_attach(VnVirtConn *c, const char *uuid, const char *xml, gboo
  * (VN_VIRT_ERROR_TIMEOUT). */
 gboolean vn_domain_detach(VnVirtConn *c, const char *uuid, const char *xml, const char *mac,
                           gboolean live, int timeout_s, GError **error);
+
+/* The same for the disk @xml whose target is @target. */
+gboolean vn_domain_detach_disk(VnVirtConn *c, const char *uuid, const char *xml, const char *target,
+                               gboolean live, int timeout_s, GError **error);

@@ -34,6 +34,7 @@ VnDomainSpec *vn_domain_spec_new(void)
 
     s->disks = g_ptr_array_new_with_free_func((GDestroyNotify)disk_free);
     s->ifaces = g_ptr_array_new_with_free_func((GDestroyNotify)vn_iface_spec_free);
+    s->volumes = g_ptr_array_new_with_free_func((GDestroyNotify)vn_vol_disk_spec_free);
     s->guest_strings = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     return s;
 }
@@ -50,6 +51,7 @@ void vn_domain_spec_free(VnDomainSpec *s)
     g_free(s->cpu_model);
     g_ptr_array_unref(s->disks);
     g_ptr_array_unref(s->ifaces);
+    g_ptr_array_unref(s->volumes);
     g_free(s->config_drive);
     g_free(s->console_log);
     g_free(s->mac_model);
@@ -291,6 +293,97 @@ char *vn_domain_xml_iface(const VnIfaceSpec *i)
     return vn_xml_dump(doc);
 }
 
+void vn_vol_disk_spec_free(VnVolDiskSpec *d)
+{
+    if (!d)
+        return;
+    g_free(d->serial);
+    g_free(d->target);
+    g_free(d->bus);
+    g_free(d->path);
+    g_free(d->protocol);
+    g_free(d->name);
+    g_free(d->host);
+    g_free(d->initiator);
+    g_free(d->auth_username);
+    g_free(d->secret_usage);
+    g_free(d->format);
+    g_free(d);
+}
+
+/* A volume's disk.  I/O errors stop the guest (error_policy, rerror_policy) rather than
+ * reach its file systems: a storage outage pauses the guests on it, which resume when it
+ * is back. */
+static void build_volume(xmlNodePtr devices, const VnVolDiskSpec *v)
+{
+    xmlNodePtr disk = child(devices, "disk", NULL);
+    xmlNodePtr n, src;
+
+    prop(disk, "type",
+         v->kind == VN_VOLDISK_FILE    ? "file"
+         : v->kind == VN_VOLDISK_BLOCK ? "block"
+                                       : "network");
+    prop(disk, "device", "disk");
+    n = child(disk, "driver", NULL);
+    prop(n, "name", "qemu");
+    prop(n, "type", v->format ? v->format : "raw");
+    prop(n, "cache", "none");
+    if (v->kind == VN_VOLDISK_BLOCK)
+        prop(n, "io", "native");
+    prop(n, "error_policy", "stop");
+    prop(n, "rerror_policy", "stop");
+    if (v->discard)
+        prop(n, "discard", "unmap");
+    src = child(disk, "source", NULL);
+    if (v->kind == VN_VOLDISK_FILE) {
+        prop(src, "file", v->path);
+    } else if (v->kind == VN_VOLDISK_BLOCK) {
+        prop(src, "dev", v->path);
+    } else {
+        prop(src, "protocol", v->protocol);
+        prop(src, "name", v->name);
+        xmlNodePtr h = child(src, "host", NULL);
+        prop(h, "name", v->host);
+        if (v->port > 0)
+            propi(h, "port", v->port);
+        if (strcmp(v->protocol, "nfs") == 0) {
+            /* libnfs speaks as root to the export (Cinder's NFS exports squash nobody) */
+            xmlNodePtr id = child(src, "identity", NULL);
+            prop(id, "user", "root");
+            prop(id, "group", "root");
+        } else if (v->initiator) {
+            prop(child(child(src, "initiator", NULL), "iqn", NULL), "name", v->initiator);
+        }
+        if (v->auth_username && v->secret_usage) {
+            xmlNodePtr a = child(disk, "auth", NULL);
+            prop(a, "username", v->auth_username);
+            xmlNodePtr sec = child(a, "secret", NULL);
+            prop(sec, "type", "iscsi");
+            prop(sec, "usage", v->secret_usage);
+        }
+    }
+    n = child(disk, "target", NULL);
+    prop(n, "dev", v->target);
+    prop(n, "bus", v->bus ? v->bus : "virtio");
+    child(disk, "serial", v->serial);
+    if (v->read_only)
+        child(disk, "readonly", NULL);
+}
+
+char *vn_domain_xml_volume(const VnVolDiskSpec *d)
+{
+    g_autoptr(xmlDoc) doc = xmlNewDoc(BAD_CAST "1.0");
+    xmlNodePtr holder = xmlNewNode(NULL, BAD_CAST "devices");
+
+    xmlDocSetRootElement(doc, holder);
+    build_volume(holder, d);
+    xmlNodePtr disk = holder->children;
+    xmlUnlinkNode(disk);
+    xmlDocSetRootElement(doc, disk);
+    xmlFreeNode(holder);
+    return vn_xml_dump(doc);
+}
+
 static void build_config_drive(xmlNodePtr devices, const char *path)
 {
     xmlNodePtr n = child(devices, "disk", NULL);
@@ -316,8 +409,27 @@ static void build_devices(xmlNodePtr dom, const VnDomainSpec *s)
     xmlNodePtr dev = child(dom, "devices", NULL);
     xmlNodePtr n;
 
+    gboolean scsi = FALSE;
+
+    /* a boot volume first: the guest boots from the first disk */
+    for (guint i = 0; i < s->volumes->len; i++) {
+        const VnVolDiskSpec *v = g_ptr_array_index(s->volumes, i);
+        if (v->target[2] == 'a')
+            build_volume(dev, v);
+        scsi = scsi || g_strcmp0(v->bus, "scsi") == 0;
+    }
     for (guint i = 0; i < s->disks->len; i++)
         build_disk(dev, s, g_ptr_array_index(s->disks, i));
+    for (guint i = 0; i < s->volumes->len; i++) {
+        const VnVolDiskSpec *v = g_ptr_array_index(s->volumes, i);
+        if (v->target[2] != 'a')
+            build_volume(dev, v);
+    }
+    if (scsi) {
+        n = child(dev, "controller", NULL);
+        prop(n, "type", "scsi");
+        prop(n, "model", "virtio-scsi");
+    }
     if (s->config_drive)
         build_config_drive(dev, s->config_drive);
     for (guint i = 0; i < s->ifaces->len; i++)
@@ -360,7 +472,7 @@ static void build_seclabels(xmlNodePtr dom, const VnDomainSpec *s)
 static gboolean spec_valid(const VnDomainSpec *s, GError **error)
 {
     if (!s->uuid || !s->domain_name || !s->domain_type || s->meta.vcpus <= 0 ||
-        s->meta.memory_mb <= 0 || !s->console_log || s->disks->len == 0) {
+        s->meta.memory_mb <= 0 || !s->console_log || s->disks->len + s->volumes->len == 0) {
         g_set_error(error, VN_VIRT_ERROR, VN_VIRT_ERROR_XML, "incomplete domain description for %s",
                     s->uuid ? s->uuid : "(no uuid)");
         return FALSE;

@@ -39,6 +39,33 @@ typedef struct {
     char *target; /* "vda", "vdb", ... */
 } VnDiskSpec;
 
+/* A volume's disk, from the plain description storage/ gives (file, block device or
+ * QEMU's own network client). */
+typedef enum { VN_VOLDISK_FILE, VN_VOLDISK_BLOCK, VN_VOLDISK_NETWORK } VnVolDiskType;
+
+typedef struct {
+    char *serial; /* the volume id: what the guest sees as the disk's serial */
+    char *target; /* "vdb", "sda", ... */
+    char *bus;    /* "virtio" or "scsi" */
+    VnVolDiskType kind;
+    char *path;          /* file or block */
+    char *protocol;      /* network: "nfs" or "iscsi" */
+    char *name;          /* network source name */
+    char *host;          /* network */
+    int port;            /* network; 0: the protocol's */
+    char *initiator;     /* iscsi network */
+    char *auth_username; /* iscsi network with CHAP */
+    char *secret_usage;  /* the libvirt secret holding the password */
+    char *format;        /* "raw" or "qcow2" */
+    gboolean read_only;
+    gboolean discard;
+} VnVolDiskSpec;
+
+void vn_vol_disk_spec_free(VnVolDiskSpec *d);
+
+/* The <disk> element of a volume alone, as a document (for hot-plug).  Caller frees. */
+char *vn_domain_xml_volume(const VnVolDiskSpec *d);
+
 /* A guest network port on a Linux bridge (libvirt makes the tap and puts it there). */
 typedef struct {
     char *mac;
@@ -69,6 +96,8 @@ typedef struct {
 
     GPtrArray *disks;   /* VnDiskSpec* */
     GPtrArray *ifaces;  /* VnIfaceSpec*, in guest device order */
+    GPtrArray *volumes; /* VnVolDiskSpec*; a boot volume (target vda/sda) comes first and
+                         * the guest boots from it */
     char *config_drive; /* ISO 9660 image attached as a read-only CD-ROM, or NULL */
     char *console_log;  /* serial console file */
 
