@@ -158,6 +158,36 @@ HOTPEER=$(setting vn.hotplug_peer)
       fi
   done ) &
 
+# Volumes: a disk with a serial (virtio's /sys/block/X/serial) is a volume.  On its
+# appearance the guest reads its first sector: a marker written earlier is reported,
+# otherwise one is written (synchronously, past the page cache).  vn.volwrite=SERIAL
+# writes a new marker to that volume whenever it appears.
+( : > /tmp/vols
+  while true; do
+      : > /tmp/vols.now
+      for s in /sys/block/vd? /sys/block/sd?; do
+          [ -r "$s/serial" ] || continue
+          serial=$(cat "$s/serial" 2>/dev/null)
+          [ -n "$serial" ] || continue
+          dev=/dev/${s##*/}
+          echo "$serial" >> /tmp/vols.now
+          grep -qx "$serial" /tmp/vols && continue
+          mark=$(dd if="$dev" bs=512 count=1 2>/dev/null | tr -d '\000' | head -c 64)
+          case "$mark" in
+          VNMARK-*) echo "VIRTNODE-VOL-READ $serial ${s##*/} $mark" ;;
+          *) mark="VNMARK-$serial-$(cut -d' ' -f1 /proc/uptime)"
+             printf '%s' "$mark" | dd of="$dev" bs=512 count=1 conv=sync,fsync 2>/dev/null &&
+                 echo "VIRTNODE-VOL-WROTE $serial ${s##*/} $mark" ||
+                 echo "VIRTNODE-VOL-WRITE-FAILED $serial ${s##*/}" ;;
+          esac
+      done
+      for serial in $(cat /tmp/vols); do
+          grep -qx "$serial" /tmp/vols.now || echo "VIRTNODE-VOL-REMOVED $serial"
+      done
+      cp /tmp/vols.now /tmp/vols
+      sleep 1
+  done ) &
+
 if [ "$MODE" = dirty ]; then
     MB=$(setting vn.dirty_mb); MB=${MB:-64}
     CK=$(setting vn.dirty_check); CK=${CK:-0}

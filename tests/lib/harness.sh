@@ -404,6 +404,97 @@ nethost_stop() {
 }
 
 
+# ---------------------------------------------------------------- NAS and iSCSI storage
+# nfs-ganesha (with rpcbind: QEMU's libnfs looks mountd up through the portmapper) and
+# tgtd inside host H's network namespace, on its loopback only:
+#   NFS   <H>:/ = $R/nas/export (NFS v3 and v4, no root squash)
+#   iSCSI target $STORAGE_IQN, CHAP $STORAGE_CHAP_USER / $STORAGE_CHAP_PASSWORD, on two
+#         portals 127.0.0.1:3260 and 127.0.0.2:3260 (one LUN, two paths), LUN 1..4 files
+#         of $R/nas/lunN.img (64 MiB each)
+# The migration address of a paired host (203.0.113.x) reaches them from the other host.
+# One storage host per machine: rpcbind's and tgtd's control sockets are global paths.
+storage_start() {
+    local H=$1 R=$RUN/hosts/$1 p i
+    p=$(cat "$R/pid" 2>/dev/null) || die "host $H is not running"
+    [ -f "$R/netns" ] || die "host $H has no network namespace of its own"
+    storage_stop "$H" 2> /dev/null || true
+    mkdir -p "$R/nas"/{export,recov,run} /var/run/ganesha
+    chmod 0777 "$R/nas/export"
+    local X="nsenter -t $p -n"
+    $X rpcbind -w -f > "$R/nas/rpcbind.out" 2>&1 &
+    echo $! > "$R/nas/rpcbind.pid"
+    for i in $(seq 50); do $X ss -ltn | grep -q ':111 ' && break; sleep 0.1; done
+    cat > "$R/nas/ganesha.conf" << GANESHA
+NFS_CORE_PARAM { Protocols = 3, 4; NFS_Port = 2049; MNT_Port = 20048;
+                 Enable_NLM = false; Enable_RQUOTA = false; }
+NFSV4 { Graceless = true; RecoveryBackend = fs; RecoveryRoot = $R/nas/recov; }
+NFS_KRB5 { Active_krb5 = false; }
+EXPORT_DEFAULTS { Squash = No_Root_Squash; SecType = sys; }
+EXPORT { Export_Id = 1; Path = $R/nas/export; Pseudo = /export; Access_Type = RW;
+         Protocols = 3, 4; Transports = TCP; Squash = No_Root_Squash; FSAL { Name = VFS; } }
+LOG { Default_Log_Level = EVENT; }
+GANESHA
+    $X ganesha.nfsd -F -f "$R/nas/ganesha.conf" -L "$R/nas/ganesha.log" \
+        -p "$R/nas/run/ganesha.pid" > "$R/nas/ganesha.out" 2>&1 &
+    echo $! > "$R/nas/ganesha.fpid"
+    for i in 1 2 3 4; do [ -f "$R/nas/lun$i.img" ] || truncate -s 64M "$R/nas/lun$i.img"; done
+    $X tgtd -f --iscsi portal=127.0.0.1:3260 > "$R/nas/tgtd.out" 2>&1 &
+    echo $! > "$R/nas/tgtd.pid"
+    for i in $(seq 50); do tgtadm --lld iscsi --op show --mode sys > /dev/null 2>&1 && break; sleep 0.1; done
+    local iqn=iqn.2026-11.org.virtnode.test:storage
+    tgtadm --lld iscsi --op new --mode portal --param portal=127.0.0.2:3260
+    tgtadm --lld iscsi --op new --mode target --tid 1 -T "$iqn"
+    for i in 1 2 3 4; do
+        tgtadm --lld iscsi --op new --mode logicalunit --tid 1 --lun $i -b "$R/nas/lun$i.img"
+        tgtadm --lld iscsi --op update --mode logicalunit --tid 1 --lun $i \
+            --params scsi_id=VNTEST000$i,scsi_sn=VNSN000$i
+    done
+    tgtadm --lld iscsi --op new --mode account --user vnchap --password vnchap-secret-2f9c
+    tgtadm --lld iscsi --op bind --mode account --tid 1 --user vnchap
+    tgtadm --lld iscsi --op bind --mode target --tid 1 -I ALL
+    for i in $(seq 100); do $X ss -ltn | grep -q ':2049 ' && break; sleep 0.1; done
+    $X ss -ltn | grep -q ':2049 ' || { tail -n 5 "$R/nas/ganesha.log" >&2; die "ganesha did not start in host $H"; }
+    envset STORAGE_HOST "$H"
+    envset STORAGE_EXPORT_DIR "$R/nas/export"
+    envset STORAGE_LUN_DIR "$R/nas"
+    envset STORAGE_IQN "$iqn"
+    envset STORAGE_CHAP_USER vnchap
+    envset STORAGE_CHAP_PASSWORD vnchap-secret-2f9c
+    log "NFS and iSCSI servers up in host $H (ganesha $(cat "$R/nas/ganesha.fpid"), tgtd $(cat "$R/nas/tgtd.pid"))"
+}
+
+# Takes the NFS server away (and back with storage-nfs-start): for the failure tests.
+storage_nfs_stop() {
+    local R=$RUN/hosts/$1 p
+    p=$(cat "$R/nas/ganesha.fpid" 2>/dev/null) || return 0
+    kill -STOP "$p" 2>/dev/null || true
+}
+storage_nfs_cont() {
+    local R=$RUN/hosts/$1 p
+    p=$(cat "$R/nas/ganesha.fpid" 2>/dev/null) || return 0
+    kill -CONT "$p" 2>/dev/null || true
+}
+
+storage_stop() {
+    local H=$1 R=$RUN/hosts/$1 f p
+    # tgtd ignores SIGTERM while targets exist: offline, delete, then the system
+    if tgtadm --op show --mode sys > /dev/null 2>&1; then
+        tgtadm --op update --mode sys --name State -v offline || true
+        tgt-admin --offline ALL > /dev/null 2>&1 || true
+        tgt-admin --update ALL -c /dev/null -f > /dev/null 2>&1 || true
+        tgtadm --op delete --mode system > /dev/null 2>&1 || true
+    fi
+    for f in ganesha.fpid tgtd.pid rpcbind.pid; do
+        p=$(cat "$R/nas/$f" 2>/dev/null) || continue
+        kill -CONT "$p" 2>/dev/null || true
+        kill "$p" 2>/dev/null || true
+        for _ in $(seq 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$p" 2>/dev/null || true
+        rm -f "$R/nas/$f"
+    done
+    rm -f /run/rpcbind.sock /run/rpcbind.lock
+}
+
 # ---------------------------------------------------------------- image server
 images_start() {
     mkdir -p "$RUN/images"
@@ -434,6 +525,7 @@ stop_all() {
     kill_run_processes
     host_stop a || true
     host_stop b || true
+    for h in na nb; do [ -d "$RUN/hosts/$h/nas" ] && storage_stop "$h"; done 2> /dev/null || true
     nethost_stop na || true
     nethost_stop nb || true
     rabbit_stop || true
@@ -501,6 +593,10 @@ libvirtd-restart) libvirtd_restart "${3:?host}" ;;
 nethost-start) nethost_start "${3:?host}" ;;
 nethost-stop) nethost_stop "${3:?host}"; log "host $3 stopped" ;;
 nethost-pair) nethost_pair ;;
+storage-start) storage_start "${3:?host}" ;;
+storage-stop) storage_stop "${3:?host}"; log "storage of host $3 stopped" ;;
+storage-nfs-stop) storage_nfs_stop "${3:?host}" ;;
+storage-nfs-cont) storage_nfs_cont "${3:?host}" ;;
 ns) H=${3:?host}; shift 3; host_ns "$H" "$@" ;;
 *) die "unknown command '$cmd'" ;;
 esac
