@@ -109,8 +109,12 @@ static gboolean run_ok(VnVolumes *v, const char *const *argv, const int *ok_stat
             status = 0;
     }
     if (status != 0) {
-        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOOL, "%s %s failed (exit %d)", argv[0],
-                    argv[1] ? argv[1] : "", status);
+        /* the command as far as its target (a secret only ever comes later, after -v) */
+        g_autoptr(GString) cmd = g_string_new(argv[0]);
+        for (int i = 1; argv[i] && i < 7 && strcmp(argv[i - 1], "-v") != 0; i++)
+            g_string_append_printf(cmd, " %s", argv[i]);
+        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TOOL, "%s failed (exit %d)", cmd->str,
+                    status);
         return FALSE;
     }
     if (out)
@@ -766,10 +770,11 @@ static gboolean multipath_wanted(VnVolumes *v, const VnVolumeRequest *r)
     return v->cfg.use_multipath && r->n_paths >= 1;
 }
 
-/* Disconnects the devices of @r: map flushed (queueing off first, so a dead path cannot
- * hang the flush), then every path deleted.  @wwid may be NULL when unknown. */
-static gboolean iscsi_remove_devices(VnVolumes *v, const VnVolumeRequest *r, const char *wwid,
-                                     GError **error)
+/* Disconnects the devices of @r on the paths @mask marks (NULL: none; the sweep finds
+ * them by WWID): map flushed (queueing off first, so a dead path cannot hang the flush),
+ * then every path deleted.  @wwid may be NULL when unknown. */
+static gboolean iscsi_remove_devices(VnVolumes *v, const VnVolumeRequest *r, const gboolean *mask,
+                                     const char *wwid, GError **error)
 {
     g_autofree char *map_name = NULL;
     g_autofree char *dm = wwid ? find_map(v, wwid, &map_name) : NULL;
@@ -784,7 +789,7 @@ static gboolean iscsi_remove_devices(VnVolumes *v, const VnVolumeRequest *r, con
         for (int i = 0; i < v->cfg.attempts && !ok; i++) {
             g_clear_error(&e);
             ok = run_ok(v, flush, NULL, NULL, &e);
-            if (!ok)
+            if (!ok && i + 1 < v->cfg.attempts)
                 g_usleep(G_USEC_PER_SEC);
         }
         if (!ok) {
@@ -795,7 +800,9 @@ static gboolean iscsi_remove_devices(VnVolumes *v, const VnVolumeRequest *r, con
             return FALSE;
         }
     }
-    for (guint i = 0; i < r->n_paths; i++) {
+    for (guint i = 0; mask && i < r->n_paths; i++) {
+        if (!mask[i])
+            continue;
         int sid = find_session(v, &r->paths[i]);
         g_autofree char *dev = sid ? session_lun_device(v, sid, r->paths[i].lun) : NULL;
         if (dev)
@@ -807,18 +814,27 @@ static gboolean iscsi_remove_devices(VnVolumes *v, const VnVolumeRequest *r, con
 static gboolean iscsi_kernel_disconnect(VnVolumes *v, const VnVolumeRequest *r, GError **error)
 {
     g_autofree char *wwid = NULL;
+    g_autofree gboolean *used = g_new0(gboolean, r->n_paths);
+    gboolean any = FALSE;
 
-    /* the WWID the connect recorded (the device may be gone already) */
-    for (guint i = 0; i < r->n_paths && !wwid; i++) {
+    /* the paths this volume was connected on, and the WWID the connect recorded (the
+     * device may be gone already); a path of another volume is never touched */
+    for (guint i = 0; i < r->n_paths; i++) {
         g_autofree char *dir = session_dir(v, &r->paths[i]);
         g_autofree char *use = g_build_filename(dir, r->volume_id, NULL);
         g_autofree char *text = read_trimmed(use);
-        if (text && g_str_has_prefix(text, "wwid="))
+        used[i] = text != NULL;
+        any = any || used[i];
+        if (!wwid && text && g_str_has_prefix(text, "wwid="))
             wwid = g_strdup(text + 5);
     }
-    if (!iscsi_remove_devices(v, r, wwid, error))
+    if (!any)
+        return TRUE;
+    if (!iscsi_remove_devices(v, r, used, wwid, error))
         return FALSE;
     for (guint i = 0; i < r->n_paths; i++) {
+        if (!used[i])
+            continue;
         g_autofree char *dir = session_dir(v, &r->paths[i]);
         g_autofree char *use = g_build_filename(dir, r->volume_id, NULL);
         g_unlink(use);
@@ -1240,11 +1256,9 @@ guint vn_volumes_sweep(VnVolumes *v, GHashTable *live, int min_age_s)
             g_autoptr(GError) e = NULL;
             if (text && g_str_has_prefix(text, "wwid=")) {
                 VnVolumeRequest r = { .volume_id = id, .iscsi = TRUE };
-                g_autofree char *name = NULL;
-                g_autofree char *dm = find_map(v, text + 5, &name);
                 r.paths = &p;
-                r.n_paths = 0; /* the LUN is unknown here: devices go by their WWID below */
-                if (!iscsi_remove_devices(v, &r, text + 5, &e)) {
+                r.n_paths = 1; /* the LUN is unknown here: devices go by their WWID below */
+                if (!iscsi_remove_devices(v, &r, NULL, text + 5, &e)) {
                     g_warning("sweep: %s", e->message);
                     continue;
                 }

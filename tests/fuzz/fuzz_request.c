@@ -37,11 +37,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         VnInstanceRecord *back = vn_instance_record_from_json(stored, &err2);
         if (!back)
             __builtin_trap();
-        if (back->ports->len != req->spec->ports->len)
+        if (back->ports->len != req->spec->ports->len ||
+            back->volumes->len != req->spec->volumes->len)
             __builtin_trap();
+        /* a record never carries a CHAP password */
+        for (guint i = 0; i < back->volumes->len; i++) {
+            const VnVolumeSpec *v = g_ptr_array_index(back->volumes, i);
+            if (v->conn.auth_password)
+                __builtin_trap();
+        }
         if (g_strcmp0(back->uuid, req->spec->uuid) != 0)
             __builtin_trap();
         vn_instance_record_free(back);
+    }
+    if (req->volume) {
+        g_autoptr(json_object) o = vn_volume_spec_to_json(req->volume);
+        g_autoptr(VnVolumeSpec) c = vn_volume_spec_copy(req->volume);
+        if (!c || g_strcmp0(c->conn.auth_password, req->volume->conn.auth_password) != 0)
+            __builtin_trap();
+        if (json_object_object_get_ex(
+                json_object_object_get(json_object_object_get(o, "connection_info"), "data"),
+                "auth_password", NULL))
+            __builtin_trap();
     }
     return 0;
 }

@@ -425,6 +425,111 @@ static void test_uuid_canonical(void **state)
     assert_null(c);
 }
 
+static const char *nfs_bd =
+    "{\"volume_id\": \"v-nfs-1\", \"boot_index\": 0, \"delete_on_termination\": true,"
+    " \"connection_info\": {\"driver_volume_type\": \"nfs\", \"serial\": \"v-nfs-1\","
+    "   \"data\": {\"export\": \"[2001:db8::5]:/exports/cinder/\", \"name\": \"volume-v-nfs-1\","
+    "   \"options\": \"vers=4.1,timeo=600\", \"format\": \"qcow2\", \"access_mode\": \"rw\","
+    "   \"encrypted\": false, \"qos_specs\": null}}}";
+
+static const char *iscsi_bd =
+    "{\"volume_id\": \"v-iscsi-1\", \"device_name\": \"/dev/vdf\","
+    " \"connection_info\": {\"driver_volume_type\": \"iscsi\", \"data\": {"
+    "   \"target_portal\": \"192.0.2.10:3260\", \"target_iqn\": \"iqn.2010-10.org.openstack:v1\","
+    "   \"target_lun\": 1, \"target_portals\": [\"198.51.100.10\", \"192.0.2.10:3260\"],"
+    "   \"target_iqns\": [\"iqn.2010-10.org.openstack:v1\", \"iqn.2010-10.org.openstack:v1\"],"
+    "   \"target_luns\": [1, 1], \"auth_method\": \"CHAP\", \"auth_username\": \"u\","
+    "   \"auth_password\": \"s3cr3t-pw\", \"discard\": true, \"target_discovered\": false}}}";
+
+static void test_volumes(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(json_object) n = json_tokener_parse(nfs_bd);
+    g_autoptr(json_object) i = json_tokener_parse(iscsi_bd);
+    g_autoptr(VnVolumeSpec) nv = vn_volume_spec_parse(n, "block_device", &err);
+    g_autoptr(VnVolumeSpec) iv = vn_volume_spec_parse(i, "block_device", &err);
+
+    (void)state;
+    assert_non_null(nv);
+    assert_non_null(iv);
+    assert_int_equal(nv->conn.type, VN_VOL_NFS);
+    assert_string_equal(nv->conn.server, "2001:db8::5");
+    assert_string_equal(nv->conn.path, "/exports/cinder");
+    assert_string_equal(nv->conn.format, "qcow2");
+    assert_int_equal(nv->boot_index, 0);
+    assert_true(nv->delete_on_termination);
+    assert_string_equal(iv->device_name, "vdf");
+    assert_int_equal(iv->conn.paths->len, 2); /* target_portal first, duplicates folded */
+    VnIscsiPath *p0 = g_ptr_array_index(iv->conn.paths, 0);
+    VnIscsiPath *p1 = g_ptr_array_index(iv->conn.paths, 1);
+    assert_string_equal(p0->host, "192.0.2.10");
+    assert_string_equal(p1->host, "198.51.100.10");
+    assert_int_equal(p1->port, 3260);
+    assert_string_equal(iv->conn.auth_password, "s3cr3t-pw");
+    /* what records keep: everything but the password, and it reads back */
+    g_autoptr(json_object) out = vn_volume_spec_to_json(iv);
+    const char *text = json_object_to_json_string(out);
+    assert_null(strstr(text, "s3cr3t"));
+    g_autoptr(json_object) list = json_object_new_array();
+    json_object_array_add(list, json_object_get(out));
+    g_autoptr(GPtrArray) back = vn_volume_specs_from_record(list, "x", &err);
+    assert_non_null(back);
+    VnVolumeSpec *b = g_ptr_array_index(back, 0);
+    assert_null(b->conn.auth_password);
+    assert_string_equal(b->conn.auth_username, "u");
+    /* ... but a request without it is refused */
+    g_autoptr(GPtrArray) req = vn_volume_specs_parse(list, "x", &err);
+    assert_null(req);
+    assert_null(strstr(err->message, "s3cr3t"));
+    g_clear_error(&err);
+    /* two boot volumes, a volume twice */
+    g_autoptr(json_object) two = json_object_new_array();
+    json_object_array_add(two, json_object_get(n));
+    json_object_array_add(two, json_object_get(n));
+    g_autoptr(GPtrArray) dup = vn_volume_specs_parse(two, "block_device_mapping", &err);
+    assert_null(dup);
+    assert_non_null(strstr(err->message, "block_device_mapping[1]"));
+}
+
+static void test_secrets_redacted_in_journaled_args(void **state)
+{
+    g_autofree char *args =
+        g_strdup_printf("{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\","
+                        " \"block_device\": %s}",
+                        iscsi_bd);
+    g_autoptr(json_object) o = json_tokener_parse(args);
+    g_autoptr(json_object) r = vn_request_args_redacted("attach_volume", o);
+
+    (void)state;
+    assert_null(strstr(json_object_to_json_string(r), "s3cr3t"));
+    assert_non_null(strstr(json_object_to_json_string(r), "auth_password"));
+    /* the request itself keeps it, for the connect */
+    assert_non_null(strstr(json_object_to_json_string(o), "s3cr3t-pw"));
+}
+
+static void test_boot_from_volume_without_image(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(json_object) o = json_tokener_parse(build_args);
+    json_object *inst = json_object_object_get(o, "instance");
+    g_autoptr(VnRequest) r1 = NULL;
+    g_autoptr(VnRequest) r2 = NULL;
+
+    (void)state;
+    json_object_object_del(inst, "image");
+    r1 = vn_request_parse(vn_method_info(VN_METHOD_BUILD_AND_RUN_INSTANCE), o, &err);
+    assert_null(r1);
+    assert_non_null(strstr(err->message, "instance.image: missing"));
+    g_clear_error(&err);
+    json_object *bdm = json_object_new_array();
+    json_object_array_add(bdm, json_tokener_parse(nfs_bd));
+    json_object_object_add(o, "block_device_mapping", bdm);
+    r2 = vn_request_parse(vn_method_info(VN_METHOD_BUILD_AND_RUN_INSTANCE), o, &err);
+    assert_non_null(r2);
+    assert_null(r2->spec->image.id);
+    assert_int_equal(r2->spec->volumes->len, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -435,6 +540,9 @@ int main(void)
         cmocka_unit_test(test_pre_live_migration_record),
         cmocka_unit_test(test_url_redaction),
         cmocka_unit_test(test_ports),
+        cmocka_unit_test(test_volumes),
+        cmocka_unit_test(test_secrets_redacted_in_journaled_args),
+        cmocka_unit_test(test_boot_from_volume_without_image),
         cmocka_unit_test(test_record_round_trip),
         cmocka_unit_test(test_uuid_canonical),
     };

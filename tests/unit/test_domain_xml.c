@@ -222,16 +222,86 @@ static void test_iface_and_filter(void **state)
     g_free(ssh->remote_ip_prefix);
 }
 
+static VnVolDiskSpec *vol(VnVolDiskType kind, const char *target, const char *bus)
+{
+    VnVolDiskSpec *v = g_new0(VnVolDiskSpec, 1);
+
+    v->serial = g_strdup("vol-1234");
+    v->target = g_strdup(target);
+    v->bus = g_strdup(bus);
+    v->kind = kind;
+    v->format = g_strdup("raw");
+    return v;
+}
+
+static void test_volume_disks(void **state)
+{
+    g_autoptr(VnDomainSpec) s = sample();
+    g_autoptr(GError) err = NULL;
+    VnVolDiskSpec *boot, *blk, *iscsi, *nfs;
+    g_autofree char *xml = NULL;
+
+    (void)state;
+    /* a guest that boots from an iSCSI volume: its disk comes first, before the local ones */
+    g_ptr_array_remove_index(s->disks, 0);
+    boot = vol(VN_VOLDISK_NETWORK, "vda", "virtio");
+    boot->protocol = g_strdup("iscsi");
+    boot->name = g_strdup("iqn.2026-11.org.example:t/1");
+    boot->host = g_strdup("192.0.2.10");
+    boot->port = 3260;
+    boot->initiator = g_strdup("iqn.2010-10.org.virtnode:h1");
+    boot->auth_username = g_strdup("vnchap");
+    boot->secret_usage = g_strdup("virtnode-volume-vol-1234");
+    nfs = vol(VN_VOLDISK_NETWORK, "vde", "virtio");
+    nfs->protocol = g_strdup("nfs");
+    nfs->name = g_strdup("/exports/cinder/volume-2");
+    nfs->host = g_strdup("nas.example");
+    nfs->format = (g_free(nfs->format), g_strdup("qcow2"));
+    blk = vol(VN_VOLDISK_BLOCK, "sdb", "scsi");
+    blk->path = g_strdup("/dev/disk/by-id/dm-uuid-mpath-3600140");
+    blk->discard = TRUE;
+    blk->read_only = TRUE;
+    iscsi = vol(VN_VOLDISK_FILE, "vdf", "virtio");
+    iscsi->path = g_strdup("/var/lib/virtnode/mnt/abc/volume-3");
+    g_ptr_array_add(s->volumes, nfs);
+    g_ptr_array_add(s->volumes, blk);
+    g_ptr_array_add(s->volumes, iscsi);
+    g_ptr_array_add(s->volumes, boot);
+    xml = vn_domain_xml_build(s, &err);
+    assert_non_null(xml);
+    const char *first_disk = strstr(xml, "<disk ");
+    assert_ptr_equal(first_disk, strstr(xml, "<disk type=\"network\" device=\"disk\">"));
+    assert_true(strstr(xml, "<target dev=\"vda\"") < strstr(xml, "disk.eph0"));
+    assert_non_null(
+        strstr(xml, "<source protocol=\"iscsi\" name=\"iqn.2026-11.org.example:t/1\">"));
+    assert_non_null(strstr(xml, "<host name=\"192.0.2.10\" port=\"3260\"/>"));
+    assert_non_null(strstr(xml, "<iqn name=\"iqn.2010-10.org.virtnode:h1\"/>"));
+    assert_non_null(strstr(xml, "<auth username=\"vnchap\">"));
+    assert_non_null(strstr(xml, "<secret type=\"iscsi\" usage=\"virtnode-volume-vol-1234\"/>"));
+    assert_non_null(strstr(xml, "<source protocol=\"nfs\" name=\"/exports/cinder/volume-2\">"));
+    assert_non_null(strstr(xml, "<identity user=\"root\" group=\"root\"/>"));
+    assert_non_null(strstr(xml, "<source dev=\"/dev/disk/by-id/dm-uuid-mpath-3600140\"/>"));
+    assert_non_null(strstr(xml, "io=\"native\" error_policy=\"stop\" rerror_policy=\"stop\" "
+                                "discard=\"unmap\"/>"));
+    assert_non_null(strstr(xml, "<target dev=\"sdb\" bus=\"scsi\"/>"));
+    assert_non_null(strstr(xml, "<controller type=\"scsi\" model=\"virtio-scsi\"/>"));
+    assert_non_null(strstr(xml, "<serial>vol-1234</serial>"));
+    assert_non_null(strstr(xml, "<readonly/>"));
+    assert_non_null(strstr(xml, "<source file=\"/var/lib/virtnode/mnt/abc/volume-3\"/>"));
+    /* the hot-plug form of one volume */
+    g_autofree char *one = vn_domain_xml_volume(nfs);
+    assert_non_null(strstr(one, "<disk type=\"network\" device=\"disk\">"));
+    assert_null(strstr(one, "<devices"));
+    assert_non_null(strstr(one, "<target dev=\"vde\" bus=\"virtio\"/>"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cpu_element),
-        cmocka_unit_test(test_iface_and_filter),
-        cmocka_unit_test(test_golden),
-        cmocka_unit_test(test_parse_back),
-        cmocka_unit_test(test_foreign_and_hostile),
-        cmocka_unit_test(test_for_destination),
-        cmocka_unit_test(test_incomplete_spec),
+        cmocka_unit_test(test_volume_disks),     cmocka_unit_test(test_cpu_element),
+        cmocka_unit_test(test_iface_and_filter), cmocka_unit_test(test_golden),
+        cmocka_unit_test(test_parse_back),       cmocka_unit_test(test_foreign_and_hostile),
+        cmocka_unit_test(test_for_destination),  cmocka_unit_test(test_incomplete_spec),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
