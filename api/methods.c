@@ -195,6 +195,7 @@ static gboolean get_migrate_data(json_object *args, VnRequest *req, GError **err
                                         "dest_instances_path",
                                         "dest_guest_uid",
                                         "disks",
+                                        "volume_secrets",
                                         NULL };
     json_object *md = vn_json_member(args, "migrate_data");
 
@@ -216,6 +217,27 @@ static gboolean get_migrate_data(json_object *args, VnRequest *req, GError **err
             g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID,
                         "migrate_data.cpu_info.xml: a string of at most 65536 bytes expected");
             return FALSE;
+        }
+    }
+    /* volume id -> CHAP password, each a string of at most 255 bytes */
+    json_object *secrets = vn_json_member(md, "volume_secrets");
+    if (secrets) {
+        if (!json_object_is_type(secrets, json_type_object) ||
+            json_object_object_length(secrets) > VN_VOLUMES_MAX) {
+            g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID,
+                        "migrate_data.volume_secrets: an object of at most %d entries expected",
+                        VN_VOLUMES_MAX);
+            return FALSE;
+        }
+        json_object_object_foreach(secrets, vid, pw)
+        {
+            if (!json_object_is_type(pw, json_type_string) || json_object_get_string_len(pw) < 1 ||
+                json_object_get_string_len(pw) > 255 || strlen(vid) > 64) {
+                g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID,
+                            "migrate_data.volume_secrets: volume ids map to strings of 1-255 "
+                            "bytes");
+                return FALSE;
+            }
         }
     }
     /* the peer's record of the instance is validated like any other input, and must be the

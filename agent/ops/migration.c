@@ -13,6 +13,8 @@
 #include "agent/ops/migration_policy.h"
 #include "agent/ops/ops.h"
 #include "agent/ops/ports.h"
+#include "agent/ops/volumes.h"
+#include "agent/virt/secret.h"
 #include "agent/virt/domain.h"
 #include "agent/virt/domain_xml.h"
 #include "agent/virt/migrate.h"
@@ -485,6 +487,19 @@ static gboolean prepare(Flow *f, const VnInstanceRecord *rec, int pref_block, GE
     json_object_object_add(f->md, "block_migration",
                            pref_block < 0 ? NULL : json_object_new_boolean(pref_block));
     json_object_object_add(f->md, "disks", disk_sizes(a, f->uuid));
+    /* the CHAP passwords of its volumes, for the destination's initiator (the request is
+     * journaled there without them: every "secret" member is redacted) */
+    json_object *secrets = json_object_new_object();
+    for (guint i = 0; i < rec->volumes->len; i++) {
+        const VnVolumeSpec *v = g_ptr_array_index(rec->volumes, i);
+        g_autofree char *value =
+            v->conn.auth_username ? vn_secret_get(a->virt, v->volume_id) : NULL;
+        if (value) {
+            json_object_object_add(secrets, v->volume_id, json_object_new_string(value));
+            memset(value, 0, strlen(value));
+        }
+    }
+    json_object_object_add(f->md, "volume_secrets", secrets);
     /* the guest's CPU, for the destination to compare with what its hypervisor offers */
     if (cfg->virt_type == VN_VIRT_TYPE_KVM) {
         g_autofree char *dom = vn_domain_get_xml(a->virt, f->uuid, TRUE, error);
@@ -725,8 +740,10 @@ static gboolean complete(Flow *f, GError **error)
     /* its taps left with it: the filters and bridge uses here go */
     {
         g_autoptr(VnInstanceRecord) rec = vn_instance_store_get(a->store, f->uuid);
-        if (rec)
+        if (rec) {
             vn_ports_unplug(a, rec->ports, rec->ports->len);
+            vn_vols_disconnect_all(a, rec->volumes, rec->volumes->len);
+        }
     }
     vn_tracker_drop(a->tracker, f->uuid);
     /* the instance is not here any more: forgotten, never reported from here */
@@ -949,6 +966,7 @@ static gboolean recover_source(VnOp *op, GError **error)
         if (!post)
             g_warning("recovering the migration of %s: %s", uuid, err->message);
         vn_ports_unplug(a, rec->ports, rec->ports->len);
+        vn_vols_disconnect_all(a, rec->volumes, rec->volumes->len);
         vn_tracker_drop(a->tracker, uuid);
         {
             g_autoptr(GError) e = NULL;
@@ -1212,6 +1230,7 @@ static void undo_dest(VnAgent *a, const char *uuid, gboolean shared)
     if (!vn_domain_undefine(a->virt, uuid, &err))
         g_warning("rollback of %s: %s", uuid, err->message);
     vn_ports_unplug(a, rec->ports, rec->ports->len);
+    vn_vols_disconnect_all(a, rec->volumes, rec->volumes->len);
     if (!shared) {
         g_autofree char *dir = vn_agent_instance_dir(a, uuid);
         g_clear_error(&err);
@@ -1316,11 +1335,21 @@ gboolean vn_op_pre_live_migration(VnOp *op, json_object **result, GError **error
             return FALSE;
         }
     }
-    guint plugged = 0;
+    guint plugged = 0, connected = 0;
+    json_object *secrets = md_get(md, "volume_secrets");
+    for (guint i = 0; i < inst->volumes->len; i++) {
+        VnVolumeSpec *v = g_ptr_array_index(inst->volumes, i);
+        json_object *pw = secrets ? vn_json_member(secrets, v->volume_id) : NULL;
+        if (pw && json_object_is_type(pw, json_type_string))
+            v->conn.auth_password = g_strdup(json_object_get_string(pw));
+    }
+    /* the volumes are connected here before the guest arrives (never copied: shared by
+     * nature); the source disconnects them only after the switch-over */
     if (!vn_guest_prepare_dir(a, inst->uuid, uid, &err) ||
         (!shared && (!disks || !json_object_is_type(disks, json_type_object) ||
                      !make_dest_disks(a, inst, disks, &err))) ||
-        !vn_ports_plug(a, inst->ports, &plugged, &err)) {
+        !vn_ports_plug(a, inst->ports, &plugged, &err) ||
+        !vn_vols_connect_all(a, inst->volumes, &connected, &err)) {
         if (!err)
             g_set_error(&err, VN_API_ERROR, VN_API_ERROR_INVALID, "migrate_data.disks: missing");
         undo_dest(a, inst->uuid, shared);

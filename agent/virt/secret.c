@@ -42,7 +42,7 @@ gboolean vn_secret_define(VnVirtConn *c, const char *volume_id, const char *valu
         root = xmlNewNode(NULL, BAD_CAST "secret");
         xmlDocSetRootElement(doc, root);
         xmlNewProp(root, BAD_CAST "ephemeral", BAD_CAST "no");
-        xmlNewProp(root, BAD_CAST "private", BAD_CAST "yes");
+        xmlNewProp(root, BAD_CAST "private", BAD_CAST "no");
         xmlNewChild(root, NULL, BAD_CAST "description", BAD_CAST "virtnode volume CHAP secret");
         u = xmlNewChild(root, NULL, BAD_CAST "usage", NULL);
         xmlNewProp(u, BAD_CAST "type", BAD_CAST "iscsi");
@@ -55,6 +55,27 @@ gboolean vn_secret_define(VnVirtConn *c, const char *volume_id, const char *valu
     if (virSecretSetValue(s, (const unsigned char *)value, strlen(value), 0) < 0)
         return vn_virt_error(error, "setting the secret of volume %s", volume_id);
     return TRUE;
+}
+
+char *vn_secret_get(VnVirtConn *c, const char *volume_id)
+{
+    g_autoptr(virConnect) conn = vn_virt_conn_get(c, NULL);
+    g_autoptr(virSecret) s = conn ? lookup(conn, volume_id) : NULL;
+    unsigned char *v;
+    size_t n = 0;
+    char *out;
+
+    if (!s)
+        return NULL;
+    v = virSecretGetValue(s, &n, 0);
+    if (!v) {
+        virResetLastError();
+        return NULL;
+    }
+    out = g_strndup((const char *)v, n);
+    memset(v, 0, n);
+    free(v);
+    return out;
 }
 
 gboolean vn_secret_exists(VnVirtConn *c, const char *volume_id)

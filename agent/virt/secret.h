@@ -1,7 +1,8 @@
 /* agent/virt/secret.h - a volume's CHAP password in libvirt's secret store, where QEMU's
  * iSCSI initiator reads it (<auth><secret type='iscsi' usage='…'/>).  One secret per
- * volume, named by its usage "virtnode-volume-<volume id>"; private, so libvirt never
- * hands its value back to a client. */
+ * volume, named by its usage "virtnode-volume-<volume id>".  Not private: the source host
+ * of a live migration reads it back to hand it to the destination (libvirt's secret API
+ * is open to root only, as the agent). */
 #pragma once
 
 #include <glib.h>
@@ -15,6 +16,10 @@ char *vn_secret_usage(const char *volume_id);
 
 /* Defines (or redefines) @volume_id's secret with @value. */
 gboolean vn_secret_define(VnVirtConn *c, const char *volume_id, const char *value, GError **error);
+
+/* The value of @volume_id's secret, or NULL (none, or unreadable).  Caller frees (and
+ * should clear). */
+char *vn_secret_get(VnVirtConn *c, const char *volume_id);
 
 /* TRUE when @volume_id's secret exists. */
 gboolean vn_secret_exists(VnVirtConn *c, const char *volume_id);

@@ -411,7 +411,8 @@ nethost_stop() {
 #   iSCSI target $STORAGE_IQN, CHAP $STORAGE_CHAP_USER / $STORAGE_CHAP_PASSWORD, on two
 #         portals 127.0.0.1:3260 and 127.0.0.2:3260 (one LUN, two paths), LUN 1..4 files
 #         of $R/nas/lunN.img (64 MiB each)
-# The migration address of a paired host (203.0.113.x) reaches them from the other host.
+# On a paired host (nethost_pair) both also answer on its migration address 203.0.113.1,
+# which the other host reaches.
 # One storage host per machine: rpcbind's and tgtd's control sockets are global paths.
 storage_start() {
     local H=$1 R=$RUN/hosts/$1 p i
@@ -443,6 +444,10 @@ GANESHA
     for i in $(seq 50); do tgtadm --lld iscsi --op show --mode sys > /dev/null 2>&1 && break; sleep 0.1; done
     local iqn=iqn.2026-11.org.virtnode.test:storage
     tgtadm --lld iscsi --op new --mode portal --param portal=127.0.0.2:3260
+    # a paired host (nethost_pair) reaches them over the migration link
+    if $X ip -4 addr show dev vnmig 2> /dev/null | grep -q 203.0.113.1; then
+        tgtadm --lld iscsi --op new --mode portal --param portal=203.0.113.1:3260
+    fi
     tgtadm --lld iscsi --op new --mode target --tid 1 -T "$iqn"
     for i in 1 2 3 4; do
         tgtadm --lld iscsi --op new --mode logicalunit --tid 1 --lun $i -b "$R/nas/lun$i.img"
