@@ -29,6 +29,8 @@ PACKAGES=(
     python3 python3-oslo.messaging python3-pika python3-psycopg2 python3-libvirt sqlite3
     iproute2 nftables rpcbind nfs-ganesha nfs-ganesha-vfs tgt ansible-core curl ca-certificates
     genisoimage socat ebtables iptables
+    # the kernel test VM (tests/vm): initiator, multipath and the NFS client in its initramfs
+    initramfs-tools open-iscsi multipath-tools multipath-tools-boot nfs-common
     procps psmisc
 )
 

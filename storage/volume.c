@@ -1,6 +1,7 @@
 /* storage/volume.c - volume connectors (see volume.h). */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -514,7 +515,7 @@ static int find_session(VnVolumes *v, const VnVolPath *p)
 /* The H:C:T of session @sid's target from sysfs; FALSE when it has none yet. */
 static gboolean session_hct(VnVolumes *v, int sid, int *h, int *c, int *t)
 {
-    g_autofree char *dir = sys_path(v, "class/iscsi_session/session%d/device", sid);
+    g_autofree char *dir = sys_path(v, "sys/class/iscsi_session/session%d/device", sid);
     g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
     const char *n;
 
@@ -535,8 +536,8 @@ static char *session_lun_device(VnVolumes *v, int sid, int lun)
 
     if (!session_hct(v, sid, &h, &c, &t))
         return NULL;
-    dir = sys_path(v, "class/iscsi_session/session%d/device/target%d:%d:%d/%d:%d:%d:%d/block", sid,
-                   h, c, t, h, c, t, lun);
+    dir = sys_path(v, "sys/class/iscsi_session/session%d/device/target%d:%d:%d/%d:%d:%d:%d/block",
+                   sid, h, c, t, h, c, t, lun);
     d = g_dir_open(dir, 0, NULL);
     while (d && (n = g_dir_read_name(d))) {
         if (n[0] != '.')
@@ -557,7 +558,7 @@ static guint session_lun_count(VnVolumes *v, int sid)
 
     if (!session_hct(v, sid, &h, &c, &t))
         return 0;
-    dir = sys_path(v, "class/iscsi_session/session%d/device/target%d:%d:%d", sid, h, c, t);
+    dir = sys_path(v, "sys/class/iscsi_session/session%d/device/target%d:%d:%d", sid, h, c, t);
     prefix = g_strdup_printf("%d:%d:%d:", h, c, t);
     d = g_dir_open(dir, 0, NULL);
     while (d && (n = g_dir_read_name(d))) {
@@ -578,15 +579,15 @@ static void scan_lun(VnVolumes *v, int sid, int lun)
 
     if (!session_hct(v, sid, &h, &c, &t)) {
         /* no target seen yet: the host of the session, any channel and target */
-        g_autofree char *dev = sys_path(v, "class/iscsi_session/session%d/device", sid);
-        g_autofree char *real = g_file_read_link(dev, NULL);
+        g_autofree char *dev = sys_path(v, "sys/class/iscsi_session/session%d/device", sid);
+        g_autofree char *real = realpath(dev, NULL);
         if (!real || !strstr(real, "/host") || sscanf(strstr(real, "/host"), "/host%d", &h) != 1)
             return;
         text = g_strdup_printf("- - %d", lun);
     } else {
         text = g_strdup_printf("%d %d %d", c, t, lun);
     }
-    scan = sys_path(v, "class/scsi_host/host%d/scan", h);
+    scan = sys_path(v, "sys/class/scsi_host/host%d/scan", h);
     if (!write_text(scan, text, &e))
         g_debug("scan: %s", e->message);
 }
@@ -631,6 +632,13 @@ static gpointer path_connect(gpointer data)
 
     if (!iscsiadm_node(v, j->p, new_args, exists, &j->error))
         return NULL;
+    /* only the LUNs asked for appear (the targeted scan below), not every LUN the target
+     * maps to this initiator; an iscsiadm without the setting scans them all */
+    {
+        g_autoptr(GError) e = NULL;
+        if (!node_update(v, j->p, "node.session.scan", "manual", &e))
+            g_debug("%s", e->message);
+    }
     if (r->chap_username) {
         if (!node_update(v, j->p, "node.session.auth.authmethod", "CHAP", &j->error) ||
             !node_update(v, j->p, "node.session.auth.username", r->chap_username, &j->error) ||
@@ -681,14 +689,14 @@ static char *device_wwid(VnVolumes *v, const char *dev)
 
     if (run_ok(v, argv, NULL, &out, NULL) && out && *g_strstrip(out))
         return g_steal_pointer(&out);
-    g_autofree char *f = sys_path(v, "block/%s/device/wwid", dev);
+    g_autofree char *f = sys_path(v, "sys/block/%s/device/wwid", dev);
     return read_trimmed(f);
 }
 
 /* The dm device ("dm-N") of the multipath map of @wwid, its map name in *@name. */
 static char *find_map(VnVolumes *v, const char *wwid, char **name)
 {
-    g_autofree char *block = sys_path(v, "block");
+    g_autofree char *block = sys_path(v, "sys/block");
     g_autoptr(GDir) d = g_dir_open(block, 0, NULL);
     g_autofree char *want = g_strdup_printf("mpath-%s", wwid);
     const char *n;
@@ -696,11 +704,11 @@ static char *find_map(VnVolumes *v, const char *wwid, char **name)
     while (d && (n = g_dir_read_name(d))) {
         if (!g_str_has_prefix(n, "dm-"))
             continue;
-        g_autofree char *uf = sys_path(v, "block/%s/dm/uuid", n);
+        g_autofree char *uf = sys_path(v, "sys/block/%s/dm/uuid", n);
         g_autofree char *uuid = read_trimmed(uf);
         if (uuid && strcmp(uuid, want) == 0) {
             if (name) {
-                g_autofree char *nf = sys_path(v, "block/%s/dm/name", n);
+                g_autofree char *nf = sys_path(v, "sys/block/%s/dm/name", n);
                 *name = read_trimmed(nf);
             }
             return g_strdup(n);
@@ -713,7 +721,7 @@ static char *find_map(VnVolumes *v, const char *wwid, char **name)
 static void delete_device(VnVolumes *v, const char *dev)
 {
     g_autofree char *node = sys_path(v, "dev/%s", dev);
-    g_autofree char *del = sys_path(v, "block/%s/device/delete", dev);
+    g_autofree char *del = sys_path(v, "sys/block/%s/device/delete", dev);
     const char *flush[] = { "blockdev", "--flushbufs", node, NULL };
     g_autoptr(GError) e = NULL;
 
@@ -931,8 +939,21 @@ static gboolean iscsi_kernel_connect(VnVolumes *v, const VnVolumeRequest *r, VnV
             if (!run_ok(v, add_path, NULL, NULL, &e))
                 g_debug("%s", e->message);
         }
-        while (!(dm = find_map(v, wwid, &name)) && g_get_monotonic_time() < deadline)
+        /* multipathd makes the map from the paths it was given; when it has not after a
+         * few seconds (no uevents, an older multipathd), the map of this WWID alone is made
+         * directly */
+        gint64 nudge = g_get_monotonic_time() + 5 * G_USEC_PER_SEC;
+        gboolean nudged = FALSE;
+        while (!(dm = find_map(v, wwid, &name)) && g_get_monotonic_time() < deadline) {
+            if (!nudged && g_get_monotonic_time() > nudge) {
+                const char *make[] = { "multipath", wwid, NULL };
+                g_autoptr(GError) e = NULL;
+                if (!run_ok(v, make, NULL, NULL, &e))
+                    g_debug("%s", e->message);
+                nudged = TRUE;
+            }
             g_usleep(G_USEC_PER_SEC / 10);
+        }
         if (!dm) {
             g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TIMEOUT,
                         "volume %s: the multipath map of %s did not appear within %d s",
@@ -982,7 +1003,7 @@ static gboolean iscsi_kernel_extend(VnVolumes *v, const VnVolumeRequest *r, guin
         g_autofree char *d = sid ? session_lun_device(v, sid, r->paths[i].lun) : NULL;
         if (!d)
             continue;
-        g_autofree char *rescan = sys_path(v, "block/%s/device/rescan", d);
+        g_autofree char *rescan = sys_path(v, "sys/block/%s/device/rescan", d);
         g_autoptr(GError) e = NULL;
         if (!write_text(rescan, "1", &e))
             g_debug("%s", e->message);
@@ -1002,7 +1023,7 @@ static gboolean iscsi_kernel_extend(VnVolumes *v, const VnVolumeRequest *r, guin
         if (!run_ok(v, resize, NULL, NULL, error))
             return FALSE;
     }
-    g_autofree char *sf = sys_path(v, "block/%s/size", dm ? dm : dev);
+    g_autofree char *sf = sys_path(v, "sys/block/%s/size", dm ? dm : dev);
     g_autofree char *sectors = read_trimmed(sf);
     if (!sectors) {
         g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "cannot read %s", sf);
@@ -1265,7 +1286,7 @@ guint vn_volumes_sweep(VnVolumes *v, GHashTable *live, int min_age_s)
                 int sid = find_session(v, &p);
                 if (sid) {
                     /* every path of this session whose WWID is the stale volume's */
-                    g_autofree char *block = sys_path(v, "block");
+                    g_autofree char *block = sys_path(v, "sys/block");
                     g_autoptr(GDir) bd = g_dir_open(block, 0, NULL);
                     const char *n;
                     while (bd && (n = g_dir_read_name(bd))) {

@@ -57,19 +57,19 @@ static char *slurp(const char *path)
  * (as the kernel does). */
 static void apply_deletes(void)
 {
-    g_autofree char *block = at("block");
+    g_autofree char *block = at("sys/block");
     g_autoptr(GDir) d = g_dir_open(block, 0, NULL);
     const char *n;
 
     while (d && (n = g_dir_read_name(d))) {
-        g_autofree char *del = at("block/%s/device/delete", n);
+        g_autofree char *del = at("sys/block/%s/device/delete", n);
         g_autofree char *text = slurp(del);
         if (strcmp(g_strstrip(text), "1") != 0)
             continue;
-        g_autofree char *link = at("block/%s/device/lunpath", n);
+        g_autofree char *link = at("sys/block/%s/device/lunpath", n);
         g_autofree char *lunpath = slurp(link);
         vn_test_rmtree(lunpath);
-        g_autofree char *bd = at("block/%s", n);
+        g_autofree char *bd = at("sys/block/%s", n);
         vn_test_rmtree(bd);
     }
 }
@@ -79,22 +79,22 @@ static void add_lun(int sid, int lun)
 {
     char dev[8];
     g_autofree char *lunpath =
-        at("class/iscsi_session/session%d/device/target%d:0:0/%d:0:0:%d", sid, sid, sid, lun);
+        at("sys/class/iscsi_session/session%d/device/target%d:0:0/%d:0:0:%d", sid, sid, sid, lun);
     g_autofree char *blk = NULL;
 
     g_snprintf(dev, sizeof(dev), "sd%c", 'a' + fake.next_dev++);
     blk = g_build_filename(lunpath, "block", dev, NULL);
     g_mkdir_with_parents(blk, 0755);
-    g_autofree char *wwid = at("block/%s/device/wwid", dev);
+    g_autofree char *wwid = at("sys/block/%s/device/wwid", dev);
     g_autofree char *w = g_strdup_printf("naa.%d", lun);
     put(wwid, w);
-    g_autofree char *del = at("block/%s/device/delete", dev);
+    g_autofree char *del = at("sys/block/%s/device/delete", dev);
     put(del, "");
-    g_autofree char *lp = at("block/%s/device/lunpath", dev);
+    g_autofree char *lp = at("sys/block/%s/device/lunpath", dev);
     put(lp, lunpath);
-    g_autofree char *size = at("block/%s/size", dev);
+    g_autofree char *size = at("sys/block/%s/size", dev);
     put(size, "131072");
-    g_autofree char *lunf = at("block/%s/device/lun", dev);
+    g_autofree char *lunf = at("sys/block/%s/device/lun", dev);
     g_autofree char *l = g_strdup_printf("%d", lun);
     put(lunf, l);
 }
@@ -178,9 +178,9 @@ static gboolean fake_run(const char *const *argv, int timeout_s, char **out, cha
                 g_ptr_array_add(fake.sessions, g_strdup_printf("%s %s", portal, iqn));
                 sid = (int)fake.sessions->len;
                 g_autofree char *t =
-                    at("class/iscsi_session/session%d/device/target%d:0:0", sid, sid);
+                    at("sys/class/iscsi_session/session%d/device/target%d:0:0", sid, sid);
                 g_mkdir_with_parents(t, 0755);
-                g_autofree char *scan = at("class/scsi_host/host%d/scan", sid);
+                g_autofree char *scan = at("sys/class/scsi_host/host%d/scan", sid);
                 put(scan, "");
             }
         } else if (g_strv_contains(argv, "--logout")) {
@@ -189,39 +189,39 @@ static gboolean fake_run(const char *const *argv, int timeout_s, char **out, cha
             } else {
                 g_free(g_ptr_array_index(fake.sessions, sid - 1));
                 g_ptr_array_index(fake.sessions, sid - 1) = g_strdup(" ");
-                g_autofree char *s = at("class/iscsi_session/session%d", sid);
+                g_autofree char *s = at("sys/class/iscsi_session/session%d", sid);
                 vn_test_rmtree(s);
             }
         }
     } else if (strcmp(argv[0], "/lib/udev/scsi_id") == 0) {
         /* the LUN's identifier: the same on every path */
         const char *dev = strrchr(argv[4], '/') + 1;
-        g_autofree char *lf = at("block/%s/device/lun", dev);
+        g_autofree char *lf = at("sys/block/%s/device/lun", dev);
         g_autofree char *lun = slurp(lf);
         g_string_append_printf(o, "3600140%s\n", lun);
     } else if (strcmp(argv[0], "multipathd") == 0 && strcmp(argv[1], "add") == 0) {
         /* the map appears once a path of its WWID is added */
         const char *dev = strrchr(argv[3], '/') + 1;
-        g_autofree char *lf = at("block/%s/device/lun", dev);
+        g_autofree char *lf = at("sys/block/%s/device/lun", dev);
         g_autofree char *lun = slurp(lf);
-        g_autofree char *uuid = at("block/dm-%s/dm/uuid", lun);
+        g_autofree char *uuid = at("sys/block/dm-%s/dm/uuid", lun);
         g_autofree char *u = g_strdup_printf("mpath-3600140%s", lun);
         put(uuid, u);
-        g_autofree char *name = at("block/dm-%s/dm/name", lun);
+        g_autofree char *name = at("sys/block/dm-%s/dm/name", lun);
         g_autofree char *nm = g_strdup_printf("mpath%c", 'a' + atoi(lun));
         put(name, nm);
     } else if (strcmp(argv[0], "multipath") == 0 && strcmp(argv[1], "-f") == 0) {
         if (fake.map_busy) {
             *status = 1;
         } else {
-            g_autofree char *block = at("block");
+            g_autofree char *block = at("sys/block");
             g_autoptr(GDir) d = g_dir_open(block, 0, NULL);
             const char *n;
             while (d && (n = g_dir_read_name(d))) {
-                g_autofree char *nf = at("block/%s/dm/name", n);
+                g_autofree char *nf = at("sys/block/%s/dm/name", n);
                 g_autofree char *name = slurp(nf);
                 if (strcmp(name, argv[2]) == 0) {
-                    g_autofree char *dm = at("block/%s", n);
+                    g_autofree char *dm = at("sys/block/%s", n);
                     vn_test_rmtree(dm);
                     break;
                 }
@@ -468,9 +468,10 @@ static gboolean connect_lun(VnVolumes *v, VnVolumeRequest *r, int lun, VnVolumeD
         if (!session_of(portal, r->paths[i].iqn) && !g_hash_table_contains(fake.dead, portal)) {
             g_ptr_array_add(fake.sessions, g_strdup_printf("%s %s", portal, r->paths[i].iqn));
             int sid = (int)fake.sessions->len;
-            g_autofree char *t = at("class/iscsi_session/session%d/device/target%d:0:0", sid, sid);
+            g_autofree char *t =
+                at("sys/class/iscsi_session/session%d/device/target%d:0:0", sid, sid);
             g_mkdir_with_parents(t, 0755);
-            g_autofree char *scan = at("class/scsi_host/host%d/scan", sid);
+            g_autofree char *scan = at("sys/class/scsi_host/host%d/scan", sid);
             put(scan, "");
         }
     }
@@ -502,7 +503,7 @@ static void test_iscsi_multipath_connect_and_disconnect(void **state)
     assert_int_equal(count_calls("multipath -a 36001401"), 1);
     assert_int_equal(count_calls("multipathd add path "), 2);
     /* the targeted scan: channel, target and the LUN, never a wildcard */
-    g_autofree char *scan = at("class/scsi_host/host1/scan");
+    g_autofree char *scan = at("sys/class/scsi_host/host1/scan");
     g_autofree char *scanned = slurp(scan);
     assert_string_equal(scanned, "0 0 1");
 
@@ -518,12 +519,12 @@ static void test_iscsi_multipath_connect_and_disconnect(void **state)
     assert_int_equal(count_calls("multipathd disablequeueing map mpathb"), 1);
     assert_int_equal(count_calls("multipath -f mpathb"), 1);
     assert_int_equal(count_calls("iscsiadm -m node -T " IQN " -p 192.0.2.10:3260 --logout"), 0);
-    g_autofree char *dm1 = at("block/dm-1");
+    g_autofree char *dm1 = at("sys/block/dm-1");
     assert_false(g_file_test(dm1, G_FILE_TEST_EXISTS));
     apply_deletes();
-    g_autofree char *sda = at("block/sda");
+    g_autofree char *sda = at("sys/block/sda");
     assert_false(g_file_test(sda, G_FILE_TEST_EXISTS));
-    g_autofree char *dm2 = at("block/dm-2");
+    g_autofree char *dm2 = at("sys/block/dm-2");
     assert_true(g_file_test(dm2, G_FILE_TEST_EXISTS));
 
     /* the last leaves: map, paths, then both sessions logged out */
