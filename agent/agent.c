@@ -492,6 +492,25 @@ static gboolean tick_watchdog(gpointer data)
     return G_SOURCE_CONTINUE;
 }
 
+static gpointer volume_health(gpointer data)
+{
+    VnAgent *a = data;
+
+    vn_vol_health_pass(a);
+    g_atomic_int_set(&a->vol_probing, 0);
+    return NULL;
+}
+
+/* A probe may take its whole time limit: the pass runs in a thread of its own. */
+static gboolean tick_volume_health(gpointer data)
+{
+    VnAgent *a = data;
+
+    if (!g_atomic_int_get(&a->stopping) && g_atomic_int_compare_and_exchange(&a->vol_probing, 0, 1))
+        g_thread_unref(g_thread_new("volume-health", volume_health, a));
+    return G_SOURCE_CONTINUE;
+}
+
 static void add_timer(VnAgent *a, guint seconds, GSourceFunc fn)
 {
     if (seconds > 0)
@@ -509,6 +528,7 @@ static void start_timers(VnAgent *a)
     add_timer(a, (guint)cfg->sync_power_state_interval, tick_power_sync);
     add_timer(a, (guint)cfg->image_cache_manager_interval, tick_image_cache);
     add_timer(a, 300, tick_housekeeping);
+    add_timer(a, (guint)cfg->volume_probe_interval, tick_volume_health);
     add_timer(a, 2, tick_libvirt);
     add_timer(a, 1, tick_loop_beat);
     tick_loop_beat(a);
@@ -672,6 +692,7 @@ gboolean vn_agent_open_local(VnAgent *a, GError **error)
     }
     if (!open_volumes(a, cfg, error))
         return FALSE;
+    a->vol_health = vn_vol_health_new();
     a->tracker = vn_tracker_new(cfg->host, cfg->instances_path, a->store);
     vn_tracker_set_config(a->tracker, cfg);
     vn_tracker_load(a->tracker);
@@ -998,7 +1019,7 @@ void vn_agent_free(VnAgent *a)
     if (a->sync_pool)
         g_thread_pool_free(a->sync_pool, TRUE, TRUE);
     while (g_atomic_int_get(&a->reconnecting) || g_atomic_int_get(&a->aging) ||
-           g_atomic_int_get(&a->housekeeping))
+           g_atomic_int_get(&a->housekeeping) || g_atomic_int_get(&a->vol_probing))
         g_usleep(10 * 1000);
     /* 4. the links: the reporter's hooks read the tracker and the store, freed after */
     vn_rpc_free(a->rpc);
@@ -1011,6 +1032,7 @@ void vn_agent_free(VnAgent *a)
     vn_virt_conn_free(a->virt);
     vn_net_host_free(a->net);
     vn_volumes_free(a->volumes);
+    vn_vol_health_free(a->vol_health);
     vn_tracker_free(a->tracker);
     vn_image_cache_free(a->images);
     vn_instance_store_free(a->store);

@@ -23,6 +23,7 @@
 #include "storage/volume.h"
 
 typedef struct _VnAgent VnAgent;
+typedef struct _VnVolHealth VnVolHealth;
 typedef struct _VnDispatcher VnDispatcher;
 typedef struct _VnMigrations VnMigrations;
 typedef struct _VnStatusServer VnStatusServer;
@@ -69,10 +70,11 @@ struct _VnAgent {
     VnStatusServer *http;
     VnDispatcher *dispatcher;
     VnMigrations *migrations;
-    VnNetHost *net;         /* bridges and uplinks (network/) */
-    VnVolumes *volumes;     /* volume connectors (storage/) */
-    GThreadPool *sync_pool; /* one thread: power-state syncs, in order */
-    char *mac_model;        /* "selinux" / "apparmor" when the host has one */
+    VnNetHost *net;          /* bridges and uplinks (network/) */
+    VnVolumes *volumes;      /* volume connectors (storage/) */
+    VnVolHealth *vol_health; /* storage failure containment (ops/volumes.c) */
+    GThreadPool *sync_pool;  /* one thread: power-state syncs, in order */
+    char *mac_model;         /* "selinux" / "apparmor" when the host has one */
     gboolean dac_available;
     int lock_fd;
 
@@ -87,6 +89,7 @@ struct _VnAgent {
     gint reconnecting; /* a libvirt reconnect thread is running */
     gint aging;        /* an image-cache aging thread is running */
     gint housekeeping; /* a housekeeping thread is running */
+    gint vol_probing;  /* a volume health pass is running */
     gint loop_beat;    /* monotonic second the main loop last turned (/healthz) */
     VnAgentCounters counters;
 };

@@ -24,6 +24,25 @@ static gpointer watchdog_run(gpointer data)
     return NULL;
 }
 
+static void wait_briefly(GSubprocess *p)
+{
+    g_autoptr(GCancellable) c = g_cancellable_new();
+    Watchdog w = { .deadline = g_get_monotonic_time() + 2 * G_TIME_SPAN_SECOND, .cancel = c };
+    GThread *t;
+
+    g_mutex_init(&w.lock);
+    g_cond_init(&w.cond);
+    t = g_thread_new("run-reaper", watchdog_run, &w);
+    g_subprocess_wait(p, c, NULL);
+    g_mutex_lock(&w.lock);
+    w.done = TRUE;
+    g_cond_signal(&w.cond);
+    g_mutex_unlock(&w.lock);
+    g_thread_join(t);
+    g_mutex_clear(&w.lock);
+    g_cond_clear(&w.cond);
+}
+
 static void forward_cancel(GCancellable *from, gpointer to)
 {
     (void)from;
@@ -85,8 +104,10 @@ gboolean vn_stor_run_status(const char *const *argv, int timeout_s, GCancellable
     g_mutex_clear(&w.lock);
     g_cond_clear(&w.cond);
     if (!ok) {
+        /* killed, and waited for at most 2 s: a program stuck in the kernel (a dead NFS
+         * server) dies only when the kernel lets it, and GLib reaps it then */
         g_subprocess_force_exit(p);
-        g_subprocess_wait(p, NULL, NULL);
+        wait_briefly(p);
         if (cancel && g_cancellable_is_cancelled(cancel))
             g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_CANCELLED, "%s %s: cancelled", argv[0],
                         argv[1] ? argv[1] : "");

@@ -449,9 +449,41 @@ static gboolean no_local_size(VnVolumes *v, const VnVolumeRequest *r, guint64 *s
     return FALSE;
 }
 
+/* The NFS server answers: an ONC RPC NULL call to its NFS program (100003, version 3) over
+ * TCP, answered within the command timeout (at most 10 s).  A stopped server still
+ * accepts connections (the kernel does): only an RPC reply proves it serves. */
 static gboolean nfs_qemu_check(VnVolumes *v, const VnVolumeRequest *r, GError **error)
 {
-    return probe_tcp(v, r->server, NFS_PORT, error);
+    g_autoptr(GSocketClient) c = g_socket_client_new();
+    g_autoptr(GSocketConnection) conn = NULL;
+    g_autoptr(GError) e = NULL;
+    guint32 xid = g_random_int();
+    /* record mark (last fragment, 40 bytes), xid, CALL, RPC 2, NFS, v3, NULL, AUTH_NONE x2 */
+    guint32 call[11] = { 0x80000000u | 40, xid, 0, 2, 100003, 3, 0, 0, 0, 0, 0 };
+    guint32 reply[6];
+    gsize got = 0;
+    guint timeout = (guint)MIN(v->cfg.command_timeout, 10);
+
+    for (gsize i = 0; i < G_N_ELEMENTS(call); i++)
+        call[i] = GUINT32_TO_BE(call[i]);
+    g_socket_client_set_timeout(c, timeout);
+    conn = g_socket_client_connect_to_host(c, r->server, NFS_PORT, NULL, &e);
+    if (conn) {
+        GSocket *sock = g_socket_connection_get_socket(conn);
+        g_socket_set_timeout(sock, timeout);
+        if (g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)), call,
+                                      sizeof(call), NULL, NULL, &e))
+            g_input_stream_read_all(g_io_stream_get_input_stream(G_IO_STREAM(conn)), reply,
+                                    sizeof(reply), &got, NULL, &e);
+    }
+    if (!e && got == sizeof(reply) && reply[1] == GUINT32_TO_BE(xid) &&
+        reply[2] == GUINT32_TO_BE(1) && reply[3] == 0)
+        return TRUE; /* a REPLY, MSG_ACCEPTED */
+    g_set_error(error, VN_STOR_ERROR,
+                e && g_error_matches(e, G_IO_ERROR, G_IO_ERROR_TIMED_OUT) ? VN_STOR_ERROR_TIMEOUT
+                                                                          : VN_STOR_ERROR_IO,
+                "NFS server %s does not answer: %s", r->server, e ? e->message : "no RPC reply");
+    return FALSE;
 }
 
 /* ------------------------------------------------------------------ iSCSI, kernel */

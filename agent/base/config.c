@@ -311,6 +311,10 @@ static const OptDef opts[] = {
       3600, NULL, OPT_RELOAD, "Seconds an iscsiadm, multipath or mount command may take." },
     { "storage", "volume_attach_timeout", OPT_INT, O(volume_attach_timeout), "30", NULL, 1, 3600,
       NULL, OPT_RELOAD, "Seconds to wait for a volume's device or multipath map to appear." },
+    { "storage", "volume_probe_interval", OPT_INT, O(volume_probe_interval), "10", NULL, 0,
+      3600, NULL, 0,
+      "Seconds between probes of the storage the guests' volumes are on (0 disables). A "
+      "storage that fails its probe pauses only the guests on it, until it answers again." },
     { "storage", "volume_attempts", OPT_INT, O(volume_attempts), "3", NULL, 1, 20, NULL,
       OPT_RELOAD, "Tries of a login, scan or mount before a connect fails." },
 };

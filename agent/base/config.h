@@ -161,6 +161,7 @@ typedef struct _VnConfig {
     int volume_command_timeout;
     int volume_attach_timeout;
     int volume_attempts;
+    int volume_probe_interval;
 } VnConfig;
 
 /* An extra check of one option's text, beyond its type and bounds (e.g. a URL's form).

@@ -212,6 +212,172 @@ void vn_vols_reconcile(VnAgent *a, gboolean startup)
     }
 }
 
+/* ------------------------------------------------------------------ health */
+
+struct _VnVolHealth {
+    GMutex lock;          /* one pass at a time holds it, with the fields below */
+    GHashTable *degraded; /* health key -> TRUE: failed its last probe */
+    GHashTable *paused;   /* instance uuid -> TRUE: paused by a pass, for it to resume */
+};
+
+VnVolHealth *vn_vol_health_new(void)
+{
+    VnVolHealth *h = g_new0(VnVolHealth, 1);
+
+    g_mutex_init(&h->lock);
+    h->degraded = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    h->paused = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    return h;
+}
+
+void vn_vol_health_free(VnVolHealth *h)
+{
+    if (!h)
+        return;
+    g_hash_table_destroy(h->degraded);
+    g_hash_table_destroy(h->paused);
+    g_mutex_clear(&h->lock);
+    g_free(h);
+}
+
+char *vn_vols_health_key(const VnVolumeSpec *v)
+{
+    const VnIscsiPath *p;
+
+    if (v->conn.type == VN_VOL_NFS)
+        return g_strdup_printf("nfs:%s", v->conn.export);
+    p = g_ptr_array_index(v->conn.paths, 0);
+    return g_strdup_printf("iscsi:%s@%s:%d", p->iqn, p->host, p->port);
+}
+
+typedef struct {
+    const VnVolumeSpec *probe; /* a volume on it (borrowed from @recs) */
+    GPtrArray *uuids;          /* instances with a volume on it (borrowed) */
+} Storage;
+
+static void storage_free(Storage *st)
+{
+    g_ptr_array_unref(st->uuids);
+    g_free(st);
+}
+
+/* TRUE when every storage a volume of @rec is on answers. */
+static gboolean all_healthy(VnVolHealth *h, const VnInstanceRecord *rec)
+{
+    for (guint i = 0; i < rec->volumes->len; i++) {
+        g_autofree char *key = vn_vols_health_key(g_ptr_array_index(rec->volumes, i));
+        if (g_hash_table_contains(h->degraded, key))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+static gint compare_keys(gconstpointer x, gconstpointer y)
+{
+    return g_strcmp0(*(char *const *)x, *(char *const *)y);
+}
+
+void vn_vol_health_pass(VnAgent *a)
+{
+    VnVolHealth *h = a->vol_health;
+    g_autoptr(GPtrArray) recs = vn_instance_store_list(a->store, FALSE);
+    g_autoptr(GHashTable) storages =
+        g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)storage_free);
+    g_autoptr(GPtrArray) keys = g_ptr_array_new();
+    GHashTableIter it;
+    gpointer k, val;
+    gboolean changed = FALSE;
+
+    for (guint i = 0; i < recs->len; i++) {
+        const VnInstanceRecord *rec = g_ptr_array_index(recs, i);
+        if (rec->vm_state == VN_VM_DELETED || rec->vm_state == VN_VM_BUILDING)
+            continue;
+        for (guint j = 0; j < rec->volumes->len; j++) {
+            const VnVolumeSpec *v = g_ptr_array_index(rec->volumes, j);
+            char *key = vn_vols_health_key(v);
+            Storage *st = g_hash_table_lookup(storages, key);
+            if (!st) {
+                st = g_new0(Storage, 1);
+                st->probe = v;
+                st->uuids = g_ptr_array_new();
+                g_hash_table_insert(storages, key, st);
+            } else {
+                g_free(key);
+            }
+            g_ptr_array_add(st->uuids, rec->uuid);
+        }
+    }
+    g_mutex_lock(&h->lock);
+    /* storage no guest uses any more is no longer watched */
+    g_hash_table_iter_init(&it, h->degraded);
+    while (g_hash_table_iter_next(&it, &k, NULL)) {
+        if (!g_hash_table_contains(storages, k)) {
+            g_hash_table_iter_remove(&it);
+            changed = TRUE;
+        }
+    }
+    g_hash_table_iter_init(&it, storages);
+    while (g_hash_table_iter_next(&it, &k, &val)) {
+        Storage *st = val;
+        VnVolumeRequest r;
+        VnVolPath paths[MAX_PATHS];
+        g_autoptr(GError) err = NULL;
+        gboolean was = g_hash_table_contains(h->degraded, k);
+        to_request(st->probe, &r, paths);
+        if (!vn_volumes_check(a->volumes, &r, &err)) {
+            if (!was) {
+                g_warning("storage %s fails its probe (%s): pausing the %u guest(s) on it",
+                          (char *)k, err->message, st->uuids->len);
+                g_hash_table_add(h->degraded, g_strdup(k));
+                changed = TRUE;
+            }
+            /* every running guest on it, also one started since */
+            for (guint i = 0; i < st->uuids->len; i++) {
+                const char *uuid = g_ptr_array_index(st->uuids, i);
+                VnPowerState ps = VN_POWER_NOSTATE;
+                g_autoptr(GError) e = NULL;
+                if (!vn_domain_power_state(a->virt, uuid, &ps, NULL) || ps != VN_POWER_RUNNING)
+                    continue;
+                if (vn_domain_pause(a->virt, uuid, &e)) {
+                    g_hash_table_add(h->paused, g_strdup(uuid));
+                    g_message("instance %s paused: its storage %s does not answer", uuid,
+                              (char *)k);
+                } else {
+                    vn_warn_error(&e, "pausing instance %s", uuid);
+                }
+            }
+        } else if (was) {
+            g_message("storage %s answers again", (char *)k);
+            g_hash_table_remove(h->degraded, k);
+            changed = TRUE;
+        }
+    }
+    /* guests whose storage all answers: resumed, if a pass or QEMU (I/O error) paused them */
+    for (guint i = 0; i < recs->len; i++) {
+        const VnInstanceRecord *rec = g_ptr_array_index(recs, i);
+        g_autoptr(GError) e = NULL;
+        if (!rec->volumes->len || !all_healthy(h, rec))
+            continue;
+        gboolean ours = g_hash_table_contains(h->paused, rec->uuid);
+        if (!ours && !vn_domain_paused_by_io_error(a->virt, rec->uuid))
+            continue;
+        if (vn_domain_unpause(a->virt, rec->uuid, &e))
+            g_message("instance %s resumed: its storage answers again", rec->uuid);
+        else
+            vn_warn_error(&e, "resuming instance %s", rec->uuid);
+        g_hash_table_remove(h->paused, rec->uuid);
+    }
+    g_hash_table_iter_init(&it, h->degraded);
+    while (g_hash_table_iter_next(&it, &k, NULL))
+        g_ptr_array_add(keys, k);
+    g_ptr_array_sort(keys, compare_keys);
+    g_ptr_array_add(keys, NULL);
+    vn_tracker_set_storage_degraded(a->tracker, (char **)keys->pdata);
+    g_mutex_unlock(&h->lock);
+    if (changed)
+        vn_agent_capacity_changed(a);
+}
+
 /* ------------------------------------------------------------------ operations */
 
 static const VnVmState changeable[] = { VN_VM_ACTIVE, VN_VM_STOPPED, VN_VM_PAUSED, VN_VM_LAST };

@@ -30,3 +30,19 @@ void vn_vols_disconnect_all(VnAgent *a, const GPtrArray *vols, guint count);
  * uses any more (a crash mid-attach, a failed migration); at start-up also removes their
  * secrets.  The periodic pass leaves uses younger than ten minutes (an attach under way). */
 void vn_vols_reconcile(VnAgent *a, gboolean startup);
+
+/* Storage failure containment.  Each pass probes, with a time limit, every export and
+ * target that a guest of this host has a volume on.  When one fails, only the running
+ * guests with a volume on it are paused (QEMU stops them itself on an I/O error too:
+ * error_policy 'stop'), and the host's capacity row says "storage_state": "degraded" with
+ * the failing storage; once it answers again those guests are resumed and the row says
+ * healthy.  Nothing else is touched: no other guest, no fencing, no reboot. */
+VnVolHealth *vn_vol_health_new(void);
+void vn_vol_health_free(VnVolHealth *h);
+
+/* One pass (run in a thread of its own: a probe may take its whole time limit). */
+void vn_vol_health_pass(VnAgent *a);
+
+/* The health key of @v's storage: "nfs:<export>" or "iscsi:<iqn>@<portal>".  Caller
+ * frees. */
+char *vn_vols_health_key(const VnVolumeSpec *v);

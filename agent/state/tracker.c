@@ -30,6 +30,7 @@ struct _VnTracker {
     guint64 cache_bytes;
     int running_ops;
     guint64 failed_builds;
+    char **storage_degraded; /* health keys of the volume storage that fails its probe */
 };
 
 static void inventory_clear(VnHostInventory *i)
@@ -65,6 +66,7 @@ void vn_tracker_free(VnTracker *t)
     g_mutex_clear(&t->lock);
     g_free(t->host);
     g_free(t->instances_path);
+    g_strfreev(t->storage_degraded);
     g_free(t);
 }
 
@@ -282,6 +284,14 @@ static void stats_add(json_object *stats, const char *key)
     json_object_object_add(stats, key, json_object_new_int(n + 1));
 }
 
+void vn_tracker_set_storage_degraded(VnTracker *t, char **keys)
+{
+    g_mutex_lock(&t->lock);
+    g_strfreev(t->storage_degraded);
+    t->storage_degraded = g_strdupv(keys);
+    g_mutex_unlock(&t->lock);
+}
+
 VnCapacity *vn_tracker_capacity(VnTracker *t)
 {
     g_autoptr(GPtrArray) recs = vn_instance_store_list(t->store, FALSE);
@@ -336,6 +346,15 @@ VnCapacity *vn_tracker_capacity(VnTracker *t)
     c->reserved_host_cpus = t->reserved_cpus;
     json_object_object_add(stats, "io_workload", json_object_new_int(t->running_ops));
     json_object_object_add(stats, "failed_builds", json_object_new_int64((gint64)t->failed_builds));
+    {
+        json_object *deg = json_object_new_array();
+        for (char **k = t->storage_degraded; k && *k; k++)
+            json_object_array_add(deg, json_object_new_string(*k));
+        json_object_object_add(
+            stats, "storage_state",
+            json_object_new_string(json_object_array_length(deg) ? "degraded" : "healthy"));
+        json_object_object_add(stats, "storage_degraded", deg);
+    }
     json_object_object_add(stats, "image_cache_bytes",
                            json_object_new_int64((gint64)t->cache_bytes));
     g_mutex_unlock(&t->lock);

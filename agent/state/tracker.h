@@ -58,6 +58,10 @@ void vn_tracker_set_cache_bytes(VnTracker *t, guint64 bytes);
 /* Operations running now (io_workload of the stats). */
 void vn_tracker_set_workload(VnTracker *t, int running_ops, guint64 failed_builds);
 
+/* The volume storage failing its health probe (health keys, NULL-terminated, copied; NULL
+ * or empty: healthy): "storage_state" and "storage_degraded" of the stats. */
+void vn_tracker_set_storage_degraded(VnTracker *t, char **keys);
+
 /* The capacity row for the central database.  Caller frees. */
 VnCapacity *vn_tracker_capacity(VnTracker *t);
 

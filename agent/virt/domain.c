@@ -289,6 +289,18 @@ gboolean vn_domain_unpause(VnVirtConn *c, const char *uuid, GError **error)
     return domain_do(c, uuid, virDomainResume, "unpausing", error);
 }
 
+gboolean vn_domain_paused_by_io_error(VnVirtConn *c, const char *uuid)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, NULL);
+    int state = 0, reason = 0;
+
+    if (!dom || virDomainGetState(dom, &state, &reason, 0) < 0) {
+        virResetLastError();
+        return FALSE;
+    }
+    return state == VIR_DOMAIN_PAUSED && reason == VIR_DOMAIN_PAUSED_IOERROR;
+}
+
 static int managed_save(virDomainPtr dom)
 {
     return virDomainManagedSave(dom, 0);

@@ -41,6 +41,9 @@ gboolean vn_domain_undefine(VnVirtConn *c, const char *uuid, GError **error);
 gboolean vn_domain_pause(VnVirtConn *c, const char *uuid, GError **error);
 gboolean vn_domain_unpause(VnVirtConn *c, const char *uuid, GError **error);
 
+/* TRUE when QEMU paused the guest itself on an I/O error (error_policy 'stop'). */
+gboolean vn_domain_paused_by_io_error(VnVirtConn *c, const char *uuid);
+
 /* Saves the guest's memory and stops it (Nova's suspend); vn_domain_start resumes it. */
 gboolean vn_domain_managed_save(VnVirtConn *c, const char *uuid, GError **error);
 

@@ -248,6 +248,60 @@ class Volumes(vntest.AgentTestCase):
         print("bad volumes: %d refused with InvalidInput twice each, nothing connected"
               % len(corpus))
 
+    def storage_state(self, host):
+        rows = vntest.db_query("SELECT stats FROM compute_nodes WHERE host = %s", host)
+        stats = rows[0][0] if rows else {}
+        stats = json.loads(stats) if isinstance(stats, str) else stats
+        return stats.get("storage_state"), stats.get("storage_degraded")
+
+    def state(self, u):
+        return vntest.virt("na").lookupByUUIDString(u).state()[0]
+
+    def test_storage_failure_pauses_only_its_guests(self):
+        """The NFS server stops answering (SIGSTOP): the guest with a volume on it pauses,
+        the guest on the iSCSI target keeps running, the host's row says degraded; the
+        server comes back: the guest resumes by itself and the row says healthy."""
+        import libvirt
+        a = self.agent("na", extra=dict(VOLUME_DRIVERS, **{"storage.volume_probe_interval": 2}))
+        a.start()
+        self.blank_nfs("volume-fail.raw")
+        self.blank_lun(4)
+        g_nfs, _ = self.boot(a, "on-nfs", block_device_mapping=[nfs_volume("volume-fail.raw")])
+        g_iscsi, _ = self.boot(a, "on-iscsi", block_device_mapping=[iscsi_volume(4)])
+        vntest.wait_for(lambda: self.storage_state(a.host)[0] == "healthy", 30,
+                        what="the host row to report healthy storage")
+        t0 = time.monotonic()
+        vntest.harness("storage-nfs-stop", "na")
+        try:
+            vntest.wait_for(lambda: self.state(g_nfs) == libvirt.VIR_DOMAIN_PAUSED, 60,
+                            what="the guest on the stopped NFS server to pause")
+            paused_after = time.monotonic() - t0
+            state, degraded = vntest.wait_for(
+                lambda: (lambda s: s if s[0] == "degraded" else None)(self.storage_state(a.host)),
+                30, what="the host row to report degraded storage")
+            self.assertEqual(degraded, ["nfs:127.0.0.1:" + vntest.ENV["STORAGE_EXPORT_DIR"]])
+            self.assertEqual(self.state(g_iscsi), libvirt.VIR_DOMAIN_RUNNING)
+            beats = a.console(g_iscsi).count("VIRTNODE-HEARTBEAT")
+            vntest.wait_for(lambda: a.console(g_iscsi).count("VIRTNODE-HEARTBEAT") > beats + 2,
+                            30, what="the other guest to keep running")
+            self.assertEqual(self.state(g_nfs), libvirt.VIR_DOMAIN_PAUSED,
+                             "the guest stays paused while its storage is away")
+        finally:
+            vntest.harness("storage-nfs-cont", "na")
+        t1 = time.monotonic()
+        vntest.wait_for(lambda: self.state(g_nfs) == libvirt.VIR_DOMAIN_RUNNING, 60,
+                        what="the guest to resume once its storage answers")
+        resumed_after = time.monotonic() - t1
+        vntest.wait_for(lambda: self.storage_state(a.host)[0] == "healthy", 30,
+                        what="the host row to report healthy again")
+        beats = a.console(g_nfs).count("VIRTNODE-HEARTBEAT")
+        vntest.wait_for(lambda: a.console(g_nfs).count("VIRTNODE-HEARTBEAT") > beats + 2, 30,
+                        what="the resumed guest to run")
+        print("storage failure: paused %.1f s after the NFS server stopped, resumed %.1f s "
+              "after it came back; the iSCSI guest ran throughout" % (paused_after, resumed_after))
+        for g in (g_nfs, g_iscsi):
+            self.rpc.call(a.host, "terminate_instance", timeout=300, instance_uuid=g)
+
     def test_stale_secret_swept_at_start(self):
         """A secret a crash left behind (defined, its volume never recorded) is removed when
         the agent starts; the secret of an attached volume stays."""
