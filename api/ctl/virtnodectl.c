@@ -116,6 +116,23 @@ static void connect_link(Ctl *c)
         die(1, "cannot reach the message broker (%s)", "see [amqp] transport_url");
 }
 
+#define API_VERSION G_STRINGIFY(VN_API_VERSION_MAJOR) "." G_STRINGIFY(VN_API_VERSION_MINOR)
+
+/* The JSON object in @path (a port, a block device); exits when it is not one. */
+static json_object *read_object(const char *path)
+{
+    g_autofree char *text = NULL;
+    g_autoptr(GError) err = NULL;
+    json_object *o;
+
+    if (!g_file_get_contents(path, &text, NULL, &err))
+        die(2, "%s", err->message);
+    o = json_tokener_parse(text);
+    if (!o || !json_object_is_type(o, json_type_object))
+        die(2, "%s: not a JSON object", path);
+    return o;
+}
+
 /* Calls @method on the target host; exits with the remote failure on error. */
 static json_object *call(Ctl *c, const char *host, const char *method, json_object *args,
                          int timeout)
@@ -123,8 +140,8 @@ static json_object *call(Ctl *c, const char *host, const char *method, json_obje
     g_autoptr(GError) err = NULL;
     json_object *result = NULL;
 
-    if (!vn_rpc_call(c->rpc, host, method, args, "1.1", NULL, timeout, MIN(timeout, 30), &result,
-                     &err))
+    if (!vn_rpc_call(c->rpc, host, method, args, API_VERSION, NULL, timeout, MIN(timeout, 30),
+                     &result, &err))
         die(1, "%s on %s: %s", method, host ? host : "(any host)", err->message);
     return result;
 }
@@ -133,7 +150,7 @@ static void cast(Ctl *c, const char *host, const char *method, json_object *args
 {
     g_autoptr(GError) err = NULL;
 
-    if (!vn_rpc_cast(c->rpc, host, method, args, "1.1", NULL, &err))
+    if (!vn_rpc_cast(c->rpc, host, method, args, API_VERSION, NULL, &err))
         die(1, "%s: %s", method, err->message);
     if (!vn_rpc_flush(c->rpc, 10))
         die(1, "the cast %s could not be delivered to the broker", method);
@@ -254,6 +271,8 @@ static int cmd_boot(Ctl *c, int argc, char **argv)
     g_autofree char *uuid = NULL, *name = NULL, *image_id = NULL, *url = NULL, *sha = NULL;
     g_autofree char *fmt = NULL, *flavor = NULL, *project = NULL, *user = NULL;
     g_auto(GStrv) meta = NULL;
+    g_auto(GStrv) ports = NULL;
+    g_auto(GStrv) volumes = NULL;
     gint64 size = 0;
     int vcpus = 1, mem = 128, root = 1, eph = 0, swap = 0;
     GOptionEntry e[] = {
@@ -274,6 +293,10 @@ static int cmd_boot(Ctl *c, int argc, char **argv)
         { "meta", 0, 0, G_OPTION_ARG_STRING_ARRAY, &meta, "Metadata KEY=VALUE (repeat)", "KV" },
         { "project", 0, 0, G_OPTION_ARG_STRING, &project, "Project id", "ID" },
         { "user", 0, 0, G_OPTION_ARG_STRING, &user, "User id", "ID" },
+        { "port", 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &ports,
+          "A network port, as JSON in FILE (repeat; docs/rpc-api.md)", "FILE" },
+        { "volume", 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &volumes,
+          "A block device mapping entry, as JSON in FILE (repeat; docs/volumes.md)", "FILE" },
         { NULL, 0, 0, 0, NULL, NULL, NULL },
     };
     g_autoptr(GOptionContext) ctx = g_option_context_new("- boot an instance");
@@ -319,8 +342,14 @@ static int cmd_boot(Ctl *c, int argc, char **argv)
     }
     json_object_object_add(inst, "metadata", md);
     json_object_object_add(args, "instance", inst);
-    json_object_object_add(args, "networks", json_object_new_array());
-    json_object_object_add(args, "block_device_mapping", json_object_new_array());
+    json_object *nets = json_object_new_array();
+    json_object *bdm = json_object_new_array();
+    for (char **p = ports; p && *p; p++)
+        json_object_array_add(nets, read_object(*p));
+    for (char **v = volumes; v && *v; v++)
+        json_object_array_add(bdm, read_object(*v));
+    json_object_object_add(args, "networks", nets);
+    json_object_object_add(args, "block_device_mapping", bdm);
     if (!c->host)
         die(2, "boot: which host? give -H HOST (or [DEFAULT] host in the configuration)");
     cast(c, c->host, "build_and_run_instance", args);
@@ -549,6 +578,8 @@ static const char *usage =
     "  host [HOST]                  capacity and heartbeat age (central database)\n"
     "  migrate UUID --to HOST [--block|--no-block]   live migration with progress\n"
     "  migration-show UUID | migration-abort UUID | migration-force-complete UUID\n"
+    "  attach-volume UUID FILE | detach-volume UUID VOLUME_ID   a volume (JSON entry in FILE)\n"
+    "  attach-port UUID FILE | detach-port UUID PORT_ID         a network port (JSON in FILE)\n"
     "  call METHOD [JSON] | cast METHOD [JSON]   raw RPC";
 
 int main(int argc, char **argv)
@@ -619,6 +650,29 @@ int main(int argc, char **argv)
         rc = cmd_instance_op(&c, "get_console_output", NULL, argc, argv);
     } else if (strcmp(cmd, "list") == 0) {
         rc = cmd_list(&c);
+    } else if (strcmp(cmd, "attach-volume") == 0 || strcmp(cmd, "detach-volume") == 0 ||
+               strcmp(cmd, "attach-port") == 0 || strcmp(cmd, "detach-port") == 0) {
+        gboolean attach = g_str_has_prefix(cmd, "attach");
+        gboolean volume = g_str_has_suffix(cmd, "volume");
+        g_autoptr(json_object) args = NULL;
+        g_autoptr(json_object) res = NULL;
+        if (argc != 3)
+            die(2, "%s UUID %s", cmd, attach ? "FILE" : volume ? "VOLUME_ID" : "PORT_ID");
+        args = uuid_args(argv[1]);
+        if (attach)
+            json_object_object_add(args, volume ? "block_device" : "port", read_object(argv[2]));
+        else
+            json_object_object_add(args, volume ? "volume_id" : "port_id",
+                                   json_object_new_string(argv[2]));
+        res = call(&c, host_of(&c, argv[1]),
+                   volume ? (attach ? "attach_volume" : "detach_volume")
+                          : (attach ? "attach_interface" : "detach_interface"),
+                   args, c.timeout);
+        if (c.json)
+            print_json(res);
+        else
+            fprintf(stderr, "%s: done\n", cmd);
+        rc = 0;
     } else if (strcmp(cmd, "migrate") == 0) {
         rc = cmd_migrate(&c, argc, argv);
     } else if (strcmp(cmd, "migration-show") == 0 || strcmp(cmd, "migration-abort") == 0 ||

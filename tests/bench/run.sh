@@ -1,7 +1,7 @@
 #!/bin/bash
 # tests/bench/run.sh - runs virtnode's benchmarks against real services.
 #
-#   tests/bench/run.sh [rpc|build|report|migration|net|all]...     (default: all)
+#   tests/bench/run.sh [rpc|build|report|migration|net|volumes|all]...     (default: all)
 #
 # Builds first (build/, or $BUILD), starts a harness run of its own (RabbitMQ, PostgreSQL,
 # two libvirtd hosts, the image server) in $BUILD/bench-run and stops it at the end, unless
@@ -14,11 +14,11 @@ BUILD=${BUILD:-$SRC/build}
 PY=/usr/bin/python3
 JSON=${BENCH_JSON:+--json}
 which=("$@")
-[ ${#which[@]} -gt 0 ] || which=(rpc build report migration net)
-[ "${which[*]}" = all ] && which=(rpc build report migration net)
+[ ${#which[@]} -gt 0 ] || which=(rpc build report migration net volumes)
+[ "${which[*]}" = all ] && which=(rpc build report migration net volumes)
 
 for b in "${which[@]}"; do
-    case $b in rpc | build | report | migration | net) ;; *) echo "unknown benchmark: $b" >&2; exit 2 ;; esac
+    case $b in rpc | build | report | migration | net | volumes) ;; *) echo "unknown benchmark: $b" >&2; exit 2 ;; esac
 done
 
 cmake -S "$SRC" -B "$BUILD" > /dev/null
@@ -84,5 +84,6 @@ for b in "${which[@]}"; do
         --seconds "${BENCH_SECONDS:-120}" $JSON ;;
     migration) (cd "$SRC/tests/bench" && $PY -W ignore bench_migration.py $JSON) ;;
     net) BENCH_JSON=${BENCH_JSON:-} "$BUILD/bin/bench_net" "${BENCH_ROUNDS:-200}" ;;
+    volumes) (cd "$SRC/tests/bench" && $PY -W ignore bench_volumes.py --rounds "${BENCH_ROUNDS_VOLUMES:-5}" $JSON) ;;
     esac
 done

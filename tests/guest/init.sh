@@ -71,7 +71,8 @@ netdata() {
     sed 's/},{/}\n{/g' "$f" > /tmp/netdata
     umount /cd
 }
-field() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"; }
+# the first "key":"value" of a line (a network's routes come later, with netmasks of their own)
+field() { grep -o "\"$1\":\"[^\"]*\"" | head -n 1 | cut -d'"' -f4; }
 
 ip link set lo up
 SPOOF=$(setting vn.spoof)
@@ -158,6 +159,21 @@ HOTPEER=$(setting vn.hotplug_peer)
       fi
   done ) &
 
+# vn.iobench=MB: sequential direct write then read of MB MiB, timed, on every volume that
+# appears (after its first MiB) and, at boot, on the local root overlay (from 512 MiB on,
+# past the image): "VIRTNODE-IOBENCH <serial|local> <write ms> <read ms>".
+IOBENCH=$(setting vn.iobench)
+ms() { awk '{printf "%d", $1 * 1000}' /proc/uptime; }
+iobench() { # dev name offset_mb
+    t0=$(ms)
+    dd if=/dev/zero of="$1" bs=1M count="$IOBENCH" seek="$3" oflag=direct conv=fsync 2>/dev/null
+    t1=$(ms)
+    dd if="$1" of=/dev/null bs=1M count="$IOBENCH" skip="$3" iflag=direct 2>/dev/null
+    t2=$(ms)
+    echo "VIRTNODE-IOBENCH $2 $((t1 - t0)) $((t2 - t1))"
+}
+[ -n "$IOBENCH" ] && iobench /dev/vda local 512
+
 # Volumes: a disk with a serial (virtio's /sys/block/X/serial) is a volume.  On its
 # appearance the guest reads its first sector: a marker written earlier is reported,
 # otherwise one is written (synchronously, past the page cache).  vn.volwrite=SERIAL
@@ -180,6 +196,7 @@ HOTPEER=$(setting vn.hotplug_peer)
                  echo "VIRTNODE-VOL-WROTE $serial ${s##*/} $mark" ||
                  echo "VIRTNODE-VOL-WRITE-FAILED $serial ${s##*/}" ;;
           esac
+          [ -n "$IOBENCH" ] && iobench "$dev" "$serial" 1
       done
       for serial in $(cat /tmp/vols); do
           grep -qx "$serial" /tmp/vols.now || echo "VIRTNODE-VOL-REMOVED $serial"
