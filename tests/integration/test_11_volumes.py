@@ -302,6 +302,28 @@ class Volumes(vntest.AgentTestCase):
         for g in (g_nfs, g_iscsi):
             self.rpc.call(a.host, "terminate_instance", timeout=300, instance_uuid=g)
 
+    def test_attach_to_a_stopped_guest(self):
+        """A volume attached while the guest is stopped is in its definition: the guest finds
+        it when started; detached while stopped, it is gone at the next start."""
+        a = self.agent("na", extra=VOLUME_DRIVERS).start()
+        u, _ = self.boot(a, "vol-stopped")
+        self.rpc.call(a.host, "stop_instance", timeout=300, instance_uuid=u)
+        self.blank_nfs("volume-stopped.raw")
+        v = nfs_volume("volume-stopped.raw")
+        r = self.rpc.call(a.host, "attach_volume", version="1.3", timeout=120, instance_uuid=u,
+                          block_device=v)
+        self.assertEqual(r["vm_state"], "stopped")
+        self.assertEqual(r["block_device_mapping"][0]["device_name"], "vde")
+        self.rpc.call(a.host, "start_instance", timeout=300, instance_uuid=u)
+        self.marker(a, u, v["volume_id"], "WROTE")
+        self.rpc.call(a.host, "stop_instance", timeout=300, instance_uuid=u)
+        self.rpc.call(a.host, "detach_volume", version="1.3", timeout=120, instance_uuid=u,
+                      volume_id=v["volume_id"])
+        self.rpc.call(a.host, "start_instance", timeout=300, instance_uuid=u)
+        xml = vntest.virt("na").lookupByUUIDString(u).XMLDesc(0)
+        self.assertNotIn("volume-stopped.raw", xml)
+        self.rpc.call(a.host, "terminate_instance", timeout=300, instance_uuid=u)
+
     def test_stale_secret_swept_at_start(self):
         """A secret a crash left behind (defined, its volume never recorded) is removed when
         the agent starts; the secret of an attached volume stays."""
