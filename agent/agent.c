@@ -330,7 +330,7 @@ static char *ready_body(gpointer data, gboolean *ready)
         vn_rpc_get_stats(a->rpc, &rs);
     if (a->reporter)
         vn_reporter_get_stats(a->reporter, &ds);
-    *ready = g_atomic_int_get(&a->ready) && !g_atomic_int_get(&a->stopping) && virt && rs.connected;
+    *ready = vn_agent_serving(a);
     json_object_object_add(o, "ready", json_object_new_boolean(*ready));
     json_object_object_add(o, "started", json_object_new_boolean(g_atomic_int_get(&a->ready)));
     json_object_object_add(o, "stopping", json_object_new_boolean(g_atomic_int_get(&a->stopping)));
@@ -544,6 +544,7 @@ VnAgent *vn_agent_new(VnConfig *cfg, const char *config_path)
     VnAgent *a = g_new0(VnAgent, 1);
 
     g_mutex_init(&a->cfg_lock);
+    g_mutex_init(&a->durations_lock);
     a->cfg = vn_config_ref(cfg);
     a->config_path = g_strdup(config_path);
     a->lock_fd = -1;
@@ -1043,6 +1044,7 @@ void vn_agent_free(VnAgent *a)
         g_main_loop_unref(a->loop);
     vn_config_unref(a->cfg);
     g_mutex_clear(&a->cfg_lock);
+    g_mutex_clear(&a->durations_lock);
     g_free(a->config_path);
     g_free(a->mac_model);
     g_free(a);

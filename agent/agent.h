@@ -16,6 +16,7 @@
 #include "agent/state/journal.h"
 #include "agent/state/tracker.h"
 #include "agent/virt/conn.h"
+#include "api/methods.h"
 #include "network/bridge.h"
 #include "scheduler-client/amqp/rpc.h"
 #include "scheduler-client/report/report.h"
@@ -24,6 +25,8 @@
 
 typedef struct _VnAgent VnAgent;
 typedef struct _VnVolHealth VnVolHealth;
+
+#define VN_DURATION_BUCKETS 12
 typedef struct _VnDispatcher VnDispatcher;
 typedef struct _VnMigrations VnMigrations;
 typedef struct _VnStatusServer VnStatusServer;
@@ -92,6 +95,12 @@ struct _VnAgent {
     gint vol_probing;  /* a volume health pass is running */
     gint loop_beat;    /* monotonic second the main loop last turned (/healthz) */
     VnAgentCounters counters;
+
+    /* under @durations_lock: how long each method's operations took (the
+     * virtnode_operation_duration_seconds histogram, metrics.c) */
+    GMutex durations_lock;
+    guint64 durations[VN_METHOD_LAST][VN_DURATION_BUCKETS + 1]; /* per bucket, then +Inf */
+    double durations_sum[VN_METHOD_LAST];
 };
 
 /* A new agent of @cfg (reference taken); nothing is started.  @config_path is re-read on

@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "agent/dispatcher.h"
+#include "agent/metrics.h"
 #include "agent/base/log.h"
 #include "agent/ops/ops.h"
 #include "api/error.h"
@@ -220,6 +221,8 @@ static void worker(gpointer data, gpointer user_data)
     g_debug("%s started%s", op->info->name, op->replayed ? " (after a restart)" : "");
     ok = vn_ops_run(op, &result, &err);
     g_atomic_int_dec_and_test(&a->counters.ops_running);
+    vn_agent_observe_duration(a, op->info->method,
+                              (g_get_monotonic_time() - op->received_us) / 1e6);
     /* reads are polled (get_instance, get_migration): their success is debug, not info */
     if (ok && op->info->kind == VN_KIND_QUERY && !op->info->control)
         g_debug("%s done in %.3f s", op->info->name,

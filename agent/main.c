@@ -8,6 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <errno.h>
+#include <unistd.h>
+
 #include <sys/stat.h>
 
 #include <glib.h>
@@ -19,8 +22,23 @@
 #include "scheduler-client/amqp/url.h"
 #include "scheduler-client/report/report.h"
 
+/* A password file must exist and be readable by the agent when it is named: found at
+ * --check-config, not at the first database connection. */
+static gboolean password_file_check(const char *value, GError **error)
+{
+    if (!*value)
+        return TRUE;
+    if (access(value, R_OK) != 0) {
+        g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(errno), "'%s' cannot be read: %s",
+                    value, g_strerror(errno));
+        return FALSE;
+    }
+    return TRUE;
+}
+
 static void install_checks(void)
 {
+    vn_config_set_check("database", "password_file", password_file_check);
     vn_config_set_check("amqp", "transport_url", vn_amqp_url_list_check);
     vn_config_set_check("database", "connection", vn_report_conninfo_check);
     vn_config_set_check("api", "listen", vn_status_listen_check);

@@ -14,6 +14,66 @@ static void sample(GString *out, const char *name, const char *labels, double va
     g_string_append_printf(out, "%s%s %.17g\n", name, labels, value);
 }
 
+/* upper bounds in seconds: queries take milliseconds, builds seconds, migrations minutes */
+static const double bounds[VN_DURATION_BUCKETS] = { 0.005, 0.025, 0.1, 0.25, 0.5, 1,
+                                                    2.5,   5,     10,  30,   60,  300 };
+
+void vn_agent_observe_duration(VnAgent *a, VnMethod method, double seconds)
+{
+    int b = 0;
+
+    if (method >= VN_METHOD_LAST)
+        return;
+    while (b < VN_DURATION_BUCKETS && seconds > bounds[b])
+        b++;
+    g_mutex_lock(&a->durations_lock);
+    a->durations[method][b]++;
+    a->durations_sum[method] += seconds;
+    g_mutex_unlock(&a->durations_lock);
+}
+
+gboolean vn_agent_serving(VnAgent *a)
+{
+    VnRpcStats rs = { 0 };
+
+    if (a->rpc)
+        vn_rpc_get_stats(a->rpc, &rs);
+    return g_atomic_int_get(&a->ready) && !g_atomic_int_get(&a->stopping) && a->virt &&
+           vn_virt_conn_is_alive(a->virt) && rs.connected;
+}
+
+static void durations(GString *out, VnAgent *a)
+{
+    g_string_append(out, "# HELP virtnode_operation_duration_seconds Time from a request's "
+                         "arrival to its result, by method\n"
+                         "# TYPE virtnode_operation_duration_seconds histogram\n");
+    g_mutex_lock(&a->durations_lock);
+    for (int m = 0; m < VN_METHOD_LAST; m++) {
+        const char *name = vn_method_info(m)->name;
+        guint64 total = 0;
+        for (int b = 0; b <= VN_DURATION_BUCKETS; b++)
+            total += a->durations[m][b];
+        if (!total)
+            continue;
+        guint64 cum = 0;
+        for (int b = 0; b < VN_DURATION_BUCKETS; b++) {
+            cum += a->durations[m][b];
+            g_string_append_printf(out,
+                                   "virtnode_operation_duration_seconds_bucket{method=\"%s\","
+                                   "le=\"%g\"} %" G_GUINT64_FORMAT "\n",
+                                   name, bounds[b], cum);
+        }
+        g_string_append_printf(out,
+                               "virtnode_operation_duration_seconds_bucket{method=\"%s\","
+                               "le=\"+Inf\"} %" G_GUINT64_FORMAT "\n"
+                               "virtnode_operation_duration_seconds_sum{method=\"%s\"} %.6f\n"
+                               "virtnode_operation_duration_seconds_count{method=\"%s\"} "
+                               "%" G_GUINT64_FORMAT "\n",
+                               name, total, name, a->durations_sum[m], name, total);
+    }
+    g_mutex_unlock(&a->durations_lock);
+}
+
 char *vn_agent_metrics(VnAgent *a)
 {
     GString *out = g_string_new(NULL);
@@ -21,8 +81,12 @@ char *vn_agent_metrics(VnAgent *a)
     int by_state[VN_VM_LAST] = { 0 };
     g_autoptr(GPtrArray) recs = a->store ? vn_instance_store_list(a->store, FALSE) : NULL;
 
-    metric(out, "virtnode_ready", "gauge", "1 when the agent takes work", NULL,
-           g_atomic_int_get(&a->ready) && !g_atomic_int_get(&a->stopping));
+    metric(out, "virtnode_build_info", "gauge", "The agent's version, always 1",
+           "{version=\"" VIRTNODE_VERSION "\"}", 1);
+    metric(out, "virtnode_ready", "gauge",
+           "1 when the agent serves requests (as /readyz: started, not stopping, libvirt and "
+           "the broker connected)",
+           NULL, vn_agent_serving(a));
     metric(out, "virtnode_start_time_seconds", "gauge", "Unix time the agent started", NULL,
            (double)a->started_at);
     metric(out, "virtnode_requests_total", "counter", "RPC requests received", NULL,
@@ -86,7 +150,7 @@ char *vn_agent_metrics(VnAgent *a)
                (double)ds.writes);
         metric(out, "virtnode_database_outages_total", "counter", "Database outages", NULL,
                (double)ds.outages);
-        metric(out, "virtnode_database_last_heartbeat_seconds", "gauge",
+        metric(out, "virtnode_database_last_heartbeat_timestamp_seconds", "gauge",
                "Unix time of the last heartbeat written", NULL, (double)ds.last_heartbeat);
     }
     if (a->virt)
@@ -95,5 +159,6 @@ char *vn_agent_metrics(VnAgent *a)
     if (a->images)
         metric(out, "virtnode_image_cache_bytes", "gauge", "Bytes of cached images", NULL,
                (double)vn_image_cache_usage(a->images));
+    durations(out, a);
     return g_string_free(out, FALSE);
 }

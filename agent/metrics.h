@@ -5,3 +5,10 @@
 
 /* The exposition text.  Caller frees. */
 char *vn_agent_metrics(VnAgent *a);
+
+/* Counts an operation of @method that took @seconds (success or failure). */
+void vn_agent_observe_duration(VnAgent *a, VnMethod method, double seconds);
+
+/* Ready to serve: started, not stopping, libvirt and the broker connected (/readyz and
+ * virtnode_ready agree). */
+gboolean vn_agent_serving(VnAgent *a);

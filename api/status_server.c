@@ -117,14 +117,20 @@ static void on_library_message(void *cls, const char *fmt, va_list ap)
         g_warning("status endpoint: %s", buf);
 }
 
-static gboolean parse_listen(const char *value, struct sockaddr_in *sa, GError **error)
+/* "address:port" with an IPv4 address, "[IPv6]:port", or ":port" (every address, IPv6 and
+ * IPv4 when the host has IPv6). */
+static gboolean parse_listen(const char *value, struct sockaddr_storage *ss, gboolean *dual,
+                             GError **error)
 {
     g_autofree char *host = NULL;
     const char *colon = value ? strrchr(value, ':') : NULL;
     char *end = NULL;
     long port;
+    struct sockaddr_in *sa = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *sa6 = (struct sockaddr_in6 *)ss;
 
-    memset(sa, 0, sizeof(*sa));
+    memset(ss, 0, sizeof(*ss));
+    *dual = FALSE;
     if (!colon) {
         g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID, "'%s' is not address:port",
                     value ? value : "");
@@ -132,15 +138,34 @@ static gboolean parse_listen(const char *value, struct sockaddr_in *sa, GError *
     }
     host = g_strndup(value, colon - value);
     port = strtol(colon + 1, &end, 10);
-    if (*end || port < 0 || port > 65535) {
+    if (!colon[1] || *end || port < 0 || port > 65535) {
         g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID, "'%s': bad port", value);
         return FALSE;
     }
+    if (host[0] == '[') {
+        gsize n = strlen(host);
+        if (n < 3 || host[n - 1] != ']') {
+            g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID, "'%s': bad IPv6 address", value);
+            return FALSE;
+        }
+        host[n - 1] = '\0';
+        sa6->sin6_family = AF_INET6;
+        sa6->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host + 1, &sa6->sin6_addr) != 1) {
+            g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID, "'%s': bad IPv6 address", value);
+            return FALSE;
+        }
+        return TRUE;
+    }
     sa->sin_family = AF_INET;
     sa->sin_port = htons((uint16_t)port);
-    if (inet_pton(AF_INET, *host ? host : "0.0.0.0", &sa->sin_addr) != 1) {
+    if (!*host) {
+        *dual = TRUE; /* every address: IPv6 and IPv4 where the host has IPv6 */
+        return TRUE;
+    }
+    if (inet_pton(AF_INET, host, &sa->sin_addr) != 1) {
         g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID,
-                    "'%s': the address must be an IPv4 address", value);
+                    "'%s': the address must be an IPv4 address or an IPv6 one in brackets", value);
         return FALSE;
     }
     return TRUE;
@@ -148,9 +173,10 @@ static gboolean parse_listen(const char *value, struct sockaddr_in *sa, GError *
 
 gboolean vn_status_listen_check(const char *value, GError **error)
 {
-    struct sockaddr_in sa;
+    struct sockaddr_storage ss;
+    gboolean dual;
 
-    return !*value || parse_listen(value, &sa, error);
+    return !*value || parse_listen(value, &ss, &dual, error);
 }
 
 static enum MHD_Result respond(struct MHD_Connection *conn, unsigned code, const char *type,
@@ -205,26 +231,41 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     return respond(conn, MHD_HTTP_NOT_FOUND, "text/plain", dup_for_mhd("not found\n"));
 }
 
+static struct MHD_Daemon *start_daemon(unsigned flags, const struct sockaddr *sa, VnStatusServer *s)
+{
+    return MHD_start_daemon(
+        flags | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, handle, s,
+        MHD_OPTION_EXTERNAL_LOGGER, on_library_message, s, MHD_OPTION_SOCK_ADDR, sa,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONNECTIONS_MAX, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned)CONNECTIONS_PER_IP, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)INACTIVITY_TIMEOUT_S,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_END);
+}
+
 VnStatusServer *vn_status_server_start(const char *listen, const VnStatusHandlers *handlers,
                                        GError **error)
 {
-    struct sockaddr_in sa;
+    struct sockaddr_storage ss;
+    gboolean dual = FALSE;
     VnStatusServer *s;
     const union MHD_DaemonInfo *info;
 
-    if (!parse_listen(listen, &sa, error))
+    if (!parse_listen(listen, &ss, &dual, error))
         return NULL;
     s = g_new0(VnStatusServer, 1);
     s->h = *handlers;
     g_mutex_init(&s->lock);
     g_cond_init(&s->cond);
     s->open = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
-    s->daemon = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, handle, s,
-        MHD_OPTION_SOCK_ADDR, &sa, MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONNECTIONS_MAX,
-        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)CONNECTIONS_PER_IP,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)INACTIVITY_TIMEOUT_S, MHD_OPTION_NOTIFY_CONNECTION,
-        on_connection, s, MHD_OPTION_EXTERNAL_LOGGER, on_library_message, s, MHD_OPTION_END);
+    if (dual) {
+        /* every address: IPv6 with IPv4 mapped in; IPv4 alone on a host without IPv6 */
+        struct sockaddr_in6 any6 = { .sin6_family = AF_INET6,
+                                     .sin6_port = ((struct sockaddr_in *)&ss)->sin_port,
+                                     .sin6_addr = IN6ADDR_ANY_INIT };
+        s->daemon = start_daemon(MHD_USE_DUAL_STACK, (const struct sockaddr *)&any6, s);
+    }
+    if (!s->daemon)
+        s->daemon = start_daemon(ss.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0,
+                                 (const struct sockaddr *)&ss, s);
     if (!s->daemon) {
         g_set_error(error, VN_API_ERROR, VN_API_ERROR_INTERNAL,
                     "cannot listen on %s for the status endpoint", listen);
@@ -235,7 +276,7 @@ VnStatusServer *vn_status_server_start(const char *listen, const VnStatusHandler
         return NULL;
     }
     info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    s->port = info ? info->port : ntohs(sa.sin_port);
+    s->port = info ? info->port : ntohs(((struct sockaddr_in *)&ss)->sin_port);
     s->reaper = g_thread_new("status-reaper", reaper, s);
     return s;
 }

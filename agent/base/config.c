@@ -277,8 +277,9 @@ static const OptDef opts[] = {
       "CA bundle for https:// image URLs (empty: the system's)." },
 
     { "api", "listen", OPT_STR, O(api_listen), "127.0.0.1:8775", NULL, 0, 0, NULL, 0,
-      "Address:port of the HTTP status endpoint (/healthz, /readyz, /metrics); empty "
-      "disables it." },
+      "Address:port of the HTTP status endpoint (/healthz, /readyz, /metrics): an IPv4 "
+      "address, [IPv6], or none (\":8775\": every address, IPv6 and IPv4); empty disables "
+      "it." },
 
     { "network", "physical_interface_mappings", OPT_LIST, O(net_physical_interface_mappings), "",
       NULL, 0, 0, NULL, 0,

@@ -29,6 +29,8 @@ static GPrivate log_context = G_PRIVATE_INIT(context_free);
 static GMutex log_lock;
 static int log_level = VN_LOG_LEVEL_INFO;
 static int log_format = VN_LOG_FORMAT_PLAIN;
+#define VN_LOG_JOURNAL_SOCKET "/run/systemd/journal/socket"
+
 static gboolean log_journald;
 static GRegex *mask_url;
 static GRegex *mask_kv;
@@ -255,10 +257,15 @@ void vn_log_configure(VnLogTarget target, VnLogFormat format, VnLogLevel level)
 {
     gboolean journald = target == VN_LOG_TARGET_JOURNALD ||
                         (target == VN_LOG_TARGET_AUTO && g_log_writer_is_journald(fileno(stderr)));
+    /* journald asked for but absent (no systemd on the host, a container): stderr, said
+     * once, rather than messages sent nowhere */
+    gboolean missing = journald && access(VN_LOG_JOURNAL_SOCKET, W_OK) != 0;
 
     g_atomic_int_set(&log_level, level);
     g_atomic_int_set(&log_format, format);
-    g_atomic_int_set(&log_journald, journald);
+    g_atomic_int_set(&log_journald, journald && !missing);
+    if (missing)
+        g_warning("log_target journald: %s is missing; logging to stderr", VN_LOG_JOURNAL_SOCKET);
 }
 
 void vn_warn_error(GError **err, const char *fmt, ...)

@@ -60,11 +60,14 @@ class Daemon(vntest.AgentTestCase):
     def test_check_config_errors_exit_2(self):
         path = os.path.join(RUN, "bad.conf")
         with open(path, "w") as f:
-            f.write("[DEFAULT]\nreport_interval = soon\n[amqp]\nbogus_key = 1\n")
+            f.write("[DEFAULT]\nreport_interval = soon\n[amqp]\nbogus_key = 1\n"
+                    "[database]\npassword_file = /nonexistent/pgpass\n")
         r = self.run_bin("--config", path, "--check-config")
         self.assertEqual(r.returncode, 2)
         self.assertIn("%s: [DEFAULT] report_interval: 'soon' is not an integer" % path, r.stderr)
         self.assertIn("%s: [amqp] bogus_key: unknown option" % path, r.stderr)
+        self.assertIn("%s: [database] password_file: '/nonexistent/pgpass' cannot be read: "
+                      "No such file or directory" % path, r.stderr)
         good = vntest.Agent("a")
         r = self.run_bin("--config", good.conf, "--check-config")
         self.assertEqual(r.returncode, 0, r.stderr)

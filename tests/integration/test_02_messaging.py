@@ -80,7 +80,16 @@ class Messaging(vntest.AgentTestCase):
             took = time.monotonic() - t0
             self.assertEqual(r["vm_state"], "stopped")
             self.assertGreater(took, 8, "the guest was expected to ignore the power button")
-            self.assertIn("virtnode_amqp_keepalives_total", a.metrics())
+            m = a.metrics()
+            self.assertIn("virtnode_amqp_keepalives_total", m)
+            # the histogram has both builds' and the stop's durations; ready agrees with /readyz
+            self.assertRegex(m, r'virtnode_operation_duration_seconds_count\{method='
+                                r'"build_and_run_instance"\} [1-9]')
+            self.assertRegex(m, r'virtnode_operation_duration_seconds_bucket\{method='
+                                r'"stop_instance",le="\+Inf"\} 1')
+            self.assertRegex(m, r'virtnode_build_info\{version="[0-9.]+"\} 1')
+            self.assertIn("virtnode_ready 1\n", m)
+            self.assertTrue(a.ready())
             rpc.call("host-a", "terminate_instance", instance_uuid=u)
         finally:
             rpc.close()

@@ -1,7 +1,10 @@
 /* Unit tests of agent/log: secret masking and the line formats. */
 #include "tests/unit/testutil.h"
 
+#include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <json-c/json.h>
 
@@ -59,6 +62,33 @@ static void test_plain_and_json_lines(void **state)
     json_object_put(o);
 }
 
+/* journald asked for on a host without it: the lines go to stderr, with a warning. */
+static void test_journald_fallback(void **state)
+{
+    g_autofree char *path = g_build_filename(g_get_tmp_dir(), "vn-log-fallback.txt", NULL);
+    g_autofree char *text = NULL;
+    int saved = dup(STDERR_FILENO);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+    (void)state;
+    if (access("/run/systemd/journal/socket", W_OK) == 0)
+        skip(); /* a host with journald: nothing to fall back from */
+    assert_true(fd >= 0 && saved >= 0);
+    dup2(fd, STDERR_FILENO);
+    vn_log_init();
+    vn_log_configure(VN_LOG_TARGET_JOURNALD, VN_LOG_FORMAT_PLAIN, VN_LOG_LEVEL_INFO);
+    g_message("a line that must reach someone");
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(fd);
+    vn_log_configure(VN_LOG_TARGET_STDERR, VN_LOG_FORMAT_PLAIN, VN_LOG_LEVEL_INFO);
+    assert_true(g_file_get_contents(path, &text, NULL, NULL));
+    unlink(path);
+    assert_non_null(strstr(text, "logging to stderr"));
+    assert_non_null(strstr(text, "a line that must reach someone"));
+}
+
 /* Values from outside cannot forge a log line: control characters are escaped. */
 static void test_no_forged_lines(void **state)
 {
@@ -84,6 +114,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_masking),
+        cmocka_unit_test(test_journald_fallback),
         cmocka_unit_test(test_plain_and_json_lines),
         cmocka_unit_test(test_no_forged_lines),
     };

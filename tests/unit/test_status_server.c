@@ -33,10 +33,10 @@ static size_t collect(char *p, size_t s, size_t n, void *u)
     return s * n;
 }
 
-static long get(int port, const char *path, const char *method, char **body)
+static long get_from(const char *host, int port, const char *path, const char *method, char **body)
 {
     CURL *c = curl_easy_init();
-    g_autofree char *url = g_strdup_printf("http://127.0.0.1:%d%s", port, path);
+    g_autofree char *url = g_strdup_printf("http://%s:%d%s", host, port, path);
     GString *b = g_string_new(NULL);
     long code = 0;
 
@@ -49,6 +49,37 @@ static long get(int port, const char *path, const char *method, char **body)
     curl_easy_cleanup(c);
     *body = g_string_free(b, FALSE);
     return code;
+}
+
+static long get(int port, const char *path, const char *method, char **body)
+{
+    return get_from("127.0.0.1", port, path, method, body);
+}
+
+static void test_ipv6_and_every_address(void **state)
+{
+    VnStatusHandlers h = { NULL, ready, metrics, NULL };
+    g_autoptr(GError) err = NULL;
+    g_autofree char *b1 = NULL, *b2 = NULL, *b3 = NULL;
+
+    (void)state;
+    assert_true(vn_status_listen_check("[::1]:8775", &err));
+    assert_true(vn_status_listen_check(":8775", &err));
+    assert_false(vn_status_listen_check("::1:8775", &err));
+    g_clear_error(&err);
+    assert_false(vn_status_listen_check("[::1:8775", &err));
+    g_clear_error(&err);
+    VnStatusServer *s6 = vn_status_server_start("[::1]:0", &h, &err);
+    assert_non_null(s6);
+    assert_int_equal(get_from("[::1]", vn_status_server_port(s6), "/healthz", "GET", &b1), 200);
+    vn_status_server_stop(s6);
+    /* every address: reachable over IPv6 and IPv4 */
+    VnStatusServer *any = vn_status_server_start(":0", &h, &err);
+    assert_non_null(any);
+    assert_int_equal(get_from("[::1]", vn_status_server_port(any), "/healthz", "GET", &b2), 200);
+    assert_int_equal(get_from("127.0.0.1", vn_status_server_port(any), "/healthz", "GET", &b3),
+                     200);
+    vn_status_server_stop(any);
 }
 
 static void test_endpoints(void **state)
@@ -175,6 +206,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_endpoints),
         cmocka_unit_test(test_listen_check),
+        cmocka_unit_test(test_ipv6_and_every_address),
         cmocka_unit_test(test_slow_clients),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
