@@ -27,7 +27,8 @@ PACKAGES=(
     linux-image-cloud-amd64 busybox-static cpio syslinux syslinux-common mtools fdisk
     # integration tests and tools
     python3 python3-oslo.messaging python3-pika python3-psycopg2 python3-libvirt sqlite3
-    iproute2 nftables rpcbind nfs-ganesha nfs-ganesha-vfs tgt ansible-core curl ca-certificates
+    iproute2 nftables rpcbind nfs-ganesha nfs-ganesha-vfs tgt ansible-core ansible-lint curl
+    ca-certificates
     genisoimage socat ebtables iptables
     # the kernel test VM (tests/vm): initiator, multipath and the NFS client in its initramfs
     initramfs-tools open-iscsi multipath-tools multipath-tools-boot nfs-common

@@ -57,7 +57,7 @@ class Deploy(unittest.TestCase):
         with open(self.pidfile()) as f:
             return int(f.read())
 
-    def play(self, expect_ok=True):
+    def play(self, expect_ok=True, extra=()):
         path = os.path.join(self.dir, "vars.json")
         with open(path, "w") as f:
             json.dump(self.vars, f)
@@ -65,8 +65,8 @@ class Deploy(unittest.TestCase):
                    ANSIBLE_LOCAL_TEMP=os.path.join(self.dir, "tmp"), ANSIBLE_NOCOLOR="1")
         r = subprocess.run(
             ["ansible-playbook", "-i", os.path.join(self.dir, "inventory.ini"),
-             "-e", "@" + path, "-e", "ansible_become=false",
-             os.path.join(ANSIBLE, "site.yml")],
+             "-e", "@" + path, "-e", "ansible_become=false"] + list(extra) +
+            [os.path.join(ANSIBLE, "site.yml")],
             cwd=ANSIBLE, env=env, capture_output=True, text=True, timeout=600)
         if expect_ok:
             self.assertEqual(r.returncode, 0, r.stdout[-3000:] + r.stderr[-2000:])
@@ -97,6 +97,18 @@ class Deploy(unittest.TestCase):
         changed, _ = self.play()
         self.assertEqual(changed, 0)
         self.assertEqual(self.pid(), pid)
+
+        # --check --diff of a changed option: passes, changes nothing, shows no secret
+        self.vars["virtnode_options"]["DEFAULT"]["report_interval"] = 7
+        secret = vntest.ENV["AMQP_URL"].split("//", 1)[1].split("@", 1)[0].split(":", 1)[-1]
+        changed, out = self.play(extra=["--check", "--diff"])
+        self.assertGreater(changed, 0, "check mode sees the configuration change")
+        with open(conf) as f:
+            self.assertNotIn("report_interval = 7", f.read())
+        self.assertEqual(self.pid(), pid)
+        self.assertNotIn(":%s@" % secret, out, "--diff shows the broker password")
+        self.assertNotIn(self.vars["virtnode_db_password"], out)
+        del self.vars["virtnode_options"]["DEFAULT"]["report_interval"]
 
         # a changed option reaches the agent through a restart
         self.vars["virtnode_options"]["DEFAULT"]["report_interval"] = 5
