@@ -545,6 +545,7 @@ VnAgent *vn_agent_new(VnConfig *cfg, const char *config_path)
 
     g_mutex_init(&a->cfg_lock);
     g_mutex_init(&a->durations_lock);
+    g_mutex_init(&a->host_lock);
     a->cfg = vn_config_ref(cfg);
     a->config_path = g_strdup(config_path);
     a->lock_fd = -1;
@@ -870,8 +871,10 @@ gboolean vn_agent_start(VnAgent *a, GError **error)
         return FALSE;
     vn_ports_reconcile(a);
     vn_vols_reconcile(a, TRUE);
+    vn_host_state_load(a);
     if (!start_reporter(a, cfg, error) || !start_rpc(a, cfg, error) || !start_http(a, cfg, error))
         return FALSE;
+    vn_host_state_publish(a);
     vn_dispatcher_replay(a->dispatcher, unfinished);
     start_timers(a);
     /* ready means serving: give the broker link its connect timeout to come up first (an
@@ -1045,6 +1048,8 @@ void vn_agent_free(VnAgent *a)
     vn_config_unref(a->cfg);
     g_mutex_clear(&a->cfg_lock);
     g_mutex_clear(&a->durations_lock);
+    g_mutex_clear(&a->host_lock);
+    g_free(a->host_disabled_reason);
     g_free(a->config_path);
     g_free(a->mac_model);
     g_free(a);

@@ -96,6 +96,12 @@ struct _VnAgent {
     gint loop_beat;    /* monotonic second the main loop last turned (/healthz) */
     VnAgentCounters counters;
 
+    /* under @host_lock: the host's own state (ops/host.c), kept in the journal */
+    GMutex host_lock;
+    gboolean host_disabled;     /* takes no new guests */
+    gboolean host_maintenance;  /* disabled for maintenance */
+    char *host_disabled_reason; /* or NULL */
+
     /* under @durations_lock: how long each method's operations took (the
      * virtnode_operation_duration_seconds histogram, metrics.c) */
     GMutex durations_lock;
@@ -119,6 +125,13 @@ void vn_agent_request_stop(VnAgent *a);
 
 /* Re-reads the configuration file (SIGHUP). */
 void vn_agent_reload(VnAgent *a);
+
+/* The host's disabled state (ops/host.c): loaded from the journal at start, published to
+ * the service row once the reporter runs; FALSE with ComputeHostDisabled naming @what
+ * ("new guests", "incoming migrations") when the host is disabled. */
+void vn_host_state_load(VnAgent *a);
+void vn_host_state_publish(VnAgent *a);
+gboolean vn_host_check_enabled(VnAgent *a, const char *what, GError **error);
 
 /* The current configuration (a reference: vn_config_unref it, or use g_autoptr). */
 VnConfig *vn_agent_config(VnAgent *a);

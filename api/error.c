@@ -22,6 +22,7 @@ static const char *const classes[VN_API_ERROR_LAST] = {
     [VN_API_ERROR_OPERATION_FAILED] = "OperationFailed",
     [VN_API_ERROR_MIGRATION_FAILED] = "MigrationError",
     [VN_API_ERROR_INTERRUPTED] = "OperationInterrupted",
+    [VN_API_ERROR_HOST_DISABLED] = "ComputeHostDisabled",
     [VN_API_ERROR_INTERNAL] = "InternalError",
 };
 

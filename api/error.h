@@ -23,6 +23,7 @@ typedef enum {
     VN_API_ERROR_OPERATION_FAILED,       /* a lifecycle operation failed */
     VN_API_ERROR_MIGRATION_FAILED,       /* a live migration failed or was refused */
     VN_API_ERROR_INTERRUPTED,            /* the agent stopped or restarted during the operation */
+    VN_API_ERROR_HOST_DISABLED,          /* the host takes no new guests (set_host_enabled) */
     VN_API_ERROR_INTERNAL,               /* a bug; the message says what */
     VN_API_ERROR_LAST
 } VnApiErrorCode;

@@ -42,6 +42,9 @@ static const VnMethodInfo methods[VN_METHOD_LAST] = {
       FALSE },
     { VN_METHOD_ATTACH_VOLUME, "attach_volume", 3, VN_KIND_OPERATION, TRUE, TRUE, FALSE },
     { VN_METHOD_DETACH_VOLUME, "detach_volume", 3, VN_KIND_OPERATION, TRUE, TRUE, FALSE },
+    { VN_METHOD_SET_HOST_ENABLED, "set_host_enabled", 3, VN_KIND_OPERATION, TRUE, FALSE, FALSE },
+    { VN_METHOD_HOST_MAINTENANCE_MODE, "host_maintenance_mode", 3, VN_KIND_OPERATION, TRUE, FALSE,
+      FALSE },
 };
 /* clang-format on */
 
@@ -122,6 +125,7 @@ void vn_request_free(VnRequest *req)
         g_ptr_array_unref(req->rules);
     vn_volume_spec_free(req->volume);
     g_free(req->volume_id);
+    g_free(req->reason);
     g_free(req);
 }
 
@@ -412,6 +416,25 @@ static gboolean parse_args(VnRequest *req, json_object *args, GError **error)
             return FALSE;
         }
         return req->volume != NULL;
+    }
+    case VN_METHOD_SET_HOST_ENABLED:
+    case VN_METHOD_HOST_MAINTENANCE_MODE: {
+        gboolean set = req->method == VN_METHOD_SET_HOST_ENABLED;
+        static const char *const skeys[] = { "enabled", "reason", NULL };
+        static const char *const mkeys[] = { "mode", "reason", NULL };
+        const char *flag = set ? "enabled" : "mode";
+        json_object *v;
+        if (!vn_json_expect_object(args, "args", set ? skeys : mkeys, error) ||
+            !vn_json_get_string(args, "args", "reason", FALSE, 1, 255, &req->reason, error))
+            return FALSE;
+        v = vn_json_member(args, flag);
+        if (!v || !json_object_is_type(v, json_type_boolean)) {
+            g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID, "%s: true or false expected",
+                        flag);
+            return FALSE;
+        }
+        req->enabled = json_object_get_boolean(v);
+        return TRUE;
     }
     case VN_METHOD_DETACH_VOLUME: {
         static const char *const keys[] = { "instance_uuid", "volume_id", NULL };

@@ -46,6 +46,8 @@ typedef enum {
     VN_METHOD_UPDATE_PORT_SECURITY,
     VN_METHOD_ATTACH_VOLUME,
     VN_METHOD_DETACH_VOLUME,
+    VN_METHOD_SET_HOST_ENABLED,
+    VN_METHOD_HOST_MAINTENANCE_MODE,
     VN_METHOD_LAST
 } VnMethod;
 
@@ -96,6 +98,8 @@ typedef struct {
     GPtrArray *rules;          /* update_port_security: VnSgRule* */
     VnVolumeSpec *volume;      /* attach_volume (with its secret, in memory only) */
     char *volume_id;           /* detach_volume */
+    gboolean enabled;          /* set_host_enabled: enabled; host_maintenance_mode: mode on */
+    char *reason;              /* set_host_enabled, host_maintenance_mode: why, or NULL */
 } VnRequest;
 
 VnRequest *vn_request_parse(const VnMethodInfo *m, json_object *args, GError **error);

@@ -296,6 +296,8 @@ gboolean vn_op_build(VnOp *op, json_object **result, GError **error)
 
     if (op->replayed)
         return recover_interrupted(op, error);
+    if (!vn_host_check_enabled(a, "new guests", error))
+        return FALSE;
     /* an instance that exists already is not ours to touch */
     if (!vn_instance_store_create(a->store, spec, op->request_id, error))
         return FALSE;

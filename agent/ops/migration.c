@@ -1104,7 +1104,7 @@ gboolean vn_op_check_dest(VnOp *op, json_object **result, GError **error)
     VnAgent *a = op->agent;
     g_autoptr(VnConfig) cfg = vn_agent_config(a);
     json_object *md = op->req->migrate_data;
-    g_autoptr(VnInstanceRecord) inst = md_instance(md, error);
+    g_autoptr(VnInstanceRecord) inst = NULL;
     g_autoptr(VnInstanceRecord) here = NULL;
     g_autofree char *probe = NULL;
     g_autofree char *probe_path = NULL;
@@ -1113,6 +1113,10 @@ gboolean vn_op_check_dest(VnOp *op, json_object **result, GError **error)
     json_object *out;
     const char *vt = md_str(md, "virt_type");
     int fd;
+
+    if (!vn_host_check_enabled(a, "incoming migrations", error))
+        return FALSE;
+    inst = md_instance(md, error);
 
     if (!inst)
         return FALSE;
@@ -1300,7 +1304,8 @@ gboolean vn_op_pre_live_migration(VnOp *op, json_object **result, GError **error
     VnAgent *a = op->agent;
     g_autoptr(VnConfig) cfg = vn_agent_config(a);
     json_object *md = op->req->migrate_data;
-    g_autoptr(VnInstanceRecord) inst = md_instance(md, error);
+    g_autoptr(VnInstanceRecord) inst =
+        vn_host_check_enabled(a, "incoming migrations", error) ? md_instance(md, error) : NULL;
     gboolean shared = md_bool(md, "is_shared_instance_path");
     json_object *disks = md_get(md, "disks");
     g_autoptr(GError) err = NULL;

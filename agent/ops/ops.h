@@ -48,6 +48,10 @@ gboolean vn_op_attach_interface(VnOp *op, json_object **result, GError **error);
 gboolean vn_op_detach_interface(VnOp *op, json_object **result, GError **error);
 gboolean vn_op_update_port_security(VnOp *op, json_object **result, GError **error);
 
+/* host.c */
+gboolean vn_op_set_host_enabled(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_host_maintenance_mode(VnOp *op, json_object **result, GError **error);
+
 /* volumes.c */
 gboolean vn_op_attach_volume(VnOp *op, json_object **result, GError **error);
 gboolean vn_op_detach_volume(VnOp *op, json_object **result, GError **error);

@@ -207,6 +207,10 @@ gboolean vn_ops_run(VnOp *op, json_object **result, GError **error)
         return vn_op_get_migration(op, result, error);
     case VN_METHOD_ATTACH_INTERFACE:
         return vn_op_attach_interface(op, result, error);
+    case VN_METHOD_SET_HOST_ENABLED:
+        return vn_op_set_host_enabled(op, result, error);
+    case VN_METHOD_HOST_MAINTENANCE_MODE:
+        return vn_op_host_maintenance_mode(op, result, error);
     case VN_METHOD_ATTACH_VOLUME:
         return vn_op_attach_volume(op, result, error);
     case VN_METHOD_DETACH_VOLUME:

@@ -256,6 +256,32 @@ static gboolean exec_text_args(VnJournal *j, const char *sql, const char *what, 
     return ok;
 }
 
+gboolean vn_journal_meta_set(VnJournal *j, const char *key, const char *value, GError **error)
+{
+    if (!value)
+        return exec_text_args(j, "DELETE FROM meta WHERE key = ?1", "forgetting a setting", error,
+                              1, key);
+    return exec_text_args(j, "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                          "recording a setting", error, 2, key, value);
+}
+
+char *vn_journal_meta_get(VnJournal *j, const char *key)
+{
+    char *out = NULL;
+
+    g_mutex_lock(&j->lock);
+    {
+        g_autoptr(sqlite3_stmt) st = prepare(j, "SELECT value FROM meta WHERE key = ?1", NULL);
+        if (st) {
+            bind_text(st, 1, key);
+            if (sqlite3_step(st) == SQLITE_ROW)
+                out = col_text(st, 0);
+        }
+    }
+    g_mutex_unlock(&j->lock);
+    return out;
+}
+
 gboolean vn_journal_set_running(VnJournal *j, const char *unique_id, GError **error)
 {
     return exec_text_args(j, "UPDATE requests SET state = 'running' WHERE unique_id = ?1",

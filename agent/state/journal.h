@@ -43,6 +43,11 @@ VnJournal *vn_journal_open(const char *path, GError **error);
 
 /* The journal's own uuid, made when it was created (names its rows elsewhere). */
 const char *vn_journal_id(VnJournal *j);
+
+/* A setting kept across restarts (the host's disabled state), durable when the call
+ * returns; @value NULL removes it.  _get: NULL when not set; caller frees. */
+gboolean vn_journal_meta_set(VnJournal *j, const char *key, const char *value, GError **error);
+char *vn_journal_meta_get(VnJournal *j, const char *key);
 void vn_journal_free(VnJournal *j);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VnJournal, vn_journal_free)
 

@@ -578,6 +578,8 @@ static const char *usage =
     "  host [HOST]                  capacity and heartbeat age (central database)\n"
     "  migrate UUID --to HOST [--block|--no-block]   live migration with progress\n"
     "  migration-show UUID | migration-abort UUID | migration-force-complete UUID\n"
+    "  host-disable [REASON] | host-enable   the host refuses (or takes again) new guests\n"
+    "  maintenance on [REASON] | maintenance off   disable for maintenance; lists what runs\n"
     "  attach-volume UUID FILE | detach-volume UUID VOLUME_ID   a volume (JSON entry in FILE)\n"
     "  attach-port UUID FILE | detach-port UUID PORT_ID         a network port (JSON in FILE)\n"
     "  call METHOD [JSON] | cast METHOD [JSON]   raw RPC";
@@ -650,6 +652,34 @@ int main(int argc, char **argv)
         rc = cmd_instance_op(&c, "get_console_output", NULL, argc, argv);
     } else if (strcmp(cmd, "list") == 0) {
         rc = cmd_list(&c);
+    } else if (strcmp(cmd, "host-disable") == 0 || strcmp(cmd, "host-enable") == 0 ||
+               strcmp(cmd, "maintenance") == 0) {
+        gboolean maint = strcmp(cmd, "maintenance") == 0;
+        g_autoptr(json_object) args = json_object_new_object();
+        g_autoptr(json_object) res = NULL;
+        const char *reason = NULL;
+        gboolean on;
+        if (maint) {
+            if (argc < 2 || argc > 3 || (strcmp(argv[1], "on") != 0 && strcmp(argv[1], "off") != 0))
+                die(2, "maintenance on [REASON] | maintenance off");
+            on = strcmp(argv[1], "on") == 0;
+            reason = argc == 3 ? argv[2] : NULL;
+            json_object_object_add(args, "mode", json_object_new_boolean(on));
+        } else {
+            if (argc > 2)
+                die(2, "%s [REASON]", cmd);
+            on = strcmp(cmd, "host-enable") == 0;
+            reason = argc == 2 ? argv[1] : NULL;
+            json_object_object_add(args, "enabled", json_object_new_boolean(on));
+        }
+        if (reason)
+            json_object_object_add(args, "reason", json_object_new_string(reason));
+        if (!c.host)
+            die(2, "%s: which host? give -H HOST", cmd);
+        res =
+            call(&c, c.host, maint ? "host_maintenance_mode" : "set_host_enabled", args, c.timeout);
+        print_json(res);
+        rc = 0;
     } else if (strcmp(cmd, "attach-volume") == 0 || strcmp(cmd, "detach-volume") == 0 ||
                strcmp(cmd, "attach-port") == 0 || strcmp(cmd, "detach-port") == 0) {
         gboolean attach = g_str_has_prefix(cmd, "attach");

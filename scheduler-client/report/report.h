@@ -148,6 +148,10 @@ void vn_reporter_start(VnReporter *r);
 /* Intervals may change on reload. */
 void vn_reporter_set_intervals(VnReporter *r, int report_interval, int heartbeat_interval);
 
+/* The service row's disabled flag and reason (NULL when enabled), written at once and with
+ * every heartbeat. */
+void vn_reporter_set_service_state(VnReporter *r, gboolean disabled, const char *reason);
+
 /* Something moved the capacity: write it within the debounce delay. */
 void vn_reporter_capacity_changed(VnReporter *r);
 

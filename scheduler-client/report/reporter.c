@@ -186,6 +186,9 @@ struct _VnReporter {
     GHashTable *migrations; /* id -> VnMigrationRow* */
     gboolean idle;          /* nothing waits to be written */
     VnReporterStats stats;
+    gboolean disabled; /* the service row's disabled and its reason */
+    char *disabled_reason;
+    gboolean service_dirty; /* written at the next round, not the next heartbeat */
 
     /* reporter thread only */
     PGconn *conn;
@@ -198,10 +201,12 @@ struct _VnReporter {
 };
 
 static const char *const sql_heartbeat =
-    "INSERT INTO services (host, \"binary\", topic, version, report_count, last_seen_up) "
-    "VALUES ($1, $2, $3, $4, 1, now()) ON CONFLICT (host, \"binary\") DO UPDATE SET "
-    "report_count = services.report_count + 1, last_seen_up = now(), "
-    "topic = EXCLUDED.topic, version = EXCLUDED.version, updated_at = now()";
+    "INSERT INTO services (host, \"binary\", topic, version, report_count, last_seen_up, "
+    "disabled, disabled_reason) "
+    "VALUES ($1, $2, $3, $4, 1, now(), $5::boolean, $6) ON CONFLICT (host, \"binary\") DO UPDATE "
+    "SET report_count = services.report_count + 1, last_seen_up = now(), "
+    "topic = EXCLUDED.topic, version = EXCLUDED.version, disabled = EXCLUDED.disabled, "
+    "disabled_reason = EXCLUDED.disabled_reason, updated_at = now()";
 
 static const char *const sql_capacity =
     "INSERT INTO compute_nodes (host, hypervisor_type, hypervisor_version, hypervisor_hostname,"
@@ -441,6 +446,10 @@ static gboolean write_heartbeat(VnReporter *r, gboolean *lost, GError **error)
     p_str(&p, r->binary);
     p_str(&p, r->topic);
     p_str(&p, r->version);
+    g_mutex_lock(&r->lock);
+    p_str(&p, r->disabled ? "true" : "false");
+    p_str(&p, r->disabled_reason);
+    g_mutex_unlock(&r->lock);
     ok = run_prepared(r, "vn_heartbeat", &p, lost, error);
     p_clear(&p);
     if (ok) {
@@ -661,6 +670,10 @@ static gboolean work(VnReporter *r)
     gboolean capacity_now = (r->capacity_dirty && now >= r->capacity_due) || now >= r->next_report;
     if (capacity_now)
         r->capacity_dirty = FALSE;
+    if (r->service_dirty) {
+        r->service_dirty = FALSE;
+        r->next_heartbeat = 0; /* the service row's new state goes now */
+    }
     g_mutex_unlock(&r->lock);
 
     if (now >= r->next_heartbeat) {
@@ -699,7 +712,7 @@ static gboolean work(VnReporter *r)
 /* Monotonic time of the next thing due (called with the lock held). */
 static gint64 next_due_locked(VnReporter *r)
 {
-    gint64 next = MIN(r->next_heartbeat, r->next_report);
+    gint64 next = r->service_dirty ? 0 : MIN(r->next_heartbeat, r->next_report);
 
     if (r->capacity_dirty)
         next = MIN(next, r->capacity_due);
@@ -787,6 +800,18 @@ void vn_reporter_set_intervals(VnReporter *r, int report_interval, int heartbeat
     g_mutex_unlock(&r->lock);
 }
 
+void vn_reporter_set_service_state(VnReporter *r, gboolean disabled, const char *reason)
+{
+    g_mutex_lock(&r->lock);
+    r->disabled = disabled;
+    g_free(r->disabled_reason);
+    r->disabled_reason = disabled && reason ? g_strdup(reason) : NULL;
+    r->service_dirty = TRUE;
+    r->idle = FALSE;
+    g_cond_broadcast(&r->cond);
+    g_mutex_unlock(&r->lock);
+}
+
 void vn_reporter_capacity_changed(VnReporter *r)
 {
     g_mutex_lock(&r->lock);
@@ -867,6 +892,7 @@ void vn_reporter_free(VnReporter *r)
     g_mutex_clear(&r->lock);
     g_cond_clear(&r->cond);
     g_free(r->conninfo);
+    g_free(r->disabled_reason);
     if (r->password)
         memset(r->password, 0, strlen(r->password));
     g_free(r->password);
