@@ -145,6 +145,13 @@ class Deploy(unittest.TestCase):
                               text=True).stdout
         self.assertRegex(info, r"Depends:.*libvirt0")
         self.assertRegex(info, r"Depends:.*librabbitmq4")
+        # the unit's hardening, scored by systemd itself (no systemd runs here: offline)
+        unit = os.path.join(vntest.SRC, "deploy", "systemd", "virtnoded.service")
+        sec = subprocess.run(["systemd-analyze", "security", "--offline=true", unit],
+                             capture_output=True, text=True)
+        score = re.search(r"Overall exposure level for virtnoded.service: ([0-9.]+)", sec.stdout)
+        self.assertIsNotNone(score, sec.stdout + sec.stderr)
+        self.assertLess(float(score.group(1)), 5.0, sec.stdout)
 
 
 if __name__ == "__main__":
