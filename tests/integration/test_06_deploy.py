@@ -131,6 +131,8 @@ class Deploy(unittest.TestCase):
 
     def test_debian_package(self):
         build = os.path.dirname(vntest.BIN)
+        subprocess.run(["cmake", "--build", build, "--target", "package_files"], check=True,
+                       capture_output=True, timeout=600)
         subprocess.run(["cpack", "-G", "DEB", "-B", os.path.join(self.dir, "pkg")], cwd=build,
                        check=True, capture_output=True, timeout=600)
         debs = glob.glob(os.path.join(self.dir, "pkg", "virtnode_*.deb"))
@@ -138,13 +140,22 @@ class Deploy(unittest.TestCase):
         files = subprocess.run(["dpkg-deb", "-c", debs[0]], check=True, capture_output=True,
                                text=True).stdout
         for path in ("./usr/bin/virtnoded", "./usr/bin/virtnodectl",
-                     "./lib/systemd/system/virtnoded.service",
-                     "./usr/share/doc/virtnode/virtnode.conf.example"):
+                     "./lib/systemd/system/virtnoded.service", "./etc/virtnode/virtnode.conf",
+                     "./usr/share/doc/virtnode/virtnode.conf.example",
+                     "./usr/share/doc/virtnode/copyright", "./usr/share/doc/virtnode/changelog.gz",
+                     "./usr/share/man/man8/virtnoded.8.gz", "./usr/share/man/man1/virtnodectl.1.gz",
+                     "./usr/share/man/man5/virtnode.conf.5.gz"):
             self.assertIn(path, files)
+        # Debian's rules: lintian reports no error and no warning
+        lint = subprocess.run(["lintian", "--tag-display-limit", "0", debs[0]],
+                              capture_output=True, text=True)
+        tags = [l for l in lint.stdout.splitlines() if l[:2] in ("E:", "W:")]
+        self.assertEqual(tags, [], lint.stdout)
         info = subprocess.run(["dpkg-deb", "-I", debs[0]], check=True, capture_output=True,
                               text=True).stdout
         self.assertRegex(info, r"Depends:.*libvirt0")
         self.assertRegex(info, r"Depends:.*librabbitmq4")
+        self.assertIn("conffiles", info)
         # the unit's hardening, scored by systemd itself (no systemd runs here: offline)
         unit = os.path.join(vntest.SRC, "deploy", "systemd", "virtnoded.service")
         sec = subprocess.run(["systemd-analyze", "security", "--offline=true", unit],
