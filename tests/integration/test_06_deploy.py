@@ -165,5 +165,60 @@ class Deploy(unittest.TestCase):
         self.assertLess(float(score.group(1)), 5.0, sec.stdout)
 
 
+    def test_package_install_upgrade_purge(self):
+        """In a test root (dpkg --root): the package installs with its conffile and the unit
+        enabled, a newer build upgrades it keeping the operator's configuration, and purge
+        removes the configuration and the unit's links but never /var/lib/virtnode."""
+        build = os.path.dirname(vntest.BIN)
+        out = os.path.join(self.dir, "pkg")
+        subprocess.run(["cmake", "--build", build, "--target", "package_files"], check=True,
+                       capture_output=True, timeout=600)
+        subprocess.run(["cpack", "-G", "DEB", "-B", out], cwd=build, check=True,
+                       capture_output=True, timeout=600)
+        old = glob.glob(os.path.join(out, "virtnode_*.deb"))[0]
+        version = re.search(r"virtnode_(.*)_amd64.deb", old).group(1)
+        newer = os.path.join(self.dir, "pkg2")
+        subprocess.run(["cpack", "-G", "DEB", "-B", newer, "-D",
+                        "CPACK_PACKAGE_VERSION=%s.1" % version], cwd=build, check=True,
+                       capture_output=True, timeout=600)
+        new = glob.glob(os.path.join(newer, "virtnode_*.deb"))[0]
+        root = os.path.join(self.dir, "root")
+        for d in ("var/lib/dpkg/updates", "var/lib/dpkg/info"):
+            os.makedirs(os.path.join(root, d))
+        open(os.path.join(root, "var/lib/dpkg/status"), "w").close()
+
+        def dpkg(*args):
+            r = subprocess.run(["dpkg", "--root=" + root, "--force-depends",
+                                "--force-script-chrootless"] + list(args),
+                               capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+        def installed():
+            r = subprocess.run(["dpkg-query", "--root=" + root, "-W", "-f=${Version} ${Status}",
+                                "virtnode"], capture_output=True, text=True)
+            return r.stdout
+
+        conf = os.path.join(root, "etc/virtnode/virtnode.conf")
+        wants = os.path.join(root, "etc/systemd/system/multi-user.target.wants/virtnoded.service")
+        dpkg("-i", old)
+        self.assertEqual(installed(), "%s install ok installed" % version)
+        self.assertEqual(os.stat(conf).st_mode & 0o777, 0o640)
+        self.assertTrue(os.path.islink(wants), "the unit is enabled")
+        self.assertEqual(os.stat(os.path.join(root, "var/lib/virtnode")).st_mode & 0o777, 0o711)
+        with open(conf, "a") as f:
+            f.write("# the operator's own line\n")
+        dpkg("-i", new)
+        self.assertEqual(installed(), "%s.1 install ok installed" % version)
+        with open(conf) as f:
+            self.assertIn("# the operator's own line", f.read(), "the conffile was replaced")
+        dpkg("--purge", "virtnode")
+        self.assertNotIn("installed", installed())
+        self.assertFalse(os.path.exists(os.path.join(root, "etc/virtnode")))
+        self.assertFalse(os.path.lexists(wants))
+        self.assertFalse(os.path.exists(os.path.join(root, "usr/bin/virtnoded")))
+        self.assertTrue(os.path.isdir(os.path.join(root, "var/lib/virtnode")),
+                        "purge keeps the guests' disks")
+
+
 if __name__ == "__main__":
     unittest.main()
