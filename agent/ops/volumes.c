@@ -490,6 +490,60 @@ static void end_task(VnAgent *a, const char *uuid)
         vn_warn_error(&err, "ending the volume task of instance %s", uuid);
 }
 
+/* An attach the agent's restart interrupted: the disk it may have hot-plugged (found by
+ * its serial, the volume id) leaves the domain, the volume leaves the host, and the
+ * instance's task ends; unless the record lists the volume (the attach had finished). */
+static void recover_attach(VnAgent *a, const char *uuid, const VnVolumeSpec *v)
+{
+    g_autoptr(VnInstanceRecord) rec = vn_instance_store_get(a->store, uuid);
+    g_autoptr(GError) err = NULL;
+
+    if (!rec)
+        return;
+    for (guint i = 0; i < rec->volumes->len; i++) {
+        const VnVolumeSpec *o = g_ptr_array_index(rec->volumes, i);
+        if (strcmp(o->volume_id, v->volume_id) == 0)
+            goto end;
+    }
+    /* the live definition, then the persistent one; again while either still shows it (a
+     * hot-plug libvirt was still finishing for the dead agent lands late) */
+    for (int pass = 0; pass < 8; pass++) {
+        if (pass >= 2) {
+            g_autofree char *live = vn_domain_get_xml_flags(a->virt, uuid, FALSE, NULL);
+            g_autofree char *conf = vn_domain_get_xml_flags(a->virt, uuid, TRUE, NULL);
+            if (!(live && strstr(live, v->volume_id)) && !(conf && strstr(conf, v->volume_id)))
+                break;
+            g_usleep(G_USEC_PER_SEC / 2);
+        }
+        gboolean persistent = pass % 2 == 1;
+        g_autofree char *xml = vn_domain_get_xml_flags(a->virt, uuid, persistent, NULL);
+        g_autofree char *target =
+            xml ? vn_domain_xml_disk_by_serial(xml, strlen(xml), v->volume_id) : NULL;
+        if (!target)
+            continue;
+        VnVolDiskSpec d = { 0 };
+        d.serial = v->volume_id;
+        d.target = target;
+        d.bus = v->bus;
+        d.kind = VN_VOLDISK_FILE;
+        d.path = (char *)"/dev/null";
+        g_autofree char *dx = vn_domain_xml_volume(&d);
+        if (!persistent && !running(rec))
+            continue; /* not running: its live definition is its persistent one */
+        if (!vn_domain_detach_disk_from(a->virt, uuid, dx, target, !persistent, DETACH_TIMEOUT_S,
+                                        &err))
+            vn_warn_error(&err, "removing the half-attached volume %s from instance %s",
+                          v->volume_id, uuid);
+        else
+            g_message("instance %s: the half-attached volume %s removed", uuid, v->volume_id);
+    }
+    if (!vn_vols_disconnect(a, v, &err))
+        vn_warn_error(&err, "disconnecting the half-attached volume %s", v->volume_id);
+end:
+    if (rec->task_state == VN_TASK_BLOCK_DEVICE_MAPPING)
+        end_task(a, uuid);
+}
+
 static gboolean run(VnOp *op, gboolean attaching, json_object **result, GError **error)
 {
     VnAgent *a = op->agent;
@@ -500,9 +554,12 @@ static gboolean run(VnOp *op, gboolean attaching, json_object **result, GError *
     gboolean ok;
 
     if (op->replayed && attaching) {
-        /* the secret is not journaled: the start-up sweep undid the half-done attach */
+        /* never redone (its secret is not journaled): what it made is undone */
+        recover_attach(a, uuid, op->req->volume);
         g_set_error(error, VN_API_ERROR, VN_API_ERROR_INTERRUPTED,
-                    "the agent restarted during the attach of volume %s; send it again", volume_id);
+                    "the agent restarted during the attach of volume %s; what it had done was "
+                    "undone, send it again",
+                    volume_id);
         return FALSE;
     }
     if (!vn_instance_store_begin_task(a->store, uuid, changeable, VN_TASK_BLOCK_DEVICE_MAPPING,

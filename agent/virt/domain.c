@@ -330,6 +330,24 @@ char *vn_domain_get_xml(VnVirtConn *c, const char *uuid, gboolean migratable, GE
     return out;
 }
 
+char *vn_domain_get_xml_flags(VnVirtConn *c, const char *uuid, gboolean inactive, GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+    char *xml;
+    char *out;
+
+    if (!dom)
+        return NULL;
+    xml = virDomainGetXMLDesc(dom, inactive ? VIR_DOMAIN_XML_INACTIVE : 0);
+    if (!xml) {
+        vn_virt_error(error, "reading the XML of instance %s", uuid);
+        return NULL;
+    }
+    out = g_strdup(xml);
+    free(xml);
+    return out;
+}
+
 char **vn_domain_list(VnVirtConn *c, GError **error)
 {
     g_autoptr(virConnect) conn = vn_virt_conn_get(c, error);
@@ -446,10 +464,10 @@ static gboolean has_text(virDomainPtr dom, const char *needle, unsigned flags)
  * gone when the guest released it). */
 static gboolean detach_until_gone(VnVirtConn *c, const char *uuid, const char *xml,
                                   const char *needle, const char *what, gboolean live,
-                                  int timeout_s, GError **error)
+                                  gboolean config, int timeout_s, GError **error)
 {
     g_autoptr(virDomain) dom = domain_get(c, uuid, error);
-    unsigned flags = VIR_DOMAIN_AFFECT_CONFIG | (live ? VIR_DOMAIN_AFFECT_LIVE : 0);
+    unsigned flags = (config ? VIR_DOMAIN_AFFECT_CONFIG : 0) | (live ? VIR_DOMAIN_AFFECT_LIVE : 0);
     gint64 end = g_get_monotonic_time() + (gint64)timeout_s * G_TIME_SPAN_SECOND;
 
     if (!dom)
@@ -473,7 +491,7 @@ gboolean vn_domain_detach(VnVirtConn *c, const char *uuid, const char *xml, cons
     g_autofree char *needle = g_strdup_printf("address='%s'", mac);
     g_autofree char *what = g_strdup_printf("interface %s", mac);
 
-    return detach_until_gone(c, uuid, xml, needle, what, live, timeout_s, error);
+    return detach_until_gone(c, uuid, xml, needle, what, live, TRUE, timeout_s, error);
 }
 
 gboolean vn_domain_detach_disk(VnVirtConn *c, const char *uuid, const char *xml, const char *target,
@@ -482,5 +500,15 @@ gboolean vn_domain_detach_disk(VnVirtConn *c, const char *uuid, const char *xml,
     g_autofree char *needle = g_strdup_printf("<target dev='%s'", target);
     g_autofree char *what = g_strdup_printf("disk %s", target);
 
-    return detach_until_gone(c, uuid, xml, needle, what, live, timeout_s, error);
+    return detach_until_gone(c, uuid, xml, needle, what, live, TRUE, timeout_s, error);
+}
+
+gboolean vn_domain_detach_disk_from(VnVirtConn *c, const char *uuid, const char *xml,
+                                    const char *target, gboolean live, int timeout_s,
+                                    GError **error)
+{
+    g_autofree char *needle = g_strdup_printf("<target dev='%s'", target);
+    g_autofree char *what = g_strdup_printf("disk %s", target);
+
+    return detach_until_gone(c, uuid, xml, needle, what, live, !live, timeout_s, error);
 }

@@ -54,6 +54,9 @@ gboolean vn_domain_wait_state(VnVirtConn *c, const char *uuid, VnPowerState stat
 /* The domain's XML (@migratable: as sent to a destination).  Caller frees. */
 char *vn_domain_get_xml(VnVirtConn *c, const char *uuid, gboolean migratable, GError **error);
 
+/* The running definition of @uuid (or its persistent one with @inactive).  Caller frees. */
+char *vn_domain_get_xml_flags(VnVirtConn *c, const char *uuid, gboolean inactive, GError **error);
+
 /* uuids of every domain libvirt knows (defined or running).  NULL-terminated. */
 char **vn_domain_list(VnVirtConn *c, GError **error);
 
@@ -80,3 +83,8 @@ gboolean vn_domain_detach(VnVirtConn *c, const char *uuid, const char *xml, cons
 /* The same for the disk @xml whose target is @target. */
 gboolean vn_domain_detach_disk(VnVirtConn *c, const char *uuid, const char *xml, const char *target,
                                gboolean live, int timeout_s, GError **error);
+
+/* The same for one definition only: the running guest's (@live) or the persistent one. */
+gboolean vn_domain_detach_disk_from(VnVirtConn *c, const char *uuid, const char *xml,
+                                    const char *target, gboolean live, int timeout_s,
+                                    GError **error);

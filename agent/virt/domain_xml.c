@@ -675,6 +675,41 @@ char *vn_domain_xml_cpu(const char *xml, gsize len, GError **error)
     return vn_xml_dump(out);
 }
 
+char *vn_domain_xml_disk_by_serial(const char *xml, gsize len, const char *serial)
+{
+    g_autoptr(xmlDoc) doc = vn_xml_read(xml, len, "domain", NULL);
+
+    if (!doc)
+        return NULL;
+    for (xmlNodePtr dev = xmlDocGetRootElement(doc)->children; dev; dev = dev->next) {
+        if (dev->type != XML_ELEMENT_NODE || xmlStrcmp(dev->name, BAD_CAST "devices") != 0)
+            continue;
+        for (xmlNodePtr d = dev->children; d; d = d->next) {
+            g_autofree char *target = NULL;
+            gboolean match = FALSE;
+            if (d->type != XML_ELEMENT_NODE || xmlStrcmp(d->name, BAD_CAST "disk") != 0)
+                continue;
+            for (xmlNodePtr c = d->children; c; c = c->next) {
+                if (c->type != XML_ELEMENT_NODE)
+                    continue;
+                if (xmlStrcmp(c->name, BAD_CAST "serial") == 0) {
+                    xmlChar *t = xmlNodeGetContent(c);
+                    match = t && strcmp((const char *)t, serial) == 0;
+                    xmlFree(t);
+                } else if (xmlStrcmp(c->name, BAD_CAST "target") == 0) {
+                    xmlChar *t = xmlGetProp(c, BAD_CAST "dev");
+                    g_free(target);
+                    target = t ? g_strdup((const char *)t) : NULL;
+                    xmlFree(t);
+                }
+            }
+            if (match && target)
+                return g_steal_pointer(&target);
+        }
+    }
+    return NULL;
+}
+
 gboolean vn_cpu_xml_check(const char *xml, gsize len, GError **error)
 {
     g_autoptr(xmlDoc) doc = vn_xml_read(xml, len, "cpu", error);

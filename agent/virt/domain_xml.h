@@ -154,6 +154,10 @@ char *vn_domain_xml_for_destination(const char *xml, const char *from_dir, const
  * the domain states none (the hypervisor's default model).  Caller frees. */
 char *vn_domain_xml_cpu(const char *xml, gsize len, GError **error);
 
+/* The target ("vde") of the disk of @xml whose <serial> is @serial, or NULL.  Caller
+ * frees. */
+char *vn_domain_xml_disk_by_serial(const char *xml, gsize len, const char *serial);
+
 /* TRUE when @xml (from a peer) is a well-formed <cpu> document within the reader's
  * bounds; VN_VIRT_ERROR_XML otherwise. */
 gboolean vn_cpu_xml_check(const char *xml, gsize len, GError **error);

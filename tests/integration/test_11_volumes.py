@@ -324,6 +324,44 @@ class Volumes(vntest.AgentTestCase):
         self.assertNotIn("volume-stopped.raw", xml)
         self.rpc.call(a.host, "terminate_instance", timeout=300, instance_uuid=u)
 
+    def test_kill9_mid_attach_leaves_nothing(self):
+        """kill -9 of the agent while an attach is under way (the NFS server frozen, so the
+        hot-plug hangs in QEMU): after the restart the replayed attach removes the disk the
+        hot-plug left in the domain, the volume is in no record, and the caller is told to
+        send it again; the same attach then works."""
+        a = self.agent("na", extra=VOLUME_DRIVERS).start()
+        u, _ = self.boot(a, "vol-kill9")
+        self.blank_nfs("volume-kill9.raw")
+        v = nfs_volume("volume-kill9.raw")
+        dom = vntest.virt("na").lookupByUUIDString(u)
+        vntest.harness("storage-nfs-stop", "na")
+        try:
+            self.rpc.cast(a.host, "attach_volume", version="1.3", instance_uuid=u, block_device=v)
+            vntest.wait_for(lambda: "attach_volume started" in a.log_text(), 30,
+                            what="the attach to start")
+            time.sleep(2)
+            a.kill9()
+        finally:
+            vntest.harness("storage-nfs-cont", "na")
+        # libvirt finishes the hot-plug on its own once the server answers
+        vntest.wait_for(lambda: v["volume_id"] in dom.XMLDesc(0) and
+                        v["volume_id"] in dom.XMLDesc(2), 60,
+                        what="the orphaned hot-plug to land in the domain")
+        a.start()
+        vntest.wait_for(lambda: v["volume_id"] not in dom.XMLDesc(0), 60,
+                        what="the replayed attach to remove the half-attached disk")
+        inactive = dom.XMLDesc(2)
+        at = inactive.find(v["volume_id"])
+        self.assertEqual(at, -1, "in the persistent definition: %s" % inactive[max(0, at - 600):at + 100])
+        r = self.rpc.call(a.host, "get_instance", instance_uuid=u)
+        self.assertEqual(r["block_device_mapping"], [])
+        self.assertIsNone(r["task_state"])
+        self.assertIn("the half-attached volume %s removed" % v["volume_id"], a.log_text())
+        r = self.rpc.call(a.host, "attach_volume", version="1.3", timeout=120, instance_uuid=u,
+                          block_device=v)
+        self.assertEqual([b["volume_id"] for b in r["block_device_mapping"]], [v["volume_id"]])
+        self.rpc.call(a.host, "terminate_instance", timeout=300, instance_uuid=u)
+
     def test_stale_secret_swept_at_start(self):
         """A secret a crash left behind (defined, its volume never recorded) is removed when
         the agent starts; the secret of an attached volume stays."""
