@@ -119,8 +119,25 @@ static const char *arg_after(const char *const *argv, const char *flag)
     return NULL;
 }
 
+static gboolean fake_run_locked(const char *const *argv, int timeout_s, char **out,
+                                char **errout, int *status, gpointer data, GError **error);
+
+/* The connector logs in to every portal from a thread of its own: one command at a time
+ * here, as the real tools serialise on iscsid and the kernel. */
 static gboolean fake_run(const char *const *argv, int timeout_s, char **out, char **errout,
                          int *status, gpointer data, GError **error)
+{
+    static GMutex lock;
+    gboolean ok;
+
+    g_mutex_lock(&lock);
+    ok = fake_run_locked(argv, timeout_s, out, errout, status, data, error);
+    g_mutex_unlock(&lock);
+    return ok;
+}
+
+static gboolean fake_run_locked(const char *const *argv, int timeout_s, char **out,
+                                char **errout, int *status, gpointer data, GError **error)
 {
     g_autofree char *line = g_strjoinv(" ", (char **)argv);
     GString *o = g_string_new(NULL);
