@@ -119,8 +119,8 @@ static const char *arg_after(const char *const *argv, const char *flag)
     return NULL;
 }
 
-static gboolean fake_run_locked(const char *const *argv, int timeout_s, char **out,
-                                char **errout, int *status, gpointer data, GError **error);
+static gboolean fake_run_locked(const char *const *argv, int timeout_s, char **out, char **errout,
+                                int *status, gpointer data, GError **error);
 
 /* The connector logs in to every portal from a thread of its own: one command at a time
  * here, as the real tools serialise on iscsid and the kernel. */
@@ -136,8 +136,8 @@ static gboolean fake_run(const char *const *argv, int timeout_s, char **out, cha
     return ok;
 }
 
-static gboolean fake_run_locked(const char *const *argv, int timeout_s, char **out,
-                                char **errout, int *status, gpointer data, GError **error)
+static gboolean fake_run_locked(const char *const *argv, int timeout_s, char **out, char **errout,
+                                int *status, gpointer data, GError **error)
 {
     g_autofree char *line = g_strjoinv(" ", (char **)argv);
     GString *o = g_string_new(NULL);
