@@ -505,15 +505,20 @@ static void recover_attach(VnAgent *a, const char *uuid, const VnVolumeSpec *v)
         if (strcmp(o->volume_id, v->volume_id) == 0)
             goto end;
     }
-    /* the live definition, then the persistent one; again while either still shows it (a
-     * hot-plug libvirt was still finishing for the dead agent lands late) */
-    for (int pass = 0; pass < 8; pass++) {
+    /* the live definition, then the persistent one; and again for as long as either shows
+     * it within 10 s, until neither has for 3 s (a hot-plug libvirt was still finishing for
+     * the dead agent can land late) */
+    int clean = 0;
+    for (int pass = 0; pass < 40 && clean < 6; pass++) {
         if (pass >= 2) {
             g_autofree char *live = vn_domain_get_xml_flags(a->virt, uuid, FALSE, NULL);
             g_autofree char *conf = vn_domain_get_xml_flags(a->virt, uuid, TRUE, NULL);
-            if (!(live && strstr(live, v->volume_id)) && !(conf && strstr(conf, v->volume_id)))
-                break;
+            gboolean seen =
+                (live && strstr(live, v->volume_id)) || (conf && strstr(conf, v->volume_id));
+            clean = seen ? 0 : clean + 1;
             g_usleep(G_USEC_PER_SEC / 2);
+            if (!seen)
+                continue;
         }
         gboolean persistent = pass % 2 == 1;
         g_autofree char *xml = vn_domain_get_xml_flags(a->virt, uuid, persistent, NULL);
