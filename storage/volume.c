@@ -992,6 +992,24 @@ static gboolean iscsi_kernel_connect(VnVolumes *v, const VnVolumeRequest *r, VnV
                         r->volume_id, wwid, v->cfg.attach_timeout);
             goto undo;
         }
+        /* the map is made from its first path; the others join it asynchronously: wait
+         * for every path that came up (a map short of one is used, and said) */
+        {
+            g_autofree char *slaves = sys_path(v, "sys/block/%s/slaves", dm);
+            guint have = 0;
+            for (;;) {
+                g_autoptr(GDir) sd = g_dir_open(slaves, 0, NULL);
+                have = 0;
+                while (sd && g_dir_read_name(sd))
+                    have++;
+                if (have >= n_ok || g_get_monotonic_time() > deadline)
+                    break;
+                g_usleep(G_USEC_PER_SEC / 10);
+            }
+            if (have < n_ok)
+                g_warning("volume %s: the map %s has %u of its %u paths", r->volume_id, dm, have,
+                          n_ok);
+        }
         /* the name udev gives the map is the same on every host (a live migration keeps
          * the guest's XML); the map's own name may differ */
         g_autofree char *stable = g_strdup_printf("dev/disk/by-id/dm-uuid-mpath-%s", wwid);

@@ -227,6 +227,8 @@ static gboolean fake_run_locked(const char *const *argv, int timeout_s, char **o
         g_autofree char *name = at("sys/block/dm-%s/dm/name", lun);
         g_autofree char *nm = g_strdup_printf("mpath%c", 'a' + atoi(lun));
         put(name, nm);
+        g_autofree char *slave = at("sys/block/dm-%s/slaves/%s", lun, dev);
+        put(slave, "");
     } else if (strcmp(argv[0], "multipath") == 0 && strcmp(argv[1], "-f") == 0) {
         if (fake.map_busy) {
             *status = 1;
