@@ -311,7 +311,8 @@ gboolean vn_domain_managed_save(VnVirtConn *c, const char *uuid, GError **error)
     return domain_do(c, uuid, managed_save, "saving the memory of", error);
 }
 
-char *vn_domain_get_xml(VnVirtConn *c, const char *uuid, gboolean migratable, GError **error)
+/* The XML of @uuid with libvirt's @flags, as a GLib string. */
+static char *get_xml(VnVirtConn *c, const char *uuid, unsigned flags, GError **error)
 {
     g_autoptr(virDomain) dom = domain_get(c, uuid, error);
     char *xml;
@@ -319,8 +320,7 @@ char *vn_domain_get_xml(VnVirtConn *c, const char *uuid, gboolean migratable, GE
 
     if (!dom)
         return NULL;
-    xml = virDomainGetXMLDesc(dom, migratable ? VIR_DOMAIN_XML_MIGRATABLE | VIR_DOMAIN_XML_SECURE
-                                              : VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+    xml = virDomainGetXMLDesc(dom, flags);
     if (!xml) {
         vn_virt_error(error, "reading the XML of instance %s", uuid);
         return NULL;
@@ -330,22 +330,17 @@ char *vn_domain_get_xml(VnVirtConn *c, const char *uuid, gboolean migratable, GE
     return out;
 }
 
+char *vn_domain_get_xml(VnVirtConn *c, const char *uuid, gboolean migratable, GError **error)
+{
+    return get_xml(c, uuid,
+                   migratable ? VIR_DOMAIN_XML_MIGRATABLE | VIR_DOMAIN_XML_SECURE
+                              : VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE,
+                   error);
+}
+
 char *vn_domain_get_xml_flags(VnVirtConn *c, const char *uuid, gboolean inactive, GError **error)
 {
-    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
-    char *xml;
-    char *out;
-
-    if (!dom)
-        return NULL;
-    xml = virDomainGetXMLDesc(dom, inactive ? VIR_DOMAIN_XML_INACTIVE : 0);
-    if (!xml) {
-        vn_virt_error(error, "reading the XML of instance %s", uuid);
-        return NULL;
-    }
-    out = g_strdup(xml);
-    free(xml);
-    return out;
+    return get_xml(c, uuid, inactive ? VIR_DOMAIN_XML_INACTIVE : 0, error);
 }
 
 char **vn_domain_list(VnVirtConn *c, GError **error)
