@@ -586,6 +586,36 @@ static gboolean own_dir(const char *path, mode_t mode, const char *key, GError *
     return FALSE;
 }
 
+/* @dir and every folder above it searchable by others, or the guests' QEMU identities
+ * cannot reach what is below: refused with the folder named and @fix to repair it. */
+static gboolean searchable_by_guests(const char *dir, const char *what, const char *fix,
+                                     GError **error)
+{
+    g_autofree char *up = g_strdup(dir);
+
+    for (;;) {
+        struct stat st;
+        char *parent;
+        if (stat(up, &st) < 0) {
+            g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "%s: '%s': %s", what, up,
+                        g_strerror(errno));
+            return FALSE;
+        }
+        if (!(st.st_mode & S_IXOTH)) {
+            g_set_error(error, G_IO_ERROR, G_IO_ERROR_PERMISSION_DENIED,
+                        "%s: '%s' (mode %04o) cannot be entered by the guests' QEMU identities: "
+                        "%s",
+                        what, up, (unsigned)(st.st_mode & 07777), fix);
+            return FALSE;
+        }
+        if (strcmp(up, "/") == 0)
+            return TRUE;
+        parent = g_path_get_dirname(up);
+        g_free(up);
+        up = parent;
+    }
+}
+
 /* The agent's folders, with the modes guests under their own identities need:
  * state_path and instances_path 0711 (QEMU may pass through, nobody may list them; what
  * is inside is 0600 or, per instance, 0750 root:guest), and every folder above
@@ -599,28 +629,25 @@ static gboolean prepare_paths(const VnConfig *cfg, GError **error)
         !own_dir(cfg->instances_path, 0711, "instances_path", error))
         return FALSE;
     up = g_path_get_dirname(cfg->instances_path);
-    for (;;) {
-        struct stat st;
-        char *parent;
-        if (stat(up, &st) < 0) {
-            g_set_error(error, G_IO_ERROR, g_io_error_from_errno(errno), "instances_path: '%s': %s",
-                        up, g_strerror(errno));
-            return FALSE;
-        }
-        if (!(st.st_mode & S_IXOTH)) {
-            g_set_error(error, G_IO_ERROR, G_IO_ERROR_PERMISSION_DENIED,
-                        "instances_path: '%s' (mode %04o) cannot be entered by the guests' "
-                        "QEMU identities: allow search (chmod o+x '%s') or choose another "
-                        "instances_path",
-                        up, (unsigned)(st.st_mode & 07777), up);
-            return FALSE;
-        }
-        if (strcmp(up, "/") == 0)
-            return TRUE;
-        parent = g_path_get_dirname(up);
-        g_free(up);
-        up = parent;
-    }
+    return searchable_by_guests(up, "instances_path",
+                                "allow search (chmod o+x) or choose another instances_path", error);
+}
+
+/* libvirtd's own per-guest folders (the QEMU driver's master keys, monitor sockets) live
+ * in /var/lib/libvirt/qemu, which Debian makes 0750 libvirt-qemu: no guest with an
+ * identity of its own could start.  Checked when libvirtd is this host's system daemon. */
+static gboolean libvirt_paths_ok(VnAgent *a, const VnConfig *cfg, GError **error)
+{
+    const char *dir = "/var/lib/libvirt/qemu";
+
+    if (!a->dac_available || strcmp(cfg->libvirt_uri, "qemu:///system") != 0 ||
+        !g_file_test(dir, G_FILE_TEST_IS_DIR))
+        return TRUE;
+    return searchable_by_guests(dir, "libvirt",
+                                "make it 0751 (dpkg-statoverride --update --add libvirt-qemu "
+                                "libvirt-qemu 0751 /var/lib/libvirt/qemu, as the virtnode "
+                                "package does)",
+                                error);
 }
 
 /* This host's iSCSI initiator name: configured, else open-iscsi's, else one of ours. */
@@ -708,14 +735,13 @@ gboolean vn_agent_open_local(VnAgent *a, GError **error)
 }
 
 /* The host's security models decide how guests are confined. */
-static void detect_security(VnAgent *a)
+static gboolean detect_security(VnAgent *a, GError **error)
 {
-    g_autoptr(GError) err = NULL;
-    g_auto(GStrv) models = vn_host_security_models(a->virt, &err);
+    g_auto(GStrv) models = vn_host_security_models(a->virt, error);
 
     if (!models) {
-        g_warning("cannot read the host's security models: %s", err->message);
-        return;
+        g_prefix_error(error, "reading the host's security models: ");
+        return FALSE;
     }
     g_free(a->mac_model);
     a->mac_model = NULL;
@@ -727,27 +753,32 @@ static void detect_security(VnAgent *a)
     g_message("libvirt security: %s%s%s", a->mac_model ? a->mac_model : "no MAC model",
               a->dac_available ? ", per-guest DAC identities" : "",
               !a->mac_model && !a->dac_available ? " (guests cannot be confined)" : "");
+    return TRUE;
 }
 
-/* Waits (up to @timeout_s) for libvirt, then reads the host and reconciles. */
+/* Waits (up to @timeout_s) for libvirt, then reads the host and reconciles.  libvirtd
+ * going away meanwhile (restarted by the deployment that also starts the agent) is waited
+ * out the same way: each attempt starts over with a new connection. */
 static gboolean connect_libvirt(VnAgent *a, int timeout_s, GError **error)
 {
     gint64 end = g_get_monotonic_time() + (gint64)timeout_s * G_TIME_SPAN_SECOND;
+    gboolean told = FALSE;
     g_autoptr(GError) err = NULL;
 
     for (;;) {
         g_autoptr(virConnect) conn = vn_virt_conn_get(a->virt, &err);
-        if (conn)
-            break;
+        if (conn && detect_security(a, &err) && vn_tracker_refresh(a->tracker, a->virt, &err))
+            return TRUE;
         if (g_get_monotonic_time() >= end) {
             g_propagate_error(error, g_steal_pointer(&err));
             return FALSE;
         }
+        if (!told)
+            g_message("waiting up to %d s for libvirt: %s", timeout_s, err->message);
+        told = TRUE;
         g_clear_error(&err);
         g_usleep(G_USEC_PER_SEC);
     }
-    detect_security(a);
-    return vn_tracker_refresh(a->tracker, a->virt, error);
 }
 
 static gboolean start_reporter(VnAgent *a, const VnConfig *cfg, GError **error)
@@ -865,6 +896,8 @@ gboolean vn_agent_start(VnAgent *a, GError **error)
         g_prefix_error(error, "libvirt: ");
         return FALSE;
     }
+    if (!libvirt_paths_ok(a, cfg, error))
+        return FALSE;
     vn_image_cache_remove_partials(a->images);
     unfinished = vn_journal_unfinished(a->journal, error);
     if (!unfinished || !vn_reconcile_startup(a, unfinished, error))

@@ -4,7 +4,6 @@ changes nothing; a changed option restarts the agent with it; a bad option is re
 before it reaches the host and leaves the running agent alone.  The Debian package holds
 the daemon, the CLI, the systemd unit and the example configuration."""
 
-import glob
 import json
 import os
 import re
@@ -37,6 +36,8 @@ class Deploy(unittest.TestCase):
             "virtnode_db_connection": vntest.ENV["PG_DSN"],
             "virtnode_db_password": "not-needed-by-trust-auth",
             "virtnode_libvirt_uri": vntest.ENV["HOST_A_URI"],
+            # the harness's libvirtd, not this machine's (test_15_fleet: the role's own)
+            "virtnode_manage_libvirt": False,
             "virtnode_virt_type": "qemu",
             "virtnode_api_listen": "127.0.0.1:%d" % self.api,
             "virtnode_options": {"DEFAULT": {"instances_path": os.path.join(self.dir, "inst")}},
@@ -130,13 +131,8 @@ class Deploy(unittest.TestCase):
         os.kill(pid, 0)
 
     def test_debian_package(self):
-        build = os.path.dirname(vntest.BIN)
-        subprocess.run(["cmake", "--build", build, "--target", "package_files"], check=True,
-                       capture_output=True, timeout=600)
-        subprocess.run(["cpack", "-G", "DEB", "-B", os.path.join(self.dir, "pkg")], cwd=build,
-                       check=True, capture_output=True, timeout=600)
-        debs = glob.glob(os.path.join(self.dir, "pkg", "virtnode_*.deb"))
-        self.assertEqual(len(debs), 1, debs)
+        deb, ddeb = vntest.build_package(os.path.join(self.dir, "pkg"))
+        debs, ddebs = [deb], [ddeb]
         files = subprocess.run(["dpkg-deb", "-c", debs[0]], check=True, capture_output=True,
                                text=True).stdout
         for path in ("./usr/bin/virtnoded", "./usr/bin/virtnodectl",
@@ -146,8 +142,26 @@ class Deploy(unittest.TestCase):
                      "./usr/share/man/man8/virtnoded.8.gz", "./usr/share/man/man1/virtnodectl.1.gz",
                      "./usr/share/man/man5/virtnode.conf.5.gz"):
             self.assertIn(path, files)
-        # Debian's rules: lintian reports no error and no warning
-        lint = subprocess.run(["lintian", "--tag-display-limit", "0", debs[0]],
+        # stripped, hardened binaries; their symbols in the dbgsym package, by build id
+        root = os.path.join(self.dir, "extracted")
+        subprocess.run(["dpkg-deb", "-x", debs[0], root], check=True)
+        dbg = subprocess.run(["dpkg-deb", "-c", ddebs[0]], check=True, capture_output=True,
+                             text=True).stdout
+        for b in ("virtnoded", "virtnodectl"):
+            path = os.path.join(root, "usr", "bin", b)
+            elf = subprocess.run(["readelf", "-S", "-n", "-d", "-l", path], check=True,
+                                 capture_output=True, text=True).stdout
+            self.assertFalse(".debug_info" in elf, "%s is not stripped" % b)
+            self.assertTrue("GNU_RELRO" in elf and re.search(r"Flags: NOW PIE", elf),
+                            "%s: no relro, bind-now or PIE" % b)
+            syms = subprocess.run(["objdump", "-T", path], check=True, capture_output=True,
+                                  text=True).stdout
+            self.assertIn("__stack_chk_fail", syms)
+            self.assertTrue(re.search(r"GLIBC\S*\)\s+__\w+_chk\b", syms), "%s: not fortified" % b)
+            bid = re.search(r"Build ID: ([0-9a-f]+)", elf).group(1)
+            self.assertIn("./usr/lib/debug/.build-id/%s/%s.debug" % (bid[:2], bid[2:]), dbg)
+        # Debian's rules: lintian reports no error and no warning, for both packages
+        lint = subprocess.run(["lintian", "--tag-display-limit", "0", debs[0], ddebs[0]],
                               capture_output=True, text=True)
         tags = [l for l in lint.stdout.splitlines() if l[:2] in ("E:", "W:")]
         self.assertEqual(tags, [], lint.stdout)
@@ -169,19 +183,9 @@ class Deploy(unittest.TestCase):
         """In a test root (dpkg --root): the package installs with its conffile and the unit
         enabled, a newer build upgrades it keeping the operator's configuration, and purge
         removes the configuration and the unit's links but never /var/lib/virtnode."""
-        build = os.path.dirname(vntest.BIN)
-        out = os.path.join(self.dir, "pkg")
-        subprocess.run(["cmake", "--build", build, "--target", "package_files"], check=True,
-                       capture_output=True, timeout=600)
-        subprocess.run(["cpack", "-G", "DEB", "-B", out], cwd=build, check=True,
-                       capture_output=True, timeout=600)
-        old = glob.glob(os.path.join(out, "virtnode_*.deb"))[0]
-        version = re.search(r"virtnode_(.*)_amd64.deb", old).group(1)
-        newer = os.path.join(self.dir, "pkg2")
-        subprocess.run(["cpack", "-G", "DEB", "-B", newer, "-D",
-                        "CPACK_PACKAGE_VERSION=%s.1" % version], cwd=build, check=True,
-                       capture_output=True, timeout=600)
-        new = glob.glob(os.path.join(newer, "virtnode_*.deb"))[0]
+        old, _ = vntest.build_package(os.path.join(self.dir, "pkg"))
+        version = vntest.package_version(old)
+        new, _ = vntest.build_package(os.path.join(self.dir, "pkg2"), version + ".1")
         root = os.path.join(self.dir, "root")
         for d in ("var/lib/dpkg/updates", "var/lib/dpkg/info"):
             os.makedirs(os.path.join(root, d))

@@ -16,6 +16,7 @@
 #   harness.sh pg-stop|pg-start RUN_DIR
 #   harness.sh host-stop|host-start RUN_DIR a|b
 #   harness.sh ns RUN_DIR a|b CMD...     run CMD in host a's (or b's) namespaces
+#   harness.sh fleet-start|fleet-stop RUN_DIR   two bare machines reachable by ssh
 #
 # Every failure says which service failed and why, and exits non-zero.  'start' first
 # cleans up whatever an interrupted earlier run in RUN_DIR left behind.
@@ -310,15 +311,7 @@ nethost_start() {
             ip link set vnphys$i up
         done'
     [ -n "${NETHOST_PEERED:-}" ] && veths=:
-    for svc in AMQP PG IMAGE; do
-        port=$(envget "${svc}_PORT")
-        rm -f "$R/fwd-$svc.sock"
-        socat "UNIX-LISTEN:$R/fwd-$svc.sock,fork,unlink-early" "TCP:127.0.0.1:$port" \
-            > /dev/null 2>&1 &
-        echo $! >> "$R/forwarders"
-        fwd_in+="socat TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:$R/fwd-$svc.sock > /dev/null 2>&1 &
-"
-    done
+    forwarders "$R"; fwd_in=$FWD_IN
     rm -f "$R/run/libvirt-sock" "$R/run/libvirt-sock-ro" "$R/run/libvirt-admin-sock"
     unshare --mount --uts --net --propagation private bash -c "
         set -e
@@ -377,6 +370,23 @@ nethost_pair() {
     log "hosts na and nb share physnet1, physnet2 and a migration link"
 }
 
+# The root namespace's ends of the forwarders of RabbitMQ, PostgreSQL and the image server
+# for a host in its own network namespace; FWD_IN holds the commands that start the ends
+# inside it (127.0.0.1:<same port>).
+forwarders() {
+    local R=$1 svc port
+    FWD_IN=
+    for svc in AMQP PG IMAGE; do
+        port=$(envget "${svc}_PORT")
+        rm -f "$R/fwd-$svc.sock"
+        socat "UNIX-LISTEN:$R/fwd-$svc.sock,fork,unlink-early" "TCP:127.0.0.1:$port" \
+            > /dev/null 2>&1 &
+        echo $! >> "$R/forwarders"
+        FWD_IN+="socat TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:$R/fwd-$svc.sock > /dev/null 2>&1 &
+"
+    done
+}
+
 nethost_stop() {
     local H=$1 R=$RUN/hosts/$1 p d
     [ -f "$R/pid" ] || return 0
@@ -403,6 +413,104 @@ nethost_stop() {
         "$R/run/libvirt-sock-ro" "$R/run/libvirt-admin-sock"
 }
 
+
+# ---------------------------------------------------------------- fleet hosts
+# Two bare machines for deployment tests, fleet-1 and fleet-2: nothing of virtnode or of
+# libvirt runs on them until Ansible puts it there.  Each is a mount, UTS and network
+# namespace whose root is an overlay of this machine's root with its writes on a tmpfs
+# (what the role installs and starts stays inside), joined to the other by one veth pair
+# (mig0: 198.51.100.1 and .2, named in each /etc/hosts).  Its firewall accepts only
+# loopback and answers (INPUT policy DROP), as a locked-down host's would.  RabbitMQ,
+# PostgreSQL and the image server are on its 127.0.0.1 through forwarders, as on the
+# nethosts.  sshd listens on its 127.0.0.1:22; ssh gets there through
+#   ProxyCommand=nsenter --net=/proc/<FLEET_n_PID>/ns/net socat STDIO TCP:127.0.0.1:22
+# with the key FLEET_SSH_KEY (root).
+fleet_start() {
+    local F=$RUN/fleet n p
+    fleet_stop 2> /dev/null || true
+    mkdir -p "$F"
+    rm -f "$F/id_ed25519" "$F/id_ed25519.pub"
+    ssh-keygen -q -t ed25519 -N '' -C fleet -f "$F/id_ed25519"
+    for n in 1 2; do
+        local R=$F/fleet-$n
+        rm -rf "$R"; mkdir -p "$R/rw" "$R/root"
+        forwarders "$R"
+        unshare --mount --uts --net --propagation private bash -c "
+            set -e
+            mount -t tmpfs -o mode=0755 fleet-$n $R/rw
+            mkdir $R/rw/upper $R/rw/work
+            mount -t overlay fleet-$n -o lowerdir=/,upperdir=$R/rw/upper,workdir=$R/rw/work $R/root
+            mount --rbind /dev $R/root/dev
+            mount -t proc proc $R/root/proc
+            mount --rbind /sys $R/root/sys
+            mount -t tmpfs -o mode=0755 tmpfs $R/root/run
+            mount -t tmpfs -o mode=1777 tmpfs $R/root/tmp
+            hostname fleet-$n
+            echo fleet-$n > $R/root/etc/hostname
+            printf '127.0.0.1 localhost\n198.51.100.1 fleet-1\n198.51.100.2 fleet-2\n' > $R/root/etc/hosts
+            ip link set lo up
+            iptables -P INPUT DROP
+            iptables -A INPUT -i lo -j ACCEPT
+            iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+            # a fresh machine: no libvirt network of its own, no earlier state
+            rm -f $R/root/etc/libvirt/qemu/networks/autostart/*
+            rm -rf $R/root/var/lib/virtnode $R/root/etc/virtnode $R/root/var/log/virtnode
+            mkdir -p -m 0700 $R/root/root/.ssh $R/root/run/sshd
+            cp $F/id_ed25519.pub $R/root/root/.ssh/authorized_keys
+            rm -f $R/root/etc/ssh/ssh_host_*
+            chroot $R/root ssh-keygen -q -A
+            $FWD_IN
+            exec chroot $R/root /usr/sbin/sshd -D -e -o ListenAddress=127.0.0.1 \
+                -o PidFile=/run/sshd.pid -o UseDNS=no
+        " > "$R/sshd.out" 2>&1 &
+        echo $! > "$R/pid"
+        readlink "/proc/$!/ns/net" > "$R/netns" || true
+    done
+    local p1 p2
+    p1=$(cat "$F/fleet-1/pid"); p2=$(cat "$F/fleet-2/pid")
+    for n in 1 2; do
+        p=$(cat "$F/fleet-$n/pid")
+        for _ in $(seq 100); do
+            [ "$(cat "/proc/$p/comm" 2> /dev/null)" = sshd ] && break
+            kill -0 "$p" 2> /dev/null || break
+            sleep 0.1
+        done
+        [ "$(cat "/proc/$p/comm" 2> /dev/null)" = sshd ] ||
+            { cat "$F/fleet-$n/sshd.out" >&2; die "fleet host $n failed to start"; }
+        readlink "/proc/$p/ns/net" > "$F/fleet-$n/netns"
+        readlink "/proc/$p/ns/mnt" > "$F/fleet-$n/mntns"
+    done
+    ip link add vnfl1 netns "$p1" type veth peer name vnfl2 netns "$p2"
+    nsenter -t "$p1" -n sh -c 'ip link set vnfl1 name mig0 && ip addr add 198.51.100.1/24 dev mig0 && ip link set mig0 up'
+    nsenter -t "$p2" -n sh -c 'ip link set vnfl2 name mig0 && ip addr add 198.51.100.2/24 dev mig0 && ip link set mig0 up'
+    for n in 1 2; do
+        p=$(cat "$F/fleet-$n/pid")
+        for _ in $(seq 50); do
+            nsenter -t "$p" -n bash -c '</dev/tcp/127.0.0.1/22' 2> /dev/null && break
+            sleep 0.1
+        done
+        envset "FLEET_${n}_PID" "$p"
+    done
+    envset FLEET_SSH_KEY "$F/id_ed25519"
+    log "fleet hosts up (sshd pids $p1 $p2)"
+}
+
+fleet_stop() {
+    local F=$RUN/fleet n d
+    for n in 1 2; do
+        local R=$F/fleet-$n
+        [ -f "$R/pid" ] || continue
+        # everything of the machine: its namespaces' processes (guests included)
+        for d in /proc/[0-9]*; do
+            if [ "$(readlink "$d/ns/net" 2> /dev/null)" = "$(cat "$R/netns" 2> /dev/null)" ] ||
+                [ "$(readlink "$d/ns/mnt" 2> /dev/null)" = "$(cat "$R/mntns" 2> /dev/null)" ]; then
+                kill -9 "${d#/proc/}" 2> /dev/null || true
+            fi
+        done
+        [ -f "$R/forwarders" ] && xargs -r kill < "$R/forwarders" 2> /dev/null || true
+        rm -f "$R/pid" "$R/netns" "$R/mntns" "$R/forwarders" "$R"/fwd-*.sock
+    done
+}
 
 # ---------------------------------------------------------------- NAS and iSCSI storage
 # nfs-ganesha (with rpcbind: QEMU's libnfs looks mountd up through the portmapper) and
@@ -533,6 +641,7 @@ stop_all() {
     for h in na nb; do [ -d "$RUN/hosts/$h/nas" ] && storage_stop "$h"; done 2> /dev/null || true
     nethost_stop na || true
     nethost_stop nb || true
+    fleet_stop || true
     rabbit_stop || true
     epmd_stop || true
     pg_stop || true
@@ -598,6 +707,8 @@ libvirtd-restart) libvirtd_restart "${3:?host}" ;;
 nethost-start) nethost_start "${3:?host}" ;;
 nethost-stop) nethost_stop "${3:?host}"; log "host $3 stopped" ;;
 nethost-pair) nethost_pair ;;
+fleet-start) fleet_start ;;
+fleet-stop) fleet_stop; log "fleet hosts stopped" ;;
 storage-start) storage_start "${3:?host}" ;;
 storage-stop) storage_stop "${3:?host}"; log "storage of host $3 stopped" ;;
 storage-nfs-stop) storage_nfs_stop "${3:?host}" ;;

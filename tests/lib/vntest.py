@@ -5,6 +5,7 @@ the central database, libvirt, guest consoles and the test image.
 Every integration test needs the harness: VN_TEST_ENV names its env file.  Without it the
 test fails loudly (it never skips)."""
 
+import glob
 import hashlib
 import json
 import os
@@ -105,6 +106,44 @@ def wait_for(predicate, timeout, interval=0.2, what="condition"):
 
 def harness(*args):
     subprocess.run(["bash", HARNESS, args[0], RUN] + list(args[1:]), check=True)
+
+
+# ---------------------------------------------------------------------------- the package
+
+
+def _package_build():
+    """A build folder for the Debian package: the tests' own build when it is a plain one,
+    else (sanitized binaries are no product) build-package/, a plain build without tests."""
+    build = os.path.dirname(BIN)
+    with open(os.path.join(build, "CMakeCache.txt")) as f:
+        if "VIRTNODE_SANITIZE:BOOL=ON" not in f.read():
+            return build
+    build = os.path.join(SRC, "build-package")
+    subprocess.run(["cmake", "-S", SRC, "-B", build, "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+                    "-DVIRTNODE_TESTS=OFF"], check=True, capture_output=True, timeout=600)
+    subprocess.run(["cmake", "--build", build, "-j%d" % os.cpu_count()], check=True,
+                   capture_output=True, timeout=1800)
+    return build
+
+
+def build_package(out, version=None):
+    """Builds the .deb (and its -dbgsym .ddeb) into @out, with @version if given; returns
+    their paths."""
+    build = _package_build()
+    subprocess.run(["cmake", "--build", build, "--target", "package_files"], check=True,
+                   capture_output=True, timeout=600)
+    args = ["cpack", "-G", "DEB", "-B", out]
+    if version:
+        args += ["-D", "CPACK_PACKAGE_VERSION=" + version]
+    subprocess.run(args, cwd=build, check=True, capture_output=True, timeout=600)
+    debs = glob.glob(os.path.join(out, "virtnode_*.deb"))
+    ddebs = glob.glob(os.path.join(out, "virtnode-dbgsym_*.ddeb"))
+    assert len(debs) == 1 and len(ddebs) == 1, (debs, ddebs)
+    return debs[0], ddebs[0]
+
+
+def package_version(deb):
+    return os.path.basename(deb).split("_")[1]
 
 
 # ---------------------------------------------------------------------------- the image
