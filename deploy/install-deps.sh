@@ -30,6 +30,8 @@ PACKAGES=(
     iproute2 nftables rpcbind nfs-ganesha nfs-ganesha-vfs tgt ansible-core ansible-lint curl
     ca-certificates
     genisoimage socat ebtables iptables
+    # the fleet test's machines: reached by ssh, the role's apt tasks, lintian for the package
+    openssh-server openssh-client python3-apt lintian
     # the kernel test VM (tests/vm): initiator, multipath and the NFS client in its initramfs
     initramfs-tools open-iscsi multipath-tools multipath-tools-boot nfs-common
     procps psmisc
