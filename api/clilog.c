@@ -5,10 +5,12 @@ static GLogWriterOutput writer(GLogLevelFlags level, const GLogField *fields, gs
                                gpointer user_data)
 {
     gboolean verbose = GPOINTER_TO_INT(user_data);
-    GLogLevelFlags shown = G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_WARNING;
+    GLogLevelFlags shown = G_LOG_LEVEL_ERROR | G_LOG_LEVEL_CRITICAL;
 
+    /* the tool reports what failed in one line of its own; the libraries' warnings on the
+     * way (each broker URL refused, a retry) only with --verbose */
     if (verbose)
-        shown |= G_LOG_LEVEL_MESSAGE | G_LOG_LEVEL_INFO;
+        shown |= G_LOG_LEVEL_WARNING | G_LOG_LEVEL_MESSAGE | G_LOG_LEVEL_INFO;
     if (!(level & shown))
         return G_LOG_WRITER_HANDLED;
     return g_log_writer_standard_streams(level, fields, n_fields, NULL);

@@ -112,8 +112,18 @@ static void connect_link(Ctl *c)
     if (!c->rpc)
         die(2, "%s", err->message);
     vn_rpc_start(c->rpc);
-    if (!vn_rpc_wait_connected(c->rpc, MIN(c->timeout, 15)))
-        die(1, "cannot reach the message broker (%s)", "see [amqp] transport_url");
+    /* connected, or every broker refused once (one line with the reason, at once), or
+     * none answered within the time */
+    gint64 end = g_get_monotonic_time() + MIN(c->timeout, 15) * G_TIME_SPAN_SECOND;
+    while (!vn_rpc_wait_connected(c->rpc, 0.05)) {
+        VnRpcStats st;
+        vn_rpc_get_stats(c->rpc, &st);
+        if (st.connect_rounds_failed > 0)
+            die(1, "cannot reach the message broker: %s", st.last_connect_error);
+        if (g_get_monotonic_time() > end)
+            die(1, "cannot reach the message broker: no answer within %d s%s%s",
+                MIN(c->timeout, 15), *st.last_connect_error ? "; " : "", st.last_connect_error);
+    }
 }
 
 #define API_VERSION G_STRINGIFY(VN_API_VERSION_MAJOR) "." G_STRINGIFY(VN_API_VERSION_MINOR)
@@ -160,6 +170,37 @@ static void print_json(json_object *o)
 {
     printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
                                                          JSON_C_TO_STRING_NOSLASHESCAPE));
+}
+
+/* A request sent without waiting for its outcome: JSON {"sent", "host"[, "instance_uuid"]}
+ * on stdout with --json, else a line on stderr. */
+static void print_sent(Ctl *c, const char *method, const char *host, const char *uuid)
+{
+    if (c->json) {
+        g_autoptr(json_object) o = json_object_new_object();
+        json_object_object_add(o, "sent", json_object_new_string(method));
+        json_object_object_add(o, "host", host ? json_object_new_string(host) : NULL);
+        if (uuid)
+            json_object_object_add(o, "instance_uuid", json_object_new_string(uuid));
+        print_json(o);
+    } else {
+        fprintf(stderr, "%s sent to %s\n", method, host ? host : "(any host)");
+    }
+}
+
+/* A call that answered without a result worth showing. */
+static void print_done(Ctl *c, const char *method, const char *host, const char *uuid)
+{
+    if (c->json) {
+        g_autoptr(json_object) o = json_object_new_object();
+        json_object_object_add(o, "done", json_object_new_string(method));
+        json_object_object_add(o, "host", host ? json_object_new_string(host) : NULL);
+        if (uuid)
+            json_object_object_add(o, "instance_uuid", json_object_new_string(uuid));
+        print_json(o);
+    } else {
+        fprintf(stderr, "%s on %s: done\n", method, host ? host : "(any host)");
+    }
 }
 
 static const char *str(json_object *o, const char *key)
@@ -353,11 +394,15 @@ static int cmd_boot(Ctl *c, int argc, char **argv)
     if (!c->host)
         die(2, "boot: which host? give -H HOST (or [DEFAULT] host in the configuration)");
     cast(c, c->host, "build_and_run_instance", args);
-    fprintf(stderr, "build of %s ('%s') sent to %s\n", uuid, name, c->host);
-    if (!c->no_wait)
+    if (!c->no_wait) {
+        fprintf(stderr, "build of %s ('%s') sent to %s\n", uuid, name, c->host);
         wait_settled(c, c->host, uuid, "active");
-    else
+    } else if (c->json) {
+        print_sent(c, "build_and_run_instance", c->host, uuid);
+    } else {
+        fprintf(stderr, "build of %s ('%s') sent to %s\n", uuid, name, c->host);
         printf("%s\n", uuid);
+    }
     return 0;
 }
 
@@ -387,7 +432,13 @@ static int cmd_instance_op(Ctl *c, const char *method, const char *want, int arg
         if (lines > 0)
             json_object_object_add(args, "tail_length", json_object_new_int(lines));
         res = call(c, host, method, args, c->timeout);
-        fputs(json_object_get_string(res), stdout);
+        if (c->json) {
+            g_autoptr(json_object) o = json_object_new_object();
+            json_object_object_add(o, "output", json_object_get(res));
+            print_json(o);
+        } else {
+            fputs(json_object_get_string(res), stdout);
+        }
         return 0;
     }
     if (strcmp(method, "get_instance") == 0) {
@@ -398,8 +449,10 @@ static int cmd_instance_op(Ctl *c, const char *method, const char *want, int arg
     res = call(c, host, method, args, c->timeout);
     if (want)
         wait_settled(c, host, argv[1], want);
-    else if (res)
+    else if (res && json_object_is_type(res, json_type_object))
         print_instance(c, res);
+    else
+        print_done(c, method, host, argv[1]);
     return 0;
 }
 
@@ -516,9 +569,11 @@ static int cmd_migrate(Ctl *c, int argc, char **argv)
                            : no_block ? json_object_new_boolean(FALSE)
                                       : NULL);
     cast(c, host, "live_migration", args);
-    fprintf(stderr, "live migration of %s from %s to %s requested\n", argv[1], host, to);
-    if (c->no_wait)
+    if (c->no_wait) {
+        print_sent(c, "live_migration", host, argv[1]);
         return 0;
+    }
+    fprintf(stderr, "live migration of %s from %s to %s requested\n", argv[1], host, to);
     for (;;) {
         g_autoptr(json_object) q = uuid_args(argv[1]);
         g_autoptr(GError) e2 = NULL;
@@ -543,6 +598,44 @@ static int cmd_migrate(Ctl *c, int argc, char **argv)
     }
 }
 
+/* The central database's migrations row (it outlives the move: the instance's host is then
+ * the destination, whose agent never ran the migration), with the source agent's live
+ * progress while it runs; the agent alone without a database. */
+static int cmd_migration_show(Ctl *c, const char *uuid, json_object *args)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *text = NULL;
+    g_autoptr(json_object) row = NULL;
+    g_autoptr(json_object) live = NULL;
+    const char *status;
+
+    if (c->db && *c->db) {
+        text = vn_report_query_migration(c->db, c->db_password, uuid, &err);
+        if (!text)
+            die(1, "%s", err->message);
+        row = json_tokener_parse(text);
+        if (!row)
+            die(1, "the database's migrations row is not JSON");
+        status = str(row, "status");
+        if (strcmp(status, "completed") == 0 || strcmp(status, "failed") == 0 ||
+            strcmp(status, "cancelled") == 0 || strcmp(status, "error") == 0) {
+            print_json(row);
+            return 0;
+        }
+        /* running: the source host has the live figures */
+        if (vn_rpc_call(c->rpc, str(row, "source_host"), "get_migration", args, "1.1", NULL,
+                        MIN(c->timeout, 30), 0, &live, NULL)) {
+            print_json(live);
+            return 0;
+        }
+        print_json(row);
+        return 0;
+    }
+    live = call(c, host_of(c, uuid), "get_migration", args, c->timeout);
+    print_json(live);
+    return 0;
+}
+
 static int cmd_raw(Ctl *c, gboolean is_call, int argc, char **argv)
 {
     g_autoptr(json_object) args = NULL;
@@ -555,6 +648,7 @@ static int cmd_raw(Ctl *c, gboolean is_call, int argc, char **argv)
         die(2, "the arguments are not JSON");
     if (!is_call) {
         cast(c, c->host, argv[1], args);
+        print_sent(c, argv[1], c->host, NULL);
         return 0;
     }
     res = call(c, c->host, argv[1], args, c->timeout);
@@ -606,7 +700,9 @@ int main(int argc, char **argv)
     int rc;
 
     g_option_context_add_main_entries(ctx, e, NULL);
-    g_option_context_set_strict_posix(ctx, TRUE);
+    /* the common options go anywhere (before or after the command); a command's own
+     * options are left for its parser */
+    g_option_context_set_ignore_unknown_options(ctx, TRUE);
     if (!g_option_context_parse(ctx, &argc, &argv, &err))
         die(2, "%s", err->message);
     vn_cli_log_init(c.verbose);
@@ -622,6 +718,18 @@ int main(int argc, char **argv)
     cmd = argv[1];
     argc--;
     argv++;
+    if (*cmd == '-')
+        die(2, "unknown option %s (see --help)", cmd);
+    /* commands without options of their own: what looks like one is a mistake */
+    static const char *const parsed[] = { "boot",    "delete",  "start",  "stop",   "pause",
+                                          "unpause", "suspend", "resume", "reboot", "show",
+                                          "console", "migrate", "call",   "cast",   NULL };
+    if (!g_strv_contains(parsed, cmd)) {
+        for (int i = 1; i < argc; i++) {
+            if (argv[i][0] == '-' && argv[i][1])
+                die(2, "%s: unknown option %s (see --help)", cmd, argv[i]);
+        }
+    }
     if (strcmp(cmd, "host") == 0)
         return cmd_host(&c, argc, argv);
     connect_link(&c);
@@ -698,10 +806,10 @@ int main(int argc, char **argv)
                    volume ? (attach ? "attach_volume" : "detach_volume")
                           : (attach ? "attach_interface" : "detach_interface"),
                    args, c.timeout);
-        if (c.json)
+        if (c.json && res)
             print_json(res);
         else
-            fprintf(stderr, "%s: done\n", cmd);
+            print_done(&c, cmd, host_of(&c, argv[1]), argv[1]);
         rc = 0;
     } else if (strcmp(cmd, "migrate") == 0) {
         rc = cmd_migrate(&c, argc, argv);
@@ -716,13 +824,12 @@ int main(int argc, char **argv)
             die(2, "%s UUID", cmd);
         args = uuid_args(argv[1]);
         if (strcmp(method, "get_migration") == 0) {
-            g_autoptr(json_object) res = call(&c, host_of(&c, argv[1]), method, args, c.timeout);
-            print_json(res);
+            rc = cmd_migration_show(&c, argv[1], args);
         } else {
             cast(&c, host_of(&c, argv[1]), method, args);
-            fprintf(stderr, "%s sent\n", method);
+            print_sent(&c, method, host_of(&c, argv[1]), argv[1]);
+            rc = 0;
         }
-        rc = 0;
     } else if (strcmp(cmd, "call") == 0 || strcmp(cmd, "cast") == 0) {
         rc = cmd_raw(&c, strcmp(cmd, "call") == 0, argc, argv);
     } else {

@@ -10,6 +10,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <gio/gio.h>
 #include <glib.h>
 #include <amqp.h>
 #include <amqp_ssl_socket.h>
@@ -597,6 +598,21 @@ static void disconnect(VnRpc *rpc)
         rpc->h.state(FALSE, rpc->h.user_data);
 }
 
+/* librabbitmq folds every failed connect into "a socket error occurred": the reason
+ * (refused, unreachable, no such host), from one more attempt through GIO. */
+static char *socket_failure(const char *host, int port, int timeout_s)
+{
+    g_autoptr(GSocketClient) client = g_socket_client_new();
+    g_autoptr(GSocketConnection) conn = NULL;
+    g_autoptr(GError) err = NULL;
+
+    g_socket_client_set_timeout(client, (guint)MAX(timeout_s, 1));
+    conn = g_socket_client_connect_to_host(client, host, (guint16)port, NULL, &err);
+    if (!conn)
+        return g_strdup(err->message);
+    return g_strdup("a socket error occurred (the port answers now)");
+}
+
 static gboolean connect_one(VnRpc *rpc, const char *url_text, GError **error)
 {
     g_autoptr(VnAmqpUrl) url = vn_amqp_url_parse(url_text, error);
@@ -641,8 +657,11 @@ static gboolean connect_one(VnRpc *rpc, const char *url_text, GError **error)
     amqp_set_handshake_timeout(rpc->conn, &tv);
     st = amqp_socket_open_noblock(sock, url->host, url->port, &tv);
     if (st != AMQP_STATUS_OK) {
+        g_autofree char *why = st == AMQP_STATUS_SOCKET_ERROR
+                                   ? socket_failure(url->host, url->port, rpc->cfg.connect_timeout)
+                                   : g_strdup(amqp_error_string2(st));
         g_set_error(error, VN_SCHED_ERROR, VN_SCHED_ERROR_CONNECTION, "connecting to %s: %s",
-                    rpc->where, amqp_error_string2(st));
+                    rpc->where, why);
         goto fail;
     }
 
@@ -727,6 +746,12 @@ static gboolean connect_with_backoff(VnRpc *rpc)
             else
                 g_debug("amqp: %s", err->message);
             logged = TRUE;
+            g_mutex_lock(&rpc->lock);
+            g_strlcpy(rpc->stats.last_connect_error, err->message,
+                      sizeof(rpc->stats.last_connect_error));
+            if (i == n - 1)
+                rpc->stats.connect_rounds_failed++;
+            g_mutex_unlock(&rpc->lock);
         }
         double d = vn_backoff_next(&rpc->backoff, g_random_double());
         if (rpc->backoff.failures == 1)

@@ -86,6 +86,8 @@ typedef struct {
     guint64 notifications_sent;
     guint64 notifications_dropped;
     guint64 reconnects;
+    guint64 connect_rounds_failed; /* times every broker URL refused the link in a row */
+    char last_connect_error[256];  /* why the last URL tried did (empty: none failed) */
     gboolean connected;
     guint outbox;
 } VnRpcStats;

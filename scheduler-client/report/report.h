@@ -184,3 +184,9 @@ char *vn_report_query_host(const char *connection, const char *password, const c
  * frees. */
 char *vn_report_query_instance_host(const char *connection, const char *password, const char *uuid,
                                     GError **error);
+
+/* For virtnodectl: the last migrations row of instance @uuid as a JSON text (the record
+ * that outlives the agents' own, which forget a migration once it ended).  Caller
+ * frees. */
+char *vn_report_query_migration(const char *connection, const char *password, const char *uuid,
+                                GError **error);

@@ -922,17 +922,37 @@ gboolean vn_report_conninfo_check(const char *value, GError **error)
     return TRUE;
 }
 
-char *vn_report_query_host(const char *connection, const char *password, const char *host,
-                           GError **error)
+/* virtnodectl's reads: @sql with one parameter, one text column; NULL with @error when
+ * the query fails or finds no row (@what names the object in both messages). */
+static char *query_text(const char *connection, const char *password, const char *sql,
+                        const char *param, const char *what, GError **error)
 {
     g_autoptr(PGconn) conn = open_conn(connection, password, 5, "virtnodectl", error);
     g_autoptr(PGresult) res = NULL;
-    const char *params[] = { host };
+    const char *params[] = { param };
 
     if (!conn)
         return NULL;
-    res = PQexecParams(
-        conn,
+    res = PQexecParams(conn, sql, 1, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_QUERY, "reading %s: %s", what,
+                    g_strstrip(PQresultErrorMessage(res)));
+        return NULL;
+    }
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_QUERY, "the database has no %s", what);
+        return NULL;
+    }
+    return g_strdup(PQgetvalue(res, 0, 0));
+}
+
+char *vn_report_query_host(const char *connection, const char *password, const char *host,
+                           GError **error)
+{
+    g_autofree char *what = g_strdup_printf("host '%s'", host);
+
+    return query_text(
+        connection, password,
         "SELECT json_build_object("
         " 'host', $1::text,"
         " 'service', (SELECT row_to_json(s) FROM (SELECT \"binary\", topic, version, report_count,"
@@ -942,36 +962,30 @@ char *vn_report_query_host(const char *connection, const char *password, const c
         " 'capacity', (SELECT row_to_json(c) FROM compute_nodes c WHERE c.host = $1),"
         " 'instances', (SELECT count(*) FROM instances i WHERE i.host = $1 AND"
         "   i.vm_state <> 'deleted'))::text",
-        1, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_QUERY, "reading host '%s': %s", host,
-                    g_strstrip(PQresultErrorMessage(res)));
-        return NULL;
-    }
-    return g_strdup(PQgetvalue(res, 0, 0));
+        host, what, error);
 }
 
 char *vn_report_query_instance_host(const char *connection, const char *password, const char *uuid,
                                     GError **error)
 {
-    g_autoptr(PGconn) conn = open_conn(connection, password, 5, "virtnodectl", error);
-    g_autoptr(PGresult) res = NULL;
-    const char *params[] = { uuid };
+    g_autofree char *what = g_strdup_printf("host for instance %s", uuid);
 
-    if (!conn)
-        return NULL;
-    res =
-        PQexecParams(conn, "SELECT host FROM instances WHERE uuid = $1::uuid AND host IS NOT NULL",
-                     1, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_QUERY, "reading instance %s: %s", uuid,
-                    g_strstrip(PQresultErrorMessage(res)));
-        return NULL;
-    }
-    if (PQntuples(res) != 1) {
-        g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_QUERY,
-                    "the database knows no host for instance %s", uuid);
-        return NULL;
-    }
-    return g_strdup(PQgetvalue(res, 0, 0));
+    return query_text(connection, password,
+                      "SELECT host FROM instances WHERE uuid = $1::uuid AND host IS NOT NULL", uuid,
+                      what, error);
+}
+
+char *vn_report_query_migration(const char *connection, const char *password, const char *uuid,
+                                GError **error)
+{
+    g_autofree char *what = g_strdup_printf("migration of instance %s", uuid);
+
+    return query_text(connection, password,
+                      "SELECT row_to_json(m)::text FROM (SELECT id AS migration_id, instance_uuid,"
+                      " source_host, dest_host, status, block_migration, memory_total,"
+                      " memory_processed, memory_remaining, disk_total, disk_processed,"
+                      " disk_remaining, downtime_ms, started_at, finished_at, error_message"
+                      " FROM migrations WHERE instance_uuid = $1::uuid"
+                      " ORDER BY started_at DESC LIMIT 1) m",
+                      uuid, what, error);
 }
