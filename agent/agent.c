@@ -408,14 +408,22 @@ static gpointer age_images(gpointer data)
     return NULL;
 }
 
+/* Runs @func(@a) in a thread of its own unless the agent stops or the one before (flagged
+ * by @busy) still runs; @func clears @busy as its last step.  vn_agent_free waits for
+ * every @busy flag. */
+static void run_detached(VnAgent *a, gint *busy, const char *name, GThreadFunc func)
+{
+    if (!g_atomic_int_get(&a->stopping) && g_atomic_int_compare_and_exchange(busy, 0, 1))
+        g_thread_unref(g_thread_new(name, func, a));
+}
+
 static gboolean tick_image_cache(gpointer data)
 {
     VnAgent *a = data;
     g_autoptr(VnConfig) cfg = vn_agent_config(a);
 
-    if (g_atomic_int_get(&a->ready) && !g_atomic_int_get(&a->stopping) &&
-        cfg->remove_unused_base_images && g_atomic_int_compare_and_exchange(&a->aging, 0, 1))
-        g_thread_unref(g_thread_new("image-aging", age_images, a));
+    if (g_atomic_int_get(&a->ready) && cfg->remove_unused_base_images)
+        run_detached(a, &a->aging, "image-aging", age_images);
     return G_SOURCE_CONTINUE;
 }
 
@@ -444,9 +452,7 @@ static gboolean tick_housekeeping(gpointer data)
 {
     VnAgent *a = data;
 
-    if (!g_atomic_int_get(&a->stopping) &&
-        g_atomic_int_compare_and_exchange(&a->housekeeping, 0, 1))
-        g_thread_unref(g_thread_new("housekeeping", housekeeping, a));
+    run_detached(a, &a->housekeeping, "housekeeping", housekeeping);
     return G_SOURCE_CONTINUE;
 }
 
@@ -471,8 +477,7 @@ static gboolean tick_libvirt(gpointer data)
     if (!g_atomic_int_get(&a->ready) || g_atomic_int_get(&a->stopping) || !a->virt ||
         vn_virt_conn_is_alive(a->virt))
         return G_SOURCE_CONTINUE;
-    if (g_atomic_int_compare_and_exchange(&a->reconnecting, 0, 1))
-        g_thread_unref(g_thread_new("libvirt-reconnect", reconnect_libvirt, a));
+    run_detached(a, &a->reconnecting, "libvirt-reconnect", reconnect_libvirt);
     return G_SOURCE_CONTINUE;
 }
 
@@ -506,8 +511,48 @@ static gboolean tick_volume_health(gpointer data)
 {
     VnAgent *a = data;
 
-    if (!g_atomic_int_get(&a->stopping) && g_atomic_int_compare_and_exchange(&a->vol_probing, 0, 1))
-        g_thread_unref(g_thread_new("volume-health", volume_health, a));
+    run_detached(a, &a->vol_probing, "volume-health", volume_health);
+    return G_SOURCE_CONTINUE;
+}
+
+/* The command path's proof: a ping through this agent's own compute.<host> queue, answered
+ * by its own dispatcher over the reply queue, as a controller's call travels.  Each that
+ * comes back within its time goes into the next heartbeat (services.last_probe_at), so a
+ * scheduler stops placing on a host whose consumer died though the process lives. */
+#define PROBE_TIMEOUT_S 5
+
+static gpointer probe_command_path(gpointer data)
+{
+    VnAgent *a = data;
+    g_autoptr(VnConfig) cfg = vn_agent_config(a);
+    g_autoptr(json_object) args = json_object_new_object();
+    g_autoptr(json_object) res = NULL;
+    g_autoptr(GError) err = NULL;
+
+    json_object_object_add(args, "arg", json_object_new_string("command-path probe"));
+    if (vn_rpc_call(a->rpc, cfg->host, "ping", args, "1.0", NULL, PROBE_TIMEOUT_S, 0, &res, &err)) {
+        g_atomic_int_set(&a->probe_ok_s, (gint)(g_get_monotonic_time() / G_USEC_PER_SEC));
+        if (a->reporter)
+            vn_reporter_probe_returned(a->reporter);
+    } else {
+        g_debug("command-path probe: %s", err->message);
+    }
+    g_atomic_int_set(&a->probing, 0);
+    return NULL;
+}
+
+static gboolean tick_probe(gpointer data)
+{
+    VnAgent *a = data;
+    g_autoptr(VnConfig) cfg = vn_agent_config(a);
+    gint64 now = g_get_monotonic_time();
+
+    /* every heartbeat_interval (a reload takes effect at the next tick) */
+    if (!a->rpc || !g_atomic_int_get(&a->ready) ||
+        now - a->probe_sent_us < (gint64)cfg->heartbeat_interval * G_USEC_PER_SEC)
+        return G_SOURCE_CONTINUE;
+    a->probe_sent_us = now;
+    run_detached(a, &a->probing, "probe", probe_command_path);
     return G_SOURCE_CONTINUE;
 }
 
@@ -530,6 +575,7 @@ static void start_timers(VnAgent *a)
     add_timer(a, 300, tick_housekeeping);
     add_timer(a, (guint)cfg->volume_probe_interval, tick_volume_health);
     add_timer(a, 2, tick_libvirt);
+    add_timer(a, 1, tick_probe);
     add_timer(a, 1, tick_loop_beat);
     tick_loop_beat(a);
     if (sd_watchdog_enabled(0, &wd) > 0 && wd > 0)
@@ -1056,7 +1102,8 @@ void vn_agent_free(VnAgent *a)
     if (a->sync_pool)
         g_thread_pool_free(a->sync_pool, TRUE, TRUE);
     while (g_atomic_int_get(&a->reconnecting) || g_atomic_int_get(&a->aging) ||
-           g_atomic_int_get(&a->housekeeping) || g_atomic_int_get(&a->vol_probing))
+           g_atomic_int_get(&a->housekeeping) || g_atomic_int_get(&a->vol_probing) ||
+           g_atomic_int_get(&a->probing))
         g_usleep(10 * 1000);
     /* 4. the links: the reporter's hooks read the tracker and the store, freed after */
     vn_rpc_free(a->rpc);

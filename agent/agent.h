@@ -85,6 +85,7 @@ struct _VnAgent {
     GMainLoop *loop;
     GPtrArray *timers; /* GSource ids */
     int exit_code;
+    gint64 probe_sent_us; /* monotonic time the last command-path probe was sent */
 
     /* atomic (g_atomic_int_*) */
     gint ready;        /* started and serving */
@@ -93,6 +94,8 @@ struct _VnAgent {
     gint aging;        /* an image-cache aging thread is running */
     gint housekeeping; /* a housekeeping thread is running */
     gint vol_probing;  /* a volume health pass is running */
+    gint probing;      /* a command-path probe is in flight */
+    gint probe_ok_s;   /* monotonic second the last probe came back (0: none yet) */
     gint loop_beat;    /* monotonic second the main loop last turned (/healthz) */
     VnAgentCounters counters;
 

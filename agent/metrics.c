@@ -140,6 +140,10 @@ char *vn_agent_metrics(VnAgent *a)
                "Call-monitor keep-alive replies sent", NULL, (double)rs.keepalives_sent);
         metric(out, "virtnode_notifications_total", "counter", "Notifications confirmed", NULL,
                (double)rs.notifications_sent);
+        gint ok_s = g_atomic_int_get(&a->probe_ok_s);
+        metric(out, "virtnode_command_path_probe_age_seconds", "gauge",
+               "Seconds since a ping through this host's own queue last came back (-1: none yet)",
+               NULL, ok_s ? (double)(g_get_monotonic_time() / G_USEC_PER_SEC - ok_s) : -1.0);
     }
     if (a->reporter) {
         VnReporterStats ds;

@@ -20,13 +20,14 @@ PACKAGES=(
     # build
     build-essential cmake pkg-config clang llvm libclang-rt-14-dev clang-format valgrind
     libglib2.0-dev libjson-c-dev librabbitmq-dev libpq-dev libcurl4-openssl-dev libxml2-dev
-    libnl-3-dev libnl-route-3-dev libsqlite3-dev libmicrohttpd-dev libcmocka-dev
+    libnl-3-dev libnl-route-3-dev libsqlite3-dev libmicrohttpd-dev libcmocka-dev libssl-dev
     # services the agent talks to (tests, quick start)
     rabbitmq-server postgresql-15 dbus
     # the test guest: Debian's cloud kernel and busybox, a whole-disk bootable image
     linux-image-cloud-amd64 busybox-static cpio syslinux syslinux-common mtools fdisk
     # integration tests and tools
     python3 python3-oslo.messaging python3-pika python3-psycopg2 python3-libvirt sqlite3
+    python3-cryptography
     iproute2 nftables rpcbind nfs-ganesha nfs-ganesha-vfs tgt ansible-core ansible-lint curl
     ca-certificates
     genisoimage socat ebtables iptables

@@ -102,7 +102,9 @@ static const OptDef opts[] = {
       "Seconds between checks of the host's capacity row; it is written only when it "
       "changed (and within a second of any change the agent makes)." },
     { "DEFAULT", "heartbeat_interval", OPT_INT, O(heartbeat_interval), "10", NULL, 1, 86400,
-      NULL, OPT_RELOAD, "Seconds between heartbeats written to the services row." },
+      NULL, OPT_RELOAD,
+      "Seconds between heartbeats written to the services row, and between the pings sent "
+      "through this host's own queue that prove its command path (services.last_probe_at)." },
     { "DEFAULT", "service_down_time", OPT_INT, O(service_down_time), "60", NULL, 1, 86400, NULL,
       OPT_RELOAD,
       "A host whose last heartbeat is older than this many seconds is down." },

@@ -15,6 +15,7 @@
 #include <amqp.h>
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <openssl/err.h>
 
 #include "scheduler-client/amqp/rpc.h"
 #include "scheduler-client/amqp/url.h"
@@ -613,6 +614,20 @@ static char *socket_failure(const char *host, int port, int timeout_s)
     return g_strdup("a socket error occurred (the port answers now)");
 }
 
+/* librabbitmq's TLS errors say "a SSL error occurred"; OpenSSL's queue (this thread's)
+ * has the reason: the server's alert (an expired or unknown client certificate) or the
+ * verification that failed here. */
+static char *tls_failure(int status)
+{
+    unsigned long e = ERR_peek_last_error();
+    const char *reason = e ? ERR_reason_error_string(e) : NULL;
+
+    ERR_clear_error();
+    if (!reason)
+        return g_strdup(amqp_error_string2(status));
+    return g_strdup_printf("%s: %s", amqp_error_string2(status), reason);
+}
+
 static gboolean connect_one(VnRpc *rpc, const char *url_text, GError **error)
 {
     g_autoptr(VnAmqpUrl) url = vn_amqp_url_parse(url_text, error);
@@ -655,11 +670,12 @@ static gboolean connect_one(VnRpc *rpc, const char *url_text, GError **error)
         goto fail;
     }
     amqp_set_handshake_timeout(rpc->conn, &tv);
+    ERR_clear_error();
     st = amqp_socket_open_noblock(sock, url->host, url->port, &tv);
     if (st != AMQP_STATUS_OK) {
         g_autofree char *why = st == AMQP_STATUS_SOCKET_ERROR
                                    ? socket_failure(url->host, url->port, rpc->cfg.connect_timeout)
-                                   : g_strdup(amqp_error_string2(st));
+                                   : tls_failure(st);
         g_set_error(error, VN_SCHED_ERROR, VN_SCHED_ERROR_CONNECTION, "connecting to %s: %s",
                     rpc->where, why);
         goto fail;
@@ -678,7 +694,13 @@ static gboolean connect_one(VnRpc *rpc, const char *url_text, GError **error)
         rpc->conn, url->vhost, 0, 131072, rpc->cfg.heartbeat, &props, AMQP_SASL_METHOD_PLAIN,
         url->user ? url->user : "guest", url->password ? url->password : "guest");
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
-        g_autofree char *e = reply_error(r);
+        /* with TLS 1.3 the server refuses a client certificate after the handshake: its
+         * alert arrives with the first read, here */
+        g_autofree char *e = r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+                                     (r.library_error == AMQP_STATUS_SSL_ERROR ||
+                                      r.library_error == AMQP_STATUS_SSL_CONNECTION_FAILED)
+                                 ? tls_failure(r.library_error)
+                                 : reply_error(r);
         g_set_error(error, VN_SCHED_ERROR, VN_SCHED_ERROR_CONNECTION, "logging in to %s: %s",
                     rpc->where, e);
         goto fail;

@@ -152,6 +152,10 @@ void vn_reporter_set_intervals(VnReporter *r, int report_interval, int heartbeat
  * every heartbeat. */
 void vn_reporter_set_service_state(VnReporter *r, gboolean disabled, const char *reason);
 
+/* A message sent to this host's own queue came back through its consumer: the next
+ * heartbeat carries the time (services.last_probe_at). */
+void vn_reporter_probe_returned(VnReporter *r);
+
 /* Something moved the capacity: write it within the debounce delay. */
 void vn_reporter_capacity_changed(VnReporter *r);
 

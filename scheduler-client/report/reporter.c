@@ -188,6 +188,7 @@ struct _VnReporter {
     VnReporterStats stats;
     gboolean disabled; /* the service row's disabled and its reason */
     char *disabled_reason;
+    gint64 probe_us;        /* monotonic time the last command-path probe came back (0: none) */
     gboolean service_dirty; /* written at the next round, not the next heartbeat */
 
     /* reporter thread only */
@@ -200,13 +201,19 @@ struct _VnReporter {
     gboolean outage;
 };
 
+/* $7: seconds since the last command-path probe came back, NULL when none did since the
+ * start (the row keeps its last value); an age, not a time, so that the agent's clock
+ * never enters the row: the database's now() stamps both columns. */
 static const char *const sql_heartbeat =
     "INSERT INTO services (host, \"binary\", topic, version, report_count, last_seen_up, "
-    "disabled, disabled_reason) "
-    "VALUES ($1, $2, $3, $4, 1, now(), $5::boolean, $6) ON CONFLICT (host, \"binary\") DO UPDATE "
+    "disabled, disabled_reason, last_probe_at) "
+    "VALUES ($1, $2, $3, $4, 1, now(), $5::boolean, $6,"
+    " now() - make_interval(secs => $7::double precision))"
+    " ON CONFLICT (host, \"binary\") DO UPDATE "
     "SET report_count = services.report_count + 1, last_seen_up = now(), "
     "topic = EXCLUDED.topic, version = EXCLUDED.version, disabled = EXCLUDED.disabled, "
-    "disabled_reason = EXCLUDED.disabled_reason, updated_at = now()";
+    "disabled_reason = EXCLUDED.disabled_reason, "
+    "last_probe_at = coalesce(EXCLUDED.last_probe_at, services.last_probe_at), updated_at = now()";
 
 static const char *const sql_capacity =
     "INSERT INTO compute_nodes (host, hypervisor_type, hypervisor_version, hypervisor_hostname,"
@@ -449,6 +456,13 @@ static gboolean write_heartbeat(VnReporter *r, gboolean *lost, GError **error)
     g_mutex_lock(&r->lock);
     p_str(&p, r->disabled ? "true" : "false");
     p_str(&p, r->disabled_reason);
+    if (r->probe_us) {
+        char age[32];
+        g_ascii_dtostr(age, sizeof(age), (g_get_monotonic_time() - r->probe_us) / 1e6);
+        p_own(&p, g_strdup(age));
+    } else {
+        p_str(&p, NULL);
+    }
     g_mutex_unlock(&r->lock);
     ok = run_prepared(r, "vn_heartbeat", &p, lost, error);
     p_clear(&p);
@@ -812,6 +826,13 @@ void vn_reporter_set_service_state(VnReporter *r, gboolean disabled, const char 
     g_mutex_unlock(&r->lock);
 }
 
+void vn_reporter_probe_returned(VnReporter *r)
+{
+    g_mutex_lock(&r->lock);
+    r->probe_us = g_get_monotonic_time();
+    g_mutex_unlock(&r->lock);
+}
+
 void vn_reporter_capacity_changed(VnReporter *r)
 {
     g_mutex_lock(&r->lock);
@@ -956,8 +977,9 @@ char *vn_report_query_host(const char *connection, const char *password, const c
         "SELECT json_build_object("
         " 'host', $1::text,"
         " 'service', (SELECT row_to_json(s) FROM (SELECT \"binary\", topic, version, report_count,"
-        "   disabled, disabled_reason, last_seen_up,"
-        "   extract(epoch FROM now() - last_seen_up)::double precision AS heartbeat_age_s"
+        "   disabled, disabled_reason, last_seen_up, last_probe_at,"
+        "   extract(epoch FROM now() - last_seen_up)::double precision AS heartbeat_age_s,"
+        "   extract(epoch FROM now() - last_probe_at)::double precision AS probe_age_s"
         "   FROM services WHERE host = $1) s),"
         " 'capacity', (SELECT row_to_json(c) FROM compute_nodes c WHERE c.host = $1),"
         " 'instances', (SELECT count(*) FROM instances i WHERE i.host = $1 AND"

@@ -98,6 +98,8 @@ static const char *const migrations[] = {
     "  error_message text,"
     "  updated_at timestamptz NOT NULL DEFAULT now());"
     "CREATE INDEX migrations_instance ON migrations (instance_uuid);",
+    /* 2: the command path's proof, next to the heartbeat (docs/database.md) */
+    "ALTER TABLE services ADD COLUMN last_probe_at timestamptz;",
 };
 
 int vn_schema_latest(void)

@@ -1,8 +1,11 @@
 #!/bin/bash
 # Real services for one test run, each on its own ports and folders so it never collides
 # with services already running on the machine:
-#   - a RabbitMQ node (own node name, AMQP/distribution/epmd ports, loopback only)
-#   - a PostgreSQL 15 cluster (initdb in the run folder, trust auth, loopback only)
+#   - a RabbitMQ node (own node name, AMQP/distribution/epmd ports, loopback only), with a
+#     TLS listener too (AMQPS_PORT, client certificates required)
+#   - a PostgreSQL 15 cluster (initdb in the run folder, trust auth, loopback only; TLS
+#     on, and user vnssl only with a client certificate)
+#   - the certificates of both, from tests/lib/pki.py (PKI_DIR)
 #   - two libvirtd "hosts", a and b, each in its own mount+UTS namespace with private
 #     /run/libvirt, /var/lib/libvirt, /etc/libvirt, ..., listening on 127.0.0.2 and
 #     127.0.0.3 (TCP, no auth), with its own migration port range and its own private
@@ -17,6 +20,7 @@
 #   harness.sh host-stop|host-start RUN_DIR a|b
 #   harness.sh ns RUN_DIR a|b CMD...     run CMD in host a's (or b's) namespaces
 #   harness.sh fleet-start|fleet-stop RUN_DIR   two bare machines reachable by ssh
+#   harness.sh rabbitmqctl RUN_DIR ARGS...       rabbitmqctl against this run's node
 #
 # Every failure says which service failed and why, and exits non-zero.  'start' first
 # cleans up whatever an interrupted earlier run in RUN_DIR left behind.
@@ -86,6 +90,12 @@ rabbit_start() {
     echo '[].' > "$R/enabled_plugins"
     cat > "$R/rabbitmq.conf" <<EOF
 listeners.tcp.1 = 127.0.0.1:$(envget AMQP_PORT)
+listeners.ssl.1 = 127.0.0.1:$(envget AMQPS_PORT)
+ssl_options.cacertfile = $RUN/pki/ca.pem
+ssl_options.certfile = $RUN/pki/server.pem
+ssl_options.keyfile = $RUN/pki/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = true
 loopback_users = none
 log.file.level = warning
 EOF
@@ -131,9 +141,13 @@ pg_start() {
         as_pg "$PGBIN/initdb" -D "$D/data" -A trust -U postgres --no-sync -E UTF8 \
             --locale=C.UTF-8 > "$D/initdb.log" 2>&1 ||
             { cat "$D/initdb.log" >&2; die "PostgreSQL initdb failed"; }
+        # TLS with a client certificate for user vnssl (the TLS tests); trust for the rest
+        sed -i '1i hostssl all vnssl 127.0.0.1/32 cert' "$D/data/pg_hba.conf"
     fi
+    install -o postgres -m 0644 "$RUN/pki/server.pem" "$D/server.pem"
+    install -o postgres -m 0600 "$RUN/pki/server.key" "$D/server.key"
     as_pg "$PGBIN/pg_ctl" -D "$D/data" -l "$D/pg.log" -w -t 60 -o \
-        "-p $(envget PG_PORT) -k $D -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400 -c full_page_writes=off" \
+        "-p $(envget PG_PORT) -k $D -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400 -c full_page_writes=off -c ssl=on -c ssl_cert_file=$D/server.pem -c ssl_key_file=$D/server.key -c ssl_ca_file=$RUN/pki/ca.pem" \
         start > "$D/start.out" 2>&1 ||
         { cat "$D/start.out" >&2; tail -n 20 "$D/pg.log" >&2 || true; die "PostgreSQL failed to start"; }
     log "PostgreSQL up on 127.0.0.1:$(envget PG_PORT)"
@@ -652,11 +666,11 @@ stop_all() {
 
 start_all() {
     stop_all
-    rm -rf "$RUN"/{rabbitmq,postgres,hosts,private,images,shared,agents}
+    rm -rf "$RUN"/{rabbitmq,postgres,hosts,private,images,shared,agents,pki}
     rm -f "$ENVF"
     mkdir -p "$RUN"
     chmod 755 "$RUN"
-    local ports; mapfile -t ports < <(free_ports 9)
+    local ports; mapfile -t ports < <(free_ports 10)
     envset RUN_DIR "$RUN"
     envset SRC_DIR "$SRC"
     envset RABBIT_NODE "vntest-$$-$RANDOM@localhost"
@@ -664,6 +678,12 @@ start_all() {
     envset RABBIT_DIST_PORT "${ports[1]}"
     envset RABBIT_EPMD_PORT "${ports[2]}"
     envset AMQP_URL "amqp://guest:guest@127.0.0.1:${ports[0]}/"
+    # TLS: amqps://localhost:AMQPS_PORT/ and PostgreSQL's sslmode, with the certificates of
+    # tests/lib/pki.py in PKI_DIR (the server's name is localhost only)
+    envset AMQPS_PORT "${ports[9]}"
+    envset PKI_DIR "$RUN/pki"
+    rm -rf "$RUN/pki"
+    "$PY" "$HERE/pki.py" "$RUN/pki" || die "making the test certificates failed"
     envset PG_PORT "${ports[3]}"
     envset PG_DSN "host=127.0.0.1 port=${ports[3]} user=postgres dbname=postgres"
     envset HOST_A_PORT "${ports[4]}"
@@ -707,6 +727,7 @@ libvirtd-restart) libvirtd_restart "${3:?host}" ;;
 nethost-start) nethost_start "${3:?host}" ;;
 nethost-stop) nethost_stop "${3:?host}"; log "host $3 stopped" ;;
 nethost-pair) nethost_pair ;;
+rabbitmqctl) shift 2; (rabbit_env; exec "$RABBIT_BIN/rabbitmqctl" -q -n "$RABBITMQ_NODENAME" "$@") ;;
 fleet-start) fleet_start ;;
 fleet-stop) fleet_stop; log "fleet hosts stopped" ;;
 storage-start) storage_start "${3:?host}" ;;
