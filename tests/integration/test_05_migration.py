@@ -81,10 +81,7 @@ class Migration(vntest.AgentTestCase):
         self.assert_nothing_on(b, u, shared=False)
 
     def migration(self, host, u):
-        try:
-            return self.rpc.call(host, "get_migration", version="1.1", instance_uuid=u)
-        except self.rpc.om.RemoteError:
-            return None
+        return self.rpc.migration(host, u)
 
     def migrate(self, a, b, u, block=None, wait=True, timeout=300):
         # the host may know an earlier migration of the guest (the one that brought it)
@@ -99,11 +96,7 @@ class Migration(vntest.AgentTestCase):
         return self.wait_ended(a, u, timeout)
 
     def wait_ended(self, a, u, timeout=120):
-        def ended():
-            m = self.migration(a.host, u)
-            return m if m and m["status"] not in ("queued", "preparing", "running",
-                                                          "post-copy") else None
-        return vntest.wait_for(ended, timeout, interval=0.5, what="the migration to end")
+        return self.rpc.wait_migration_ended(a.host, u, timeout)
 
     def wait_running(self, a, u, timeout=60):
         vntest.wait_for(lambda: (self.migration(a.host, u) or {}).get("status") == "running",

@@ -4,7 +4,6 @@ physical interfaces the ends of one link): the destination plugs the port before
 move, the source unplugs after it, and a guest on the destination keeps its pings
 answered across the move (the lost ones are reported)."""
 
-import re
 import time
 import unittest
 import uuid as uuidlib
@@ -58,13 +57,7 @@ class NetworkMigration(vntest.AgentTestCase):
         t0 = time.monotonic()
         self.rpc.cast(a.host, "live_migration", version="1.1", instance_uuid=u, dest_host=b.host)
 
-        def ended():
-            try:
-                m = self.rpc.call(a.host, "get_migration", version="1.1", instance_uuid=u)
-            except self.rpc.om.RemoteError:
-                return None
-            return m if m["status"] not in ("queued", "preparing", "running") else None
-        m = vntest.wait_for(ended, 180, interval=0.5, what="the migration to end")
+        m = self.rpc.wait_migration_ended(a.host, u, 180)
         self.assertEqual(m["status"], "completed", m)
         took = time.monotonic() - t0
         oks = b.console(watcher).count("PING-OK")

@@ -65,13 +65,7 @@ class VolumeMigration(vntest.AgentTestCase):
         self.assertNotIn(iv["volume_id"], self.secrets("nb"))
         self.rpc.cast(a.host, "live_migration", version="1.1", instance_uuid=u, dest_host=b.host)
 
-        def ended():
-            try:
-                m = self.rpc.call(a.host, "get_migration", version="1.1", instance_uuid=u)
-            except self.rpc.om.RemoteError:
-                return None
-            return m if m["status"] not in ("queued", "preparing", "running") else None
-        m = vntest.wait_for(ended, 240, interval=0.5, what="the migration to end")
+        m = self.rpc.wait_migration_ended(a.host, u, 240)
         self.assertEqual(m["status"], "completed", m)
         self.assertIn(u, vntest.domain_uuids("nb"))
         # the destination holds the secret now, the source let go of it

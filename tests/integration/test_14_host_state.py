@@ -41,13 +41,7 @@ class HostState(vntest.AgentTestCase):
         self.rpc.cast(b.host, "live_migration", version="1.1", instance_uuid=mu,
                       dest_host=a.host)
 
-        def ended():
-            try:
-                m = self.rpc.call(b.host, "get_migration", version="1.1", instance_uuid=mu)
-            except self.rpc.om.RemoteError:
-                return None
-            return m if m["status"] not in ("queued", "preparing", "running") else None
-        m = vntest.wait_for(ended, 120, interval=0.5, what="the refused migration to end")
+        m = self.rpc.wait_migration_ended(b.host, mu, 120)
         self.assertNotEqual(m["status"], "completed")
         self.assertIn("ComputeHostDisabled", m.get("error") or "", m)
         self.assertIn(mu, vntest.domain_uuids("b"))

@@ -184,14 +184,7 @@ class Fleet(unittest.TestCase):
                         interval=2, what="the guest to boot on fleet-1")
         self.rpc.cast("fleet-1", "live_migration", version="1.1", instance_uuid=u,
                       dest_host="fleet-2")
-
-        def ended():
-            try:
-                m = self.rpc.call("fleet-1", "get_migration", version="1.1", instance_uuid=u)
-            except self.rpc.om.RemoteError:
-                return None
-            return m if m["status"] not in ("queued", "preparing", "running") else None
-        m = vntest.wait_for(ended, 300, interval=1, what="the migration to end")
+        m = self.rpc.wait_migration_ended("fleet-1", u, 300, interval=1)
         self.assertEqual(m["status"], "completed", m)
         self.assertEqual(self.ssh("fleet-2", "virsh -q domstate %s" % u).strip(), "running")
         self.assertNotIn(u, self.ssh("fleet-1", "virsh -q list --all --uuid"))

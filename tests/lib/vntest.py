@@ -375,6 +375,21 @@ class Rpc:
         c = self.client.prepare(server=host, version=version)
         c.cast(ctx or {"request_id": "req-" + str(uuidlib.uuid4())}, method, **kw)
 
+    def migration(self, host, uuid):
+        """get_migration of @uuid on @host; None when it knows none."""
+        try:
+            return self.call(host, "get_migration", version="1.1", instance_uuid=uuid)
+        except self.om.RemoteError:
+            return None
+
+    def wait_migration_ended(self, host, uuid, timeout=180, interval=0.5):
+        """Polls @host until the migration of @uuid has ended; returns its record."""
+        def ended():
+            m = self.migration(host, uuid)
+            return m if m and m["status"] not in ("queued", "preparing", "running",
+                                                  "post-copy") else None
+        return wait_for(ended, timeout, interval=interval, what="the migration to end")
+
     def close(self):
         self.transport.cleanup()
 
