@@ -472,6 +472,14 @@ static gboolean setup_topology(VnRpc *rpc, GError **error)
     const VnRpcConfig *c = &rpc->cfg;
     gboolean dlx = c->dead_letter_exchange && *c->dead_letter_exchange;
     char *tag = NULL;
+    /* with quorum queues, every durable queue declared here is one: a classic queue whose
+     * home node is down cannot be declared again, which would hold the whole link down
+     * until that node returns */
+    QueueArgs durable_args;
+
+    qargs_init(&durable_args);
+    if (c->quorum)
+        qargs_str(&durable_args, "x-queue-type", "quorum");
 
     amqp_channel_open(rpc->conn, CH_CONSUME);
     if (!check_reply(rpc, "opening the consumer channel", error))
@@ -493,7 +501,7 @@ static gboolean setup_topology(VnRpc *rpc, GError **error)
         amqp_exchange_declare(rpc->conn, CH_CONSUME, amqp_cstring_bytes(c->dead_letter_exchange),
                               amqp_cstring_bytes("fanout"), 0, 1, 0, 0, amqp_empty_table);
         if (!check_reply(rpc, "declaring the dead-letter exchange", error) ||
-            !declare_queue(rpc, c->dead_letter_exchange, TRUE, FALSE, NULL, error) ||
+            !declare_queue(rpc, c->dead_letter_exchange, TRUE, FALSE, &durable_args, error) ||
             !bind_queue(rpc, c->dead_letter_exchange, c->dead_letter_exchange, "#", error))
             return FALSE;
     }
@@ -532,7 +540,7 @@ static gboolean setup_topology(VnRpc *rpc, GError **error)
     if (c->notification_topic) {
         for (const char *const *p = (const char *const[]){ "info", "error", NULL }; *p; p++) {
             g_autofree char *q = g_strdup_printf("%s.%s", c->notification_topic, *p);
-            if (!declare_queue(rpc, q, c->durable, FALSE, NULL, error) ||
+            if (!declare_queue(rpc, q, c->durable || c->quorum, FALSE, &durable_args, error) ||
                 !bind_queue(rpc, q, c->exchange, q, error))
                 return FALSE;
         }

@@ -21,6 +21,9 @@
 #   harness.sh ns RUN_DIR a|b CMD...     run CMD in host a's (or b's) namespaces
 #   harness.sh fleet-start|fleet-stop RUN_DIR   two bare machines reachable by ssh
 #   harness.sh rabbitmqctl RUN_DIR ARGS...       rabbitmqctl against this run's node
+#   harness.sh cluster-start|cluster-stop RUN_DIR  a 3-node RabbitMQ cluster (CLUSTER_URLS)
+#   harness.sh cluster-kill|cluster-node-start RUN_DIR N   kill -9 / start node N
+#   harness.sh cluster-ctl RUN_DIR N ARGS...       rabbitmqctl against node N
 #
 # Every failure says which service failed and why, and exits non-zero.  'start' first
 # cleans up whatever an interrupted earlier run in RUN_DIR left behind.
@@ -123,6 +126,84 @@ rabbit_stop() {
     )
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
     rm -f "$R/pid"
+}
+
+# ---------------------------------------------------------------- RabbitMQ cluster
+# Three more RabbitMQ nodes clustered together (the cluster fault tests): node N is
+# CLUSTER_NODE_N with AMQP on 127.0.0.1:CLUSTER_PORT_N; CLUSTER_URLS lists the three.
+# They share one Erlang cookie (HOME) and this run's epmd.
+cluster_env() { # N
+    local R=$RUN/rabbit-cluster
+    export HOME=$R RABBITMQ_NODENAME=$(envget "CLUSTER_NODE_$1")
+    export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$(envget "CLUSTER_PORT_$1")
+    export RABBITMQ_DIST_PORT=$(envget "CLUSTER_DIST_$1") ERL_EPMD_PORT=$(envget RABBIT_EPMD_PORT)
+    export ERL_EPMD_ADDRESS=127.0.0.1
+    export RABBITMQ_MNESIA_BASE=$R/n$1/mnesia RABBITMQ_LOG_BASE=$R/n$1/log
+    export RABBITMQ_CONFIG_FILE=$R/n$1/rabbitmq RABBITMQ_ENABLED_PLUGINS_FILE=$R/n$1/enabled_plugins
+    export RABBITMQ_PID_FILE=$R/n$1/pid
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+}
+
+cluster_node_start() { # N
+    local R=$RUN/rabbit-cluster/n$1
+    mkdir -p "$R/mnesia" "$R/log"
+    echo '[].' > "$R/enabled_plugins"
+    printf '%s\n' "listeners.tcp.1 = 127.0.0.1:$(envget "CLUSTER_PORT_$1")" \
+        'loopback_users = none' 'log.file.level = warning' > "$R/rabbitmq.conf"
+    (
+        cluster_env "$1"
+        "$RABBIT_BIN/rabbitmq-server" -detached > "$R/start.out" 2>&1 || exit 1
+        timeout 120 "$RABBIT_BIN/rabbitmqctl" -n "$RABBITMQ_NODENAME" wait "$R/pid" \
+            --timeout 110 > "$R/wait.out" 2>&1
+    ) || { tail -n 20 "$R/wait.out" "$R"/log/*.log >&2 || true; die "cluster node $1 failed to start"; }
+}
+
+cluster_ctl() { # N ARGS...
+    local n=$1; shift
+    (cluster_env "$n"; exec "$RABBIT_BIN/rabbitmqctl" -q -n "$RABBITMQ_NODENAME" "$@")
+}
+
+cluster_start() {
+    cluster_stop
+    local R=$RUN/rabbit-cluster n ports urls=
+    rm -rf "$R"; mkdir -p "$R"
+    mapfile -t ports < <(free_ports 6)
+    for n in 1 2 3; do
+        envset "CLUSTER_NODE_$n" "vncl$n-$$-$RANDOM@localhost"
+        envset "CLUSTER_PORT_$n" "${ports[$((n - 1))]}"
+        envset "CLUSTER_DIST_$n" "${ports[$((n + 2))]}"
+        urls+="${urls:+,}amqp://guest:guest@127.0.0.1:${ports[$((n - 1))]}/"
+    done
+    envset CLUSTER_URLS "$urls"
+    head -c 30 /dev/urandom | base64 | tr -dc 'A-Za-z' > "$R/.erlang.cookie"
+    chmod 400 "$R/.erlang.cookie"
+    for n in 1 2 3; do cluster_node_start "$n" & done
+    wait
+    for n in 2 3; do
+        cluster_ctl "$n" stop_app > /dev/null
+        cluster_ctl "$n" join_cluster "$(envget CLUSTER_NODE_1)" > /dev/null ||
+            die "cluster node $n could not join"
+        cluster_ctl "$n" start_app > /dev/null
+    done
+    log "RabbitMQ cluster of 3 up on $urls"
+}
+
+cluster_stop() {
+    local n pid
+    for n in 1 2 3; do
+        pid=$(cat "$RUN/rabbit-cluster/n$n/pid" 2> /dev/null) || continue
+        kill -9 "$pid" 2> /dev/null || true
+        rm -f "$RUN/rabbit-cluster/n$n/pid"
+    done
+}
+
+# kill -9 of node N's Erlang VM, as a crash or a power loss
+cluster_kill() {
+    local pid; pid=$(cat "$RUN/rabbit-cluster/n$1/pid")
+    kill -9 "$pid"
+    rm -f "$RUN/rabbit-cluster/n$1/pid"
+    log "cluster node $1 killed (pid $pid)"
 }
 
 epmd_stop() {
@@ -657,6 +738,7 @@ stop_all() {
     nethost_stop nb || true
     fleet_stop || true
     rabbit_stop || true
+    cluster_stop || true
     epmd_stop || true
     pg_stop || true
     [ -f "$RUN/imageserver.pid" ] && kill "$(cat "$RUN/imageserver.pid")" 2>/dev/null || true
@@ -727,6 +809,11 @@ libvirtd-restart) libvirtd_restart "${3:?host}" ;;
 nethost-start) nethost_start "${3:?host}" ;;
 nethost-stop) nethost_stop "${3:?host}"; log "host $3 stopped" ;;
 nethost-pair) nethost_pair ;;
+cluster-start) cluster_start ;;
+cluster-stop) cluster_stop; log "RabbitMQ cluster stopped" ;;
+cluster-kill) cluster_kill "${3:?node}" ;;
+cluster-node-start) cluster_node_start "${3:?node}" ;;
+cluster-ctl) N=${3:?node}; shift 3; cluster_ctl "$N" "$@" ;;
 rabbitmqctl) shift 2; (rabbit_env; exec "$RABBIT_BIN/rabbitmqctl" -q -n "$RABBITMQ_NODENAME" "$@") ;;
 fleet-start) fleet_start ;;
 fleet-stop) fleet_stop; log "fleet hosts stopped" ;;

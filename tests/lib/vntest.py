@@ -350,7 +350,7 @@ class Agent:
 class Rpc:
     """An oslo.messaging RPC client, as a controller uses."""
 
-    def __init__(self, exchange="virtnode", topic="compute", durable=True):
+    def __init__(self, exchange="virtnode", topic="compute", durable=True, urls=None):
         from oslo_config import cfg
         import oslo_messaging as om
         self.om = om
@@ -359,7 +359,9 @@ class Rpc:
             conf([], project="vntest")
             Rpc._parsed = True
         om.set_transport_defaults(exchange)
-        url = ENV["AMQP_URL"].replace("amqp://", "rabbit://")
+        # @urls: comma-separated amqp:// URLs of several brokers (oslo's multi-host form)
+        hosts = [u.split("://", 1)[1].rstrip("/") for u in (urls or ENV["AMQP_URL"]).split(",")]
+        url = "rabbit://" + ",".join(hosts) + "/"
         self.transport = om.get_rpc_transport(conf, url=url)
         conf.set_override("amqp_durable_queues", durable, group="oslo_messaging_rabbit")
         self.conf = conf
