@@ -170,6 +170,18 @@ class Deploy(unittest.TestCase):
         self.assertRegex(info, r"Depends:.*libvirt0")
         self.assertRegex(info, r"Depends:.*librabbitmq4")
         self.assertIn("conffiles", info)
+        # systemd's own check of the packaged unit, with the packaged binaries in /usr/bin
+        # (an overlay in a mount namespace of its own: nothing is installed here)
+        ub = os.path.join(self.dir, "usr-bin")
+        os.makedirs(ub)
+        verify = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c",
+             "mount -t overlay vn -o lowerdir=%s:/usr/bin %s && mount --bind %s /usr/bin && "
+             "systemd-analyze verify %s" % (os.path.join(root, "usr", "bin"), ub, ub,
+                                            os.path.join(root, "lib/systemd/system/"
+                                                         "virtnoded.service"))],
+            capture_output=True, text=True)
+        self.assertEqual((verify.returncode, verify.stdout + verify.stderr), (0, ""))
         # the unit's hardening, scored by systemd itself (no systemd runs here: offline)
         unit = os.path.join(vntest.SRC, "deploy", "systemd", "virtnoded.service")
         sec = subprocess.run(["systemd-analyze", "security", "--offline=true", unit],
