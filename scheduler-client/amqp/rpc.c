@@ -342,7 +342,7 @@ gboolean vn_rpc_call(VnRpc *rpc, const char *server, const char *method, json_ob
             break;
         }
     }
-    g_hash_table_steal(rpc->calls, msg_id);
+    g_hash_table_remove(rpc->calls, msg_id); /* frees its copy of the id, not the call */
     g_mutex_unlock(&rpc->lock);
 
     if (pc->done) {
