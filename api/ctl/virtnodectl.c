@@ -172,35 +172,33 @@ static void print_json(json_object *o)
                                                          JSON_C_TO_STRING_NOSLASHESCAPE));
 }
 
-/* A request sent without waiting for its outcome: JSON {"sent", "host"[, "instance_uuid"]}
- * on stdout with --json, else a line on stderr. */
-static void print_sent(Ctl *c, const char *method, const char *host, const char *uuid)
+/* An outcome without a result worth showing: JSON {@key: method, "host"[, "instance_uuid"]}
+ * on stdout with --json, else @line (method, host) on stderr. */
+static void print_outcome(Ctl *c, const char *key, const char *line, const char *method,
+                          const char *host, const char *uuid)
 {
     if (c->json) {
         g_autoptr(json_object) o = json_object_new_object();
-        json_object_object_add(o, "sent", json_object_new_string(method));
+        json_object_object_add(o, key, json_object_new_string(method));
         json_object_object_add(o, "host", host ? json_object_new_string(host) : NULL);
         if (uuid)
             json_object_object_add(o, "instance_uuid", json_object_new_string(uuid));
         print_json(o);
     } else {
-        fprintf(stderr, "%s sent to %s\n", method, host ? host : "(any host)");
+        fprintf(stderr, line, method, host ? host : "(any host)");
     }
+}
+
+/* A request sent without waiting for its outcome. */
+static void print_sent(Ctl *c, const char *method, const char *host, const char *uuid)
+{
+    print_outcome(c, "sent", "%s sent to %s\n", method, host, uuid);
 }
 
 /* A call that answered without a result worth showing. */
 static void print_done(Ctl *c, const char *method, const char *host, const char *uuid)
 {
-    if (c->json) {
-        g_autoptr(json_object) o = json_object_new_object();
-        json_object_object_add(o, "done", json_object_new_string(method));
-        json_object_object_add(o, "host", host ? json_object_new_string(host) : NULL);
-        if (uuid)
-            json_object_object_add(o, "instance_uuid", json_object_new_string(uuid));
-        print_json(o);
-    } else {
-        fprintf(stderr, "%s on %s: done\n", method, host ? host : "(any host)");
-    }
+    print_outcome(c, "done", "%s on %s: done\n", method, host, uuid);
 }
 
 static const char *str(json_object *o, const char *key)

@@ -89,18 +89,7 @@ class RabbitCluster(vntest.AgentTestCase):
         finally:
             rpc.close()
 
-        def counted():
-            rows = vntest.db_query(
-                "SELECT request_id, count(*) FROM instance_actions WHERE request_id LIKE "
-                "'req-cluster-%%' GROUP BY request_id")
-            return rows if len(rows) == N else None
-        try:
-            rows = vntest.wait_for(counted, 90, interval=1, what="%d actions" % N)
-        except AssertionError:
-            rows = vntest.db_query(
-                "SELECT request_id, count(*) FROM instance_actions WHERE request_id LIKE "
-                "'req-cluster-%%' GROUP BY request_id")
-        seen = {r[0]: r[1] for r in rows}
+        seen = vntest.actions_by_request("req-cluster-", N)
         twice = sum(1 for c in seen.values() if c > 1)
         lost = sum(1 for rid in rids if rid not in seen)
         print("cluster node kill: sent %d, applied once %d, twice %d, lost %d, consuming "

@@ -415,6 +415,22 @@ def db_query(sql, *args):
         conn.close()
 
 
+def actions_by_request(prefix, n, timeout=90):
+    """{request_id: rows in instance_actions} for the request ids starting with @prefix,
+    once there are @n of them (or what there is after @timeout s)."""
+    def counts():
+        rows = db_query("SELECT request_id, count(*) FROM instance_actions WHERE "
+                        "request_id LIKE %s GROUP BY request_id", prefix + "%")
+        return {r[0]: r[1] for r in rows}
+    def complete():
+        c = counts()
+        return c if len(c) == n else None
+    try:
+        return wait_for(complete, timeout, interval=1, what="%d actions" % n)
+    except AssertionError:
+        return counts()
+
+
 def virt(hostkey):
     return libvirt.open(HOSTS[hostkey][1])
 
