@@ -27,6 +27,8 @@
 #define MAX_INFLIGHT     4096
 #define FRAMES_PER_ROUND 512
 #define RETURN_RETRY_US  (250 * G_TIME_SPAN_MILLISECOND)
+#define N_SERVER_QUEUES  3
+#define REPLY_BIT        (1u << N_SERVER_QUEUES)
 
 typedef enum { OUT_REPLY, OUT_KEEPALIVE, OUT_CALL, OUT_CAST, OUT_NOTIFY } OutKind;
 
@@ -106,10 +108,11 @@ struct _VnRpc {
     guint url_index;
     GHashTable *inflight; /* publish seq -> OutMsg* */
     guint64 publish_seq;
-    GHashTable *active; /* msg_id -> ActiveCall* */
-    GQueue retry;       /* OutMsg* whose reply queue did not exist yet */
-    GPtrArray *consumer_tags;
+    GHashTable *active;       /* msg_id -> ActiveCall* */
+    GQueue retry;             /* OutMsg* whose reply queue did not exist yet */
+    GPtrArray *consumer_tags; /* index i consumes server_queue(i); empty when not serving */
     char *reply_tag;
+    guint cancelled; /* bit i: the broker cancelled consumer i; bit REPLY_BIT: the reply one */
     Content content;
     VnBackoff backoff;
     char *where; /* "host:port/vhost" of the current broker, for logs */
@@ -466,6 +469,58 @@ static gboolean consume(VnRpc *rpc, const char *queue, gboolean no_ack, char **t
     return TRUE;
 }
 
+/* The queues a server consumes, by index: the topic's shared queue, its own direct queue
+ * and its fanout queue. */
+static char *server_queue(VnRpc *rpc, guint i)
+{
+    const VnRpcConfig *c = &rpc->cfg;
+
+    switch (i) {
+    case 0:
+        return g_strdup(c->topic);
+    case 1:
+        return g_strdup_printf("%s.%s", c->topic, c->server);
+    default:
+        return g_strdup(rpc->fanout_q);
+    }
+}
+
+/* Declares and binds server queue @i (see server_queue) with its arguments. */
+static gboolean declare_server_queue(VnRpc *rpc, guint i, GError **error)
+{
+    const VnRpcConfig *c = &rpc->cfg;
+    gboolean dlx = c->dead_letter_exchange && *c->dead_letter_exchange;
+    g_autofree char *q = server_queue(rpc, i);
+    QueueArgs args;
+
+    qargs_init(&args);
+    if (i == 2) {
+        g_autofree char *fanout_ex = g_strdup_printf("%s_fanout", c->topic);
+        qargs_int(&args, "x-expires", c->transient_ttl * 1000);
+        if (dlx)
+            qargs_str(&args, "x-dead-letter-exchange", c->dead_letter_exchange);
+        return declare_queue(rpc, q, FALSE, TRUE, &args, error) &&
+               bind_queue(rpc, q, fanout_ex, c->topic, error);
+    }
+    if (c->quorum)
+        qargs_str(&args, "x-queue-type", "quorum");
+    if (dlx)
+        qargs_str(&args, "x-dead-letter-exchange", c->dead_letter_exchange);
+    return declare_queue(rpc, q, c->durable || c->quorum, FALSE, &args, error) &&
+           bind_queue(rpc, q, c->exchange, q, error);
+}
+
+/* The queue of replies to our own calls. */
+static gboolean consume_replies(VnRpc *rpc, GError **error)
+{
+    QueueArgs rq;
+
+    qargs_init(&rq);
+    qargs_int(&rq, "x-expires", rpc->cfg.transient_ttl * 1000);
+    return declare_queue(rpc, rpc->reply_q, FALSE, FALSE, &rq, error) &&
+           consume(rpc, rpc->reply_q, TRUE, &rpc->reply_tag, error);
+}
+
 /* Declares everything the link uses; called after every (re)connection. */
 static gboolean setup_topology(VnRpc *rpc, GError **error)
 {
@@ -507,31 +562,15 @@ static gboolean setup_topology(VnRpc *rpc, GError **error)
     }
 
     if (c->server) {
-        g_autofree char *direct = g_strdup_printf("%s.%s", c->topic, c->server);
         g_autofree char *fanout_ex = g_strdup_printf("%s_fanout", c->topic);
-        QueueArgs shared, fan;
-
-        qargs_init(&shared);
-        if (c->quorum)
-            qargs_str(&shared, "x-queue-type", "quorum");
-        if (dlx)
-            qargs_str(&shared, "x-dead-letter-exchange", c->dead_letter_exchange);
-        qargs_init(&fan);
-        qargs_int(&fan, "x-expires", c->transient_ttl * 1000);
-        if (dlx)
-            qargs_str(&fan, "x-dead-letter-exchange", c->dead_letter_exchange);
-
         amqp_exchange_declare(rpc->conn, CH_CONSUME, amqp_cstring_bytes(fanout_ex),
                               amqp_cstring_bytes("fanout"), 0, 0, 1, 0, amqp_empty_table);
         if (!check_reply(rpc, "declaring the fanout exchange", error))
             return FALSE;
-        if (!declare_queue(rpc, c->topic, c->durable || c->quorum, FALSE, &shared, error) ||
-            !bind_queue(rpc, c->topic, c->exchange, c->topic, error) ||
-            !declare_queue(rpc, direct, c->durable || c->quorum, FALSE, &shared, error) ||
-            !bind_queue(rpc, direct, c->exchange, direct, error) ||
-            !declare_queue(rpc, rpc->fanout_q, FALSE, TRUE, &fan, error) ||
-            !bind_queue(rpc, rpc->fanout_q, fanout_ex, c->topic, error))
-            return FALSE;
+        for (guint i = 0; i < N_SERVER_QUEUES; i++) {
+            if (!declare_server_queue(rpc, i, error))
+                return FALSE;
+        }
         amqp_basic_qos(rpc->conn, CH_CONSUME, 0, (uint16_t)c->prefetch, 0);
         if (!check_reply(rpc, "setting the prefetch count", error))
             return FALSE;
@@ -546,25 +585,51 @@ static gboolean setup_topology(VnRpc *rpc, GError **error)
         }
     }
 
-    /* replies to our own calls */
-    QueueArgs rq;
-    qargs_init(&rq);
-    qargs_int(&rq, "x-expires", c->transient_ttl * 1000);
-    if (!declare_queue(rpc, rpc->reply_q, FALSE, FALSE, &rq, error) ||
-        !consume(rpc, rpc->reply_q, TRUE, &rpc->reply_tag, error))
+    if (!consume_replies(rpc, error))
         return FALSE;
 
+    rpc->cancelled = 0;
     g_mutex_lock(&rpc->lock);
     gboolean serve = c->server && !rpc->stop_consuming;
     g_mutex_unlock(&rpc->lock);
     if (serve) {
-        g_autofree char *direct = g_strdup_printf("%s.%s", c->topic, c->server);
-        const char *queues[] = { c->topic, direct, rpc->fanout_q };
-        for (gsize i = 0; i < G_N_ELEMENTS(queues); i++) {
-            if (!consume(rpc, queues[i], FALSE, &tag, error))
+        for (guint i = 0; i < N_SERVER_QUEUES; i++) {
+            g_autofree char *q = server_queue(rpc, i);
+            if (!consume(rpc, q, FALSE, &tag, error))
                 return FALSE;
             g_ptr_array_add(rpc->consumer_tags, tag);
         }
+    }
+    return TRUE;
+}
+
+/* After the broker cancelled consumers (their queue was deleted, or a quorum queue's
+ * leader moved): declares their queues again and consumes on the same channel, without
+ * dropping the link. */
+static gboolean reconsume(VnRpc *rpc, GError **error)
+{
+    guint cancelled = rpc->cancelled;
+
+    rpc->cancelled = 0;
+    if (cancelled & REPLY_BIT) {
+        g_clear_pointer(&rpc->reply_tag, g_free);
+        if (!consume_replies(rpc, error))
+            return FALSE;
+        g_message("amqp: consuming replies again from '%s'", rpc->reply_q);
+    }
+    g_mutex_lock(&rpc->lock);
+    gboolean serve = !rpc->stop_consuming;
+    g_mutex_unlock(&rpc->lock);
+    for (guint i = 0; serve && i < rpc->consumer_tags->len; i++) {
+        if (!(cancelled & (1u << i)))
+            continue;
+        g_autofree char *q = server_queue(rpc, i);
+        char *tag = NULL;
+        if (!declare_server_queue(rpc, i, error) || !consume(rpc, q, FALSE, &tag, error))
+            return FALSE;
+        g_free(g_ptr_array_index(rpc->consumer_tags, i));
+        g_ptr_array_index(rpc->consumer_tags, i) = tag;
+        g_message("amqp: consuming requests again from '%s'", q);
     }
     return TRUE;
 }
@@ -689,8 +754,20 @@ static gboolean connect_one(VnRpc *rpc, const char *url_text, GError **error)
         goto fail;
     }
 
-    amqp_table_entry_t props_e[2];
-    amqp_table_t props = { 2, props_e };
+    /* the broker tells of a cancelled consumer (basic.cancel) and of a resource alarm
+     * (connection.blocked) only to a client that says it understands them */
+    amqp_table_entry_t caps_e[2];
+    caps_e[0].key = amqp_cstring_bytes("consumer_cancel_notify");
+    caps_e[1].key = amqp_cstring_bytes("connection.blocked");
+    for (guint i = 0; i < G_N_ELEMENTS(caps_e); i++) {
+        caps_e[i].value.kind = AMQP_FIELD_KIND_BOOLEAN;
+        caps_e[i].value.value.boolean = 1;
+    }
+    amqp_table_entry_t props_e[3];
+    amqp_table_t props = { 3, props_e };
+    props_e[2].key = amqp_cstring_bytes("capabilities");
+    props_e[2].value.kind = AMQP_FIELD_KIND_TABLE;
+    props_e[2].value.value.table = (amqp_table_t){ G_N_ELEMENTS(caps_e), caps_e };
     props_e[0].key = amqp_cstring_bytes("connection_name");
     props_e[0].value.kind = AMQP_FIELD_KIND_UTF8;
     props_e[0].value.value.bytes =
@@ -1061,10 +1138,24 @@ static gboolean handle_frame(VnRpc *rpc, amqp_frame_t *f, GError **error)
             handle_confirm(rpc, n->delivery_tag, n->multiple, FALSE);
             return TRUE;
         }
-        case AMQP_BASIC_CANCEL_METHOD:
-            g_set_error(error, VN_SCHED_ERROR, VN_SCHED_ERROR_CONNECTION,
-                        "the broker cancelled a consumer (queue deleted?)");
-            return FALSE;
+        case AMQP_BASIC_CANCEL_METHOD: {
+            amqp_basic_cancel_t *cn = f->payload.method.decoded;
+            g_autofree char *tag = amqp_text(cn->consumer_tag);
+            guint bit = 0;
+            if (rpc->reply_tag && strcmp(tag, rpc->reply_tag) == 0)
+                bit = REPLY_BIT;
+            for (guint i = 0; !bit && i < rpc->consumer_tags->len; i++) {
+                if (strcmp(g_ptr_array_index(rpc->consumer_tags, i), tag) == 0)
+                    bit = 1u << i;
+            }
+            if (bit) {
+                g_warning("amqp: the broker cancelled consumer '%s' (its queue was deleted or "
+                          "its leader moved); consuming again",
+                          tag);
+                rpc->cancelled |= bit;
+            }
+            return TRUE;
+        }
         case AMQP_CHANNEL_CLOSE_METHOD: {
             amqp_channel_close_t *cl = f->payload.method.decoded;
             amqp_channel_close_ok_t ok = { 0 };
@@ -1310,6 +1401,8 @@ static void run_connected(VnRpc *rpc)
         requeue_retries(rpc, now);
         send_keepalives(rpc, now);
         if (!drain_outbox(rpc, &err) || !read_frames(rpc, &err))
+            break;
+        if (rpc->cancelled && !reconsume(rpc, &err))
             break;
 
         g_mutex_lock(&rpc->lock);

@@ -108,6 +108,12 @@ def harness(*args):
     subprocess.run(["bash", HARNESS, args[0], RUN] + list(args[1:]), check=True)
 
 
+def harness_out(*args):
+    """A harness command's standard output (it must succeed)."""
+    return subprocess.run(["bash", HARNESS, args[0], RUN] + list(args[1:]), check=True,
+                          capture_output=True, text=True, timeout=120).stdout
+
+
 # ---------------------------------------------------------------------------- the package
 
 
