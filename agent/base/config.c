@@ -248,6 +248,12 @@ static const OptDef opts[] = {
     { "libvirt", "live_migration_permit_auto_converge", OPT_BOOL,
       O(live_migration_permit_auto_converge), "false", NULL, 0, 0, NULL, OPT_RELOAD,
       "Let QEMU throttle the guest's CPUs so pre-copy converges (not with post-copy)." },
+    { "libvirt", "live_migration_with_native_tls", OPT_BOOL, O(live_migration_with_native_tls),
+      "false", NULL, 0, 0, NULL, OPT_RELOAD,
+      "Encrypt the migration stream (memory and copied disks) with QEMU's own TLS "
+      "(VIR_MIGRATE_TLS), using the certificates of qemu.conf's migrate_tls_x509_cert_dir on "
+      "both hosts; a migration whose TLS handshake fails is refused, never sent in plain "
+      "text (docs/operations.md)." },
     { "libvirt", "live_migration_parallel_connections", OPT_INT,
       O(live_migration_parallel_connections), "1", NULL, 1, 255, NULL, OPT_RELOAD,
       "Parallel connections carrying migration data." },

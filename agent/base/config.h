@@ -130,6 +130,7 @@ typedef struct _VnConfig {
     int live_migration_timeout_action; /* VnLmTimeoutAction */
     gboolean live_migration_permit_post_copy;
     gboolean live_migration_permit_auto_converge;
+    gboolean live_migration_with_native_tls;
     int live_migration_parallel_connections;
     int live_migration_stall_timeout;
     int live_migration_progress_interval;

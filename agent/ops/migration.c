@@ -905,6 +905,7 @@ static gboolean run_migration(Flow *f, const VnInstanceRecord *rec, GError **err
     t.params.block_disks = (char **)block_disks->pdata;
     t.params.storage_proven_shared = f->shared;
     t.params.post_copy = cfg->live_migration_permit_post_copy;
+    t.params.tls = cfg->live_migration_with_native_tls;
     t.params.auto_converge =
         cfg->live_migration_permit_auto_converge && !cfg->live_migration_permit_post_copy;
     g_mutex_init(&t.lock);

@@ -61,6 +61,8 @@ static unsigned long migrate_flags(const VnMigrateParams *p)
         flags |= VIR_MIGRATE_POSTCOPY;
     if (p->parallel > 1)
         flags |= VIR_MIGRATE_PARALLEL;
+    if (p->tls)
+        flags |= VIR_MIGRATE_TLS;
     return flags;
 }
 
@@ -89,7 +91,8 @@ gboolean vn_migrate_run(VnVirtConn *c, const char *uuid, const VnMigrateParams *
     }
     virTypedParamsFree(params, n);
     if (rc < 0)
-        return vn_virt_error(error, "migrating instance %s to %s", uuid, p->dest_uri);
+        return vn_virt_error(error, "migrating instance %s to %s%s", uuid, p->dest_uri,
+                             p->tls ? " over QEMU's native TLS" : "");
     return TRUE;
 }
 

@@ -19,6 +19,7 @@ typedef struct {
                                      * VIR_MIGRATE_UNSAFE only if libvirt refuses for that */
     gboolean auto_converge;
     gboolean post_copy; /* allow a switch to post-copy */
+    gboolean tls;       /* QEMU's native TLS on the migration (and NBD) stream */
 } VnMigrateParams;
 
 /* Migrates instance @uuid to the destination, blocking until libvirt is done.  Live,

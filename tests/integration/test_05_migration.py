@@ -6,6 +6,9 @@ the source and nothing on the destination."""
 
 import os
 import re
+import shutil
+import socket
+import struct
 import threading
 import time
 import unittest
@@ -49,6 +52,71 @@ class ConsoleTail(threading.Thread):
         times = [t for n, t in sorted(self.beats.items()) if t >= since]
         gaps = [b - a for a, b in zip(times, times[1:])]
         return max(gaps) if gaps else 0.0
+
+
+class FirstSegments(threading.Thread):
+    """Captures, on the loopback interface, the first bytes the client sends on every TCP
+    connection made to a port in [lo, hi]: what a migration stream opens with (QEMU's
+    "QEVM" magic in plain text, a TLS handshake record otherwise), or an NBD disk copy
+    (its flags, then the options it asks for: STARTTLS with TLS)."""
+
+    HEAD = 32
+
+    def __init__(self, lo, hi):
+        super().__init__(daemon=True)
+        self.lo, self.hi = lo, hi
+        self.isn = {}    # (sport, dport) -> the SYN's sequence number
+        self.first = {}  # (sport, dport) -> bytearray of the stream's first HEAD bytes
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+        self.sock.bind(("lo", 0))
+        self.sock.settimeout(0.2)
+        self.stop = False
+
+    def run(self):
+        while not self.stop:
+            try:
+                pkt = self.sock.recv(256)
+            except socket.timeout:
+                continue
+            ip = pkt[14:]
+            if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 6:
+                continue
+            tcp = ip[(ip[0] & 15) * 4:]
+            sport, dport, seq = struct.unpack("!HHI", tcp[:8])
+            if not self.lo <= dport <= self.hi:
+                continue
+            flow, flags = (sport, dport), tcp[13]
+            if flags & 0x02:  # SYN
+                self.isn[flow] = seq
+                continue
+            data = tcp[(tcp[12] >> 4) * 4:]
+            if not data or flow not in self.isn:
+                continue
+            off = (seq - self.isn[flow] - 1) % (1 << 32)
+            if off < self.HEAD:
+                head = self.first.setdefault(flow, bytearray(self.HEAD))
+                chunk = data[:self.HEAD - off]
+                head[off:off + len(chunk)] = chunk
+
+    def finish(self):
+        self.stop = True
+        self.join()
+        self.sock.close()
+        return [bytes(h) for h in self.first.values()]
+
+    NBD_OPT = b"IHAVEOPT"
+
+    @classmethod
+    def check_encrypted(cls, test, streams):
+        """Every stream opens with a TLS handshake, or is NBD asking for STARTTLS first."""
+        test.assertTrue(streams, "no migration connection seen")
+        for head in streams:
+            if head[4:12] == cls.NBD_OPT:
+                test.assertEqual(struct.unpack("!I", head[12:16])[0], 5,
+                                 "an NBD disk copy without STARTTLS: %r" % head)
+            else:
+                test.assertEqual(head[:2], b"\x16\x03", "a plain-text stream: %r" % head)
 
 
 class Migration(vntest.AgentTestCase):
@@ -307,6 +375,92 @@ class Migration(vntest.AgentTestCase):
                 self.rpc.call(b.host, "get_instance", instance_uuid=u)), 30,
             what="the guest adopted")
         self.assertEqual((got["host"], got["vm_state"]), ("host-b", "active"))
+        self.rpc.call(b.host, "terminate_instance", instance_uuid=u)
+
+    def capture_migration_streams(self, dest_key):
+        lo = int(vntest.ENV["HOST_%s_MIGRATION_PORT" % dest_key.upper()])
+        cap = FirstSegments(lo, lo + 15)
+        cap.start()
+        return cap
+
+    def test_native_tls(self):
+        """live_migration_with_native_tls: the memory and the copied disk cross in TLS
+        (QEMU's own, with certificates of the test CA whose keys are encrypted: each guest
+        runs under its own uid and reads them, only the migrating QEMU gets the passphrase
+        from libvirt's secret). First, the control: the same capture sees QEMU's plain-text
+        magic with the option off (its default), so it can tell."""
+        a, b = self.pair(shared=False)
+        u = self.boot(a, "mig-tls")
+        cap = self.capture_migration_streams("b")
+        try:
+            m = self.migrate(a, b, u)
+        finally:
+            streams = cap.finish()
+        self.assertEqual(m["status"], "completed", m)
+        self.assertIn(b"QEVM", [h[:4] for h in streams], streams)
+
+        # the option set on both agents, applied by SIGHUP
+        for agent in (a, b):
+            with open(agent.conf) as f:
+                text = f.read()
+            with open(agent.conf, "w") as f:
+                f.write(text.replace("[libvirt]\n",
+                                     "[libvirt]\nlive_migration_with_native_tls = true\n"))
+            os.kill(agent.daemon_pid(), 1)
+            vntest.wait_for(lambda: "configuration reloaded" in agent.log_text(), 10,
+                            what="reload")
+        cap = self.capture_migration_streams("a")
+        try:
+            m = self.migrate(b, a, u)
+        finally:
+            streams = cap.finish()
+        self.assertEqual(m["status"], "completed", m)
+        FirstSegments.check_encrypted(self, streams)
+        nbd = sum(h[4:12] == FirstSegments.NBD_OPT for h in streams)
+        self.assertGreaterEqual(nbd, 1, "the disk copy was not seen")
+        self.assertGreaterEqual(len(streams) - nbd, 1, "the memory stream was not seen")
+        self.assert_on("a", a, u)
+        print("native TLS: %d migration stream(s) in TLS, %d NBD disk copy(ies) through "
+              "STARTTLS" % (len(streams) - nbd, nbd))
+        self.rpc.call(a.host, "terminate_instance", instance_uuid=u)
+
+    def test_native_tls_refused(self):
+        """Bad certificates on either side refuse the migration with libvirt's reason; it
+        is never retried in plain text, the guest runs on, nothing is left on the
+        destination; with the right certificates back, the same guest moves."""
+        import pki
+        hosts = os.path.join(vntest.RUN, "hosts")
+        passphrase = vntest.harness_out("qemu-tls-passphrase").strip()
+        cases = [  # (host whose folder is replaced, its IP and name, CA, validity)
+            ("a", "127.0.0.2", "host-a", "other-ca", (-1, 30), "another CA signed the source"),
+            ("b", "127.0.0.9", "host-z", "ca", (-1, 30), "the destination's name is wrong"),
+            ("b", "127.0.0.3", "host-b", "ca", (-10, -1), "the destination's cert expired"),
+        ]
+        a, b = self.pair(shared=False, **{"libvirt.live_migration_with_native_tls": "true"})
+        u = self.boot(a, "mig-tls-bad")
+        for key, ip, name, ca, days, what in cases:
+            live = os.path.join(hosts, key, "pki-qemu")
+            os.rename(live, live + ".good")
+            try:
+                pki.qemu_set(vntest.ENV["PKI_DIR"], live, passphrase, ip, name, ca, days)
+                cap = self.capture_migration_streams("b")
+                try:
+                    m = self.migrate(a, b, u, timeout=120)
+                finally:
+                    streams = cap.finish()
+            finally:
+                shutil.rmtree(live)
+                os.rename(live + ".good", live)
+            self.assertIn(m["status"], ("failed", "cancelled", "error"), (what, m))
+            print("native TLS refused (%s): %s" % (what, m["error"]))
+            self.assertRegex(m["error"], r"(?i)tls|certificate|handshake", what)
+            if streams:
+                FirstSegments.check_encrypted(self, streams)
+            self.assert_on("a", a, u)
+            self.assert_nothing_on(b, u, shared=False)
+        m = self.migrate(a, b, u)
+        self.assertEqual(m["status"], "completed", m)
+        self.assert_on("b", b, u)
         self.rpc.call(b.host, "terminate_instance", instance_uuid=u)
 
     def test_destination_libvirtd_refusing(self):

@@ -1,8 +1,8 @@
 """A fleet deployed by the Ansible role, for real: two bare machines (tests/lib/harness.sh
 fleet-start: overlay roots in namespaces of their own, sshd only, a firewall that drops
 what it does not know) get the built .deb, libvirtd and QEMU configured for live migration
-with TLS certificates from a CA this test makes, the firewall opened for the migration
-network, and the agent with the package's default paths.  A second run changes nothing,
+with TLS certificates from a CA this test makes (libvirtd's, and QEMU's own for the
+migration stream, its key encrypted), the firewall opened for the migration network, and the agent with the package's default paths.  A second run changes nothing,
 --check passes, a guest built on one host live-migrates to the other, and a newer package
 rolled out by the role restarts the agents with it."""
 
@@ -19,6 +19,7 @@ from vntest import Rpc
 
 ANSIBLE = os.path.join(vntest.SRC, "deploy", "ansible")
 HOSTS = ("fleet-1", "fleet-2")
+QEMU_TLS_PASSPHRASE = "fleet-qemu-tls"
 
 
 def openssl(*args, cwd):
@@ -41,6 +42,9 @@ def make_pki(d):
         openssl("x509", "-req", "-in", h + ".csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
                 "-CAcreateserial", "-days", "2", "-extfile", h + ".ext", "-out", h + ".pem",
                 cwd=d)
+        # the same key PKCS#8-encrypted, for QEMU's native TLS
+        openssl("pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in", h + "-key.pem", "-out",
+                h + "-qemu-key.pem", "-passout", "pass:" + QEMU_TLS_PASSPHRASE, cwd=d)
 
 
 class Fleet(unittest.TestCase):
@@ -90,6 +94,7 @@ class Fleet(unittest.TestCase):
                 "virtnode_migration_address": "198.51.100.%d" % n,
                 "virtnode_libvirt_tls_cert": os.path.join(pki, h + ".pem"),
                 "virtnode_libvirt_tls_key": os.path.join(pki, h + "-key.pem"),
+                "virtnode_qemu_tls_key": os.path.join(pki, h + "-qemu-key.pem"),
             }
         inv = {"compute": {"hosts": hosts, "vars": {
             "ansible_user": "root",
@@ -106,6 +111,8 @@ class Fleet(unittest.TestCase):
             "virtnode_db_password": "not-needed-by-trust-auth",
             "virtnode_virt_type": "qemu",
             "virtnode_libvirt_tls_ca": os.path.join(pki, "ca.pem"),
+            "virtnode_live_migration_native_tls": True,
+            "virtnode_qemu_tls_key_passphrase": QEMU_TLS_PASSPHRASE,
             "virtnode_firewall": "iptables",
             "virtnode_migration_sources": ["198.51.100.0/24"],
         }}}
@@ -161,7 +168,18 @@ class Fleet(unittest.TestCase):
             self.assertIn("198.51.100.%d:16514" % n, listening)
             self.assertNotIn(":16509", listening)
             self.assertIn("virtnode live migration", self.ssh(h, "iptables -S INPUT"))
-            self.assertIn("migration_port_min = 49152", self.ssh(h, "cat /etc/libvirt/qemu.conf"))
+            qemu_conf = self.ssh(h, "cat /etc/libvirt/qemu.conf")
+            self.assertIn("migration_port_min = 49152", qemu_conf)
+            # QEMU's native TLS: the option, the encrypted key readable by every guest's
+            # uid, the passphrase only in libvirt's private secret
+            self.assertIn("live_migration_with_native_tls = true", conf)
+            self.assertIn('migrate_tls_x509_secret_uuid = "', qemu_conf)
+            self.assertEqual(self.ssh(h, "stat -c %a /etc/pki/qemu/server-key.pem").strip(),
+                             "644")
+            self.assertIn("ENCRYPTED PRIVATE KEY", self.ssh(h, "cat /etc/pki/qemu/client-key.pem"))
+            self.assertIn("virtnode-migration-tls", self.ssh(h, "virsh -q secret-list"))
+            self.assertNotIn(QEMU_TLS_PASSPHRASE,
+                             self.ssh(h, "cat /etc/libvirt/virtnode-qemu-tls.sha256"))
             vntest.wait_for(lambda: vntest.db_query(
                 "SELECT 1 FROM services WHERE host = %s", h), 60, what="the heartbeat of " + h)
 
@@ -174,7 +192,8 @@ class Fleet(unittest.TestCase):
         self.assertEqual({h: self.agent_pid(h) for h in HOSTS}, pids)
 
         # a guest with the default paths on fleet-1, live-migrated to fleet-2 over libvirt's
-        # TLS and the migration ports the role opened (non-shared storage: the disks copy)
+        # TLS and the migration ports the role opened (non-shared storage: the disks copy),
+        # the stream in QEMU's native TLS
         args = vntest.build_args("fleet-guest")
         u = args["instance"]["uuid"]
         self.rpc.call("fleet-1", "build_and_run_instance", timeout=300, **args)

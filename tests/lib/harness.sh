@@ -18,6 +18,7 @@
 #   harness.sh rabbit-stop|rabbit-start RUN_DIR
 #   harness.sh pg-stop|pg-start RUN_DIR
 #   harness.sh host-stop|host-start RUN_DIR a|b
+#   harness.sh qemu-tls-passphrase RUN_DIR    the passphrase of hosts a and b QEMU TLS keys
 #   harness.sh ns RUN_DIR a|b CMD...     run CMD in host a's (or b's) namespaces
 #   harness.sh fleet-start|fleet-stop RUN_DIR   two bare machines reachable by ssh
 #   harness.sh rabbitmqctl RUN_DIR ARGS...       rabbitmqctl against this run's node
@@ -32,6 +33,10 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 SRC=$(cd "$HERE/../.." && pwd)
 PY=/usr/bin/python3
+# the passphrase of the QEMU migration TLS keys of hosts a and b, and the libvirt secret
+# that holds it (qemu.conf migrate_tls_x509_secret_uuid)
+QEMU_TLS_PASSPHRASE=virtnode-test-qemu-tls
+QEMU_TLS_SECRET=5b1c7e2a-8d3f-4a6e-9c21-0e4f7a9b3d58
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 RABBIT_BIN=/usr/lib/rabbitmq/bin
 
@@ -228,7 +233,7 @@ pg_start() {
     install -o postgres -m 0644 "$RUN/pki/server.pem" "$D/server.pem"
     install -o postgres -m 0600 "$RUN/pki/server.key" "$D/server.key"
     as_pg "$PGBIN/pg_ctl" -D "$D/data" -l "$D/pg.log" -w -t 60 -o \
-        "-p $(envget PG_PORT) -k $D -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=400 -c full_page_writes=off -c ssl=on -c ssl_cert_file=$D/server.pem -c ssl_key_file=$D/server.key -c ssl_ca_file=$RUN/pki/ca.pem" \
+        "-p $(envget PG_PORT) -k $D -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=${PG_MAX_CONNECTIONS:-400} -c full_page_writes=off -c ssl=on -c ssl_cert_file=$D/server.pem -c ssl_key_file=$D/server.key -c ssl_ca_file=$RUN/pki/ca.pem" \
         start > "$D/start.out" 2>&1 ||
         { cat "$D/start.out" >&2; tail -n 20 "$D/pg.log" >&2 || true; die "PostgreSQL failed to start"; }
     log "PostgreSQL up on 127.0.0.1:$(envget PG_PORT)"
@@ -272,7 +277,15 @@ group = "root"
 dynamic_ownership = 1
 remember_owner = 0
 stdio_handler = "file"
+migrate_tls_x509_cert_dir = "$R/pki-qemu"
+migrate_tls_x509_verify = 1
+migrate_tls_x509_secret_uuid = "$QEMU_TLS_SECRET"
 EOF
+    # QEMU's migration TLS files (used by migrations with VIR_MIGRATE_TLS only), keys
+    # encrypted with the passphrase libvirt holds as a secret (defined below)
+    [ -f "$R/pki-qemu/server-cert.pem" ] ||
+        "$PY" "$HERE/pki.py" qemu "$RUN/pki" "$R/pki-qemu" "$QEMU_TLS_PASSPHRASE" \
+            "$IP" "host-$H" || die "cannot make the QEMU TLS files of host $H"
     rm -f "$R/run/libvirt-sock" "$R/run/libvirt-sock-ro" "$R/run/libvirt-admin-sock"
     unshare --mount --uts --propagation private bash -c "
         hostname host-$H
@@ -301,6 +314,14 @@ EOF
     # warm the QEMU capabilities cache: the first domain start otherwise pays for the probe
     timeout 60 virsh -q -c "qemu+tcp://$IP:$PORT/system" capabilities > /dev/null ||
         die "libvirtd host $H does not answer on $IP:$PORT"
+    "$PY" - "qemu+tcp://$IP:$PORT/system" "$QEMU_TLS_SECRET" \
+        "$QEMU_TLS_PASSPHRASE" <<'SECRETPY' || die "cannot define the QEMU TLS secret on host $H"
+import sys, libvirt
+c = libvirt.open(sys.argv[1])
+xml = ("<secret ephemeral='no' private='yes'><uuid>%s</uuid><usage type='tls'>"
+       "<name>virtnode-migration-tls</name></usage></secret>" % sys.argv[2])
+c.secretDefineXML(xml).setValue(sys.argv[3].encode())
+SECRETPY
     log "libvirtd host $H up on $IP:$PORT (pid $p)"
 }
 
@@ -805,6 +826,7 @@ pg-stop) pg_stop; log "PostgreSQL stopped" ;;
 pg-start) pg_start ;;
 host-stop) host_stop "${3:?host}"; log "host $3 stopped" ;;
 host-start) host_start "${3:?host}" ;;
+qemu-tls-passphrase) echo "$QEMU_TLS_PASSPHRASE" ;;
 libvirtd-restart) libvirtd_restart "${3:?host}" ;;
 nethost-start) nethost_start "${3:?host}" ;;
 nethost-stop) nethost_stop "${3:?host}"; log "host $3 stopped" ;;
