@@ -728,12 +728,13 @@ static gint64 next_due_locked(VnReporter *r)
 {
     gint64 next = r->service_dirty ? 0 : MIN(r->next_heartbeat, r->next_report);
 
+    /* without a connection nothing but the next attempt is due: the heartbeat and rows
+     * that fell due meanwhile wait for it (else the thread spins until then) */
+    if (!r->conn)
+        return r->next_connect;
     if (r->capacity_dirty)
         next = MIN(next, r->capacity_due);
-    if (!r->conn)
-        next = MIN(next, r->next_connect);
-    if (r->conn &&
-        (g_hash_table_size(r->instances) || g_hash_table_size(r->migrations) || r->actions_pending))
+    if (g_hash_table_size(r->instances) || g_hash_table_size(r->migrations) || r->actions_pending)
         next = 0;
     return next;
 }

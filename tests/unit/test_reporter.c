@@ -1,11 +1,48 @@
-/* Unit tests of the reporter's pure parts; its database work is tested against a real
- * PostgreSQL in tests/integration/test_capacity.py. */
+/* Unit tests of the reporter's pure parts and of its idle loop without a database; its
+ * database work is tested against a real PostgreSQL in tests/integration/test_capacity.py. */
 #include "tests/unit/testutil.h"
 
 #include <string.h>
+#include <time.h>
 
 #include "scheduler-client/report/report.h"
 #include "scheduler-client/report/schema.h"
+
+static double process_cpu_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* While its database is away, the reporter's thread sleeps until its next attempt: the
+ * heartbeat and rows that fall due meanwhile must not wake it (a cell of agents spinning
+ * while their database restarts would flatten it when it is back). */
+static void test_sleeps_while_disconnected(void **state)
+{
+    (void)state;
+    VnReporterConfig cfg = { .connection = "host=127.0.0.1 port=1 dbname=none",
+                             .connect_timeout = 1,
+                             .retry_min = 1,
+                             .retry_max = 2,
+                             .host = "unit-host",
+                             .report_interval = 1,
+                             .heartbeat_interval = 1 };
+    g_autoptr(GError) err = NULL;
+    VnReporter *r = vn_reporter_new(&cfg, NULL, &err);
+
+    assert_non_null(r);
+    vn_reporter_start(r);
+    vn_reporter_capacity_changed(r);
+    g_usleep(200 * 1000); /* the first attempt is refused: the reporter is disconnected */
+    double cpu0 = process_cpu_s();
+    g_usleep(1500 * 1000);
+    double used = process_cpu_s() - cpu0;
+    vn_reporter_free(r);
+    /* a spinning thread burns the whole 1.5 s; one attempt and its logging, a few ms */
+    assert_true(used < 0.3);
+}
 
 static void test_conninfo_check(void **state)
 {
@@ -83,6 +120,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conninfo_check),
+        cmocka_unit_test(test_sleeps_while_disconnected),
         cmocka_unit_test(test_capacity_equal),
         cmocka_unit_test(test_schema_migrations_named),
     };
