@@ -2,6 +2,10 @@
  * next to a raw librabbitmq request/reply round trip on the same broker in the same run.
  *
  *   bench_rpc --url amqp://guest:guest@127.0.0.1:5672/ --host HOST [-n CALLS] [-c CLIENTS]
+ *             [--hosts N]
+ *
+ * With --hosts, each call goes to a random agent of HOST-0000 .. HOST-(N-1) (a simulated
+ * cell, tests/bench/bench_cell.py).
  *
  * Each of the CLIENTS threads has its own connection and makes CALLS/CLIENTS calls one
  * after another.  The virtnode side is a real oslo 2.0 ping call (method "ping", version
@@ -29,6 +33,7 @@ static const char *opt_exchange = "virtnode";
 static const char *opt_topic = "compute";
 static int opt_calls = 2000;
 static int opt_clients = 4;
+static int opt_hosts; /* > 0: each call to a random host HOST-0000 .. HOST-(N-1) */
 static gboolean opt_json;
 
 static G_NORETURN void die(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
@@ -251,6 +256,7 @@ static VnRpc *client_link(void)
     rc.exchange = opt_exchange;
     rc.topic = opt_topic;
     rc.connection_name = "bench_rpc";
+    rc.durable = TRUE; /* the exchange as the agents declare it by default (durable_queues) */
     rc.heartbeat = 30;
     rc.connect_timeout = 5;
     rc.reconnect_min = 1;
@@ -273,11 +279,15 @@ static void ping(VnRpc *rpc, int n)
     g_autoptr(GError) err = NULL;
     json_object *arg;
 
+    g_autofree char *host =
+        opt_hosts > 0 ? g_strdup_printf("%s-%04d", opt_host, g_random_int_range(0, opt_hosts))
+                      : g_strdup(opt_host);
+
     json_object_object_add(args, "arg", json_object_new_int(n));
-    if (!vn_rpc_call(rpc, opt_host, "ping", args, "1.0", NULL, 30, 0, &res, &err))
-        die("ping %s: %s", opt_host, err->message);
+    if (!vn_rpc_call(rpc, host, "ping", args, "1.0", NULL, 30, 0, &res, &err))
+        die("ping %s: %s", host, err->message);
     if (!json_object_object_get_ex(res, "arg", &arg) || json_object_get_int(arg) != n)
-        die("ping %s: the reply does not carry the argument back", opt_host);
+        die("ping %s: the reply does not carry the argument back", host);
 }
 
 static gpointer ping_client(gpointer data)
@@ -349,6 +359,8 @@ int main(int argc, char **argv)
         { "topic", 0, 0, G_OPTION_ARG_STRING, &opt_topic, "Topic", "NAME" },
         { "calls", 'n', 0, G_OPTION_ARG_INT, &opt_calls, "Calls in total (2000)", "N" },
         { "clients", 'c', 0, G_OPTION_ARG_INT, &opt_clients, "Concurrent clients (4)", "N" },
+        { "hosts", 0, 0, G_OPTION_ARG_INT, &opt_hosts,
+          "Call a random host of HOST-0000 .. HOST-(N-1) each time", "N" },
         { "json", 0, 0, G_OPTION_ARG_NONE, &opt_json, "One JSON line instead of a table", NULL },
         { NULL, 0, 0, 0, NULL, NULL, NULL }
     };

@@ -1,7 +1,10 @@
 #!/bin/bash
 # tests/bench/run.sh - runs virtnode's benchmarks against real services.
 #
-#   tests/bench/run.sh [rpc|build|report|migration|net|volumes|all]...     (default: all)
+#   tests/bench/run.sh [rpc|build|report|migration|net|volumes|cell|all]...
+#
+# (default: all but cell, the simulated 1,000-host cell, which takes about 15 minutes and
+# about 10 GiB of memory; "all" includes it)
 #
 # Builds first (build/, or $BUILD), starts a harness run of its own (RabbitMQ, PostgreSQL,
 # two libvirtd hosts, the image server) in $BUILD/bench-run and stops it at the end, unless
@@ -15,10 +18,10 @@ PY=/usr/bin/python3
 JSON=${BENCH_JSON:+--json}
 which=("$@")
 [ ${#which[@]} -gt 0 ] || which=(rpc build report migration net volumes)
-[ "${which[*]}" = all ] && which=(rpc build report migration net volumes)
+[ "${which[*]}" = all ] && which=(rpc build report migration net volumes cell)
 
 for b in "${which[@]}"; do
-    case $b in rpc | build | report | migration | net | volumes) ;; *) echo "unknown benchmark: $b" >&2; exit 2 ;; esac
+    case $b in rpc | build | report | migration | net | volumes | cell) ;; *) echo "unknown benchmark: $b" >&2; exit 2 ;; esac
 done
 
 cmake -S "$SRC" -B "$BUILD" > /dev/null
@@ -85,5 +88,6 @@ for b in "${which[@]}"; do
     migration) (cd "$SRC/tests/bench" && $PY -W ignore bench_migration.py $JSON) ;;
     net) BENCH_JSON=${BENCH_JSON:-} "$BUILD/bin/bench_net" "${BENCH_ROUNDS:-200}" ;;
     volumes) (cd "$SRC/tests/bench" && $PY -W ignore bench_volumes.py --rounds "${BENCH_ROUNDS_VOLUMES:-5}" $JSON) ;;
+    cell) (cd "$SRC/tests/bench" && $PY -W ignore bench_cell.py --hosts "${BENCH_CELL_HOSTS:-1000}" $JSON) ;;
     esac
 done

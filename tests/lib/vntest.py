@@ -406,7 +406,7 @@ class Rpc:
 
 
 def db():
-    conn = psycopg2.connect(ENV["PG_DSN"])
+    conn = psycopg2.connect(ENV["PG_DSN"], connect_timeout=30)
     conn.autocommit = True
     return conn
 
