@@ -33,10 +33,7 @@ BIN = os.environ.get("VN_TEST_BIN", os.path.join(vntest.SRC, "build", "bin"))
 PREFIX = "cell"
 
 
-def ctl(node, *args, timeout=120):
-    r = subprocess.run(["bash", vntest.HARNESS, "cluster-ctl", vntest.RUN, str(node)] +
-                       list(args), capture_output=True, text=True, timeout=timeout)
-    return r.stdout
+ctl = vntest.cluster_ctl
 
 
 def broker_memory_mib():

@@ -3,7 +3,6 @@ holds both the agent's connection and its queues' leader is killed (kill -9) wit
 casts in flight.  The agent fails over to the next node, re-declares and consumes again;
 every request is applied exactly once."""
 
-import subprocess
 import threading
 import time
 import unittest
@@ -15,10 +14,7 @@ from vntest import Rpc
 N = 200
 
 
-def ctl(node, *args):
-    """rabbitmqctl on cluster node @node (1-3); its output (tab-separated rows)."""
-    return subprocess.run(["bash", vntest.HARNESS, "cluster-ctl", vntest.RUN, str(node)] +
-                          list(args), capture_output=True, text=True, timeout=60).stdout
+ctl = vntest.cluster_ctl
 
 
 class RabbitCluster(vntest.AgentTestCase):

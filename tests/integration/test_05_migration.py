@@ -377,11 +377,17 @@ class Migration(vntest.AgentTestCase):
         self.assertEqual((got["host"], got["vm_state"]), ("host-b", "active"))
         self.rpc.call(b.host, "terminate_instance", instance_uuid=u)
 
-    def capture_migration_streams(self, dest_key):
-        lo = int(vntest.ENV["HOST_%s_MIGRATION_PORT" % dest_key.upper()])
+    def migrate_captured(self, src, dst, u, **kw):
+        """Migrates @u from agent @src to @dst while capturing the streams to @dst's
+        migration ports; returns (the migration, the first bytes of each stream)."""
+        lo = int(vntest.ENV["HOST_%s_MIGRATION_PORT" % dst.key.upper()])
         cap = FirstSegments(lo, lo + 15)
         cap.start()
-        return cap
+        try:
+            m = self.migrate(src, dst, u, **kw)
+        finally:
+            streams = cap.finish()
+        return m, streams
 
     def test_native_tls(self):
         """live_migration_with_native_tls: the memory and the copied disk cross in TLS
@@ -391,11 +397,7 @@ class Migration(vntest.AgentTestCase):
         magic with the option off (its default), so it can tell."""
         a, b = self.pair(shared=False)
         u = self.boot(a, "mig-tls")
-        cap = self.capture_migration_streams("b")
-        try:
-            m = self.migrate(a, b, u)
-        finally:
-            streams = cap.finish()
+        m, streams = self.migrate_captured(a, b, u)
         self.assertEqual(m["status"], "completed", m)
         self.assertIn(b"QEVM", [h[:4] for h in streams], streams)
 
@@ -409,11 +411,7 @@ class Migration(vntest.AgentTestCase):
             os.kill(agent.daemon_pid(), 1)
             vntest.wait_for(lambda: "configuration reloaded" in agent.log_text(), 10,
                             what="reload")
-        cap = self.capture_migration_streams("a")
-        try:
-            m = self.migrate(b, a, u)
-        finally:
-            streams = cap.finish()
+        m, streams = self.migrate_captured(b, a, u)
         self.assertEqual(m["status"], "completed", m)
         FirstSegments.check_encrypted(self, streams)
         nbd = sum(h[4:12] == FirstSegments.NBD_OPT for h in streams)
@@ -443,11 +441,7 @@ class Migration(vntest.AgentTestCase):
             os.rename(live, live + ".good")
             try:
                 pki.qemu_set(vntest.ENV["PKI_DIR"], live, passphrase, ip, name, ca, days)
-                cap = self.capture_migration_streams("b")
-                try:
-                    m = self.migrate(a, b, u, timeout=120)
-                finally:
-                    streams = cap.finish()
+                m, streams = self.migrate_captured(a, b, u, timeout=120)
             finally:
                 shutil.rmtree(live)
                 os.rename(live + ".good", live)

@@ -108,6 +108,13 @@ def harness(*args):
     subprocess.run(["bash", HARNESS, args[0], RUN] + list(args[1:]), check=True)
 
 
+def cluster_ctl(node, *args, timeout=120):
+    """rabbitmqctl on RabbitMQ cluster node @node (1-3); its output (tab-separated rows),
+    empty when the node does not answer."""
+    return subprocess.run(["bash", HARNESS, "cluster-ctl", RUN, str(node)] + list(args),
+                          capture_output=True, text=True, timeout=timeout).stdout
+
+
 def harness_out(*args):
     """A harness command's standard output (it must succeed)."""
     return subprocess.run(["bash", HARNESS, args[0], RUN] + list(args[1:]), check=True,
