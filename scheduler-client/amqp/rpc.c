@@ -114,6 +114,7 @@ struct _VnRpc {
     char *reply_tag;
     guint cancelled; /* bit i: the broker cancelled consumer i; bit REPLY_BIT: the reply one */
     Content content;
+    guint64 ack_upto; /* deliveries on CH_CONSUME up to this tag await one multiple ack */
     VnBackoff backoff;
     char *where; /* "host:port/vhost" of the current broker, for logs */
 };
@@ -142,6 +143,10 @@ static void content_reset(Content *c)
     g_free(c->message_id);
     memset(c, 0, sizeof(*c));
 }
+
+/* The link whose thread this is, if any: what that thread queues needs no wake-up, its
+ * loop drains the outbox before it polls again. */
+static _Thread_local VnRpc *link_of_thread;
 
 static void wake(VnRpc *rpc)
 {
@@ -196,7 +201,8 @@ static void enqueue(VnRpc *rpc, OutMsg *m)
     g_mutex_lock(&rpc->lock);
     enqueue_locked(rpc, m, FALSE);
     g_mutex_unlock(&rpc->lock);
-    wake(rpc);
+    if (link_of_thread != rpc)
+        wake(rpc);
 }
 
 void vn_rpc_reply_to(VnRpc *rpc, const char *reply_q, const char *msg_id, json_object *result,
@@ -649,6 +655,7 @@ static void disconnect(VnRpc *rpc)
     amqp_connection_close(rpc->conn, AMQP_REPLY_SUCCESS);
     amqp_destroy_connection(rpc->conn);
     rpc->conn = NULL;
+    rpc->ack_upto = 0; /* the broker delivers them again */
     content_reset(&rpc->content);
     g_ptr_array_set_size(rpc->consumer_tags, 0);
     g_clear_pointer(&rpc->reply_tag, g_free);
@@ -987,7 +994,11 @@ static void handle_request(VnRpc *rpc, Content *c)
 
     switch (verdict) {
     case VN_RPC_ACK:
-        amqp_basic_ack(rpc->conn, c->channel, c->delivery_tag, 0);
+        /* acked with the others of this round, after their replies went out */
+        if (c->channel == CH_CONSUME)
+            rpc->ack_upto = c->delivery_tag;
+        else
+            amqp_basic_ack(rpc->conn, c->channel, c->delivery_tag, 0);
         break;
     case VN_RPC_REJECT:
         g_mutex_lock(&rpc->lock);
@@ -1300,6 +1311,16 @@ static gboolean drain_outbox(VnRpc *rpc, GError **error)
     }
 }
 
+/* One ack for every delivery of the round that was accepted (the rejected and requeued
+ * ones were answered at once, and an ack with "multiple" covers only those still open). */
+static void flush_acks(VnRpc *rpc)
+{
+    if (!rpc->ack_upto)
+        return;
+    amqp_basic_ack(rpc->conn, CH_CONSUME, rpc->ack_upto, 1);
+    rpc->ack_upto = 0;
+}
+
 static void send_keepalives(VnRpc *rpc, gint64 now)
 {
     GHashTableIter it;
@@ -1404,12 +1425,17 @@ static void run_connected(VnRpc *rpc)
             break;
         if (rpc->cancelled && !reconsume(rpc, &err))
             break;
+        if (!drain_outbox(rpc, &err))
+            break;
+        flush_acks(rpc);
 
         g_mutex_lock(&rpc->lock);
+        gboolean was_drained = rpc->drained;
         rpc->drained = g_queue_is_empty(&rpc->outbox) && g_hash_table_size(rpc->inflight) == 0 &&
                        g_queue_is_empty(&rpc->retry);
         rpc->stats.outbox = g_queue_get_length(&rpc->outbox);
-        g_cond_broadcast(&rpc->cond);
+        if (rpc->drained && !was_drained) /* vn_rpc_flush waits for this */
+            g_cond_broadcast(&rpc->cond);
         gboolean more =
             !g_queue_is_empty(&rpc->outbox) && g_hash_table_size(rpc->inflight) < MAX_INFLIGHT;
         g_mutex_unlock(&rpc->lock);
@@ -1437,6 +1463,7 @@ static gpointer link_thread(gpointer data)
 {
     VnRpc *rpc = data;
 
+    link_of_thread = rpc;
     for (;;) {
         if (!connect_with_backoff(rpc))
             break;

@@ -77,8 +77,12 @@ for b in "${which[@]}"; do
     case $b in
     rpc)
         rpc_agent
-        "$BUILD/bin/bench_rpc" --url "$AMQP_URL" --host bench-rpc -n 4000 -c 1 $JSON
-        "$BUILD/bin/bench_rpc" --url "$AMQP_URL" --host bench-rpc -n 8000 -c 8 $JSON
+        # the scale curve: 1, 8, 32 and 128 concurrent clients, each with its own connection
+        for c in ${BENCH_RPC_CLIENTS:-1 8 32 128}; do
+            "$BUILD/bin/bench_rpc" --url "$AMQP_URL" --host bench-rpc \
+                --agent-pid "$(cat "$RUN/agents/bench-rpc/pid")" -c "$c" \
+                -n "$(case $c in 1) echo 4000 ;; 8) echo 8000 ;; *) echo $((c * 200)) ;; esac)" --rounds 5 $JSON
+        done
         kill "$(cat "$RUN/agents/bench-rpc/pid")"
         wait "$(cat "$RUN/agents/bench-rpc/pid")" 2> /dev/null || true
         ;;
