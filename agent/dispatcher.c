@@ -134,19 +134,20 @@ static void finish_op(VnDispatcher *d, VnOp *op, gboolean ok, json_object *resul
         g_atomic_int_inc(&a->counters.requests_failed);
         g_warning("%s failed: %s", op->info->name, fail.message);
     }
-    /* the journal first: a duplicate arriving after the reply gets the recorded one */
-    if (op->info->journaled && op->unique_id) {
+    /* the journal first: a duplicate arriving after the reply gets the recorded one; the
+     * action's end is relaxed when the request's durable finish follows */
+    gboolean finishes = op->info->journaled && op->unique_id;
+    if (op->action_id > 0)
+        vn_journal_action_finish(a->journal, op->action_id, ok ? "Success" : "Error",
+                                 ok ? NULL : fail.message, now, finishes, NULL);
+    if (finishes) {
         g_autoptr(GError) jerr = NULL;
         record = reply_record(ok ? result : NULL, ok ? NULL : &fail);
         if (!vn_journal_finish(a->journal, op->unique_id, record, &jerr))
             g_warning("journal: %s", jerr->message);
     }
-    if (op->action_id > 0) {
-        vn_journal_action_finish(a->journal, op->action_id, ok ? "Success" : "Error",
-                                 ok ? NULL : fail.message, now, NULL);
-        if (a->reporter)
-            vn_reporter_actions_pending(a->reporter);
-    }
+    if (op->action_id > 0 && a->reporter)
+        vn_reporter_actions_pending(a->reporter);
 
     g_mutex_lock(&d->lock);
     g_ptr_array_remove(d->running, op);

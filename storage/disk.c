@@ -8,34 +8,95 @@
 #include <glib/gstdio.h>
 
 #include "storage/disk.h"
-#include "storage/runner.h"
 #include "storage/image_inspect.h"
+#include "storage/qcow2.h"
 #include "storage/stor_error.h"
 
-/* qemu-img create on a local or NFS-backed folder takes milliseconds; a run this long means
- * a hung mount or device, and the worker it pins is freed by killing it. */
-#define QEMU_IMG_TIMEOUT_S 120
+/* Writing a disk on a local or NFS-backed folder takes milliseconds; a write this long means
+ * a hung mount or device. */
+#define CREATE_TIMEOUT_S 120
 
-static gboolean qemu_img(const char *const *argv, GCancellable *cancel, GError **error)
+/* One disk being written by its own thread, so that a hung mount pins that thread rather
+ * than the caller.  Shared by the two until both let go (ref, atomic); the rest is
+ * immutable but for done, ok and error, under lock. */
+typedef struct {
+    gint ref;
+    char *path;
+    char *backing; /* NULL: a blank disk */
+    char *backing_format;
+    guint64 size;
+    GMutex lock;
+    GCond cond;
+    gboolean done;
+    gboolean ok;
+    GError *error;
+} Create;
+
+static void create_unref(Create *c)
 {
-    g_autoptr(GPtrArray) args = g_ptr_array_new();
-
-    g_ptr_array_add(args, (gpointer) "qemu-img");
-    for (const char *const *a = argv; *a; a++)
-        g_ptr_array_add(args, (gpointer)*a);
-    g_ptr_array_add(args, NULL);
-    return vn_stor_run((const char *const *)args->pdata, QEMU_IMG_TIMEOUT_S, cancel, NULL, error);
+    if (!g_atomic_int_dec_and_test(&c->ref))
+        return;
+    g_free(c->path);
+    g_free(c->backing);
+    g_free(c->backing_format);
+    g_clear_error(&c->error);
+    g_mutex_clear(&c->lock);
+    g_cond_clear(&c->cond);
+    g_free(c);
 }
 
-/* A guest's disk is its own: 0600, whatever the process umask (libvirt gives it to the
- * guest's identity while the guest runs). */
-static gboolean make_private(const char *path, GError **error)
+static gpointer create_thread(gpointer data)
 {
-    if (chmod(path, 0600) == 0)
-        return TRUE;
-    g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "chmod 0600 '%s': %s", path,
-                g_strerror(errno));
-    return FALSE;
+    Create *c = data;
+    GError *err = NULL;
+    gboolean ok = vn_qcow2_create(c->path, c->size, c->backing, c->backing_format, &err);
+
+    g_mutex_lock(&c->lock);
+    c->ok = ok;
+    c->error = err;
+    c->done = TRUE;
+    g_cond_broadcast(&c->cond);
+    g_mutex_unlock(&c->lock);
+    create_unref(c);
+    return NULL;
+}
+
+/* vn_qcow2_create, given up on when @cancel fires or after CREATE_TIMEOUT_S. */
+static gboolean create_disk(const char *path, guint64 size, const char *backing,
+                            const char *backing_format, GCancellable *cancel, GError **error)
+{
+    Create *c = g_new0(Create, 1);
+    gint64 end = g_get_monotonic_time() + CREATE_TIMEOUT_S * G_TIME_SPAN_SECOND;
+    GThread *t;
+    gboolean ok = FALSE;
+
+    c->ref = 2;
+    c->path = g_strdup(path);
+    c->backing = g_strdup(backing);
+    c->backing_format = g_strdup(backing_format);
+    c->size = size;
+    g_mutex_init(&c->lock);
+    g_cond_init(&c->cond);
+    t = g_thread_new("vn-disk", create_thread, c);
+    g_thread_unref(t);
+    g_mutex_lock(&c->lock);
+    while (!c->done && g_get_monotonic_time() < end && !g_cancellable_is_cancelled(cancel))
+        g_cond_wait_until(&c->cond, &c->lock,
+                          MIN(end, g_get_monotonic_time() + G_TIME_SPAN_SECOND / 10));
+    if (c->done) {
+        ok = c->ok;
+        if (!ok)
+            g_propagate_error(error, g_steal_pointer(&c->error));
+    } else if (g_cancellable_is_cancelled(cancel)) {
+        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_CANCELLED, "writing '%s': cancelled", path);
+    } else {
+        g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_TIMEOUT,
+                    "writing '%s' took more than %d s: is its file system hung?", path,
+                    CREATE_TIMEOUT_S);
+    }
+    g_mutex_unlock(&c->lock);
+    create_unref(c);
+    return ok;
 }
 
 gboolean vn_disk_virtual_size(const char *path, guint64 *out, GError **error)
@@ -52,8 +113,6 @@ gboolean vn_disk_create_overlay(const char *path, const char *base, const char *
                                 guint64 size, GCancellable *cancel, GError **error)
 {
     guint64 base_size = 0;
-    g_autofree char *size_text = NULL;
-
     if (!vn_disk_virtual_size(base, &base_size, error))
         return FALSE;
     if (size == 0)
@@ -65,18 +124,12 @@ gboolean vn_disk_create_overlay(const char *path, const char *base, const char *
                     size, base_size);
         return FALSE;
     }
-    size_text = g_strdup_printf("%" G_GUINT64_FORMAT, size);
-    const char *argv[] = { "create", "-q", "-f", "qcow2",   "-F", base_format,
-                           "-b",     base, path, size_text, NULL };
-    return qemu_img(argv, cancel, error) && make_private(path, error);
+    return create_disk(path, size, base, base_format, cancel, error);
 }
 
 gboolean vn_disk_create_blank(const char *path, guint64 size, GCancellable *cancel, GError **error)
 {
-    g_autofree char *size_text = g_strdup_printf("%" G_GUINT64_FORMAT, size);
-    const char *argv[] = { "create", "-q", "-f", "qcow2", path, size_text, NULL };
-
-    return qemu_img(argv, cancel, error) && make_private(path, error);
+    return create_disk(path, size, NULL, NULL, cancel, error);
 }
 
 guint64 vn_disk_allocated(const char *path)

@@ -1,17 +1,18 @@
 /* storage/disk.h - instance disks: qcow2 overlays on cached bases (thin provisioning),
  * blank ephemeral and swap disks, and what a disk file says about itself.
  *
- * Disks are made with qemu-img (QEMU's own tool, as Nova does); the qcow2 header is read
- * directly, with the same checks as images. */
+ * Disks are written in-process (qcow2.h: the layout qemu-img create gives them, without a
+ * process per disk); the qcow2 header is read directly, with the same checks as images. */
 #pragma once
 
 #include <gio/gio.h>
 
 /* Creates a qcow2 overlay at @path whose backing file is @base (of @base_format, pinned in
  * the header), with a virtual size of @size bytes (0: the base's), mode 0600.  The overlay
- * is never smaller than the base: VN_STOR_ERROR_INVALID then.  qemu-img is killed when
- * @cancel (may be NULL) fires (VN_STOR_ERROR_CANCELLED) or after 120 s
- * (VN_STOR_ERROR_TIMEOUT): a hung mount never pins the caller. */
+ * is never smaller than the base: VN_STOR_ERROR_INVALID then.  The file is written by a
+ * thread of its own, given up on when @cancel (may be NULL) fires (VN_STOR_ERROR_CANCELLED)
+ * or after 120 s (VN_STOR_ERROR_TIMEOUT): a hung mount pins that thread, never the
+ * caller. */
 gboolean vn_disk_create_overlay(const char *path, const char *base, const char *base_format,
                                 guint64 size, GCancellable *cancel, GError **error);
 

@@ -257,9 +257,7 @@ static gboolean build_steps(Build *b, GError **error)
         !vn_instance_store_next_task(a->store, uuid, VN_TASK_NETWORKING, VN_TASK_SPAWNING, error) ||
         !spawn(b, &launched, error))
         return FALSE;
-    return vn_instance_store_set_launched(a->store, uuid, launched->security_label, error) &&
-           vn_instance_store_end_task(a->store, uuid, VN_TASK_SPAWNING, VN_VM_ACTIVE,
-                                      VN_POWER_RUNNING, error);
+    return vn_instance_store_launched(a->store, uuid, launched->security_label, error);
 }
 
 /* Rolls a failed build back and records its fault; always FALSE. */

@@ -529,6 +529,10 @@ gboolean vn_instance_store_clear_task(VnInstanceStore *s, const char *uuid, GErr
 
 static gboolean change_launched(VnInstanceRecord *r, gpointer data, GError **error)
 {
+    EndArgs active = { VN_TASK_SPAWNING, VN_VM_ACTIVE, VN_POWER_RUNNING };
+
+    if (!change_end(r, &active, error))
+        return FALSE;
     r->launched_at = now_s();
     g_free(r->security_label);
     r->security_label = g_strdup(data);
@@ -538,8 +542,8 @@ static gboolean change_launched(VnInstanceRecord *r, gpointer data, GError **err
     return TRUE;
 }
 
-gboolean vn_instance_store_set_launched(VnInstanceStore *s, const char *uuid,
-                                        const char *security_label, GError **error)
+gboolean vn_instance_store_launched(VnInstanceStore *s, const char *uuid,
+                                    const char *security_label, GError **error)
 {
     return update(s, uuid, change_launched, (gpointer)security_label, error);
 }

@@ -66,9 +66,10 @@ gboolean vn_instance_store_set_power(VnInstanceStore *s, const char *uuid, VnPow
 /* Sets task_state none without other changes (restart recovery). */
 gboolean vn_instance_store_clear_task(VnInstanceStore *s, const char *uuid, GError **error);
 
-/* Marks launched now (a build succeeded). */
-gboolean vn_instance_store_set_launched(VnInstanceStore *s, const char *uuid,
-                                        const char *security_label, GError **error);
+/* A build succeeded: its spawning task ends, the instance is active and running, launched
+ * now with @security_label, in one durable write. */
+gboolean vn_instance_store_launched(VnInstanceStore *s, const char *uuid,
+                                    const char *security_label, GError **error);
 
 /* The security labels read back from the running guest. */
 gboolean vn_instance_store_set_label(VnInstanceStore *s, const char *uuid, const char *label,

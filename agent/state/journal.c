@@ -9,10 +9,11 @@
 #define SCHEMA_VERSION 1
 
 struct _VnJournal {
-    GMutex lock;
+    GMutex lock; /* the connection and everything below are used under it */
     sqlite3 *db;
-    char *path;
-    char *id;
+    GHashTable *stmts; /* SQL text -> sqlite3_stmt*: each statement compiled once */
+    char *path;        /* immutable */
+    char *id;          /* immutable once opened */
 };
 
 GQuark vn_journal_error_quark(void)
@@ -62,19 +63,51 @@ static const char *schema =
     "  id INTEGER PRIMARY KEY AUTOINCREMENT, event_type TEXT NOT NULL,"
     "  priority TEXT NOT NULL, payload TEXT NOT NULL, created_at INTEGER NOT NULL);";
 
-/* A prepared statement; the caller binds and steps it. */
-static sqlite3_stmt *prepare(VnJournal *j, const char *sql, GError **error)
-{
-    sqlite3_stmt *st = NULL;
+/* A relaxed write is committed without waiting for the disk (synchronous=NORMAL in WAL
+ * mode): it survives the process being killed at once, and a power loss from the next
+ * durable commit on, which writes the log up to it.  For rows whose loss costs at most a
+ * repeat: a request's "running" mark and its action's start, an action's end written
+ * just before its request's durable finish, an action marked reported (the report is an
+ * idempotent upsert), a confirmed notification's removal (sent again). */
+/* A prepared statement, compiled the first time its SQL is used and kept; the caller
+ * binds and steps it, and g_autoptr(VnStmt) resets it for the next one. */
+typedef sqlite3_stmt VnStmt;
 
-    if (sqlite3_prepare_v2(j->db, sql, -1, &st, NULL) != SQLITE_OK) {
+static void stmt_finalize(gpointer st)
+{
+    sqlite3_finalize(st);
+}
+
+static void stmt_release(VnStmt *st)
+{
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(VnStmt, stmt_release)
+
+static VnStmt *prepare(VnJournal *j, const char *sql, GError **error)
+{
+    sqlite3_stmt *st = g_hash_table_lookup(j->stmts, sql);
+
+    if (st)
+        return st;
+    if (sqlite3_prepare_v3(j->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
         db_error(j, error, "preparing a statement");
         return NULL;
     }
+    g_hash_table_insert(j->stmts, g_strdup(sql), st);
     return st;
 }
 
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(sqlite3_stmt, sqlite3_finalize)
+static void relax_locked(VnJournal *j, gboolean relaxed)
+{
+    g_autoptr(VnStmt) st =
+        prepare(j, relaxed ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL", NULL);
+
+    if (!st || sqlite3_step(st) != SQLITE_DONE)
+        g_warning("journal %s: cannot set its synchronous mode", j->path);
+}
 
 static void bind_text(sqlite3_stmt *st, int i, const char *s)
 {
@@ -96,6 +129,7 @@ VnJournal *vn_journal_open(const char *path, GError **error)
     g_autoptr(VnJournal) j = g_new0(VnJournal, 1);
 
     g_mutex_init(&j->lock);
+    j->stmts = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, stmt_finalize);
     j->path = g_strdup(path);
     if (sqlite3_open_v2(path, &j->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
@@ -116,8 +150,7 @@ VnJournal *vn_journal_open(const char *path, GError **error)
     if (!exec(j, sql, error) || !exec(j, "COMMIT;", error))
         return NULL;
     {
-        g_autoptr(sqlite3_stmt) st =
-            prepare(j, "SELECT value FROM meta WHERE key = 'journal_id'", error);
+        g_autoptr(VnStmt) st = prepare(j, "SELECT value FROM meta WHERE key = 'journal_id'", error);
         if (!st || sqlite3_step(st) != SQLITE_ROW) {
             db_error(j, error, "reading the journal id");
             return NULL;
@@ -131,6 +164,7 @@ void vn_journal_free(VnJournal *j)
 {
     if (!j)
         return;
+    g_hash_table_destroy(j->stmts); /* finalized before the connection closes */
     if (j->db)
         sqlite3_close(j->db);
     g_mutex_clear(&j->lock);
@@ -190,11 +224,11 @@ static VnJournalRequest *row_request(sqlite3_stmt *st)
 static VnJournalVerdict accept_locked(VnJournal *j, const VnJournalRequest *r,
                                       VnJournalRequest **previous, GError **error)
 {
-    g_autoptr(sqlite3_stmt) st = prepare(j,
-                                         "INSERT OR IGNORE INTO requests (" REQUEST_COLUMNS
-                                         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'accepted', "
-                                         "NULL)",
-                                         error);
+    g_autoptr(VnStmt) st = prepare(j,
+                                   "INSERT OR IGNORE INTO requests (" REQUEST_COLUMNS
+                                   ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'accepted', "
+                                   "NULL)",
+                                   error);
 
     if (!st)
         return (VnJournalVerdict)-1;
@@ -211,7 +245,7 @@ static VnJournalVerdict accept_locked(VnJournal *j, const VnJournalRequest *r,
     if (sqlite3_changes(j->db) > 0)
         return VN_JOURNAL_NEW;
     if (previous) {
-        g_autoptr(sqlite3_stmt) q =
+        g_autoptr(VnStmt) q =
             prepare(j, "SELECT " REQUEST_COLUMNS " FROM requests WHERE unique_id = ?1", error);
         if (!q)
             return (VnJournalVerdict)-1;
@@ -235,15 +269,17 @@ VnJournalVerdict vn_journal_accept(VnJournal *j, const VnJournalRequest *r,
     return v;
 }
 
-static gboolean exec_text_args(VnJournal *j, const char *sql, const char *what, GError **error,
-                               int n, ...)
+static gboolean exec_text_args(VnJournal *j, gboolean relaxed, const char *sql, const char *what,
+                               GError **error, int n, ...)
 {
     va_list ap;
     gboolean ok = FALSE;
 
     g_mutex_lock(&j->lock);
+    if (relaxed)
+        relax_locked(j, TRUE);
     {
-        g_autoptr(sqlite3_stmt) st = prepare(j, sql, error);
+        g_autoptr(VnStmt) st = prepare(j, sql, error);
         if (st) {
             va_start(ap, n);
             for (int i = 1; i <= n; i++)
@@ -252,6 +288,8 @@ static gboolean exec_text_args(VnJournal *j, const char *sql, const char *what, 
             ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, what);
         }
     }
+    if (relaxed)
+        relax_locked(j, FALSE);
     g_mutex_unlock(&j->lock);
     return ok;
 }
@@ -259,9 +297,9 @@ static gboolean exec_text_args(VnJournal *j, const char *sql, const char *what, 
 gboolean vn_journal_meta_set(VnJournal *j, const char *key, const char *value, GError **error)
 {
     if (!value)
-        return exec_text_args(j, "DELETE FROM meta WHERE key = ?1", "forgetting a setting", error,
-                              1, key);
-    return exec_text_args(j, "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+        return exec_text_args(j, FALSE, "DELETE FROM meta WHERE key = ?1", "forgetting a setting",
+                              error, 1, key);
+    return exec_text_args(j, FALSE, "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
                           "recording a setting", error, 2, key, value);
 }
 
@@ -271,7 +309,7 @@ char *vn_journal_meta_get(VnJournal *j, const char *key)
 
     g_mutex_lock(&j->lock);
     {
-        g_autoptr(sqlite3_stmt) st = prepare(j, "SELECT value FROM meta WHERE key = ?1", NULL);
+        g_autoptr(VnStmt) st = prepare(j, "SELECT value FROM meta WHERE key = ?1", NULL);
         if (st) {
             bind_text(st, 1, key);
             if (sqlite3_step(st) == SQLITE_ROW)
@@ -284,7 +322,7 @@ char *vn_journal_meta_get(VnJournal *j, const char *key)
 
 gboolean vn_journal_set_running(VnJournal *j, const char *unique_id, GError **error)
 {
-    return exec_text_args(j, "UPDATE requests SET state = 'running' WHERE unique_id = ?1",
+    return exec_text_args(j, TRUE, "UPDATE requests SET state = 'running' WHERE unique_id = ?1",
                           "marking a request running", error, 1, unique_id);
 }
 
@@ -292,7 +330,7 @@ gboolean vn_journal_finish(VnJournal *j, const char *unique_id, const char *repl
 {
     g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
 
-    return exec_text_args(j,
+    return exec_text_args(j, FALSE,
                           "UPDATE requests SET state = 'done', reply = ?2, finished_at = ?3 "
                           "WHERE unique_id = ?1",
                           "finishing a request", error, 3, unique_id, reply, now);
@@ -308,7 +346,7 @@ static GPtrArray *query_rows(VnJournal *j, const char *sql, int limit,
 
     g_mutex_lock(&j->lock);
     {
-        g_autoptr(sqlite3_stmt) st = prepare(j, sql, error);
+        g_autoptr(VnStmt) st = prepare(j, sql, error);
         if (!st) {
             g_mutex_unlock(&j->lock);
             return NULL;
@@ -347,7 +385,7 @@ int vn_journal_prune(VnJournal *j, gint64 before, GError **error)
 
     g_mutex_lock(&j->lock);
     {
-        g_autoptr(sqlite3_stmt) st =
+        g_autoptr(VnStmt) st =
             prepare(j, "DELETE FROM requests WHERE state = 'done' AND received_at < ?1", error);
         if (st) {
             sqlite3_bind_int64(st, 1, before);
@@ -357,7 +395,7 @@ int vn_journal_prune(VnJournal *j, gint64 before, GError **error)
                 db_error(j, error, "pruning requests");
         }
         /* reported, finished actions older than a day are of no further use here */
-        g_autoptr(sqlite3_stmt) a = prepare(
+        g_autoptr(VnStmt) a = prepare(
             j, "DELETE FROM actions WHERE reported = 1 AND finish IS NOT NULL AND finish < ?1",
             NULL);
         if (a) {
@@ -373,7 +411,7 @@ gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *js
 {
     g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
 
-    return exec_text_args(j,
+    return exec_text_args(j, FALSE,
                           "INSERT INTO instances (uuid, record, updated_at) VALUES (?1, ?2, ?3) "
                           "ON CONFLICT (uuid) DO UPDATE SET record = excluded.record, "
                           "updated_at = excluded.updated_at",
@@ -382,8 +420,8 @@ gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *js
 
 gboolean vn_journal_delete_instance(VnJournal *j, const char *uuid, GError **error)
 {
-    return exec_text_args(j, "DELETE FROM instances WHERE uuid = ?1", "deleting an instance", error,
-                          1, uuid);
+    return exec_text_args(j, FALSE, "DELETE FROM instances WHERE uuid = ?1", "deleting an instance",
+                          error, 1, uuid);
 }
 
 static gpointer row_text0(sqlite3_stmt *st)
@@ -401,7 +439,7 @@ gboolean vn_journal_save_migration(VnJournal *j, const char *uuid, const char *j
 {
     g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
 
-    return exec_text_args(j,
+    return exec_text_args(j, FALSE,
                           "INSERT INTO migrations (instance_uuid, record, updated_at) "
                           "VALUES (?1, ?2, ?3) ON CONFLICT (instance_uuid) DO UPDATE SET "
                           "record = excluded.record, updated_at = excluded.updated_at",
@@ -419,61 +457,72 @@ gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *reque
                                GError **error)
 {
     gint64 id = -1;
+    gboolean ok;
 
     g_mutex_lock(&j->lock);
+    relax_locked(j, TRUE);
+    ok = exec(j, "BEGIN;", error);
     /* a request run again after a restart continues its action: one action per request */
-    if (unique_id) {
-        g_autoptr(sqlite3_stmt) st =
+    if (ok && unique_id) {
+        g_autoptr(VnStmt) st =
             prepare(j, "SELECT action_id FROM action_requests WHERE unique_id = ?1", error);
-        if (!st) {
-            g_mutex_unlock(&j->lock);
-            return -1;
+        ok = st != NULL;
+        if (ok) {
+            bind_text(st, 1, unique_id);
+            if (sqlite3_step(st) == SQLITE_ROW)
+                id = sqlite3_column_int64(st, 0);
         }
-        bind_text(st, 1, unique_id);
-        if (sqlite3_step(st) == SQLITE_ROW)
-            id = sqlite3_column_int64(st, 0);
     }
-    if (id < 0) {
-        g_autoptr(sqlite3_stmt) st = prepare(j,
-                                             "INSERT INTO actions (instance_uuid, request_id, "
-                                             "action, start) VALUES (?1, ?2, ?3, ?4)",
-                                             error);
-        if (st) {
+    if (ok && id < 0) {
+        g_autoptr(VnStmt) st = prepare(j,
+                                       "INSERT INTO actions (instance_uuid, request_id, "
+                                       "action, start) VALUES (?1, ?2, ?3, ?4)",
+                                       error);
+        ok = st != NULL;
+        if (ok) {
             bind_text(st, 1, uuid);
             bind_text(st, 2, request_id);
             bind_text(st, 3, action);
             sqlite3_bind_int64(st, 4, start);
-            if (sqlite3_step(st) == SQLITE_DONE)
-                id = sqlite3_last_insert_rowid(j->db);
-            else
-                db_error(j, error, "recording an action");
+            ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "recording an action");
+            id = ok ? sqlite3_last_insert_rowid(j->db) : -1;
         }
-        if (id >= 0 && unique_id) {
-            g_autoptr(sqlite3_stmt) m = prepare(
+        if (ok && unique_id) {
+            g_autoptr(VnStmt) m = prepare(
                 j, "INSERT INTO action_requests (unique_id, action_id) VALUES (?1, ?2)", error);
-            if (m) {
+            ok = m != NULL;
+            if (ok) {
                 bind_text(m, 1, unique_id);
                 sqlite3_bind_int64(m, 2, id);
-                if (sqlite3_step(m) != SQLITE_DONE)
-                    db_error(j, error, "recording an action's request");
+                ok = sqlite3_step(m) == SQLITE_DONE ||
+                     db_error(j, error, "recording an action's request");
             }
         }
     }
+    if (ok)
+        ok = exec(j, "COMMIT;", error);
+    if (!ok) {
+        exec(j, "ROLLBACK;", NULL);
+        id = -1;
+    }
+    relax_locked(j, FALSE);
     g_mutex_unlock(&j->lock);
     return id;
 }
 
 gboolean vn_journal_action_finish(VnJournal *j, gint64 id, const char *result, const char *message,
-                                  gint64 finish, GError **error)
+                                  gint64 finish, gboolean relaxed, GError **error)
 {
     gboolean ok = FALSE;
 
     g_mutex_lock(&j->lock);
+    if (relaxed)
+        relax_locked(j, TRUE);
     {
-        g_autoptr(sqlite3_stmt) st = prepare(j,
-                                             "UPDATE actions SET result = ?2, message = ?3, "
-                                             "finish = ?4, reported = 0 WHERE id = ?1",
-                                             error);
+        g_autoptr(VnStmt) st = prepare(j,
+                                       "UPDATE actions SET result = ?2, message = ?3, "
+                                       "finish = ?4, reported = 0 WHERE id = ?1",
+                                       error);
         if (st) {
             sqlite3_bind_int64(st, 1, id);
             bind_text(st, 2, result);
@@ -482,6 +531,8 @@ gboolean vn_journal_action_finish(VnJournal *j, gint64 id, const char *result, c
             ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "finishing an action");
         }
     }
+    if (relaxed)
+        relax_locked(j, FALSE);
     g_mutex_unlock(&j->lock);
     return ok;
 }
@@ -527,12 +578,13 @@ gboolean vn_journal_actions_mark_reported(VnJournal *j, const VnJournalAction *a
     gboolean ok = FALSE;
 
     g_mutex_lock(&j->lock);
+    relax_locked(j, TRUE);
     {
         /* only when unchanged since read: a finish that raced the report is sent again */
-        g_autoptr(sqlite3_stmt) st = prepare(j,
-                                             "UPDATE actions SET reported = 1 WHERE id = ?1 "
-                                             "AND finish IS ?2",
-                                             error);
+        g_autoptr(VnStmt) st = prepare(j,
+                                       "UPDATE actions SET reported = 1 WHERE id = ?1 "
+                                       "AND finish IS ?2",
+                                       error);
         if (st) {
             sqlite3_bind_int64(st, 1, a->id);
             if (a->finish)
@@ -542,6 +594,7 @@ gboolean vn_journal_actions_mark_reported(VnJournal *j, const VnJournalAction *a
             ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "marking an action");
         }
     }
+    relax_locked(j, FALSE);
     g_mutex_unlock(&j->lock);
     return ok;
 }
@@ -553,10 +606,10 @@ gint64 vn_journal_outbox_add(VnJournal *j, const char *event_type, const char *p
 
     g_mutex_lock(&j->lock);
     {
-        g_autoptr(sqlite3_stmt) st = prepare(j,
-                                             "INSERT INTO outbox (event_type, priority, payload, "
-                                             "created_at) VALUES (?1, ?2, ?3, ?4)",
-                                             error);
+        g_autoptr(VnStmt) st = prepare(j,
+                                       "INSERT INTO outbox (event_type, priority, payload, "
+                                       "created_at) VALUES (?1, ?2, ?3, ?4)",
+                                       error);
         if (st) {
             bind_text(st, 1, event_type);
             bind_text(st, 2, priority);
@@ -577,13 +630,15 @@ gboolean vn_journal_outbox_remove(VnJournal *j, gint64 id, GError **error)
     gboolean ok = FALSE;
 
     g_mutex_lock(&j->lock);
+    relax_locked(j, TRUE);
     {
-        g_autoptr(sqlite3_stmt) st = prepare(j, "DELETE FROM outbox WHERE id = ?1", error);
+        g_autoptr(VnStmt) st = prepare(j, "DELETE FROM outbox WHERE id = ?1", error);
         if (st) {
             sqlite3_bind_int64(st, 1, id);
             ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "removing a notification");
         }
     }
+    relax_locked(j, FALSE);
     g_mutex_unlock(&j->lock);
     return ok;
 }

@@ -56,6 +56,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(VnJournal, vn_journal_free)
 VnJournalVerdict vn_journal_accept(VnJournal *j, const VnJournalRequest *r,
                                    VnJournalRequest **previous, GError **error);
 
+/* Relaxed (journal.c, relax_locked): a request found "accepted" after a power loss runs
+ * again all the same. */
 gboolean vn_journal_set_running(VnJournal *j, const char *unique_id, GError **error);
 
 /* Marks the request done and keeps @reply (JSON text, may be NULL) for duplicates. */
@@ -80,12 +82,15 @@ GPtrArray *vn_journal_load_migrations(VnJournal *j, GError **error); /* char* JS
 
 /* Actions (instance_actions of the central database). */
 /* Starts the action of a request; a request (@unique_id) run again after a restart gets
- * its first action back, so the cloud sees one action per request. */
+ * its first action back, so the cloud sees one action per request.  Relaxed: lost in a
+ * power loss only with the request's own progress, which runs it again. */
 gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *request_id,
                                const char *action, const char *unique_id, gint64 start,
                                GError **error);
+/* @relaxed: only when a durable write follows before anything depends on it (the
+ * request's finish). */
 gboolean vn_journal_action_finish(VnJournal *j, gint64 id, const char *result, const char *message,
-                                  gint64 finish, GError **error);
+                                  gint64 finish, gboolean relaxed, GError **error);
 
 typedef struct {
     gint64 id;
@@ -101,11 +106,14 @@ typedef struct {
 void vn_journal_action_free(VnJournalAction *a);
 /* Actions changed since they were last reported, up to @limit (VnJournalAction*). */
 GPtrArray *vn_journal_actions_unreported(VnJournal *j, int limit, GError **error);
+/* Relaxed: an action reported again is the same upsert. */
 gboolean vn_journal_actions_mark_reported(VnJournal *j, const VnJournalAction *a, GError **error);
 
 /* Notification outbox. */
 gint64 vn_journal_outbox_add(VnJournal *j, const char *event_type, const char *priority,
                              const char *payload, GError **error);
+/* Relaxed: a confirmed notification found again after a power loss is sent again (at least
+ * once, as promised). */
 gboolean vn_journal_outbox_remove(VnJournal *j, gint64 id, GError **error);
 
 typedef struct {

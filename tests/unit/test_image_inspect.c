@@ -227,7 +227,69 @@ static void test_overlay(void **state)
     assert_null(none);
 }
 
-/* A cancelled caller (a delete during the build) stops qemu-img: the worker is freed. */
+/* The disks written in-process are qcow2 as QEMU reads it: qemu-img check finds nothing
+ * wrong, before and after QEMU writes into them, they read as their base (the same
+ * contents as an overlay qemu-img makes), and sizes round and stop as qemu-img's do. */
+/* Runs the command printf'd from @fmt, as vn_test_run (no shell). */
+static gboolean run_f(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+static gboolean run_f(const char *fmt, ...)
+{
+    va_list ap;
+    g_autofree char *cmd = NULL;
+
+    va_start(ap, fmt);
+    cmd = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    return vn_test_run(cmd);
+}
+
+static void test_disks_are_qemus(void **state)
+{
+    const char *d = vn_test_dir();
+    g_autofree char *base = g_build_filename(d, "q-base.qcow2", NULL);
+    g_autofree char *mine = g_build_filename(d, "q-mine", NULL);
+    g_autofree char *theirs = g_build_filename(d, "q-theirs", NULL);
+    g_autoptr(GError) err = NULL;
+    guint64 size = 0;
+
+    (void)state;
+    assert_true(run_f("qemu-img create -q -f qcow2 %s 64M", base));
+    assert_true(run_f("qemu-io -c 'write -q -P 0x5a 1M 2M' %s", base));
+    assert_true(vn_disk_create_overlay(mine, base, "qcow2", GIB, NULL, &err));
+    assert_true(run_f("qemu-img create -q -f qcow2 -F qcow2 -b %s %s 1G", base, theirs));
+    assert_true(run_f("qemu-img check -q %s", mine));
+    assert_true(run_f("qemu-img compare -q %s %s", mine, theirs));
+    /* QEMU writes into it (past an L2 table's 512 MiB too), then reads back what it wrote
+     * and what the base holds (qemu-io fails on a pattern that does not match) */
+    assert_true(
+        run_f("qemu-io -c 'write -q -P 0xa5 0 64k' -c 'write -q -P 0xc3 600M 1M' %s", mine));
+    assert_true(run_f("qemu-io -c 'read -q -P 0xa5 0 64k' -c 'read -q -P 0x5a 1M 2M' "
+                      "-c 'read -q -P 0xc3 600M 1M' -c 'read -q -P 0 700M 1M' %s",
+                      mine));
+    assert_false(run_f("qemu-io -c 'read -q -P 0x77 0 64k' %s", mine)); /* it can fail */
+    assert_true(run_f("qemu-img check -q %s", mine));
+
+    /* sizes: rounded up to a sector; an L1 table of more than one entry; 4 TiB at most */
+    const guint64 sizes[] = { 1000, (512ull << 20) + 1, 3ull << 40, 4ull << 40 };
+    for (guint i = 0; i < G_N_ELEMENTS(sizes); i++) {
+        g_autofree char *p = g_strdup_printf("%s/q-size-%u", d, i);
+        assert_true(vn_disk_create_blank(p, sizes[i], NULL, &err));
+        assert_true(vn_disk_virtual_size(p, &size, &err));
+        assert_int_equal(size, (sizes[i] + 511) / 512 * 512);
+        assert_true(run_f("qemu-img check -q %s", p));
+    }
+    g_autofree char *big = g_build_filename(d, "q-big", NULL);
+    assert_false(vn_disk_create_blank(big, (4ull << 40) + 512, NULL, &err));
+    assert_true(g_error_matches(err, VN_STOR_ERROR, VN_STOR_ERROR_INVALID));
+    assert_false(g_file_test(big, G_FILE_TEST_EXISTS));
+    g_clear_error(&err);
+    /* an existing file is never overwritten */
+    assert_false(vn_disk_create_blank(mine, GIB, NULL, &err));
+    assert_true(g_error_matches(err, VN_STOR_ERROR, VN_STOR_ERROR_IO));
+    assert_true(run_f("qemu-io -c 'read -q -P 0xa5 0 64k' %s", mine));
+}
+
+/* A cancelled caller (a delete during the build) stops waiting: the worker is freed. */
 static void test_disk_cancelled(void **state)
 {
     g_autofree char *path = g_build_filename(vn_test_dir(), "cancelled", NULL);
@@ -247,6 +309,7 @@ int main(void)
         cmocka_unit_test(test_data_file_refused), cmocka_unit_test(test_encrypted_refused),
         cmocka_unit_test(test_crafted_headers),   cmocka_unit_test(test_other_formats_detected),
         cmocka_unit_test(test_overlay),           cmocka_unit_test(test_disk_cancelled),
+        cmocka_unit_test(test_disks_are_qemus),
     };
     return cmocka_run_group_tests(tests, vn_test_dir_setup, vn_test_dir_teardown);
 }

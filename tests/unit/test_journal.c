@@ -84,7 +84,7 @@ static void test_actions_and_outbox(void **state)
     VnJournalAction *act = g_ptr_array_index(pending, 0);
     assert_int_equal(act->finish, 0);
     /* finished after it was read: the earlier report must not hide the finish */
-    assert_true(vn_journal_action_finish(j, a, "Success", NULL, 105, &err));
+    assert_true(vn_journal_action_finish(j, a, "Success", NULL, 105, FALSE, &err));
     assert_true(vn_journal_actions_mark_reported(j, act, &err));
     g_autoptr(GPtrArray) again = vn_journal_actions_unreported(j, 10, &err);
     assert_int_equal(again->len, 1);

@@ -1,0 +1,157 @@
+/* tests/bench/bench_bare.c - the baseline of the build throughput benchmark
+ * (bench_build.py): a bare program doing a build's steps and nothing else.
+ *
+ *   bench_bare --base IMAGE --dir DIR [-n BUILDS] [-w WORKERS] [--commits N]
+ *
+ * @n builds, WORKERS at a time (the agent's max_concurrent_builds), each: a folder, a
+ * qcow2 overlay on IMAGE written in-process (the agent's own writer, storage/qcow2.c), a
+ * domain defined and started on one shared connection to libvirt's test:///default
+ * driver, and N durable commits (WAL, synchronous=FULL) to one SQLite database, as the
+ * agent's journal makes for a build.  No message, no claim, no record, no rollback.
+ * Prints the seconds the builds took (one line: "seconds builds_per_s"). */
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <glib.h>
+#include <glib/gstdio.h>
+
+#include "storage/qcow2.h"
+
+static const char *opt_base;
+static const char *opt_dir;
+static int opt_n = 100;
+static int opt_workers = 10;
+static int opt_commits = 10;
+
+static virConnectPtr conn;
+static sqlite3 *journal;
+static GMutex journal_lock;
+static gint failures;
+
+static G_NORETURN void die(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    fprintf(stderr, "bench_bare: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(1);
+}
+
+static gboolean commit(const char *key, int step)
+{
+    sqlite3_stmt *st = NULL;
+    gboolean ok;
+
+    g_mutex_lock(&journal_lock);
+    ok = sqlite3_prepare_v2(journal, "INSERT OR REPLACE INTO t (k, v) VALUES (?1, ?2)", -1, &st,
+                            NULL) == SQLITE_OK;
+    if (ok) {
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int(st, 2, step);
+        ok = sqlite3_step(st) == SQLITE_DONE;
+    }
+    sqlite3_finalize(st);
+    g_mutex_unlock(&journal_lock);
+    return ok;
+}
+
+static void build(gpointer data, gpointer user_data)
+{
+    int i = GPOINTER_TO_INT(data);
+    g_autofree char *uuid = g_uuid_string_random();
+    g_autofree char *dir = g_build_filename(opt_dir, uuid, NULL);
+    g_autofree char *disk = g_build_filename(dir, "disk", NULL);
+    g_autoptr(GError) err = NULL;
+
+    (void)user_data;
+    if (g_mkdir(dir, 0700) < 0) {
+        g_atomic_int_inc(&failures);
+        return;
+    }
+    for (int c = 0; c < opt_commits; c++) {
+        if (c == 1 && !vn_qcow2_create(disk, 1ull << 30, opt_base, "qcow2", &err)) {
+            fprintf(stderr, "bench_bare: %s\n", err->message);
+            g_atomic_int_inc(&failures);
+            return;
+        }
+        if (c == 4) {
+            g_autofree char *xml =
+                g_strdup_printf("<domain type='test'><name>bare-%d-%.8s</name><uuid>%s</uuid>"
+                                "<memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+                                "<os><type arch='x86_64'>hvm</type></os><devices>"
+                                "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                                "<source file='%s'/><target dev='vda' bus='virtio'/></disk>"
+                                "</devices></domain>",
+                                i, uuid, uuid, disk);
+            virDomainPtr dom = virDomainDefineXML(conn, xml);
+            if (!dom || virDomainCreate(dom) < 0) {
+                fprintf(stderr, "bench_bare: %s\n", virGetLastErrorMessage());
+                g_atomic_int_inc(&failures);
+                if (dom)
+                    virDomainFree(dom);
+                return;
+            }
+            virDomainFree(dom);
+        }
+        if (!commit(uuid, c)) {
+            g_atomic_int_inc(&failures);
+            return;
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    GOptionEntry entries[] = {
+        { "base", 0, 0, G_OPTION_ARG_FILENAME, &opt_base, "The cached base image (qcow2)", "PATH" },
+        { "dir", 0, 0, G_OPTION_ARG_FILENAME, &opt_dir, "An empty folder to work in", "DIR" },
+        { "builds", 'n', 0, G_OPTION_ARG_INT, &opt_n, "Builds (100)", "N" },
+        { "workers", 'w', 0, G_OPTION_ARG_INT, &opt_workers, "At a time (10)", "N" },
+        { "commits", 0, 0, G_OPTION_ARG_INT, &opt_commits, "Durable commits per build (10)", "N" },
+        { NULL, 0, 0, 0, NULL, NULL, NULL }
+    };
+    g_autoptr(GOptionContext) ctx = g_option_context_new("- a build's bare steps");
+    g_autoptr(GError) err = NULL;
+    g_autofree char *db = NULL;
+    GThreadPool *pool;
+    gint64 t0;
+    double took;
+
+    g_option_context_add_main_entries(ctx, entries, NULL);
+    if (!g_option_context_parse(ctx, &argc, &argv, &err))
+        die("%s", err->message);
+    if (!opt_base || !opt_dir || opt_n < 1 || opt_workers < 1 || opt_commits < 5)
+        die("--base and --dir are required; -n and -w at least 1, --commits at least 5");
+    conn = virConnectOpen("test:///default");
+    if (!conn)
+        die("cannot open test:///default");
+    db = g_build_filename(opt_dir, "journal.db", NULL);
+    if (sqlite3_open(db, &journal) != SQLITE_OK ||
+        sqlite3_exec(journal,
+                     "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+                     "CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER);",
+                     NULL, NULL, NULL) != SQLITE_OK)
+        die("cannot make the journal %s", db);
+
+    t0 = g_get_monotonic_time();
+    pool = g_thread_pool_new(build, NULL, opt_workers, TRUE, &err);
+    if (!pool)
+        die("%s", err->message);
+    for (int i = 0; i < opt_n; i++)
+        g_thread_pool_push(pool, GINT_TO_POINTER(i + 1), NULL); /* never NULL */
+    g_thread_pool_free(pool, FALSE, TRUE);
+    took = (g_get_monotonic_time() - t0) / 1e6;
+    if (g_atomic_int_get(&failures))
+        die("%d of %d builds failed", g_atomic_int_get(&failures), opt_n);
+    printf("%.4f %.2f\n", took, opt_n / took);
+    sqlite3_close(journal);
+    virConnectClose(conn);
+    return 0;
+}
