@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include <errno.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <sys/stat.h>
@@ -70,6 +71,12 @@ int main(int argc, char **argv)
     /* what the agent creates is private unless it says otherwise (guest disks 0600, the
      * journal 0600): the modes never depend on the umask the service manager passed */
     umask(077);
+    /* glibc gives every thread that allocates an arena of its own (up to 8 per core), and
+     * each keeps what its thread freed: with a build pool of 10 that is most of an idle
+     * agent's growth.  Two arenas serve the agent's few busy threads (docs/benchmarks.md,
+     * "Memory"); MALLOC_ARENA_MAX still decides when set. */
+    if (!g_getenv("MALLOC_ARENA_MAX"))
+        mallopt(M_ARENA_MAX, 2);
     g_option_context_add_main_entries(ctx, entries, NULL);
     if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
         fprintf(stderr, "virtnoded: %s\n", err->message);
