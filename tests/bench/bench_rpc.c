@@ -636,17 +636,30 @@ int main(int argc, char **argv)
     body = ping_request("reply_0123456789abcdef0123456789abcdef", 123456, NULL);
 
     /* Rounds interleave the variants, so a drift of the broker or the machine weighs on
-     * all of them alike; each figure is the median over the rounds, each ratio the median
-     * of the rounds' ratios with their range. */
+     * all of them alike, and each round starts one variant later, so that none always
+     * follows the same one (the broker is still closing the previous variant's
+     * connections and queues; a pause lets it settle); each figure is the median over
+     * the rounds, each ratio the median of the rounds' ratios with their range. */
     int per = opt_calls / opt_rounds;
     g_autofree Result *rs = g_new0(Result, (gsize)opt_rounds * N_VARIANTS);
     for (int r = 0; r < opt_rounds; r++) {
         Result *row = rs + (gsize)r * N_VARIANTS;
-        row[V_LIBRARY] = bench_ping(per, opt_clients);
-        row[V_AGENT] = opt_hosts > 0 ? row[V_LIBRARY] : bench_agent_raw(url, per, opt_clients);
-        row[V_RAW] = bench_raw(url, RAW_PLAIN, body, per, opt_clients);
-        row[V_SAME] =
-            opt_hosts > 0 ? row[V_RAW] : bench_raw(url, RAW_SAME_PATH, body, per, opt_clients);
+        for (int k = 0; k < N_VARIANTS; k++) {
+            int v = (r + k) % N_VARIANTS;
+            g_usleep(G_USEC_PER_SEC / 2);
+            if (v == V_LIBRARY)
+                row[v] = bench_ping(per, opt_clients);
+            else if (v == V_AGENT && opt_hosts == 0)
+                row[v] = bench_agent_raw(url, per, opt_clients);
+            else if (v == V_RAW)
+                row[v] = bench_raw(url, RAW_PLAIN, body, per, opt_clients);
+            else if (v == V_SAME && opt_hosts == 0)
+                row[v] = bench_raw(url, RAW_SAME_PATH, body, per, opt_clients);
+        }
+        if (opt_hosts > 0) { /* a random agent each call: no raw client to it */
+            row[V_AGENT] = row[V_LIBRARY];
+            row[V_SAME] = row[V_RAW];
+        }
     }
     Result med[N_VARIANTS];
     Spread ratio = spread(rs, V_AGENT, V_RAW), ratio_same = spread(rs, V_AGENT, V_SAME);
