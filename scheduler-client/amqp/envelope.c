@@ -12,18 +12,31 @@ GQuark vn_sched_error_quark(void)
     return g_quark_from_static_string("vn-sched-error");
 }
 
+static void tokener_free(gpointer tok)
+{
+    json_tokener_free(tok);
+}
+
+/* Each thread's tokener, made once (its parse stack is an allocation of MAX_DEPTH
+ * entries) and reset for every parse; freed when the thread ends. */
+static GPrivate thread_tokener = G_PRIVATE_INIT(tokener_free);
+
 json_object *vn_json_parse_strict(const char *text, gsize len, GError **error)
 {
-    json_tokener *tok = json_tokener_new_ex(MAX_DEPTH);
+    json_tokener *tok = g_private_get(&thread_tokener);
     json_object *obj;
     enum json_tokener_error jerr;
 
     if (len > G_MAXINT32) {
-        json_tokener_free(tok);
         g_set_error(error, VN_SCHED_ERROR, VN_SCHED_ERROR_TOO_LARGE, "body too large");
         return NULL;
     }
-    json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+    if (!tok) {
+        tok = json_tokener_new_ex(MAX_DEPTH);
+        json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+        g_private_set(&thread_tokener, tok);
+    }
+    json_tokener_reset(tok);
     obj = json_tokener_parse_ex(tok, text, (int)len);
     jerr = json_tokener_get_error(tok);
     if (obj && jerr == json_tokener_success && json_tokener_get_parse_end(tok) < len) {
@@ -43,10 +56,8 @@ json_object *vn_json_parse_strict(const char *text, gsize len, GError **error)
         g_set_error(error, VN_SCHED_ERROR, VN_SCHED_ERROR_MALFORMED, "not JSON: %s",
                     jerr == json_tokener_continue ? "unexpected end of data"
                                                   : json_tokener_error_desc(jerr));
-        json_tokener_free(tok);
         return NULL;
     }
-    json_tokener_free(tok);
     return obj;
 }
 

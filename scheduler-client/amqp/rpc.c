@@ -1229,6 +1229,10 @@ static gboolean read_frames(VnRpc *rpc, GError **error)
     for (int i = 0; i < FRAMES_PER_ROUND; i++) {
         amqp_frame_t f;
         struct timeval zero = { 0, 0 };
+        /* once what was read is handled, the replies go out before the socket is tried
+         * again: the loop's poll tells when more has come (an empty read costs two calls) */
+        if (i > 0 && !amqp_frames_enqueued(rpc->conn) && !amqp_data_in_buffer(rpc->conn))
+            break;
         int st = amqp_simple_wait_frame_noblock(rpc->conn, &f, &zero);
         if (st == AMQP_STATUS_TIMEOUT)
             break;
