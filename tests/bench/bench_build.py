@@ -16,7 +16,8 @@
    image written by the agent's own in-process writer, a domain defined and started on its
    own test:///default connection, and as many durable SQLite commits (WAL,
    synchronous=FULL) as the agent's journal makes for a build.  The two alternate,
-   --batches times each.
+   --batches times each.  Then the scale curve (--curve): 1, 8, 32 and 128 builds at
+   once, one batch each, next to the bare program with as many.
 
 Prints a table, or one JSON line with --json."""
 
@@ -261,17 +262,38 @@ def bench_concurrent(rpc, n, batches):
     return vn, inside, bare
 
 
+def bench_curve(rpc, sizes):
+    """Builds/s with 1, 8, 32, 128... builds published at once (one batch each), next to
+    the bare program with as many.  Returns [(builds, virtnode/s, bare/s)]."""
+    out = []
+    workdir = tempfile.mkdtemp(prefix="bench-bare-", dir=vntest.ENV["PRIVATE_DIR"])
+    try:
+        base = os.path.join(workdir, "base")
+        url = vntest.build_args("bench-base")["instance"]["image"]["url"]
+        subprocess.check_call(["curl", "-sSf", "-o", base, url])
+        for n in sizes:
+            wall, _ = agent_builds(rpc, "bench-build-curve-%d" % n, n)
+            bare = bare_builds(n, 10, base, os.path.join(workdir, "run"))
+            out.append((n, n / wall, n / bare))
+    finally:
+        subprocess.check_call(["rm", "-rf", workdir])
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=11)
     p.add_argument("--concurrent", type=int, default=100)
     p.add_argument("--batches", type=int, default=3)
+    p.add_argument("--curve", default="1,8,32,128",
+                   help="builds at once for the scale curve (comma-separated; empty: none)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     rpc = Rpc()
     try:
         cold, vn, inside, lv = bench_real(rpc, a.rounds)
         c_vn, c_inside, c_bare = bench_concurrent(rpc, a.concurrent, a.batches)
+        curve = bench_curve(rpc, [int(x) for x in a.curve.split(",") if x])
     finally:
         rpc.close()
     ratios = [i / l for i, l in zip(inside, lv)]
@@ -298,6 +320,8 @@ def main():
         "bare_builds_per_s": fig(c_bare),
         "builds_ratio": fig(c_ratios),
         "builds_ratio_inside_agent": fig(c_ratios_inside),
+        "curve": [{"builds": n, "builds_per_s": round(v, 1), "bare_builds_per_s": round(b, 1),
+                   "ratio": round(v / b, 3)} for n, v, b in curve],
     }
     if a.json:
         print(json.dumps(res))
@@ -323,6 +347,11 @@ def main():
     line("bare program: the same steps", c_bare, "/s")
     line("ratio virtnode (cast to done)/bare", c_ratios, "  ")
     line("ratio virtnode (inside)/bare", c_ratios_inside, "  ")
+    if curve:
+        print("scale curve: builds published at once (one batch each), builds/s")
+        print("  %8s %10s %10s %8s" % ("builds", "virtnode", "bare", "ratio"))
+        for n, v, b in curve:
+            print("  %8d %10.1f %10.1f %8.3f" % (n, v, b, v / b))
 
 
 if __name__ == "__main__":
