@@ -18,22 +18,13 @@ Prints a table, or one JSON line with --json."""
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 
 import vntest
+from bench_build import bare_builds, test_agent, warm_up
 from vntest import Rpc
-
-ROOM_FOR_SMALL_GUESTS = {
-    # the test driver's host (16 CPUs, 3 GiB) made room for 1,000 small guests
-    "ram_allocation_ratio": "32", "cpu_allocation_ratio": "64", "disk_allocation_ratio": "100",
-}
-
 
 def memory_kib(pid):
     """(private, rss) KiB of process @pid."""
@@ -46,13 +37,6 @@ def memory_kib(pid):
             elif key == "Rss":
                 rss = int(rest.split()[0])
     return priv, rss
-
-
-def test_agent(name, log_level="warning"):
-    extra = {"log_level": log_level, "libvirt.uri": "test:///default",
-             "libvirt.require_confinement": "false"}
-    extra.update(ROOM_FOR_SMALL_GUESTS)
-    return vntest.Agent("a", shared=False, name=name, extra=extra)
 
 
 def build_until(rpc, agent, have, want):
@@ -74,8 +58,7 @@ def bench_memory(rpc, steps):
     out = []
     try:
         # the image is downloaded once, before the first figure; the guest goes again
-        warm = vntest.build_args("mem-warm", memory_mb=64)
-        rpc.call(agent.host, "build_and_run_instance", timeout=600, **warm)
+        warm = warm_up(rpc, agent, "mem-warm")
         rpc.call(agent.host, "terminate_instance", timeout=300,
                  instance_uuid=warm["instance"]["uuid"])
         time.sleep(2)
@@ -89,17 +72,9 @@ def bench_memory(rpc, steps):
             out.append({"guests": want, "private_kib": priv, "rss_kib": rss})
     finally:
         agent.stop()
-    image = os.path.join(vntest.RUN, "images", "guest.qcow2")
     for row in out:
         # the bare program's "idle" is one guest: it holds nothing else
-        work = tempfile.mkdtemp(prefix="bench-mem-bare-", dir=vntest.ENV["PRIVATE_DIR"])
-        try:
-            line = subprocess.check_output(
-                [os.path.join(vntest.BIN, "bench_bare"), "--base", image, "--dir", work,
-                 "-n", str(max(row["guests"], 1)), "--commits", "9"], text=True)
-            row["bare_private_kib"] = int(line.split()[2])
-        finally:
-            subprocess.check_call(["rm", "-rf", work])
+        row["bare_private_kib"] = bare_builds(max(row["guests"], 1))[1]
     return out
 
 
@@ -131,8 +106,7 @@ def bench_freshness(rpc, changes):
     agent.start()
     lat = []
     try:
-        warm = vntest.build_args("fresh-warm", memory_mb=64)
-        rpc.call(agent.host, "build_and_run_instance", timeout=600, **warm)
+        warm_up(rpc, agent, "fresh-warm")
         poll = Poller("SELECT memory_mb_used FROM compute_nodes WHERE host = %s", (agent.host,))
         vntest.wait_for(lambda: vntest.db_query(
             "SELECT memory_mb_used FROM compute_nodes WHERE host = %s", agent.host),

@@ -22,7 +22,6 @@
 Prints a table, or one JSON line with --json."""
 
 import argparse
-import concurrent.futures
 import datetime
 import json
 import logging
@@ -177,16 +176,24 @@ def spread(xs):
 JOURNAL_COMMITS_PER_BUILD = 10
 
 
-def bare_builds(n, workers, base, workdir):
-    """The bare program (bench_bare): @n builds, @workers at a time.  Returns the seconds
-    they took."""
-    os.makedirs(workdir)
+def bare_base():
+    """The image the agents build from (the file the image server serves), as the bare
+    program's cached base."""
+    vntest.publish_image()
+    return os.path.join(vntest.RUN, "images", "guest.qcow2")
+
+
+def bare_builds(n, workers=10):
+    """The bare program (bench_bare): @n builds, @workers at a time (the agent's
+    max_concurrent_builds).  Returns (the seconds they took, its private memory in KiB
+    once they are done)."""
+    workdir = tempfile.mkdtemp(prefix="bench-bare-", dir=vntest.ENV["PRIVATE_DIR"])
     try:
         out = subprocess.check_output(
-            [os.path.join(vntest.BIN, "bench_bare"), "--base", base, "--dir", workdir,
+            [os.path.join(vntest.BIN, "bench_bare"), "--base", bare_base(), "--dir", workdir,
              "-n", str(n), "-w", str(workers), "--commits", str(JOURNAL_COMMITS_PER_BUILD)],
-            text=True)
-        return float(out.split()[0])
+            text=True).split()
+        return float(out[0]), int(out[2])
     finally:
         subprocess.check_call(["rm", "-rf", workdir])
 
@@ -216,6 +223,14 @@ def test_agent(name, log_level="warning"):
                                "disk_allocation_ratio": "100"})
 
 
+def warm_up(rpc, agent, name):
+    """One build, so that the image is downloaded before anything is measured; returns its
+    arguments."""
+    args = vntest.build_args(name, memory_mb=64)
+    rpc.call(agent.host, "build_and_run_instance", timeout=600, **args)
+    return args
+
+
 def agent_builds(rpc, name, n):
     """@n build_and_run_instance casts, as Nova's conductor sends them, published at once
     to a new agent on the test driver.  Returns (seconds from the first cast sent to the
@@ -223,15 +238,13 @@ def agent_builds(rpc, name, n):
     agent = test_agent(name, log_level="info")
     agent.start()
     try:
-        # the image is downloaded once, before the clock starts
-        warm = vntest.build_args("bench-warm", memory_mb=64)
-        rpc.call(agent.host, "build_and_run_instance", timeout=600, **warm)
+        warm_up(rpc, agent, "bench-warm")
         casts = [vntest.build_args("bench-c%03d" % i, memory_mb=64) for i in range(n)]
         t0 = time.time()
         for args in casts:
             rpc.cast(agent.host, "build_and_run_instance", **args)
-        window = vntest.wait_for(lambda: agent_window(agent, n + 1), timeout=600,
-                                 what="%d builds done" % n)
+        vntest.wait_for(lambda: agent_window(agent, n + 1), timeout=600,
+                        what="%d builds done" % n)
         listed = rpc.call(agent.host, "list_instances", timeout=60)
         running = sum(1 for i in listed if i["power_state"] == 1)
         if running != n + 1:
@@ -246,19 +259,11 @@ def bench_concurrent(rpc, n, batches):
     """Agent batches and bare batches, alternating.  Returns lists of builds/s: the agent
     from the first cast, the agent within itself, the bare program."""
     vn, inside, bare = [], [], []
-    workdir = tempfile.mkdtemp(prefix="bench-bare-", dir=vntest.ENV["PRIVATE_DIR"])
-    try:
-        # the bare program's cached base: the same image, downloaded before the clock starts
-        base = os.path.join(workdir, "base")
-        url = vntest.build_args("bench-base")["instance"]["image"]["url"]
-        subprocess.check_call(["curl", "-sSf", "-o", base, url])
-        for i in range(batches):
-            wall, window = agent_builds(rpc, "bench-build-test-%d" % i, n)
-            vn.append(n / wall)
-            inside.append(n / window)
-            bare.append(n / bare_builds(n, 10, base, os.path.join(workdir, "run")))
-    finally:
-        subprocess.check_call(["rm", "-rf", workdir])
+    for i in range(batches):
+        wall, window = agent_builds(rpc, "bench-build-test-%d" % i, n)
+        vn.append(n / wall)
+        inside.append(n / window)
+        bare.append(n / bare_builds(n)[0])
     return vn, inside, bare
 
 
@@ -266,17 +271,9 @@ def bench_curve(rpc, sizes):
     """Builds/s with 1, 8, 32, 128... builds published at once (one batch each), next to
     the bare program with as many.  Returns [(builds, virtnode/s, bare/s)]."""
     out = []
-    workdir = tempfile.mkdtemp(prefix="bench-bare-", dir=vntest.ENV["PRIVATE_DIR"])
-    try:
-        base = os.path.join(workdir, "base")
-        url = vntest.build_args("bench-base")["instance"]["image"]["url"]
-        subprocess.check_call(["curl", "-sSf", "-o", base, url])
-        for n in sizes:
-            wall, _ = agent_builds(rpc, "bench-build-curve-%d" % n, n)
-            bare = bare_builds(n, 10, base, os.path.join(workdir, "run"))
-            out.append((n, n / wall, n / bare))
-    finally:
-        subprocess.check_call(["rm", "-rf", workdir])
+    for n in sizes:
+        wall, _ = agent_builds(rpc, "bench-build-curve-%d" % n, n)
+        out.append((n, n / wall, n / bare_builds(n)[0]))
     return out
 
 

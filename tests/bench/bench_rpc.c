@@ -126,25 +126,23 @@ static double median_of(double *v, int n)
     return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+/* The median over the rounds of variant @v's field at @offset. */
+static double median_field(const Result *rs, int v, gsize offset)
+{
+    g_autofree double *x = g_new(double, opt_rounds);
+
+    for (int r = 0; r < opt_rounds; r++)
+        x[r] = G_STRUCT_MEMBER(double, &rs[r * N_VARIANTS + v], offset);
+    return median_of(x, opt_rounds);
+}
+
 /* The median over the rounds of variant @v's figures, each on its own. */
 static Result median_result(const Result *rs, int v)
 {
-    g_autofree double *x = g_new(double, opt_rounds);
-    Result m;
-
-    for (int r = 0; r < opt_rounds; r++)
-        x[r] = rs[r * N_VARIANTS + v].calls_per_s;
-    m.calls_per_s = median_of(x, opt_rounds);
-    for (int r = 0; r < opt_rounds; r++)
-        x[r] = rs[r * N_VARIANTS + v].p50_ms;
-    m.p50_ms = median_of(x, opt_rounds);
-    for (int r = 0; r < opt_rounds; r++)
-        x[r] = rs[r * N_VARIANTS + v].p99_ms;
-    m.p99_ms = median_of(x, opt_rounds);
-    for (int r = 0; r < opt_rounds; r++)
-        x[r] = rs[r * N_VARIANTS + v].server_cpu_us;
-    m.server_cpu_us = median_of(x, opt_rounds);
-    return m;
+    return (Result){ median_field(rs, v, G_STRUCT_OFFSET(Result, calls_per_s)),
+                     median_field(rs, v, G_STRUCT_OFFSET(Result, p50_ms)),
+                     median_field(rs, v, G_STRUCT_OFFSET(Result, p99_ms)),
+                     median_field(rs, v, G_STRUCT_OFFSET(Result, server_cpu_us)) };
 }
 
 typedef struct {
