@@ -289,11 +289,18 @@ static void on_confirmed(gint64 id, gpointer data)
 
 /* ------------------------------------------------------------------ libvirt hooks */
 
+/* One instance's power sync, or with "" (MOVED_CHECK) the check for guests that live on
+ * another host now. */
+#define MOVED_CHECK ""
+
 static void sync_worker(gpointer data, gpointer user_data)
 {
     char *uuid = data;
 
-    vn_reconcile_sync_one(user_data, uuid);
+    if (*uuid)
+        vn_reconcile_sync_one(user_data, uuid);
+    else
+        vn_reconcile_moved(user_data);
     g_free(uuid);
 }
 
@@ -376,6 +383,7 @@ static gboolean tick_power_sync(gpointer data)
     if (!g_atomic_int_get(&a->ready) || g_atomic_int_get(&a->stopping))
         return G_SOURCE_CONTINUE;
     recs = vn_instance_store_list(a->store, FALSE);
+    g_thread_pool_push(a->sync_pool, g_strdup(MOVED_CHECK), NULL);
     for (guint i = 0; i < recs->len; i++)
         g_thread_pool_push(a->sync_pool,
                            g_strdup(((VnInstanceRecord *)g_ptr_array_index(recs, i))->uuid), NULL);
@@ -954,6 +962,8 @@ gboolean vn_agent_start(VnAgent *a, GError **error)
     if (!start_reporter(a, cfg, error) || !start_rpc(a, cfg, error) || !start_http(a, cfg, error))
         return FALSE;
     vn_host_state_publish(a);
+    /* a guest evacuated while this host was down is removed here before anything acts on it */
+    g_thread_pool_push(a->sync_pool, g_strdup(MOVED_CHECK), NULL);
     vn_dispatcher_replay(a->dispatcher, unfinished);
     start_timers(a);
     /* ready means serving: give the broker link its connect timeout to come up first (an

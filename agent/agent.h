@@ -46,6 +46,7 @@ typedef struct {
     gint migrations_ok;
     gint migrations_failed;
     gint power_syncs;
+    gint moved_removed; /* copies removed of guests that live on another host now */
 } VnAgentCounters;
 
 /* The daemon's object.  Seen by the main loop, the link thread, the reporter, the status

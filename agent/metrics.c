@@ -113,6 +113,9 @@ char *vn_agent_metrics(VnAgent *a)
     metric(out, "virtnode_power_state_syncs_total", "counter",
            "Instance states changed to follow the hypervisor", NULL,
            g_atomic_int_get(&c->power_syncs));
+    metric(out, "virtnode_moved_copies_removed_total", "counter",
+           "Copies removed of guests the central database places on another host", NULL,
+           g_atomic_int_get(&c->moved_removed));
     for (guint i = 0; recs && i < recs->len; i++) {
         VnInstanceRecord *r = g_ptr_array_index(recs, i);
         if (r->vm_state < VN_VM_LAST)

@@ -4,6 +4,8 @@
 #include "agent/base/log.h"
 #include "agent/dispatcher.h"
 #include "agent/ops/guest.h"
+#include "agent/ops/ports.h"
+#include "agent/ops/volumes.h"
 #include "agent/reconcile.h"
 #include "agent/virt/domain.h"
 #include "agent/virt/domain_xml.h"
@@ -182,6 +184,11 @@ static void reconcile_migrating(VnAgent *a, const VnInstanceRecord *r, gboolean 
         g_message("adopting instance %s, which arrived by migration", r->uuid);
         {
             g_autoptr(GError) e = NULL;
+            if (!vn_guest_record_owner(a, r->uuid, &e))
+                vn_warn_error(&e, "recording the owner of instance %s", r->uuid);
+        }
+        {
+            g_autoptr(GError) e = NULL;
             if (!vn_instance_store_set_host(a->store, r->uuid, cfg->host, &e))
                 vn_warn_error(&e, "recording the host of instance %s", r->uuid);
         }
@@ -255,6 +262,61 @@ gboolean vn_reconcile_startup(VnAgent *a, GPtrArray *unfinished, GError **error)
     vn_tracker_load(a->tracker);
     vn_agent_capacity_changed(a);
     return TRUE;
+}
+
+/* The copy here of a guest that lives on another host now: its domain goes (it is never
+ * started again), its folder too when it is this host's own (a shared folder belongs to
+ * the host the guest went to), then its ports, volume connections, claim and record. */
+static void remove_moved(VnAgent *a, const char *uuid)
+{
+    g_autoptr(VnInstanceRecord) rec = vn_instance_store_get(a->store, uuid);
+    g_autoptr(GError) err = NULL;
+    gboolean owned;
+
+    if (!rec || rec->task_state != VN_TASK_NONE ||
+        (a->dispatcher && vn_dispatcher_busy(a->dispatcher, uuid)))
+        return;
+    owned = vn_guest_owned_here(a, uuid);
+    g_warning("instance %s lives on another host now, the central database says: removing its "
+              "copy here%s",
+              uuid, owned ? "" : " (its shared folder is the other host's and stays)");
+    if (!(owned ? vn_guest_remove(a, uuid, &err) : vn_domain_undefine(a->virt, uuid, &err))) {
+        vn_warn_error(&err, "removing the copy of instance %s", uuid);
+        return;
+    }
+    vn_ports_unplug(a, rec->ports, rec->ports->len);
+    vn_vols_disconnect_all(a, rec->volumes, rec->volumes->len);
+    vn_tracker_drop(a->tracker, uuid);
+    if (!vn_instance_store_forget(a->store, uuid, &err))
+        vn_warn_error(&err, "forgetting instance %s", uuid);
+    g_atomic_int_inc(&a->counters.moved_removed);
+    vn_agent_capacity_changed(a);
+}
+
+void vn_reconcile_moved(VnAgent *a)
+{
+    g_autoptr(GPtrArray) recs = vn_instance_store_list(a->store, FALSE);
+    g_autoptr(GPtrArray) uuids = g_ptr_array_new();
+    g_auto(GStrv) moved = NULL;
+    g_autoptr(GError) err = NULL;
+
+    if (!a->reporter)
+        return;
+    for (guint i = 0; i < recs->len; i++) {
+        VnInstanceRecord *r = g_ptr_array_index(recs, i);
+        if (r->task_state == VN_TASK_NONE)
+            g_ptr_array_add(uuids, r->uuid);
+    }
+    if (!uuids->len)
+        return;
+    g_ptr_array_add(uuids, NULL);
+    moved = vn_reporter_query_moved(a->reporter, (const char *const *)uuids->pdata, &err);
+    if (!moved) {
+        g_warning("cannot tell whether guests of this host live elsewhere now: %s", err->message);
+        return;
+    }
+    for (char **u = moved; *u; u++)
+        remove_moved(a, *u);
 }
 
 static gboolean is_uuid_name(const char *name)

@@ -17,6 +17,12 @@ gboolean vn_reconcile_startup(VnAgent *a, GPtrArray *unfinished, GError **error)
  * operation owns the instance). */
 void vn_reconcile_sync_one(VnAgent *a, const char *uuid);
 
+/* Guests of this host that the central database says have settled on another host (an
+ * evacuation while this host was down): their copies here are removed, never started; a
+ * folder on shared storage that the other host owns is left to it.  Blocks on the
+ * database: run it off the main loop. */
+void vn_reconcile_moved(VnAgent *a);
+
 /* Pure: the vm_state Nova's rules give an instance in @vm whose guest is in @power
  * (-1: leave the vm_state), and whether the guest must be forced off. */
 int vn_reconcile_rule(VnVmState vm, VnPowerState power, gboolean *force_off);

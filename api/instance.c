@@ -10,11 +10,25 @@ static const char *const vm_names[VN_VM_LAST] = {
 };
 
 static const char *const task_names[VN_TASK_LAST] = {
-    NULL,          "scheduling", "block_device_mapping",
-    "networking",  "spawning",   "powering-off",
-    "powering-on", "rebooting",  "rebooting_hard",
-    "pausing",     "unpausing",  "suspending",
-    "resuming",    "deleting",   "migrating",
+    NULL,
+    "scheduling",
+    "block_device_mapping",
+    "networking",
+    "spawning",
+    "powering-off",
+    "powering-on",
+    "rebooting",
+    "rebooting_hard",
+    "pausing",
+    "unpausing",
+    "suspending",
+    "resuming",
+    "deleting",
+    "migrating",
+    "rebuilding",
+    "rebuild_spawning",
+    "image_snapshot",
+    "image_uploading",
 };
 
 const char *vn_vm_state_name(VnVmState s)
@@ -89,6 +103,25 @@ VnInstanceRecord *vn_instance_record_new(void)
     return r;
 }
 
+void vn_image_ref_copy(VnImageRef *to, const VnImageRef *from)
+{
+    *to = *from;
+    to->id = g_strdup(from->id);
+    to->url = g_strdup(from->url);
+    to->download_url = g_strdup(from->download_url);
+    to->sha256 = g_strdup(from->sha256);
+    to->disk_format = g_strdup(from->disk_format);
+}
+
+void vn_image_ref_clear(VnImageRef *im)
+{
+    g_clear_pointer(&im->id, g_free);
+    g_clear_pointer(&im->url, g_free);
+    g_clear_pointer(&im->download_url, g_free);
+    g_clear_pointer(&im->sha256, g_free);
+    g_clear_pointer(&im->disk_format, g_free);
+}
+
 VnInstanceRecord *vn_instance_record_copy(const VnInstanceRecord *s)
 {
     VnInstanceRecord *r = g_new0(VnInstanceRecord, 1);
@@ -100,11 +133,7 @@ VnInstanceRecord *vn_instance_record_copy(const VnInstanceRecord *s)
     r->user_id = g_strdup(s->user_id);
     r->flavor.name = g_strdup(s->flavor.name);
     r->flavor.extra_specs = string_map_copy(s->flavor.extra_specs);
-    r->image.id = g_strdup(s->image.id);
-    r->image.url = g_strdup(s->image.url);
-    r->image.download_url = g_strdup(s->image.download_url);
-    r->image.sha256 = g_strdup(s->image.sha256);
-    r->image.disk_format = g_strdup(s->image.disk_format);
+    vn_image_ref_copy(&r->image, &s->image);
     r->metadata = string_map_copy(s->metadata);
     r->ports = g_ptr_array_new_with_free_func((GDestroyNotify)vn_port_spec_free);
     for (guint i = 0; s->ports && i < s->ports->len; i++)
@@ -131,11 +160,7 @@ void vn_instance_record_free(VnInstanceRecord *r)
     g_free(r->user_id);
     g_free(r->flavor.name);
     g_clear_pointer(&r->flavor.extra_specs, g_hash_table_unref);
-    g_free(r->image.id);
-    g_free(r->image.url);
-    g_free(r->image.download_url);
-    g_free(r->image.sha256);
-    g_free(r->image.disk_format);
+    vn_image_ref_clear(&r->image);
     g_clear_pointer(&r->metadata, g_hash_table_unref);
     g_clear_pointer(&r->ports, g_ptr_array_unref);
     g_clear_pointer(&r->volumes, g_ptr_array_unref);
@@ -218,7 +243,8 @@ char *vn_url_redact(const char *url)
     return g_string_free(out, FALSE);
 }
 
-/* Replaces the value of every member named like a secret, at any depth. */
+/* Replaces the value of every member named like a secret, at any depth, and takes the
+ * credentials out of every URL ("url", "upload_url", ...). */
 static void redact_secrets(json_object *o)
 {
     if (json_object_is_type(o, json_type_array)) {
@@ -230,9 +256,12 @@ static void redact_secrets(json_object *o)
         return;
     json_object_object_foreach(o, key, val)
     {
-        if (strstr(key, "password") || strstr(key, "secret"))
+        if (strstr(key, "password") || strstr(key, "secret")) {
             json_object_object_add(o, key, json_object_new_string("***"));
-        else
+        } else if (g_str_has_suffix(key, "url") && json_object_is_type(val, json_type_string)) {
+            g_autofree char *r = vn_url_redact(json_object_get_string(val));
+            json_object_object_add(o, key, json_object_new_string(r));
+        } else
             redact_secrets(val);
     }
 }
@@ -240,22 +269,15 @@ static void redact_secrets(json_object *o)
 json_object *vn_request_args_redacted(const char *method, json_object *args)
 {
     json_object *copy = NULL;
-    json_object *image, *url;
 
+    (void)method;
     if (!args || json_object_deep_copy(args, &copy, NULL) != 0)
         return args ? json_object_get(args) : NULL;
-    if (g_strcmp0(method, "build_and_run_instance") == 0 &&
-        (image = json_object_object_get(json_object_object_get(copy, "instance"), "image")) &&
-        (url = json_object_object_get(image, "url")) &&
-        json_object_is_type(url, json_type_string)) {
-        g_autofree char *r = vn_url_redact(json_object_get_string(url));
-        json_object_object_add(image, "url", json_object_new_string(r));
-    }
     redact_secrets(copy);
     return copy;
 }
 
-static gboolean url_acceptable(const char *url)
+gboolean vn_url_acceptable(const char *url)
 {
     if (g_ascii_strncasecmp(url, "http://", 7) != 0 && g_ascii_strncasecmp(url, "https://", 8) != 0)
         return FALSE;
@@ -266,7 +288,7 @@ static gboolean url_acceptable(const char *url)
     return TRUE;
 }
 
-static gboolean parse_image(json_object *obj, const char *path, VnImageRef *im, GError **error)
+gboolean vn_image_ref_parse(json_object *obj, const char *path, VnImageRef *im, GError **error)
 {
     static const char *const keys[] = { "id",       "name",        "url",
                                         "sha256",   "disk_format", "size",
@@ -288,7 +310,7 @@ static gboolean parse_image(json_object *obj, const char *path, VnImageRef *im, 
         !vn_json_get_int(obj, path, "min_disk", FALSE, 0, 65536, 0, &min_disk, error) ||
         !vn_json_get_int(obj, path, "min_ram", FALSE, 0, 16 * 1024 * 1024, 0, &min_ram, error))
         return FALSE;
-    if (!url_acceptable(im->url))
+    if (!vn_url_acceptable(im->url))
         return vn_api_invalid(error, "%s.url: only http:// and https:// URLs are accepted", path);
     /* the credential stays in memory for the download; everything else sees the redacted */
     im->download_url = g_steal_pointer(&im->url);
@@ -334,7 +356,7 @@ gboolean vn_instance_spec_parse(json_object *obj, const char *path, VnInstanceRe
         return FALSE;
     /* no image: the guest boots from a volume (checked with the block device mapping) */
     if (vn_json_member(obj, "image") &&
-        !parse_image(vn_json_member(obj, "image"), image_path, &rec->image, error))
+        !vn_image_ref_parse(vn_json_member(obj, "image"), image_path, &rec->image, error))
         return FALSE;
     g_clear_pointer(&rec->metadata, g_hash_table_unref);
     if (!vn_json_get_string_map(obj, path, "metadata", 128, &rec->metadata, error))

@@ -39,6 +39,10 @@ typedef enum {
     VN_TASK_RESUMING,
     VN_TASK_DELETING,
     VN_TASK_MIGRATING,
+    VN_TASK_REBUILDING,       /* rebuild and evacuate: the old guest is going */
+    VN_TASK_REBUILD_SPAWNING, /* its new domain is being made */
+    VN_TASK_IMAGE_SNAPSHOT,   /* snapshot: the point-in-time copy is being taken */
+    VN_TASK_IMAGE_UPLOADING,  /* snapshot: the image is being converted and uploaded */
     VN_TASK_LAST
 } VnTaskState;
 
@@ -122,6 +126,11 @@ gboolean vn_power_state_valid(int value);
 gboolean vn_instance_spec_parse(json_object *instance, const char *path, VnInstanceRecord *rec,
                                 GError **error);
 
+/* An image reference ("image" of an instance spec, or of a rebuild).  Fills @im. */
+gboolean vn_image_ref_parse(json_object *obj, const char *path, VnImageRef *im, GError **error);
+void vn_image_ref_clear(VnImageRef *im);
+void vn_image_ref_copy(VnImageRef *to, const VnImageRef *from); /* @to: uninitialised */
+
 /* The full record as JSON (result of get_instance, journal and database form). */
 json_object *vn_instance_record_to_json(const VnInstanceRecord *rec);
 
@@ -138,6 +147,9 @@ json_object *vn_image_ref_to_json(const VnImageRef *i);
  * query value ("?token=***&x=***"); the rest (scheme, host, path) stays, so the result
  * still says where the image comes from.  Caller frees. */
 char *vn_url_redact(const char *url);
+
+/* An http:// or https:// URL without white space. */
+gboolean vn_url_acceptable(const char *url);
 
 /* A copy of the arguments of a request of @method with every secret redacted: what the
  * journal keeps of a request (its replay never needs the secret: an interrupted build is

@@ -45,6 +45,8 @@ static const VnMethodInfo methods[VN_METHOD_LAST] = {
     { VN_METHOD_SET_HOST_ENABLED, "set_host_enabled", 3, VN_KIND_OPERATION, TRUE, FALSE, FALSE },
     { VN_METHOD_HOST_MAINTENANCE_MODE, "host_maintenance_mode", 3, VN_KIND_OPERATION, TRUE, FALSE,
       FALSE },
+    { VN_METHOD_REBUILD_INSTANCE, "rebuild_instance", 4, VN_KIND_BUILD, TRUE, TRUE, FALSE },
+    { VN_METHOD_SNAPSHOT_INSTANCE, "snapshot_instance", 4, VN_KIND_OPERATION, TRUE, TRUE, FALSE },
 };
 /* clang-format on */
 
@@ -126,6 +128,12 @@ void vn_request_free(VnRequest *req)
     vn_volume_spec_free(req->volume);
     g_free(req->volume_id);
     g_free(req->reason);
+    if (req->image) {
+        vn_image_ref_clear(req->image);
+        g_free(req->image);
+    }
+    g_free(req->image_id);
+    g_free(req->upload_url);
     g_free(req);
 }
 
@@ -264,6 +272,38 @@ static gboolean get_migrate_data(json_object *args, VnRequest *req, GError **err
     return TRUE;
 }
 
+/* The instance, networks and block_device_mapping of a build (or an evacuation). */
+static gboolean parse_spec(VnRequest *req, json_object *args, GError **error)
+{
+    json_object *inst = vn_json_member(args, "instance");
+    if (!inst) {
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID, "instance: missing");
+        return FALSE;
+    }
+    req->spec = vn_instance_record_new();
+    if (!vn_instance_spec_parse(inst, "instance", req->spec, error))
+        return FALSE;
+    req->instance_uuid = g_strdup(req->spec->uuid);
+    GPtrArray *ports = vn_port_specs_parse(vn_json_member(args, "networks"), "networks", error);
+    if (!ports)
+        return FALSE;
+    g_ptr_array_unref(req->spec->ports);
+    req->spec->ports = ports;
+    GPtrArray *vols = vn_volume_specs_parse(vn_json_member(args, "block_device_mapping"),
+                                            "block_device_mapping", error);
+    if (!vols)
+        return FALSE;
+    g_ptr_array_unref(req->spec->volumes);
+    req->spec->volumes = vols;
+    if (!req->spec->image.id && !vn_volume_specs_boot(vols)) {
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID,
+                    "instance.image: missing (a guest without an image boots from a "
+                    "block_device_mapping entry with boot_index 0)");
+        return FALSE;
+    }
+    return TRUE;
+}
+
 static gboolean parse_args(VnRequest *req, json_object *args, GError **error)
 {
     static const char *const uuid_only[] = { "instance_uuid", NULL };
@@ -280,34 +320,53 @@ static gboolean parse_args(VnRequest *req, json_object *args, GError **error)
     }
     case VN_METHOD_BUILD_AND_RUN_INSTANCE: {
         static const char *const keys[] = { "instance", "networks", "block_device_mapping", NULL };
-        if (!vn_json_expect_object(args, "args", keys, error))
+        return vn_json_expect_object(args, "args", keys, error) && parse_spec(req, args, error);
+    }
+    case VN_METHOD_REBUILD_INSTANCE: {
+        static const char *const keys[] = {
+            "instance_uuid",        "image", "recreate", "instance", "networks",
+            "block_device_mapping", NULL
+        };
+        json_object *image;
+        if (!vn_json_expect_object(args, "args", keys, error) ||
+            !get_uuid(args, "instance_uuid", &req->instance_uuid, error) ||
+            !vn_json_get_bool(args, NULL, "recreate", FALSE, &req->recreate, error))
             return FALSE;
-        json_object *inst = vn_json_member(args, "instance");
-        if (!inst) {
-            g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID, "instance: missing");
-            return FALSE;
+        if ((image = vn_json_member(args, "image"))) {
+            req->image = g_new0(VnImageRef, 1);
+            if (!vn_image_ref_parse(image, "image", req->image, error))
+                return FALSE;
         }
-        req->spec = vn_instance_record_new();
-        if (!vn_instance_spec_parse(inst, "instance", req->spec, error))
-            return FALSE;
-        req->instance_uuid = g_strdup(req->spec->uuid);
-        GPtrArray *ports = vn_port_specs_parse(vn_json_member(args, "networks"), "networks", error);
-        if (!ports)
-            return FALSE;
-        g_ptr_array_unref(req->spec->ports);
-        req->spec->ports = ports;
-        GPtrArray *vols = vn_volume_specs_parse(vn_json_member(args, "block_device_mapping"),
-                                                "block_device_mapping", error);
-        if (!vols)
-            return FALSE;
-        g_ptr_array_unref(req->spec->volumes);
-        req->spec->volumes = vols;
-        if (!req->spec->image.id && !vn_volume_specs_boot(vols)) {
-            g_set_error(error, VN_API_ERROR, VN_API_ERROR_INVALID,
-                        "instance.image: missing (a guest without an image boots from a "
-                        "block_device_mapping entry with boot_index 0)");
-            return FALSE;
+        if (!req->recreate) {
+            /* the guest is here: its record has the rest */
+            if (vn_json_member(args, "instance") || vn_json_member(args, "networks") ||
+                vn_json_member(args, "block_device_mapping"))
+                return vn_api_invalid(error, "instance, networks and block_device_mapping are "
+                                             "for an evacuation (recreate true) only");
+            return TRUE;
         }
+        /* an evacuation: this host has nothing of the guest, the request says what it is */
+        g_autofree char *named = g_steal_pointer(&req->instance_uuid);
+        if (!parse_spec(req, args, error))
+            return FALSE;
+        if (strcmp(named, req->instance_uuid) != 0)
+            return vn_api_invalid(error, "instance.uuid: '%s' is not the instance_uuid '%s'",
+                                  req->instance_uuid, named);
+        if (req->image) {
+            vn_image_ref_clear(&req->spec->image);
+            vn_image_ref_copy(&req->spec->image, req->image);
+        }
+        return TRUE;
+    }
+    case VN_METHOD_SNAPSHOT_INSTANCE: {
+        static const char *const keys[] = { "instance_uuid", "image_id", "upload_url", NULL };
+        if (!vn_json_expect_object(args, "args", keys, error) ||
+            !get_uuid(args, "instance_uuid", &req->instance_uuid, error) ||
+            !vn_json_get_string(args, "args", "image_id", TRUE, 1, 255, &req->image_id, error) ||
+            !vn_json_get_string(args, "args", "upload_url", TRUE, 8, 4096, &req->upload_url, error))
+            return FALSE;
+        if (!vn_url_acceptable(req->upload_url))
+            return vn_api_invalid(error, "upload_url: only http:// and https:// URLs are accepted");
         return TRUE;
     }
     case VN_METHOD_STOP_INSTANCE: {

@@ -14,7 +14,7 @@
 #include "api/instance.h"
 
 #define VN_API_VERSION_MAJOR  1
-#define VN_API_VERSION_MINOR  3
+#define VN_API_VERSION_MINOR  4
 #define VN_API_BASE_NAMESPACE "baseapi"
 
 typedef enum {
@@ -48,6 +48,8 @@ typedef enum {
     VN_METHOD_DETACH_VOLUME,
     VN_METHOD_SET_HOST_ENABLED,
     VN_METHOD_HOST_MAINTENANCE_MODE,
+    VN_METHOD_REBUILD_INSTANCE,
+    VN_METHOD_SNAPSHOT_INSTANCE,
     VN_METHOD_LAST
 } VnMethod;
 
@@ -84,7 +86,11 @@ typedef struct {
     VnMethod method;
     char *instance_uuid;       /* canonical; every per-instance method */
     json_object *ping_arg;     /* ping: the value of "arg" (may be NULL = null) */
-    VnInstanceRecord *spec;    /* build: the validated instance spec */
+    VnInstanceRecord *spec;    /* build, rebuild with recreate: the validated instance spec */
+    gboolean recreate;         /* rebuild: evacuate (the guest's host is down) */
+    VnImageRef *image;         /* rebuild: the new image (NULL: the one it has) */
+    char *image_id;            /* snapshot: the new image's id */
+    char *upload_url;          /* snapshot: where to PUT it (credentials in memory only) */
     int stop_timeout;          /* stop: seconds of graceful wait, -1 = configured */
     gboolean clean_shutdown;   /* stop: FALSE = power off at once */
     VnRebootType reboot_type;  /* reboot */

@@ -15,6 +15,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 # From bookworm-backports: libvirt 11 needs systemd 254's libraries, hence libsystemd-dev.
 BACKPORTS=(qemu-system-x86 qemu-utils qemu-block-extra libvirt-daemon-system libvirt-clients
+           libvirt-daemon-plugin-lockd
            libvirt-dev libsystemd-dev)
 PACKAGES=(
     # build

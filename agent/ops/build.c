@@ -6,7 +6,14 @@
  *   labels checked -> active/running
  *
  * A failure leaves the record in vm_state error with the fault, as Nova does, and nothing
- * else: no domain, no disk, no claim, no hold on the cached image. */
+ * else: no domain, no disk, no claim, no hold on the cached image.
+ *
+ * An evacuation (rebuild_instance with recreate) is the same flow for a guest whose host
+ * is down: the request carries its spec, the record takes it over here (task rebuilding,
+ * then rebuild_spawning), and its folder is used as it is when the instance storage is
+ * shared (its disks are the guest's), or made from the image when nothing is shared.  A
+ * folder this host did not make is never removed by a rollback; it becomes this host's
+ * (vn_guest_record_owner) only once the guest runs here. */
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
@@ -29,9 +36,12 @@ typedef struct {
     VnOp *op;
     VnAgent *a;
     const VnInstanceRecord *spec;
+    gboolean evacuating; /* rebuild with recreate */
+    VnTaskState task;    /* the record's task now */
     gboolean claimed;
     gboolean image_held;
-    gboolean dir_made;
+    gboolean reused;   /* evacuation: the folder (shared storage) was there already */
+    gboolean dir_made; /* the folder was made here: a rollback removes it */
     gboolean domain_made;
     guint plugged;   /* ports plugged, for the rollback */
     guint connected; /* volumes connected, for the rollback */
@@ -51,8 +61,12 @@ static void rollback(Build *b)
     g_autoptr(GError) err = NULL;
     const char *uuid = b->spec->uuid;
 
-    if (b->domain_made || b->dir_made) {
+    if (b->dir_made) {
         if (!vn_guest_remove(b->a, uuid, &err))
+            g_warning("rollback of %s: %s", uuid, err->message);
+    } else if (b->domain_made) {
+        /* the folder is not this host's to remove: only the domain goes */
+        if (!vn_domain_undefine(b->a->virt, uuid, &err))
             g_warning("rollback of %s: %s", uuid, err->message);
     }
     /* after the domain: its taps are gone, so the filters and bridges can go */
@@ -129,17 +143,30 @@ static gboolean spawn(Build *b, VnInstanceRecord **launched, GError **error)
                     b->a->dac_available ? "off" : "unavailable");
         return FALSE;
     }
-    b->dir_made = TRUE; /* set first: a half-made folder is removed too */
-    if (!vn_guest_prepare_dir(b->a, spec->uuid, uid, error) || !check_cancelled(b, error))
+    if (b->evacuating) {
+        /* shared instance storage: the guest's own folder and disks are here already */
+        g_autofree char *dir = vn_agent_instance_dir(b->a, spec->uuid);
+        g_autofree char *root = vn_guest_file(b->a, spec->uuid, VN_GUEST_ROOT_DISK);
+        b->reused = g_file_test(dir, G_FILE_TEST_IS_DIR) &&
+                    (!spec->image.id || g_file_test(root, G_FILE_TEST_IS_REGULAR));
+        if (b->reused)
+            g_message("instance %s: evacuated onto the disks of its shared folder", spec->uuid);
+    }
+    b->dir_made = !b->reused; /* set first: a half-made folder is removed too */
+    if (!vn_guest_prepare_dir(b->a, spec->uuid, uid, error) ||
+        (b->dir_made && !vn_guest_record_owner(b->a, spec->uuid, error)) ||
+        !check_cancelled(b, error))
         return FALSE;
     if (spec->image.id) {
+        /* held while spawning; for a shared folder it makes sure its base is in the cache */
         base = vn_image_cache_acquire(b->a->images, &src, b->op->cancel, on_download, b, error);
         if (!base)
             return FALSE;
         b->image_held = TRUE;
-        if (!check_cancelled(b, error) || !make_disks(b, base, error))
+        if (!check_cancelled(b, error) || (!b->reused && !make_disks(b, base, error)))
             return FALSE;
-    } else if (!make_disks(b, NULL, error)) { /* boots from a volume: no root disk here */
+    } else if (!b->reused && !make_disks(b, NULL, error)) {
+        /* boots from a volume: no root disk here */
         return FALSE;
     }
     /* what the guest learns its addresses (and user data) from */
@@ -233,6 +260,22 @@ static gboolean assign_devices(Build *b, GError **error)
     return vn_instance_store_set_volumes(a->store, b->spec->uuid, b->spec->volumes, error);
 }
 
+/* Moves the record to the build's next task; an evacuation stays in rebuilding until its
+ * spawn (rebuild_spawning). */
+static gboolean next_step(Build *b, VnTaskState build_task, GError **error)
+{
+    VnTaskState to = build_task;
+
+    if (b->evacuating)
+        to = build_task == VN_TASK_SPAWNING ? VN_TASK_REBUILD_SPAWNING : VN_TASK_REBUILDING;
+    if (to == b->task)
+        return TRUE;
+    if (!vn_instance_store_next_task(b->a->store, b->spec->uuid, b->task, to, error))
+        return FALSE;
+    b->task = to;
+    return TRUE;
+}
+
 /* Claim, the build's task steps and the spawn. */
 static gboolean build_steps(Build *b, GError **error)
 {
@@ -247,17 +290,21 @@ static gboolean build_steps(Build *b, GError **error)
         return FALSE;
     b->claimed = TRUE;
     vn_agent_capacity_changed(a);
-    if (!vn_instance_store_next_task(a->store, uuid, VN_TASK_SCHEDULING,
-                                     VN_TASK_BLOCK_DEVICE_MAPPING, error) ||
-        !assign_devices(b, error) ||
+    if (!next_step(b, VN_TASK_BLOCK_DEVICE_MAPPING, error) || !assign_devices(b, error) ||
         !vn_vols_connect_all(a, b->spec->volumes, &b->connected, error) ||
-        !vn_instance_store_next_task(a->store, uuid, VN_TASK_BLOCK_DEVICE_MAPPING,
-                                     VN_TASK_NETWORKING, error) ||
+        !next_step(b, VN_TASK_NETWORKING, error) ||
         !vn_ports_plug(a, b->spec->ports, &b->plugged, error) ||
-        !vn_instance_store_next_task(a->store, uuid, VN_TASK_NETWORKING, VN_TASK_SPAWNING, error) ||
-        !spawn(b, &launched, error))
+        !next_step(b, VN_TASK_SPAWNING, error) || !spawn(b, &launched, error))
         return FALSE;
-    return vn_instance_store_launched(a->store, uuid, launched->security_label, error);
+    if (!vn_instance_store_launched(a->store, uuid, b->task, launched->security_label, error))
+        return FALSE;
+    /* the guest runs here: a shared folder is this host's from now on */
+    if (b->evacuating) {
+        g_autoptr(GError) e = NULL;
+        if (!vn_guest_record_owner(a, uuid, &e))
+            vn_warn_error(&e, "instance %s", uuid);
+    }
+    return TRUE;
 }
 
 /* Rolls a failed build back and records its fault; always FALSE. */
@@ -275,10 +322,12 @@ static gboolean build_failed(Build *b, GError *err, GError **error)
             vn_warn_error(&e, "recording the fault of instance %s", uuid);
     }
     rec = vn_instance_store_get(a->store, uuid);
-    vn_agent_notify_instance(a, "instance.create.error", rec, err->message);
+    vn_agent_notify_instance(a, b->evacuating ? "instance.evacuate.error" : "instance.create.error",
+                             rec, err->message);
     /* the reply says why, in the contract's terms */
     if (err->domain != VN_API_ERROR)
-        g_prefix_error(&err, "build of %s failed and was rolled back: ", uuid);
+        g_prefix_error(&err, "%s of %s failed and was rolled back: ",
+                       b->evacuating ? "evacuation" : "build", uuid);
     g_propagate_error(error, err);
     return FALSE;
 }
@@ -287,7 +336,7 @@ gboolean vn_op_build(VnOp *op, json_object **result, GError **error)
 {
     VnAgent *a = op->agent;
     const VnInstanceRecord *spec = op->req->spec;
-    Build b = { op, a, spec, FALSE, FALSE, FALSE, FALSE, 0, 0 };
+    Build b = { .op = op, .a = a, .spec = spec, .task = VN_TASK_SCHEDULING };
     GError *err = NULL;
     g_autoptr(VnInstanceRecord) rec = NULL;
     g_autoptr(VnInstanceRecord) done = NULL;
@@ -310,6 +359,97 @@ gboolean vn_op_build(VnOp *op, json_object **result, GError **error)
     g_message("instance %s ('%s') is running, labels %s", spec->uuid, spec->name,
               done->security_label);
     vn_agent_notify_instance(a, "instance.create.end", done, NULL);
+    vn_agent_capacity_changed(a);
+    *result = vn_instance_record_to_reply(done);
+    return TRUE;
+}
+
+/* An evacuation the agent's restart interrupted.  When its guest runs here it had got to
+ * its end (*finished); otherwise what it made here is removed, and it runs again. */
+static gboolean evacuation_recover(VnOp *op, gboolean *finished, GError **error)
+{
+    VnAgent *a = op->agent;
+    const char *uuid = op->req->spec->uuid;
+    g_autoptr(VnInstanceRecord) rec = vn_instance_store_get(a->store, uuid);
+    g_autoptr(GError) err = NULL;
+    VnPowerState power = VN_POWER_NOSTATE;
+
+    *finished = FALSE;
+    /* only what this very request took over is touched */
+    if (!rec || g_strcmp0(rec->request_id, op->request_id) != 0)
+        return TRUE;
+    vn_domain_power_state(a->virt, uuid, &power, NULL);
+    if (rec->vm_state == VN_VM_ACTIVE && rec->task_state == VN_TASK_NONE && rec->security_label &&
+        power == VN_POWER_RUNNING) {
+        if (!vn_guest_record_owner(a, uuid, error))
+            return FALSE;
+        *finished = TRUE;
+        return TRUE;
+    }
+    g_message("instance %s: the agent restarted during its evacuation; removing what it made "
+              "here and evacuating it again",
+              uuid);
+    if (!(vn_guest_owned_here(a, uuid) ? vn_guest_remove(a, uuid, &err)
+                                       : vn_domain_undefine(a->virt, uuid, &err)))
+        vn_warn_error(&err, "cleaning up the interrupted evacuation of %s", uuid);
+    vn_ports_unplug(a, rec->ports, rec->ports->len);
+    vn_vols_disconnect_all(a, rec->volumes, rec->volumes->len);
+    vn_tracker_drop(a->tracker, uuid);
+    if (!vn_instance_store_forget(a->store, uuid, error))
+        return FALSE;
+    vn_agent_capacity_changed(a);
+    return TRUE;
+}
+
+gboolean vn_op_evacuate(VnOp *op, json_object **result, GError **error)
+{
+    VnAgent *a = op->agent;
+    g_autoptr(VnConfig) cfg = vn_agent_config(a);
+    g_autoptr(VnInstanceRecord) rec = vn_instance_record_copy(op->req->spec);
+    Build b = { .op = op, .a = a, .evacuating = TRUE, .task = VN_TASK_REBUILDING };
+    GError *err = NULL;
+    g_autoptr(VnInstanceRecord) done = NULL;
+
+    if (op->replayed) {
+        gboolean finished;
+        if (!evacuation_recover(op, &finished, error))
+            return FALSE;
+        if (finished) {
+            done = vn_instance_store_get(a->store, rec->uuid);
+            *result = vn_instance_record_to_reply(done);
+            return TRUE;
+        }
+    }
+    if (!vn_host_check_enabled(a, "evacuated guests", error))
+        return FALSE;
+    /* the record as this host takes it over: active, rebuilding, nothing of its own yet */
+    g_free(rec->host);
+    rec->host = g_strdup(cfg->host);
+    rec->vm_state = VN_VM_ACTIVE;
+    rec->power_state = VN_POWER_NOSTATE;
+    rec->created_at = g_get_real_time() / G_USEC_PER_SEC;
+    g_free(rec->request_id);
+    rec->request_id = g_strdup(op->request_id);
+    for (guint i = 0; i < rec->volumes->len; i++) {
+        VnVolumeSpec *v = g_ptr_array_index(rec->volumes, i);
+        g_clear_pointer(&v->conn.auth_password, g_free); /* never in a record */
+    }
+    g_clear_pointer(&rec->image.download_url, g_free);
+    if (!vn_instance_store_take_over(a->store, rec, VN_TASK_REBUILDING, TRUE, error))
+        return FALSE;
+    b.spec = op->req->spec;
+    done = vn_instance_store_get(a->store, rec->uuid);
+    g_message("evacuating instance %s ('%s') to this host", rec->uuid, rec->name);
+    vn_agent_notify_instance(a, "instance.evacuate.start", done, NULL);
+    g_clear_pointer(&done, vn_instance_record_free);
+    if (!build_steps(&b, &err))
+        return build_failed(&b, err, error);
+    if (b.image_held)
+        vn_image_cache_release(a->images, rec->image.id);
+    done = vn_instance_store_get(a->store, rec->uuid);
+    g_message("instance %s ('%s') runs here after its evacuation, labels %s", rec->uuid, rec->name,
+              done->security_label);
+    vn_agent_notify_instance(a, "instance.evacuate.end", done, NULL);
     vn_agent_capacity_changed(a);
     *result = vn_instance_record_to_reply(done);
     return TRUE;

@@ -51,27 +51,57 @@ gboolean vn_guest_prepare_dir(VnAgent *a, const char *uuid, int gid, GError **er
     return TRUE;
 }
 
-gboolean vn_guest_record_backing(VnAgent *a, const char *uuid, const char *base, GError **error)
+/* A one-line note of the agent's beside the disks (0600, written whole or not at all). */
+static gboolean write_note(VnAgent *a, const char *uuid, const char *name, const char *value,
+                           const char *what, GError **error)
 {
-    g_autofree char *path = vn_guest_file(a, uuid, VN_GUEST_BACKING);
-    g_autofree char *text = g_strconcat(base, "\n", NULL);
+    g_autofree char *path = vn_guest_file(a, uuid, name);
+    g_autofree char *text = g_strconcat(value, "\n", NULL);
 
     if (!g_file_set_contents_full(path, text, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600, error)) {
-        g_prefix_error(error, "recording the base of %s: ", uuid);
+        g_prefix_error(error, "recording the %s of %s: ", what, uuid);
         return FALSE;
     }
     return TRUE;
 }
 
-char *vn_guest_read_backing(const char *instance_dir)
+static char *read_note(const char *instance_dir, const char *name)
 {
-    g_autofree char *path = g_build_filename(instance_dir, VN_GUEST_BACKING, NULL);
+    g_autofree char *path = g_build_filename(instance_dir, name, NULL);
     g_autofree char *text = NULL;
 
     if (!g_file_get_contents(path, &text, NULL, NULL))
         return NULL;
     g_strchomp(text);
-    return *text == '/' ? g_steal_pointer(&text) : NULL;
+    return *text ? g_steal_pointer(&text) : NULL;
+}
+
+gboolean vn_guest_record_backing(VnAgent *a, const char *uuid, const char *base, GError **error)
+{
+    return write_note(a, uuid, VN_GUEST_BACKING, base, "base", error);
+}
+
+char *vn_guest_read_backing(const char *instance_dir)
+{
+    g_autofree char *text = read_note(instance_dir, VN_GUEST_BACKING);
+
+    return text && *text == '/' ? g_steal_pointer(&text) : NULL;
+}
+
+gboolean vn_guest_record_owner(VnAgent *a, const char *uuid, GError **error)
+{
+    g_autoptr(VnConfig) cfg = vn_agent_config(a);
+
+    return write_note(a, uuid, VN_GUEST_OWNER, cfg->host, "owner", error);
+}
+
+gboolean vn_guest_owned_here(VnAgent *a, const char *uuid)
+{
+    g_autoptr(VnConfig) cfg = vn_agent_config(a);
+    g_autofree char *dir = vn_agent_instance_dir(a, uuid);
+    g_autofree char *owner = read_note(dir, VN_GUEST_OWNER);
+
+    return g_strcmp0(owner, cfg->host) == 0;
 }
 
 static gboolean guest_string_ok(const char *s, gboolean key)

@@ -15,6 +15,7 @@
 #define VN_GUEST_CONSOLE        "console.log"
 #define VN_GUEST_BACKING        "disk.backing" /* the root disk's base, as the agent made it */
 #define VN_GUEST_CONFIG_DRIVE   "disk.config"  /* ISO 9660 "config-2" */
+#define VN_GUEST_OWNER          "host"         /* the host whose guest the folder holds */
 
 /* <instance dir>/<name>.  Caller frees. */
 char *vn_guest_file(VnAgent *a, const char *uuid, const char *name);
@@ -35,6 +36,15 @@ gboolean vn_guest_record_backing(VnAgent *a, const char *uuid, const char *base,
 
 /* The base recorded in @instance_dir, or NULL.  Caller frees. */
 char *vn_guest_read_backing(const char *instance_dir);
+
+/* Records this host as the owner of the folder of @uuid: written when the folder is made
+ * for a guest here and when a guest arrives here (migration, evacuation).  On shared
+ * storage it tells a host that finds an instance gone elsewhere whether the folder is
+ * still its own to remove. */
+gboolean vn_guest_record_owner(VnAgent *a, const char *uuid, GError **error);
+
+/* TRUE when the folder of @uuid names this host as its owner. */
+gboolean vn_guest_owned_here(VnAgent *a, const char *uuid);
 
 /* The domain description of @rec: its disks as they exist in its folder (the root disk's
  * backing file read from the disk itself), console, CPU, security labels (@dac_uid > 0:

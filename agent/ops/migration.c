@@ -1392,7 +1392,8 @@ gboolean vn_op_post_live_migration_dest(VnOp *op, json_object **result, GError *
     labels = vn_guest_verify_confinement(a, rec, rec->guest_uid, error);
     if (!labels)
         return FALSE;
-    if (!vn_instance_store_set_label(a->store, uuid, labels, error) ||
+    if (!vn_guest_record_owner(a, uuid, error) ||
+        !vn_instance_store_set_label(a->store, uuid, labels, error) ||
         !vn_instance_store_set_host(a->store, uuid, cfg->host, error) ||
         !vn_instance_store_end_task(a->store, uuid, VN_TASK_MIGRATING,
                                     power == VN_POWER_PAUSED ? VN_VM_PAUSED : VN_VM_ACTIVE, power,

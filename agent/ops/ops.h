@@ -13,8 +13,15 @@ gboolean vn_ops_run(VnOp *op, json_object **result, GError **error);
 /* ping, answered in the AMQP thread. */
 json_object *vn_ops_ping(VnAgent *a, const VnRequest *req);
 
-/* ops_build.c */
+/* build.c */
 gboolean vn_op_build(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_evacuate(VnOp *op, json_object **result, GError **error);
+
+/* rebuild.c */
+gboolean vn_op_rebuild(VnOp *op, json_object **result, GError **error);
+
+/* snapshot.c */
+gboolean vn_op_snapshot(VnOp *op, json_object **result, GError **error);
 
 /* ops_power.c */
 gboolean vn_op_terminate(VnOp *op, json_object **result, GError **error);

@@ -219,6 +219,10 @@ gboolean vn_ops_run(VnOp *op, json_object **result, GError **error)
         return vn_op_detach_interface(op, result, error);
     case VN_METHOD_UPDATE_PORT_SECURITY:
         return vn_op_update_port_security(op, result, error);
+    case VN_METHOD_REBUILD_INSTANCE:
+        return vn_op_rebuild(op, result, error);
+    case VN_METHOD_SNAPSHOT_INSTANCE:
+        return vn_op_snapshot(op, result, error);
     case VN_METHOD_LAST:
         break;
     }

@@ -216,11 +216,18 @@ gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *sp
 
 gboolean vn_instance_store_arrive(VnInstanceStore *s, const VnInstanceRecord *in, GError **error)
 {
+    return vn_instance_store_take_over(s, in, VN_TASK_MIGRATING, FALSE, error);
+}
+
+gboolean vn_instance_store_take_over(VnInstanceStore *s, const VnInstanceRecord *in,
+                                     VnTaskState task, gboolean over_error, GError **error)
+{
     VnInstanceRecord *cur, *rec;
 
     g_mutex_lock(&s->lock);
     cur = g_hash_table_lookup(s->records, in->uuid);
-    if (cur && cur->vm_state != VN_VM_DELETED) {
+    if (cur && cur->vm_state != VN_VM_DELETED &&
+        !(over_error && cur->vm_state == VN_VM_ERROR && cur->task_state == VN_TASK_NONE)) {
         g_mutex_unlock(&s->lock);
         g_set_error(error, VN_API_ERROR, VN_API_ERROR_EXISTS,
                     "instance %s already exists on this host (vm_state %s, task_state %s): "
@@ -231,7 +238,7 @@ gboolean vn_instance_store_arrive(VnInstanceStore *s, const VnInstanceRecord *in
     }
     rec = vn_instance_record_copy(in);
     /* what only this host may say is not taken from the peer */
-    rec->task_state = VN_TASK_MIGRATING;
+    rec->task_state = task;
     rec->guest_uid = 0;
     g_clear_pointer(&rec->security_label, g_free);
     rec->progress = 0;
@@ -527,25 +534,48 @@ gboolean vn_instance_store_clear_task(VnInstanceStore *s, const char *uuid, GErr
     return update(s, uuid, change_clear_task, NULL, error);
 }
 
+typedef struct {
+    VnTaskState task;
+    const char *label;
+} LaunchArgs;
+
 static gboolean change_launched(VnInstanceRecord *r, gpointer data, GError **error)
 {
-    EndArgs active = { VN_TASK_SPAWNING, VN_VM_ACTIVE, VN_POWER_RUNNING };
+    const LaunchArgs *l = data;
+    EndArgs active = { l->task, VN_VM_ACTIVE, VN_POWER_RUNNING };
 
     if (!change_end(r, &active, error))
         return FALSE;
     r->launched_at = now_s();
     g_free(r->security_label);
-    r->security_label = g_strdup(data);
+    r->security_label = g_strdup(l->label);
     g_clear_pointer(&r->fault_class, g_free);
     g_clear_pointer(&r->fault_message, g_free);
     r->fault_at = 0;
     return TRUE;
 }
 
-gboolean vn_instance_store_launched(VnInstanceStore *s, const char *uuid,
+gboolean vn_instance_store_launched(VnInstanceStore *s, const char *uuid, VnTaskState task,
                                     const char *security_label, GError **error)
 {
-    return update(s, uuid, change_launched, (gpointer)security_label, error);
+    LaunchArgs l = { task, security_label };
+
+    return update(s, uuid, change_launched, &l, error);
+}
+
+static gboolean change_image(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    (void)error;
+    vn_image_ref_clear(&r->image);
+    vn_image_ref_copy(&r->image, data);
+    g_clear_pointer(&r->image.download_url, g_free); /* credentials never in a record */
+    return TRUE;
+}
+
+gboolean vn_instance_store_set_image(VnInstanceStore *s, const char *uuid, const VnImageRef *image,
+                                     GError **error)
+{
+    return update(s, uuid, change_image, (gpointer)image, error);
 }
 
 /* A string field of the record (at @offset) and its new value. */

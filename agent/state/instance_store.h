@@ -40,6 +40,15 @@ gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *sp
  * never overwrites a live record of the same uuid (VN_API_ERROR_EXISTS). */
 gboolean vn_instance_store_arrive(VnInstanceStore *s, const VnInstanceRecord *rec, GError **error);
 
+/* The same for a guest arriving by @task (evacuation: rebuilding); with @over_error, a
+ * record of this host in vm_state error (an earlier evacuation that failed) is replaced. */
+gboolean vn_instance_store_take_over(VnInstanceStore *s, const VnInstanceRecord *rec,
+                                     VnTaskState task, gboolean over_error, GError **error);
+
+/* The image the root disk is made from (rebuild).  Its credentials are not kept. */
+gboolean vn_instance_store_set_image(VnInstanceStore *s, const char *uuid, const VnImageRef *image,
+                                     GError **error);
+
 /* Claims @uuid for @task: no task may be running and vm_state must be one of @allowed
  * (terminated by VN_VM_LAST).  VN_API_ERROR_NOT_FOUND / _INVALID_STATE otherwise. */
 gboolean vn_instance_store_begin_task(VnInstanceStore *s, const char *uuid,
@@ -66,9 +75,9 @@ gboolean vn_instance_store_set_power(VnInstanceStore *s, const char *uuid, VnPow
 /* Sets task_state none without other changes (restart recovery). */
 gboolean vn_instance_store_clear_task(VnInstanceStore *s, const char *uuid, GError **error);
 
-/* A build succeeded: its spawning task ends, the instance is active and running, launched
- * now with @security_label, in one durable write. */
-gboolean vn_instance_store_launched(VnInstanceStore *s, const char *uuid,
+/* A build (or rebuild) succeeded: its spawning @task ends, the instance is active and
+ * running, launched now with @security_label, in one durable write. */
+gboolean vn_instance_store_launched(VnInstanceStore *s, const char *uuid, VnTaskState task,
                                     const char *security_label, GError **error);
 
 /* The security labels read back from the running guest. */

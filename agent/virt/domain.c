@@ -5,6 +5,7 @@
 #include <libvirt/virterror.h>
 
 #include "agent/virt/domain.h"
+#include "agent/virt/job.h"
 #include "agent/virt/host.h"
 #include "agent/virt/virt.h"
 
@@ -506,4 +507,86 @@ gboolean vn_domain_detach_disk_from(VnVirtConn *c, const char *uuid, const char 
     g_autofree char *what = g_strdup_printf("disk %s", target);
 
     return detach_until_gone(c, uuid, xml, needle, what, live, !live, timeout_s, error);
+}
+
+gboolean vn_domain_job_stats(VnVirtConn *c, const char *uuid, gboolean completed, VnJobStats *out,
+                             GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+    virTypedParameterPtr params = NULL;
+    int n = 0, type = VIR_DOMAIN_JOB_NONE;
+
+    memset(out, 0, sizeof(*out));
+    if (!dom)
+        return FALSE;
+    if (virDomainGetJobStats(dom, &type, &params, &n,
+                             completed ? VIR_DOMAIN_JOB_STATS_COMPLETED : 0) < 0)
+        return vn_virt_error(error, "reading the job of instance %s", uuid);
+    vn_job_stats_from_params(params, n, out);
+    virTypedParamsFree(params, n);
+    switch (type) {
+    case VIR_DOMAIN_JOB_BOUNDED:
+    case VIR_DOMAIN_JOB_UNBOUNDED:
+        out->state = VN_JOB_RUNNING;
+        break;
+    case VIR_DOMAIN_JOB_COMPLETED:
+        out->state = VN_JOB_COMPLETED;
+        break;
+    case VIR_DOMAIN_JOB_FAILED:
+        out->state = VN_JOB_FAILED;
+        break;
+    case VIR_DOMAIN_JOB_CANCELLED:
+        out->state = VN_JOB_CANCELLED;
+        break;
+    default:
+        out->state = VN_JOB_NONE;
+    }
+    return TRUE;
+}
+
+gboolean vn_domain_backup_begin(VnVirtConn *c, const char *uuid, const char *target,
+                                const char *path, GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+    g_autoptr(GString) xml = g_string_new("<domainbackup mode='push'><disks>");
+    g_autofree char *esc = g_markup_escape_text(path, -1);
+
+    if (!dom)
+        return FALSE;
+    g_string_append_printf(xml,
+                           "<disk name='%s' backup='yes' type='file'><target file='%s'/>"
+                           "<driver type='qcow2'/></disk>",
+                           target, esc);
+    /* with <disks> given, only the disks it lists take part */
+    g_string_append(xml, "</disks></domainbackup>");
+    if (virDomainBackupBegin(dom, xml->str, NULL, 0) < 0)
+        return vn_virt_error(error, "starting the copy of disk %s of instance %s", target, uuid);
+    return TRUE;
+}
+
+gboolean vn_domain_abort_job(VnVirtConn *c, const char *uuid, GError **error)
+{
+    return domain_do(c, uuid, virDomainAbortJob, "aborting the job of", error);
+}
+
+gboolean vn_domain_fs_freeze(VnVirtConn *c, const char *uuid, GError **error)
+{
+    g_autoptr(virDomain) dom = domain_get(c, uuid, error);
+
+    if (!dom)
+        return FALSE;
+    if (virDomainFSFreeze(dom, NULL, 0, 0) < 0)
+        return vn_virt_error(error, "freezing the file systems of instance %s", uuid);
+    return TRUE;
+}
+
+void vn_domain_fs_thaw(VnVirtConn *c, const char *uuid)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(virDomain) dom = domain_get(c, uuid, &err);
+
+    if (dom && virDomainFSThaw(dom, NULL, 0, 0) < 0)
+        vn_virt_error(&err, "thawing the file systems of instance %s", uuid);
+    if (err)
+        g_warning("%s", err->message);
 }

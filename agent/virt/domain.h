@@ -7,6 +7,7 @@
 #include <gio/gio.h>
 
 #include "agent/virt/conn.h"
+#include "agent/virt/job.h"
 #include "api/instance.h"
 
 /* Defines @xml (persistent) and starts it; on a start failure the definition is removed
@@ -46,6 +47,26 @@ gboolean vn_domain_paused_by_io_error(VnVirtConn *c, const char *uuid);
 
 /* Saves the guest's memory and stops it (Nova's suspend); vn_domain_start resumes it. */
 gboolean vn_domain_managed_save(VnVirtConn *c, const char *uuid, GError **error);
+
+/* The statistics of the job of @uuid running now, or with @completed, of the last one that
+ * ended (state COMPLETED, FAILED or CANCELLED); state NONE when there is none. */
+gboolean vn_domain_job_stats(VnVirtConn *c, const char *uuid, gboolean completed, VnJobStats *out,
+                             GError **error);
+
+/* Starts a point-in-time copy of disk @target (e.g. "vda") of the running guest @uuid, and
+ * of no other disk, into the new qcow2 file @path (libvirt's push-mode backup).  The guest
+ * runs on; the copy is its disk as it was at this call.  The job is followed with
+ * vn_domain_job_stats. */
+gboolean vn_domain_backup_begin(VnVirtConn *c, const char *uuid, const char *target,
+                                const char *path, GError **error);
+
+/* Aborts the job (a copy, a migration) running on @uuid. */
+gboolean vn_domain_abort_job(VnVirtConn *c, const char *uuid, GError **error);
+
+/* Freezes the guest's file systems through its guest agent (an error when it has none
+ * that answers); vn_domain_fs_thaw thaws them again. */
+gboolean vn_domain_fs_freeze(VnVirtConn *c, const char *uuid, GError **error);
+void vn_domain_fs_thaw(VnVirtConn *c, const char *uuid);
 
 /* Waits up to @timeout_s for the domain to be in power state @state. */
 gboolean vn_domain_wait_state(VnVirtConn *c, const char *uuid, VnPowerState state, double timeout_s,

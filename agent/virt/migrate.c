@@ -3,6 +3,7 @@
 
 #include <libvirt/virterror.h>
 
+#include "agent/virt/domain.h"
 #include "agent/virt/migrate.h"
 #include "agent/virt/virt.h"
 
@@ -98,35 +99,7 @@ gboolean vn_migrate_run(VnVirtConn *c, const char *uuid, const VnMigrateParams *
 
 gboolean vn_migrate_job_stats(VnVirtConn *c, const char *uuid, VnJobStats *out, GError **error)
 {
-    g_autoptr(virDomain) dom = domain(c, uuid, error);
-    virTypedParameterPtr params = NULL;
-    int n = 0, type = VIR_DOMAIN_JOB_NONE;
-
-    memset(out, 0, sizeof(*out));
-    if (!dom)
-        return FALSE;
-    if (virDomainGetJobStats(dom, &type, &params, &n, 0) < 0)
-        return vn_virt_error(error, "reading the job of instance %s", uuid);
-    vn_job_stats_from_params(params, n, out);
-    virTypedParamsFree(params, n);
-    switch (type) {
-    case VIR_DOMAIN_JOB_BOUNDED:
-    case VIR_DOMAIN_JOB_UNBOUNDED:
-        out->state = VN_JOB_RUNNING;
-        break;
-    case VIR_DOMAIN_JOB_COMPLETED:
-        out->state = VN_JOB_COMPLETED;
-        break;
-    case VIR_DOMAIN_JOB_FAILED:
-        out->state = VN_JOB_FAILED;
-        break;
-    case VIR_DOMAIN_JOB_CANCELLED:
-        out->state = VN_JOB_CANCELLED;
-        break;
-    default:
-        out->state = VN_JOB_NONE;
-    }
-    return TRUE;
+    return vn_domain_job_stats(c, uuid, FALSE, out, error);
 }
 
 gboolean vn_migrate_set_max_downtime(VnVirtConn *c, const char *uuid, int ms, GError **error)

@@ -189,6 +189,15 @@ char *vn_report_query_host(const char *connection, const char *password, const c
 char *vn_report_query_instance_host(const char *connection, const char *password, const char *uuid,
                                     GError **error);
 
+/* The instances among @uuids (NULL-terminated) that the central database says have settled
+ * on a host other than @host: no task under way, not in error.  NULL-terminated; NULL
+ * with @error when the database cannot be read. */
+char **vn_report_query_moved(const char *connection, const char *password, const char *host,
+                             const char *const *uuids, GError **error);
+
+/* The same, for @r's host, over a connection of its own (any thread). */
+char **vn_reporter_query_moved(VnReporter *r, const char *const *uuids, GError **error);
+
 /* For virtnodectl: the last migrations row of instance @uuid as a JSON text (the record
  * that outlives the agents' own, which forget a migration once it ended).  Caller
  * frees. */

@@ -251,7 +251,11 @@ static const char *const sql_instance =
     " flavor = EXCLUDED.flavor, image = EXCLUDED.image, fault = EXCLUDED.fault,"
     " launched_at = EXCLUDED.launched_at, terminated_at = EXCLUDED.terminated_at,"
     " generation = EXCLUDED.generation, updated_at = now()"
-    " WHERE instances.generation < EXCLUDED.generation";
+    " WHERE instances.generation < EXCLUDED.generation"
+    /* a host never takes a guest that settled on another host without a task that moves
+     * it (a migration, an evacuation): a stale copy's writes are dropped */
+    " AND (instances.host IS NOT DISTINCT FROM EXCLUDED.host OR instances.host IS NULL"
+    "  OR instances.task_state IS NOT NULL OR EXCLUDED.task_state IS NOT NULL)";
 
 static const char *const sql_action =
     "INSERT INTO instance_actions (host, journal_id, local_id, instance_uuid, request_id,"
@@ -996,6 +1000,47 @@ char *vn_report_query_instance_host(const char *connection, const char *password
     return query_text(connection, password,
                       "SELECT host FROM instances WHERE uuid = $1::uuid AND host IS NOT NULL", uuid,
                       what, error);
+}
+
+char **vn_report_query_moved(const char *connection, const char *password, const char *host,
+                             const char *const *uuids, GError **error)
+{
+    g_autoptr(PGconn) conn = NULL;
+    g_autoptr(PGresult) res = NULL;
+    g_autoptr(GString) array = g_string_new("{");
+    g_autoptr(GPtrArray) out = g_ptr_array_new();
+    const char *params[2];
+
+    for (const char *const *u = uuids; u && *u; u++)
+        g_string_append_printf(array, "%s%s", u == uuids ? "" : ",", *u);
+    g_string_append_c(array, '}');
+    conn = open_conn(connection, password, 5, "virtnode", error);
+    if (!conn)
+        return NULL;
+    params[0] = host;
+    params[1] = array->str;
+    /* settled elsewhere: a row still in a task (an evacuation under way) or in error (one
+     * that failed) does not count */
+    res = PQexecParams(conn,
+                       "SELECT uuid::text FROM instances WHERE uuid = ANY($2::uuid[])"
+                       " AND host IS NOT NULL AND host <> $1 AND task_state IS NULL"
+                       " AND vm_state <> 'error'",
+                       2, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        g_set_error(error, VN_REPORT_ERROR, VN_REPORT_ERROR_QUERY, "reading instance hosts: %s",
+                    g_strstrip(PQresultErrorMessage(res)));
+        return NULL;
+    }
+    for (int i = 0; i < PQntuples(res); i++)
+        g_ptr_array_add(out, g_strdup(PQgetvalue(res, i, 0)));
+    g_ptr_array_add(out, NULL);
+    return (char **)g_ptr_array_free(g_steal_pointer(&out), FALSE);
+}
+
+char **vn_reporter_query_moved(VnReporter *r, const char *const *uuids, GError **error)
+{
+    /* conninfo, password and host are set at creation and never change */
+    return vn_report_query_moved(r->conninfo, r->password, r->host, uuids, error);
 }
 
 char *vn_report_query_migration(const char *connection, const char *password, const char *uuid,

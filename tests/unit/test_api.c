@@ -507,6 +507,76 @@ static void test_secrets_redacted_in_journaled_args(void **state)
     assert_non_null(strstr(json_object_to_json_string(o), "s3cr3t-pw"));
 }
 
+/* rebuild_instance: on this host (an optional new image) or an evacuation (recreate, with
+ * the spec of the instance named); snapshot_instance: an http(s) upload URL. */
+static void test_rebuild_and_snapshot_requests(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnRequest) r = NULL;
+    g_autofree char *evacuate = NULL;
+    g_autoptr(json_object) journaled = NULL;
+    g_autoptr(json_object) o = NULL;
+
+    (void)state;
+    r = parse(VN_METHOD_REBUILD_INSTANCE,
+              "{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\", \"image\": {\"id\": "
+              "\"guest-2\", \"url\": \"http://u:pw@127.0.0.1/g2.qcow2\", \"sha256\": "
+              "\"abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789\", "
+              "\"disk_format\": \"qcow2\"}}",
+              &err);
+    assert_non_null(r);
+    assert_false(r->recreate);
+    assert_string_equal(r->image->id, "guest-2");
+    assert_string_equal(r->image->download_url, "http://u:pw@127.0.0.1/g2.qcow2");
+    assert_null(strstr(r->image->url, "pw"));
+    g_clear_pointer(&r, vn_request_free);
+
+    /* the spec is for evacuations only */
+    evacuate = g_strdup_printf("%.*s, \"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\"}",
+                               (int)strlen(build_args) - 1, build_args);
+    r = parse(VN_METHOD_REBUILD_INSTANCE, evacuate, &err);
+    assert_null(r);
+    assert_non_null(strstr(err->message, "recreate true"));
+    g_clear_error(&err);
+    g_free(evacuate);
+    evacuate = g_strdup_printf("%.*s, \"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\","
+                               " \"recreate\": true}",
+                               (int)strlen(build_args) - 1, build_args);
+    r = parse(VN_METHOD_REBUILD_INSTANCE, evacuate, &err);
+    assert_non_null(r);
+    assert_true(r->recreate);
+    assert_string_equal(r->spec->uuid, "0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01");
+    assert_string_equal(r->spec->image.id, "guest-1");
+    g_clear_pointer(&r, vn_request_free);
+    /* ... and must be the instance named */
+    g_free(evacuate);
+    evacuate = g_strdup_printf("%.*s, \"instance_uuid\": \"11111111-8f1d-4c1a-9d4e-2f7c9a6b1e01\","
+                               " \"recreate\": true}",
+                               (int)strlen(build_args) - 1, build_args);
+    r = parse(VN_METHOD_REBUILD_INSTANCE, evacuate, &err);
+    assert_null(r);
+    assert_non_null(strstr(err->message, "is not the instance_uuid"));
+    g_clear_error(&err);
+
+    r = parse(VN_METHOD_SNAPSHOT_INSTANCE,
+              "{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\", \"image_id\": \"s1\","
+              " \"upload_url\": \"file:///etc/passwd\"}",
+              &err);
+    assert_null(r);
+    assert_non_null(strstr(err->message, "upload_url"));
+    g_clear_error(&err);
+    o = json_tokener_parse(
+        "{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\","
+        " \"image_id\": \"s1\", \"upload_url\": \"https://u:s3cr3t@img/x?t=tok\"}");
+    r = vn_request_parse(vn_method_info(VN_METHOD_SNAPSHOT_INSTANCE), o, &err);
+    assert_non_null(r);
+    assert_string_equal(r->upload_url, "https://u:s3cr3t@img/x?t=tok");
+    /* what the journal keeps has neither the password nor the token */
+    journaled = vn_request_args_redacted("snapshot_instance", o);
+    assert_null(strstr(json_object_to_json_string(journaled), "s3cr3t"));
+    assert_null(strstr(json_object_to_json_string(journaled), "tok"));
+}
+
 static void test_boot_from_volume_without_image(void **state)
 {
     g_autoptr(GError) err = NULL;
@@ -543,6 +613,7 @@ int main(void)
         cmocka_unit_test(test_volumes),
         cmocka_unit_test(test_secrets_redacted_in_journaled_args),
         cmocka_unit_test(test_boot_from_volume_without_image),
+        cmocka_unit_test(test_rebuild_and_snapshot_requests),
         cmocka_unit_test(test_record_round_trip),
         cmocka_unit_test(test_uuid_canonical),
     };
