@@ -17,6 +17,9 @@
 #   vn.spoof=ip|mac        misbehave: use another IP (the assigned one + 100) or another
 #                          MAC than the config drive gives
 #   vn.acpi=ignore         do not power off on the ACPI power button
+#   vn.rootmark=1          a marker on the root disk (vda, at 48 MiB, past the image): one
+#                          found there is reported ("VIRTNODE-ROOT-READ <mark>"), else a new
+#                          one is written, synced and reported ("VIRTNODE-ROOT-WROTE <mark>")
 #
 # A config drive (a disk labelled "config-2", ISO 9660) is read when present: every interface
 # whose MAC a link of openstack/latest/network_data.json names gets that link's
@@ -53,6 +56,17 @@ if [ "$(setting vn.acpi)" != ignore ]; then
         ( dd if="$ev" of=/dev/null bs=24 count=1 2>/dev/null &&
           { echo "VIRTNODE-GUEST-POWEROFF"; sync; poweroff -f; } ) &
     done
+fi
+
+# the root disk's marker: what shows a disk was kept, copied, or made anew
+if [ "$(setting vn.rootmark)" = 1 ] && [ -b /dev/vda ]; then
+    mark=$(dd if=/dev/vda bs=512 skip=$((48 * 2048)) count=1 2>/dev/null | tr -d '\000' | head -c 64)
+    case "$mark" in
+    VNROOT-*) echo "VIRTNODE-ROOT-READ $mark" ;;
+    *) mark="VNROOT-$(cat /proc/sys/kernel/random/uuid)"
+       printf '%s' "$mark" | dd of=/dev/vda bs=512 seek=$((48 * 2048)) conv=sync,fsync 2>/dev/null
+       echo "VIRTNODE-ROOT-WROTE $mark" ;;
+    esac
 fi
 
 # network_data.json, written by virtnode on one line: one object per link and per network

@@ -18,6 +18,7 @@
 #   harness.sh rabbit-stop|rabbit-start RUN_DIR
 #   harness.sh pg-stop|pg-start RUN_DIR
 #   harness.sh host-stop|host-start RUN_DIR a|b
+#   harness.sh host-crash RUN_DIR a|b         kills host a|b whole (agents too), keeps its domains
 #   harness.sh qemu-tls-passphrase RUN_DIR    the passphrase of hosts a and b QEMU TLS keys
 #   harness.sh ns RUN_DIR a|b CMD...     run CMD in host a's (or b's) namespaces
 #   harness.sh fleet-start|fleet-stop RUN_DIR   two bare machines reachable by ssh
@@ -254,7 +255,12 @@ host_start() {
     PORT=$(envget "HOST_${H^^}_PORT"); MIG=$(envget "HOST_${H^^}_MIGRATION_PORT")
     mkdir -p "$R"/{run,lib,cache,log,etc,private,virtnode} "$RUN/private" /var/lib/virtnode
     cp -rn /etc/libvirt/. "$R/etc/" 2>/dev/null || true
-    rm -f "$R"/etc/qemu/networks/autostart/* "$R"/etc/qemu/*.xml 2>/dev/null || true
+    # a host coming back from host-crash keeps its domain definitions, as a rebooted one does
+    if [ -f "$R/crashed" ]; then
+        rm -f "$R/crashed"
+    else
+        rm -f "$R"/etc/qemu/networks/autostart/* "$R"/etc/qemu/*.xml 2>/dev/null || true
+    fi
     local last=${IP##*.}
     cat > "$R/etc/libvirtd.conf" <<EOF
 listen_tls = 0
@@ -280,7 +286,12 @@ stdio_handler = "file"
 migrate_tls_x509_cert_dir = "$R/pki-qemu"
 migrate_tls_x509_verify = 1
 migrate_tls_x509_secret_uuid = "$QEMU_TLS_SECRET"
+lock_manager = "lockd"
 EOF
+    # virtlockd holds each running guest's disk leases (fcntl locks on the disk files):
+    # on the shared instance folder, a second QEMU of the same disk, on either host, is
+    # refused.  Direct leases, no lockspace folder (qemu-lockd.conf's defaults).
+    printf 'log_outputs = "3:file:/var/log/libvirt/virtlockd.log"\n' > "$R/etc/virtlockd.conf"
     # QEMU's migration TLS files (used by migrations with VIR_MIGRATE_TLS only), keys
     # encrypted with the passphrase libvirt holds as a secret (defined below)
     [ -f "$R/pki-qemu/server-cert.pem" ] ||
@@ -297,6 +308,7 @@ EOF
         mount --bind $R/etc   /etc/libvirt
         mount --bind $R/private $RUN/private
         mount --bind $R/virtnode /var/lib/virtnode
+        virtlockd -d -f /etc/libvirt/virtlockd.conf -p /run/libvirt/virtlockd.pid
         exec libvirtd --listen -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid
     " > "$R/libvirtd.out" 2>&1 &
     local p=$! i
@@ -356,6 +368,23 @@ host_stop() {
         done
     fi
     rm -f "$R/pid" "$R/run/libvirt-sock" "$R/run/libvirt-sock-ro" "$R/run/libvirt-admin-sock"
+}
+
+# Host H dies: libvirtd, virtlockd, its guests' QEMUs and its agents are killed at once,
+# nothing is cleaned up (host-start brings it back with its definitions).
+host_crash() {
+    local H=$1 R=$RUN/hosts/$1 ns d
+    [ -f "$R/mntns" ] || die "host $H is not running"
+    ns=$(cat "$R/mntns")
+    # QEMU runs in a mount namespace of its own: found by the pid files libvirt keeps
+    for d in "$R"/run/qemu/*.pid; do
+        [ -f "$d" ] && kill -9 "$(cat "$d")" 2>/dev/null
+    done
+    for d in /proc/[0-9]*; do
+        [ "$(readlink "$d/ns/mnt" 2>/dev/null)" = "$ns" ] && kill -9 "${d#/proc/}" 2>/dev/null
+    done
+    rm -f "$R/pid" "$R/run/libvirt-sock" "$R/run/libvirt-sock-ro" "$R/run/libvirt-admin-sock"
+    touch "$R/crashed"
 }
 
 # Restarts only libvirtd of host H: its guests (and agents) keep running in the host's
@@ -826,6 +855,7 @@ pg-stop) pg_stop; log "PostgreSQL stopped" ;;
 pg-start) pg_start ;;
 host-stop) host_stop "${3:?host}"; log "host $3 stopped" ;;
 host-start) host_start "${3:?host}" ;;
+host-crash) host_crash "${3:?host}"; log "host $3 crashed" ;;
 qemu-tls-passphrase) echo "$QEMU_TLS_PASSPHRASE" ;;
 libvirtd-restart) libvirtd_restart "${3:?host}" ;;
 nethost-start) nethost_start "${3:?host}" ;;

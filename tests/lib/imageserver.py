@@ -8,6 +8,8 @@ counts the GET requests per path, so a test can prove that N builds downloaded o
   GET /status/<code>          an empty reply with that status
   GET /_stats                 {"<path>": count, ...} of GETs so far
   POST /_reset                clears the counts
+  PUT /uploads/<file>         stores the body (Content-Length) as <root>/uploads/<file>;
+                              201, or 507 after /_fail_puts/<n> asked for n failures
 """
 import argparse
 import json
@@ -19,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 counts = {}
 lock = threading.Lock()
+fail_puts = [0]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -33,7 +36,41 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    def do_PUT(self):
+        m = re.match(r"^/uploads/([A-Za-z0-9._-]+)$", self.path.split("?", 1)[0])
+        length = self.headers.get("Content-Length")
+        if not m or length is None:
+            self._send_empty(400)
+            return
+        left = int(length)
+        with lock:
+            fail = fail_puts[0] > 0
+            if fail:
+                fail_puts[0] -= 1
+        folder = os.path.join(self.root, "uploads")
+        os.makedirs(folder, exist_ok=True)
+        part = os.path.join(folder, m.group(1) + ".part")
+        with open(part, "wb") as f:
+            while left > 0:
+                chunk = self.rfile.read(min(65536, left))
+                if not chunk:
+                    break
+                f.write(chunk)
+                left -= len(chunk)
+        if left or fail:
+            os.unlink(part)
+            self._send_empty(507 if fail else 400)
+            return
+        os.replace(part, os.path.join(folder, m.group(1)))
+        self._send_empty(201)
+
     def do_POST(self):
+        m = re.match(r"^/_fail_puts/(\d+)$", self.path)
+        if m:
+            with lock:
+                fail_puts[0] = int(m.group(1))
+            self._send_empty(204)
+            return
         if self.path == "/_reset":
             with lock:
                 counts.clear()
