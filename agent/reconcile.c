@@ -231,6 +231,8 @@ gboolean vn_reconcile_startup(VnAgent *a, GPtrArray *unfinished, GError **error)
             reconcile_migrating(a, r, has_unfinished(unfinished, r->uuid));
             continue;
         }
+        if (r->task_state == VN_TASK_RESIZE_MIGRATED && !has_unfinished(unfinished, r->uuid))
+            continue; /* the source's copy of a resize: it waits for confirm or revert */
         if (has_unfinished(unfinished, r->uuid)) {
             /* its request runs again from the journal; a build's replay rolls it back */
             if (r->vm_state != VN_VM_BUILDING) {

@@ -6,7 +6,7 @@
 #include "api/json.h"
 
 static const char *const vm_names[VN_VM_LAST] = {
-    "building", "active", "stopped", "paused", "suspended", "error", "deleted",
+    "building", "active", "stopped", "paused", "suspended", "error", "deleted", "resized",
 };
 
 static const char *const task_names[VN_TASK_LAST] = {
@@ -29,6 +29,12 @@ static const char *const task_names[VN_TASK_LAST] = {
     "rebuild_spawning",
     "image_snapshot",
     "image_uploading",
+    "resize_prep",
+    "resize_migrating",
+    "resize_migrated",
+    "resize_finish",
+    "resize_confirming",
+    "resize_reverting",
 };
 
 const char *vn_vm_state_name(VnVmState s)
@@ -122,6 +128,19 @@ void vn_image_ref_clear(VnImageRef *im)
     g_clear_pointer(&im->disk_format, g_free);
 }
 
+void vn_flavor_copy(VnFlavor *to, const VnFlavor *from)
+{
+    *to = *from;
+    to->name = g_strdup(from->name);
+    to->extra_specs = string_map_copy(from->extra_specs);
+}
+
+void vn_flavor_clear(VnFlavor *f)
+{
+    g_clear_pointer(&f->name, g_free);
+    g_clear_pointer(&f->extra_specs, g_hash_table_unref);
+}
+
 VnInstanceRecord *vn_instance_record_copy(const VnInstanceRecord *s)
 {
     VnInstanceRecord *r = g_new0(VnInstanceRecord, 1);
@@ -131,8 +150,7 @@ VnInstanceRecord *vn_instance_record_copy(const VnInstanceRecord *s)
     r->name = g_strdup(s->name);
     r->project_id = g_strdup(s->project_id);
     r->user_id = g_strdup(s->user_id);
-    r->flavor.name = g_strdup(s->flavor.name);
-    r->flavor.extra_specs = string_map_copy(s->flavor.extra_specs);
+    vn_flavor_copy(&r->flavor, &s->flavor);
     vn_image_ref_copy(&r->image, &s->image);
     r->metadata = string_map_copy(s->metadata);
     r->ports = g_ptr_array_new_with_free_func((GDestroyNotify)vn_port_spec_free);
@@ -158,8 +176,7 @@ void vn_instance_record_free(VnInstanceRecord *r)
     g_free(r->name);
     g_free(r->project_id);
     g_free(r->user_id);
-    g_free(r->flavor.name);
-    g_clear_pointer(&r->flavor.extra_specs, g_hash_table_unref);
+    vn_flavor_clear(&r->flavor);
     vn_image_ref_clear(&r->image);
     g_clear_pointer(&r->metadata, g_hash_table_unref);
     g_clear_pointer(&r->ports, g_ptr_array_unref);
@@ -173,7 +190,7 @@ void vn_instance_record_free(VnInstanceRecord *r)
     g_free(r);
 }
 
-static gboolean parse_flavor(json_object *obj, const char *path, VnFlavor *f, GError **error)
+gboolean vn_flavor_parse(json_object *obj, const char *path, VnFlavor *f, GError **error)
 {
     static const char *const keys[] = { "name",         "vcpus",   "memory_mb",   "root_gb",
                                         "ephemeral_gb", "swap_mb", "extra_specs", NULL };
@@ -352,7 +369,7 @@ gboolean vn_instance_spec_parse(json_object *obj, const char *path, VnInstanceRe
         return FALSE;
     if (!vn_json_member(obj, "flavor"))
         return vn_api_invalid(error, "%s: missing", flavor_path);
-    if (!parse_flavor(vn_json_member(obj, "flavor"), flavor_path, &rec->flavor, error))
+    if (!vn_flavor_parse(vn_json_member(obj, "flavor"), flavor_path, &rec->flavor, error))
         return FALSE;
     /* no image: the guest boots from a volume (checked with the block device mapping) */
     if (vn_json_member(obj, "image") &&

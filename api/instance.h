@@ -20,6 +20,7 @@ typedef enum {
     VN_VM_SUSPENDED,
     VN_VM_ERROR,
     VN_VM_DELETED,
+    VN_VM_RESIZED, /* moved or resized, running on its new host; confirm or revert next */
     VN_VM_LAST
 } VnVmState;
 
@@ -43,6 +44,12 @@ typedef enum {
     VN_TASK_REBUILD_SPAWNING, /* its new domain is being made */
     VN_TASK_IMAGE_SNAPSHOT,   /* snapshot: the point-in-time copy is being taken */
     VN_TASK_IMAGE_UPLOADING,  /* snapshot: the image is being converted and uploaded */
+    VN_TASK_RESIZE_PREP,      /* resize/cold migration: the destination claims */
+    VN_TASK_RESIZE_MIGRATING, /* the guest is stopped, its disks go to the destination */
+    VN_TASK_RESIZE_MIGRATED,  /* the source's copy, kept until confirm or revert */
+    VN_TASK_RESIZE_FINISH,    /* the destination starts the guest */
+    VN_TASK_RESIZE_CONFIRMING,
+    VN_TASK_RESIZE_REVERTING,
     VN_TASK_LAST
 } VnTaskState;
 
@@ -125,6 +132,11 @@ gboolean vn_power_state_valid(int value);
  * Validates every field and fills @rec's spec fields (uuid canonicalised). */
 gboolean vn_instance_spec_parse(json_object *instance, const char *path, VnInstanceRecord *rec,
                                 GError **error);
+
+/* A flavor ("flavor" of an instance spec, or of a resize).  Fills @f. */
+gboolean vn_flavor_parse(json_object *obj, const char *path, VnFlavor *f, GError **error);
+void vn_flavor_copy(VnFlavor *to, const VnFlavor *from); /* @to: uninitialised */
+void vn_flavor_clear(VnFlavor *f);
 
 /* An image reference ("image" of an instance spec, or of a rebuild).  Fills @im. */
 gboolean vn_image_ref_parse(json_object *obj, const char *path, VnImageRef *im, GError **error);

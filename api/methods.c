@@ -47,6 +47,17 @@ static const VnMethodInfo methods[VN_METHOD_LAST] = {
       FALSE },
     { VN_METHOD_REBUILD_INSTANCE, "rebuild_instance", 4, VN_KIND_BUILD, TRUE, TRUE, FALSE },
     { VN_METHOD_SNAPSHOT_INSTANCE, "snapshot_instance", 4, VN_KIND_OPERATION, TRUE, TRUE, FALSE },
+    { VN_METHOD_RESIZE_INSTANCE, "resize_instance", 4, VN_KIND_MIGRATION, TRUE, TRUE, FALSE },
+    { VN_METHOD_PREP_RESIZE, "prep_resize", 4, VN_KIND_OPERATION, FALSE, TRUE, FALSE },
+    { VN_METHOD_FINISH_RESIZE, "finish_resize", 4, VN_KIND_OPERATION, TRUE, TRUE, FALSE },
+    { VN_METHOD_ABORT_RESIZE_AT_DESTINATION, "abort_resize_at_destination", 4, VN_KIND_OPERATION,
+      TRUE, TRUE, FALSE },
+    { VN_METHOD_CONFIRM_RESIZE, "confirm_resize", 4, VN_KIND_OPERATION, TRUE, TRUE, FALSE },
+    { VN_METHOD_CONFIRM_RESIZE_AT_SOURCE, "confirm_resize_at_source", 4, VN_KIND_OPERATION, TRUE,
+      TRUE, FALSE },
+    { VN_METHOD_REVERT_RESIZE, "revert_resize", 4, VN_KIND_OPERATION, TRUE, TRUE, FALSE },
+    { VN_METHOD_FINISH_REVERT_RESIZE, "finish_revert_resize", 4, VN_KIND_OPERATION, TRUE, TRUE,
+      FALSE },
 };
 /* clang-format on */
 
@@ -134,6 +145,10 @@ void vn_request_free(VnRequest *req)
     }
     g_free(req->image_id);
     g_free(req->upload_url);
+    if (req->flavor) {
+        vn_flavor_clear(req->flavor);
+        g_free(req->flavor);
+    }
     g_free(req);
 }
 
@@ -416,6 +431,25 @@ static gboolean parse_args(VnRequest *req, json_object *args, GError **error)
                get_host(args, "dest_host", TRUE, &req->dest_host, error) &&
                get_tristate(args, "block_migration", &req->block_migration, error);
     }
+    case VN_METHOD_RESIZE_INSTANCE: {
+        static const char *const keys[] = { "instance_uuid", "dest_host", "flavor", NULL };
+        json_object *f;
+        if (!vn_json_expect_object(args, "args", keys, error) ||
+            !get_uuid(args, "instance_uuid", &req->instance_uuid, error) ||
+            !get_host(args, "dest_host", FALSE, &req->dest_host, error))
+            return FALSE;
+        if ((f = vn_json_member(args, "flavor"))) {
+            req->flavor = g_new0(VnFlavor, 1);
+            if (!vn_flavor_parse(f, "flavor", req->flavor, error))
+                return FALSE;
+        }
+        return TRUE;
+    }
+    case VN_METHOD_PREP_RESIZE:
+    case VN_METHOD_FINISH_RESIZE:
+    case VN_METHOD_ABORT_RESIZE_AT_DESTINATION:
+    case VN_METHOD_CONFIRM_RESIZE_AT_SOURCE:
+    case VN_METHOD_FINISH_REVERT_RESIZE:
     case VN_METHOD_CHECK_CAN_LIVE_MIGRATE_DESTINATION:
     case VN_METHOD_CHECK_CAN_LIVE_MIGRATE_SOURCE:
     case VN_METHOD_PRE_LIVE_MIGRATION:

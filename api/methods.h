@@ -50,6 +50,14 @@ typedef enum {
     VN_METHOD_HOST_MAINTENANCE_MODE,
     VN_METHOD_REBUILD_INSTANCE,
     VN_METHOD_SNAPSHOT_INSTANCE,
+    VN_METHOD_RESIZE_INSTANCE,
+    VN_METHOD_PREP_RESIZE,
+    VN_METHOD_FINISH_RESIZE,
+    VN_METHOD_ABORT_RESIZE_AT_DESTINATION,
+    VN_METHOD_CONFIRM_RESIZE,
+    VN_METHOD_CONFIRM_RESIZE_AT_SOURCE,
+    VN_METHOD_REVERT_RESIZE,
+    VN_METHOD_FINISH_REVERT_RESIZE,
     VN_METHOD_LAST
 } VnMethod;
 
@@ -91,6 +99,7 @@ typedef struct {
     VnImageRef *image;         /* rebuild: the new image (NULL: the one it has) */
     char *image_id;            /* snapshot: the new image's id */
     char *upload_url;          /* snapshot: where to PUT it (credentials in memory only) */
+    VnFlavor *flavor;          /* resize: the new flavor (NULL: the same, a cold migration) */
     int stop_timeout;          /* stop: seconds of graceful wait, -1 = configured */
     gboolean clean_shutdown;   /* stop: FALSE = power off at once */
     VnRebootType reboot_type;  /* reboot */

@@ -9,6 +9,7 @@
 #include "agent/ops/ports.h"
 #include "agent/ops/volumes.h"
 #include "agent/virt/domain.h"
+#include "agent/virt/domain_xml.h"
 #include "agent/virt/virt.h"
 #include "storage/disk.h"
 #include "storage/stor_error.h"
@@ -326,4 +327,21 @@ gboolean vn_guest_remove(VnAgent *a, const char *uuid, GError **error)
     if (!vn_domain_undefine(a->virt, uuid, error))
         return FALSE;
     return vn_disk_remove_tree(dir, error);
+}
+
+gboolean vn_guest_define_and_start(VnAgent *a, const VnInstanceRecord *rec, GCancellable *cancel,
+                                   char **labels, GError **error)
+{
+    g_autoptr(VnDomainSpec) ds = NULL;
+    g_autofree char *xml = NULL;
+
+    if (!vn_guest_prepare_dir(a, rec->uuid, rec->guest_uid, error))
+        return FALSE;
+    ds = vn_guest_domain_spec(a, rec, rec->guest_uid, error);
+    if (!ds || !(xml = vn_domain_xml_build(ds, error)) ||
+        !vn_domain_redefine(a->virt, xml, error) || !vn_domain_start(a->virt, rec->uuid, error) ||
+        !vn_domain_wait_state(a->virt, rec->uuid, VN_POWER_RUNNING, 30, cancel, error))
+        return FALSE;
+    *labels = vn_guest_verify_confinement(a, rec, rec->guest_uid, error);
+    return *labels != NULL;
 }

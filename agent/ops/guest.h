@@ -58,5 +58,10 @@ VnDomainSpec *vn_guest_domain_spec(VnAgent *a, const VnInstanceRecord *rec, int 
 char *vn_guest_verify_confinement(VnAgent *a, const VnInstanceRecord *rec, int dac_uid,
                                   GError **error);
 
+/* Defines the domain of @rec again from its record (its folder prepared first), starts it,
+ * waits until it runs and checks its labels; *@labels gets them. */
+gboolean vn_guest_define_and_start(VnAgent *a, const VnInstanceRecord *rec, GCancellable *cancel,
+                                   char **labels, GError **error);
+
 /* Powers off and removes the domain, then the instance folder.  Idempotent. */
 gboolean vn_guest_remove(VnAgent *a, const char *uuid, GError **error);

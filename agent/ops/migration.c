@@ -386,9 +386,8 @@ static const char *md_str(json_object *md, const char *key)
     return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
 }
 
-/* Calls @method on agent @host with the instance, its source and migrate_data. */
-static json_object *peer_call(VnAgent *a, const char *host, const char *method, const char *uuid,
-                              json_object *md, int timeout_s, GError **error)
+json_object *vn_peer_call(VnAgent *a, const char *host, const char *method, const char *uuid,
+                          json_object *md, int timeout_s, GError **error)
 {
     g_autoptr(VnConfig) cfg = vn_agent_config(a);
     g_autoptr(json_object) args = json_object_new_object();
@@ -512,7 +511,8 @@ static gboolean prepare(Flow *f, const VnInstanceRecord *rec, int pref_block, GE
         json_object_object_add(f->md, "cpu_info", ci);
     }
 
-    check = peer_call(a, f->dest, "check_can_live_migrate_destination", f->uuid, f->md, 60, error);
+    check =
+        vn_peer_call(a, f->dest, "check_can_live_migrate_destination", f->uuid, f->md, 60, error);
     if (!check)
         return FALSE;
     md_merge(f->md, check);
@@ -521,7 +521,7 @@ static gboolean prepare(Flow *f, const VnInstanceRecord *rec, int pref_block, GE
     g_message("migration %s of %s to %s: %s storage, %s", f->id, f->uuid, f->dest,
               f->shared ? "shared" : "local", f->block ? "block migration" : "memory only");
     set_status(f, "preparing", NULL);
-    pre = peer_call(a, f->dest, "pre_live_migration", f->uuid, f->md, 900, error);
+    pre = vn_peer_call(a, f->dest, "pre_live_migration", f->uuid, f->md, 900, error);
     if (!pre)
         return FALSE;
     f->dest_prepared = TRUE;
@@ -723,8 +723,8 @@ static gboolean complete(Flow *f, GError **error)
 
     for (int i = 1; i <= POST_ATTEMPTS && !post; i++) {
         g_clear_error(&err);
-        post =
-            peer_call(a, f->dest, "post_live_migration_at_destination", f->uuid, f->md, 120, &err);
+        post = vn_peer_call(a, f->dest, "post_live_migration_at_destination", f->uuid, f->md, 120,
+                            &err);
         if (!post && i < POST_ATTEMPTS) {
             g_warning("migration of %s: %s did not confirm the take-over (%s); asking again",
                       f->uuid, f->dest, err->message);
@@ -963,7 +963,7 @@ static gboolean recover_source(VnOp *op, GError **error)
     if (!exists) {
         /* libvirt finished the migration while the agent was away */
         g_autoptr(json_object) post =
-            peer_call(a, dest, "post_live_migration_at_destination", uuid, NULL, 120, &err);
+            vn_peer_call(a, dest, "post_live_migration_at_destination", uuid, NULL, 120, &err);
         if (!post)
             g_warning("recovering the migration of %s: %s", uuid, err->message);
         vn_ports_unplug(a, rec->ports, rec->ports->len);
@@ -1167,8 +1167,8 @@ gboolean vn_op_check_dest(VnOp *op, json_object **result, GError **error)
     json_object_object_add(
         ask, "block_migration",
         md_get(md, "block_migration") ? json_object_get(md_get(md, "block_migration")) : NULL);
-    src = peer_call(a, op->req->source_host ? op->req->source_host : md_str(md, "source_host"),
-                    "check_can_live_migrate_source", inst->uuid, ask, 60, error);
+    src = vn_peer_call(a, op->req->source_host ? op->req->source_host : md_str(md, "source_host"),
+                       "check_can_live_migrate_source", inst->uuid, ask, 60, error);
     g_unlink(probe_path);
     if (!src)
         return FALSE;

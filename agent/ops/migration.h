@@ -44,6 +44,11 @@ gboolean vn_migrations_request_abort(VnMigrations *m, const char *uuid, GError *
 gboolean vn_migrations_request_force(VnMigrations *m, const char *uuid, GError **error);
 
 /* The current (or last) migration of @uuid as JSON, or NULL when none is known. */
+/* Calls @method on the agent of @host with the instance, this host as its source and
+ * @md as migrate_data (NULL: {}); its result, an object, or NULL with @error. */
+json_object *vn_peer_call(VnAgent *a, const char *host, const char *method, const char *uuid,
+                          json_object *md, int timeout_s, GError **error);
+
 json_object *vn_migrations_describe(VnMigrations *m, const char *uuid);
 
 /* The RPC methods (vn_op_live_migration and the others in ops.h) are implemented in

@@ -20,6 +20,16 @@ gboolean vn_op_evacuate(VnOp *op, json_object **result, GError **error);
 /* rebuild.c */
 gboolean vn_op_rebuild(VnOp *op, json_object **result, GError **error);
 
+/* resize.c */
+gboolean vn_op_resize(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_prep_resize(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_finish_resize(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_abort_resize_dest(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_confirm_resize(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_confirm_resize_source(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_revert_resize(VnOp *op, json_object **result, GError **error);
+gboolean vn_op_finish_revert_resize(VnOp *op, json_object **result, GError **error);
+
 /* snapshot.c */
 gboolean vn_op_snapshot(VnOp *op, json_object **result, GError **error);
 

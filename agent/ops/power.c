@@ -117,21 +117,10 @@ static gboolean act_stop(VnOp *op, VnInstanceRecord *rec, GError **error)
  * starts it; the labels are checked again. */
 static gboolean hard_reboot(VnOp *op, VnInstanceRecord *rec, GError **error)
 {
-    VnAgent *a = op->agent;
-    g_autoptr(VnDomainSpec) ds = NULL;
-    g_autofree char *xml = NULL;
     g_autofree char *labels = NULL;
 
-    if (!vn_domain_destroy(a->virt, rec->uuid, error) ||
-        !vn_guest_prepare_dir(a, rec->uuid, rec->guest_uid, error))
-        return FALSE;
-    ds = vn_guest_domain_spec(a, rec, rec->guest_uid, error);
-    if (!ds || !(xml = vn_domain_xml_build(ds, error)) ||
-        !vn_domain_redefine(a->virt, xml, error) || !vn_domain_start(a->virt, rec->uuid, error) ||
-        !wait_running(a, op, error))
-        return FALSE;
-    labels = vn_guest_verify_confinement(a, rec, rec->guest_uid, error);
-    return labels != NULL;
+    return vn_domain_destroy(op->agent->virt, rec->uuid, error) &&
+           vn_guest_define_and_start(op->agent, rec, op->cancel, &labels, error);
 }
 
 static gboolean act_reboot(VnOp *op, VnInstanceRecord *rec, GError **error)
@@ -264,9 +253,8 @@ static gboolean remove_orphan(VnAgent *a, const char *uuid, GError **error)
 
 gboolean vn_op_terminate(VnOp *op, json_object **result, GError **error)
 {
-    static const VnVmState any[] = {
-        VN_VM_BUILDING, VN_VM_ACTIVE, VN_VM_STOPPED, VN_VM_PAUSED, VN_VM_SUSPENDED, VN_VM_ERROR, END
-    };
+    static const VnVmState any[] = { VN_VM_BUILDING,  VN_VM_ACTIVE, VN_VM_STOPPED, VN_VM_PAUSED,
+                                     VN_VM_SUSPENDED, VN_VM_ERROR,  VN_VM_RESIZED, END };
     VnAgent *a = op->agent;
     const char *uuid = op->req->instance_uuid;
     g_autoptr(VnInstanceRecord) rec = vn_instance_store_get(a->store, uuid);

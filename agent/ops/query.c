@@ -223,6 +223,22 @@ gboolean vn_ops_run(VnOp *op, json_object **result, GError **error)
         return vn_op_rebuild(op, result, error);
     case VN_METHOD_SNAPSHOT_INSTANCE:
         return vn_op_snapshot(op, result, error);
+    case VN_METHOD_RESIZE_INSTANCE:
+        return vn_op_resize(op, result, error);
+    case VN_METHOD_PREP_RESIZE:
+        return vn_op_prep_resize(op, result, error);
+    case VN_METHOD_FINISH_RESIZE:
+        return vn_op_finish_resize(op, result, error);
+    case VN_METHOD_ABORT_RESIZE_AT_DESTINATION:
+        return vn_op_abort_resize_dest(op, result, error);
+    case VN_METHOD_CONFIRM_RESIZE:
+        return vn_op_confirm_resize(op, result, error);
+    case VN_METHOD_CONFIRM_RESIZE_AT_SOURCE:
+        return vn_op_confirm_resize_source(op, result, error);
+    case VN_METHOD_REVERT_RESIZE:
+        return vn_op_revert_resize(op, result, error);
+    case VN_METHOD_FINISH_REVERT_RESIZE:
+        return vn_op_finish_revert_resize(op, result, error);
     case VN_METHOD_LAST:
         break;
     }

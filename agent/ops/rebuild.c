@@ -89,23 +89,16 @@ static gboolean swap_disks(Rebuild *r, GError **error)
     return base && vn_guest_record_backing(a, r->uuid, base, error);
 }
 
-/* The domain defined again from the record and started; its labels checked. */
+/* The domain defined again from the record (with its new image) and started. */
 static gboolean respawn(Rebuild *r, char **labels, GError **error)
 {
-    VnAgent *a = r->a;
-    g_autoptr(VnInstanceRecord) rec = vn_instance_store_get(a->store, r->uuid);
-    g_autoptr(VnDomainSpec) ds = NULL;
-    g_autofree char *xml = NULL;
+    g_autoptr(VnInstanceRecord) rec = vn_instance_store_get(r->a->store, r->uuid);
 
-    if (!rec || !vn_guest_prepare_dir(a, r->uuid, rec->guest_uid, error))
+    if (!rec) {
+        g_set_error(error, VN_API_ERROR, VN_API_ERROR_NOT_FOUND, "instance %s vanished", r->uuid);
         return FALSE;
-    ds = vn_guest_domain_spec(a, rec, rec->guest_uid, error);
-    if (!ds || !(xml = vn_domain_xml_build(ds, error)) ||
-        !vn_domain_redefine(a->virt, xml, error) || !vn_domain_start(a->virt, r->uuid, error) ||
-        !vn_domain_wait_state(a->virt, r->uuid, VN_POWER_RUNNING, 30, r->op->cancel, error))
-        return FALSE;
-    *labels = vn_guest_verify_confinement(a, rec, rec->guest_uid, error);
-    return *labels != NULL;
+    }
+    return vn_guest_define_and_start(r->a, rec, r->op->cancel, labels, error);
 }
 
 static VnPowerState power_of(VnAgent *a, const char *uuid)

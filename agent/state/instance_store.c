@@ -572,6 +572,20 @@ static gboolean change_image(VnInstanceRecord *r, gpointer data, GError **error)
     return TRUE;
 }
 
+static gboolean change_flavor(VnInstanceRecord *r, gpointer data, GError **error)
+{
+    (void)error;
+    vn_flavor_clear(&r->flavor);
+    vn_flavor_copy(&r->flavor, data);
+    return TRUE;
+}
+
+gboolean vn_instance_store_set_flavor(VnInstanceStore *s, const char *uuid, const VnFlavor *flavor,
+                                      GError **error)
+{
+    return update(s, uuid, change_flavor, (gpointer)flavor, error);
+}
+
 gboolean vn_instance_store_set_image(VnInstanceStore *s, const char *uuid, const VnImageRef *image,
                                      GError **error)
 {

@@ -45,6 +45,10 @@ gboolean vn_instance_store_arrive(VnInstanceStore *s, const VnInstanceRecord *re
 gboolean vn_instance_store_take_over(VnInstanceStore *s, const VnInstanceRecord *rec,
                                      VnTaskState task, gboolean over_error, GError **error);
 
+/* The flavor the guest runs with (a resize on this host, and its revert). */
+gboolean vn_instance_store_set_flavor(VnInstanceStore *s, const char *uuid, const VnFlavor *flavor,
+                                      GError **error);
+
 /* The image the root disk is made from (rebuild).  Its credentials are not kept. */
 gboolean vn_instance_store_set_image(VnInstanceStore *s, const char *uuid, const VnImageRef *image,
                                      GError **error);

@@ -1,7 +1,8 @@
 #!/bin/busybox sh
 # /init of the virtnode test guest: a busybox system that lives in its initramfs.
 #
-# It prints VIRTNODE-GUEST-BOOTED on the serial console (ttyS0), then a heartbeat line
+# It prints VIRTNODE-GUEST-BOOTED on the serial console (ttyS0), its size ("VIRTNODE-GUEST-SIZE
+# cpus=N mem_mb=M", what the kernel sees), then a heartbeat line
 # "VIRTNODE-HEARTBEAT <n> <uptime>" every second.  What else it does is chosen at boot,
 # by key=value words on the kernel command line or by SMBIOS OEM strings (type 11) of the
 # form "virtnode:key=value" (the agent renders instance metadata as such strings):
@@ -46,6 +47,7 @@ setting() { sed -n "s/^$1=//p" /tmp/settings | tail -n 1; }
 
 MODE=$(setting vn.mode); MODE=${MODE:-idle}
 echo "VIRTNODE-GUEST-BOOTED mode=$MODE uptime=$(cut -d' ' -f1 /proc/uptime)"
+echo "VIRTNODE-GUEST-SIZE cpus=$(grep -c ^processor /proc/cpuinfo) mem_mb=$(( $(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo) / 1024 ))"
 
 if [ "$(setting vn.acpi)" != ignore ]; then
     for d in /sys/class/input/event*; do

@@ -25,6 +25,7 @@ import vntest
 MARK = {"vn.rootmark": "1"}
 WROTE = re.compile(r"VIRTNODE-ROOT-WROTE (VNROOT-[0-9a-f-]+)")
 READ = re.compile(r"VIRTNODE-ROOT-READ (VNROOT-[0-9a-f-]+)")
+SIZE = re.compile(r"VIRTNODE-GUEST-SIZE cpus=(\d+ mem_mb=\d+)")
 V = "1.4"
 
 
@@ -264,6 +265,130 @@ class Move(vntest.AgentTestCase):
         print("snapshot: %d bytes uploaded while the guest ran; a guest booted from it read "
               "marker %s" % (len(data), mark[-12:]))
 
+
+    # ------------------------------------------------------------------ resize
+
+    SMALL = {"name": "m1.small", "vcpus": 2, "memory_mb": 256, "root_gb": 2, "ephemeral_gb": 0,
+             "swap_mb": 0, "extra_specs": {}}
+
+    def size_after(self, agent, uuid, mark):
+        m = wait_console(agent, uuid, SIZE, after=mark)
+        cpus, mem = re.match(r"(\d+) mem_mb=(\d+)", m).groups()
+        return int(cpus), int(mem)
+
+    def resize_across(self, shared, confirm):
+        a = self.agent("a", shared=shared).start()
+        b = self.agent("b", shared=shared).start()
+        args = vntest.build_args("resizee", metadata=MARK)
+        u = args["instance"]["uuid"]
+        self.rpc.call(a.host, "build_and_run_instance", timeout=300, **args)
+        first = wait_console(a, u, WROTE)
+        self.assertEqual(self.size_after(a, u, 0)[0], 1)
+        mark_b = len(b.console(u))
+        r = self.rpc.call(a.host, "resize_instance", version=V, timeout=600, instance_uuid=u,
+                          dest_host=b.host, flavor=self.SMALL)
+        self.assertEqual((r["vm_state"], r["host"], r["flavor"]["name"]),
+                         ("resized", b.host, "m1.small"))
+        # the guest runs on B with the new size, on its own disk's content
+        cpus, mem = self.size_after(b, u, mark_b)
+        self.assertEqual(cpus, 2)
+        self.assertGreater(mem, 160)
+        self.assertEqual(wait_console(b, u, READ, after=mark_b), first)
+        self.assertEqual(vntest.virt("b").lookupByUUIDString(u).state()[0],
+                         libvirt.VIR_DOMAIN_RUNNING)
+        info = json.loads(subprocess.check_output(
+            ["qemu-img", "info", "-U", "--output=json", os.path.join(b.instance_dir(u), "disk")]))
+        self.assertEqual(info["virtual-size"], 2 << 30)
+        # A keeps its copy, stopped, until confirm or revert
+        self.assertEqual(vntest.virt("a").lookupByUUIDString(u).state()[0],
+                         libvirt.VIR_DOMAIN_SHUTOFF)
+        self.assertTrue(os.path.isdir(a.instance_dir(u) + "_resize"))
+        if confirm:
+            r = self.rpc.call(b.host, "confirm_resize", version=V, timeout=300, instance_uuid=u)
+            self.assertEqual((r["vm_state"], r["task_state"]), ("active", None))
+            self.assertNotIn(u, vntest.domain_uuids("a"))
+            self.assertFalse(os.path.exists(a.instance_dir(u) + "_resize"))
+            if not shared:
+                self.assertFalse(os.path.exists(a.instance_dir(u)))
+            with self.assertRaises(self.rpc.om.RemoteError):
+                self.rpc.call(a.host, "get_instance", instance_uuid=u)
+            vntest.wait_for(lambda: self.db_host(u) == (b.host, "active", None), 30,
+                            what="the database to place the guest on B")
+            self.rpc.call(b.host, "terminate_instance", timeout=300, instance_uuid=u)
+            a.stop()
+            b.stop()
+            return first
+        # the console A's guest comes back with is the one set aside
+        with open(os.path.join(a.instance_dir(u) + "_resize", "console.log"), "rb") as f:
+            mark_a = len(f.read().decode(errors="replace"))
+        r = self.rpc.call(b.host, "revert_resize", version=V, timeout=600, instance_uuid=u)
+        self.assertEqual((r["vm_state"], r["host"], r["flavor"]["name"]),
+                         ("active", a.host, "m1.tiny"))
+        self.assertEqual(self.size_after(a, u, mark_a)[0], 1)
+        self.assertEqual(wait_console(a, u, READ, after=mark_a), first)
+        self.assertNotIn(u, vntest.domain_uuids("b"))
+        with self.assertRaises(self.rpc.om.RemoteError):
+            self.rpc.call(b.host, "get_instance", instance_uuid=u)
+        self.assertFalse(os.path.exists(a.instance_dir(u) + "_resize"))
+        if not shared:
+            self.assertFalse(os.path.exists(b.instance_dir(u)))
+        vntest.wait_for(lambda: self.db_host(u) == (a.host, "active", None), 30,
+                        what="the database to place the guest on A again")
+        self.rpc.call(a.host, "terminate_instance", timeout=300, instance_uuid=u)
+        a.stop()
+        b.stop()
+        return first
+
+    def test_resize_shared_confirm_and_revert(self):
+        self.resize_across(shared=True, confirm=True)
+        self.resize_across(shared=True, confirm=False)
+        print("resize (shared storage): m1.tiny -> m1.small on B with 2 vCPUs and its disk; "
+              "confirmed (A's copy gone) and reverted (back on A unchanged)")
+
+    def test_resize_local_storage_confirm_and_revert(self):
+        self.resize_across(shared=False, confirm=True)
+        self.resize_across(shared=False, confirm=False)
+        print("resize (local storage, disks over libvirt storage streams): confirmed and "
+              "reverted")
+
+    def test_resize_refused_and_same_host(self):
+        a = self.agent("a").start()
+        b = self.agent("b").start()
+        args = vntest.build_args("resize-here", metadata=MARK)
+        u = args["instance"]["uuid"]
+        self.rpc.call(a.host, "build_and_run_instance", timeout=300, **args)
+        first = wait_console(a, u, WROTE)
+        boots = a.console(u).count("VIRTNODE-GUEST-BOOTED")
+        # a flavor that does not fit on B: refused before anything moves
+        huge = dict(self.SMALL, name="m1.huge", memory_mb=64 << 20)
+        with self.assertRaises(self.rpc.om.RemoteError) as e:
+            self.rpc.call(a.host, "resize_instance", version=V, timeout=300, instance_uuid=u,
+                          dest_host=b.host, flavor=huge)
+        self.assertIn("memory", str(e.exception).lower())
+        r = self.rpc.call(a.host, "get_instance", instance_uuid=u)
+        self.assertEqual((r["vm_state"], r["task_state"], r["power_state"]), ("active", None, 1))
+        self.assertEqual(a.console(u).count("VIRTNODE-GUEST-BOOTED"), boots)
+        self.assertFalse(os.path.exists(a.instance_dir(u) + "_resize"))
+        # a disabled destination refuses too
+        self.rpc.call(b.host, "set_host_enabled", version="1.3", enabled=False, reason="full")
+        with self.assertRaises(self.rpc.om.RemoteError) as e:
+            self.rpc.call(a.host, "resize_instance", version=V, timeout=300, instance_uuid=u,
+                          dest_host=b.host)
+        self.assertIn("disabled", str(e.exception))
+        self.rpc.call(b.host, "set_host_enabled", version="1.3", enabled=True)
+        # on its own host: the new size after a restart of the guest, then confirmed
+        mark = len(a.console(u))
+        r = self.rpc.call(a.host, "resize_instance", version=V, timeout=600, instance_uuid=u,
+                          flavor=self.SMALL)
+        self.assertEqual((r["vm_state"], r["host"]), ("resized", a.host))
+        self.assertEqual(self.size_after(a, u, mark)[0], 2)
+        self.assertEqual(wait_console(a, u, READ, after=mark), first)
+        r = self.rpc.call(a.host, "confirm_resize", version=V, timeout=300, instance_uuid=u)
+        self.assertEqual((r["vm_state"], r["flavor"]["name"]), ("active", "m1.small"))
+        self.assertFalse(os.path.exists(a.instance_dir(u) + "_resize"))
+        self.rpc.call(a.host, "terminate_instance", timeout=300, instance_uuid=u)
+        print("resize: a flavor that does not fit and a disabled host refused before anything "
+              "moved; on its own host resized and confirmed")
 
 if __name__ == "__main__":
     unittest.main()
