@@ -539,12 +539,15 @@ static void progress_line(json_object *m)
             str(m, "downtime_step_ms"), str(m, "iterations"));
 }
 
+static int cmd_resize(Ctl *c, gboolean cold, int argc, char **argv, const char *to);
+
 static int cmd_migrate(Ctl *c, int argc, char **argv)
 {
     g_autofree char *to = NULL;
-    gboolean block = FALSE, no_block = FALSE;
+    gboolean block = FALSE, no_block = FALSE, cold = FALSE;
     GOptionEntry e[] = {
         { "to", 0, 0, G_OPTION_ARG_STRING, &to, "Destination host", "HOST" },
+        { "cold", 0, 0, G_OPTION_ARG_NONE, &cold, "Stop, move and start (resize_instance)", NULL },
         { "block", 0, 0, G_OPTION_ARG_NONE, &block, "Insist on block migration", NULL },
         { "no-block", 0, 0, G_OPTION_ARG_NONE, &no_block, "Insist on shared storage", NULL },
         { NULL, 0, 0, 0, NULL, NULL, NULL },
@@ -559,6 +562,8 @@ static int cmd_migrate(Ctl *c, int argc, char **argv)
     g_option_context_add_main_entries(ctx, e, NULL);
     if (!g_option_context_parse(ctx, &argc, &argv, &err) || argc != 2 || !to)
         die(2, "migrate UUID --to HOST: %s", err ? err->message : "uuid and --to are needed");
+    if (cold)
+        return cmd_resize(c, TRUE, argc, argv, to);
     args = uuid_args(argv[1]);
     host = host_of(c, argv[1]);
     json_object_object_add(args, "dest_host", json_object_new_string(to));
@@ -594,6 +599,263 @@ static int cmd_migrate(Ctl *c, int argc, char **argv)
             die(1, "the migration did not end within %d s", c->timeout);
         g_usleep(500 * 1000);
     }
+}
+
+/* ------------------------------------------------------------------ move and recover */
+
+typedef struct {
+    Ctl *c;
+    const char *host;
+    const char *uuid;
+    gint done; /* set when the call returned */
+} Watch;
+
+/* Shows the instance's task and progress on @w->host every half second until the call it
+ * watches returns. */
+static gpointer watch_progress(gpointer data)
+{
+    Watch *w = data;
+    g_autofree char *last = NULL;
+
+    while (!g_atomic_int_get(&w->done)) {
+        g_autoptr(json_object) args = uuid_args(w->uuid);
+        g_autoptr(json_object) i = NULL;
+        if (vn_rpc_call(w->c->rpc, w->host, "get_instance", args, "1.1", NULL, 10, 0, &i, NULL)) {
+            g_autofree char *line = g_strdup_printf("%s / %s (%s%%)", str(i, "vm_state"),
+                                                    str(i, "task_state"), str(i, "progress"));
+            if (!w->c->json && g_strcmp0(line, last) != 0)
+                fprintf(stderr, "  %s on %s\n", line, w->host);
+            g_free(last);
+            last = g_steal_pointer(&line);
+        }
+        for (int k = 0; k < 5 && !g_atomic_int_get(&w->done); k++)
+            g_usleep(100 * 1000);
+    }
+    return NULL;
+}
+
+/* Calls @method for @uuid on @host, showing the progress the instance's record on
+ * @watch_host reports while it runs; exits on failure. */
+static json_object *call_watched(Ctl *c, const char *host, const char *watch_host,
+                                 const char *method, const char *uuid, json_object *args)
+{
+    Watch w = { c, watch_host, uuid, 0 };
+    GThread *t = c->no_wait ? NULL : g_thread_new("progress", watch_progress, &w);
+    g_autoptr(GError) err = NULL;
+    json_object *result = NULL;
+    gboolean ok;
+
+    ok = vn_rpc_call(c->rpc, host, method, args, API_VERSION, NULL, c->timeout, MIN(c->timeout, 30),
+                     &result, &err);
+    g_atomic_int_set(&w.done, 1);
+    if (t)
+        g_thread_join(t);
+    if (!ok)
+        die(1, "%s on %s: %s", method, host, err->message);
+    return result;
+}
+
+/* An image reference from the command line's --image-* options (NULL without a URL). */
+static json_object *image_option(const char *url, const char *sha, const char *id, const char *fmt,
+                                 gint64 size)
+{
+    json_object *im;
+
+    if (!url)
+        return NULL;
+    if (!sha)
+        die(2, "--image-url needs --image-sha256");
+    im = json_object_new_object();
+    json_object_object_add(im, "id", json_object_new_string(id ? id : sha));
+    json_object_object_add(im, "url", json_object_new_string(url));
+    json_object_object_add(im, "sha256", json_object_new_string(sha));
+    json_object_object_add(im, "disk_format", json_object_new_string(fmt ? fmt : "qcow2"));
+    if (size > 0)
+        json_object_object_add(im, "size", json_object_new_int64(size));
+    return im;
+}
+
+/* rebuild UUID [--image-*] and evacuate UUID --to HOST [--image-*] [--port F] [--volume F]
+ * [--meta K=V]: an evacuation's spec is the central database's record of the instance
+ * (name, owner, flavor, image), with its ports, volumes and metadata given again. */
+static int cmd_rebuild(Ctl *c, gboolean evacuate, int argc, char **argv)
+{
+    g_autofree char *url = NULL, *sha = NULL, *image_id = NULL, *fmt = NULL, *to = NULL;
+    g_auto(GStrv) ports = NULL, volumes = NULL, meta = NULL;
+    gint64 size = 0;
+    GOptionEntry e[] = {
+        { "to", 0, 0, G_OPTION_ARG_STRING, &to, "evacuate: the host that takes the guest", "HOST" },
+        { "image-url", 0, 0, G_OPTION_ARG_STRING, &url, "New image URL", "URL" },
+        { "image-sha256", 0, 0, G_OPTION_ARG_STRING, &sha, "New image sha256", "HEX" },
+        { "image-id", 0, 0, G_OPTION_ARG_STRING, &image_id, "New image id", "ID" },
+        { "image-format", 0, 0, G_OPTION_ARG_STRING, &fmt, "qcow2 (default) or raw", "FMT" },
+        { "image-size", 0, 0, G_OPTION_ARG_INT64, &size, "New image size in bytes", "N" },
+        { "port", 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &ports, "evacuate: a port, JSON in FILE",
+          "FILE" },
+        { "volume", 0, 0, G_OPTION_ARG_FILENAME_ARRAY, &volumes,
+          "evacuate: a block device mapping entry, JSON in FILE", "FILE" },
+        { "meta", 0, 0, G_OPTION_ARG_STRING_ARRAY, &meta, "evacuate: metadata KEY=VALUE", "KV" },
+        { NULL, 0, 0, 0, NULL, NULL, NULL },
+    };
+    g_autoptr(GOptionContext) ctx = g_option_context_new("UUID");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(json_object) args = NULL;
+    g_autoptr(json_object) res = NULL;
+    json_object *image;
+    const char *host;
+
+    g_option_context_add_main_entries(ctx, e, NULL);
+    if (!g_option_context_parse(ctx, &argc, &argv, &err) || argc != 2 || (evacuate && !to))
+        die(2, "%s: %s", evacuate ? "evacuate UUID --to HOST" : "rebuild UUID",
+            err ? err->message : "a uuid is needed (and --to for evacuate)");
+    args = uuid_args(argv[1]);
+    image = image_option(url, sha, image_id, fmt, size);
+    if (image)
+        json_object_object_add(args, "image", json_object_get(image));
+    if (evacuate) {
+        g_autofree char *text = NULL;
+        g_autoptr(json_object) row = NULL;
+        json_object *inst = json_object_new_object();
+        json_object *md = json_object_new_object();
+        json_object *nets = json_object_new_array();
+        json_object *bdm = json_object_new_array();
+        if (!c->db || !*c->db)
+            die(2, "evacuate: the instance's spec comes from the central database: give --db");
+        text = vn_report_query_instance(
+            c->db, c->db_password, json_object_get_string(vn_json_member(args, "instance_uuid")),
+            &err);
+        if (!text || !(row = json_tokener_parse(text)))
+            die(1, "evacuate: %s", err ? err->message : "the database's row is not JSON");
+        for (const char *const *k =
+                 (const char *const[]){ "uuid", "name", "project_id", "user_id", "flavor", NULL };
+             *k; k++)
+            json_object_object_add(inst, *k, json_object_get(vn_json_member(row, *k)));
+        json_object_object_add(inst, "image",
+                               image ? json_object_get(image)
+                                     : json_object_get(vn_json_member(row, "image")));
+        for (char **m = meta; m && *m; m++) {
+            char *eq = strchr(*m, '=');
+            if (!eq)
+                die(2, "--meta '%s' is not KEY=VALUE", *m);
+            *eq = '\0';
+            json_object_object_add(md, *m, json_object_new_string(eq + 1));
+        }
+        json_object_object_add(inst, "metadata", md);
+        for (char **p = ports; p && *p; p++)
+            json_object_array_add(nets, read_object(*p));
+        for (char **v = volumes; v && *v; v++)
+            json_object_array_add(bdm, read_object(*v));
+        json_object_object_add(args, "instance", inst);
+        json_object_object_add(args, "networks", nets);
+        json_object_object_add(args, "block_device_mapping", bdm);
+        json_object_object_add(args, "recreate", json_object_new_boolean(TRUE));
+        fprintf(stderr, "evacuating %s (on %s, %s) to %s\n", argv[1], str(row, "host"),
+                str(row, "vm_state"), to);
+        host = to;
+    } else {
+        host = host_of(c, argv[1]);
+    }
+    if (image)
+        json_object_put(image);
+    res = call_watched(c, host, host, "rebuild_instance", argv[1], args);
+    print_instance(c, res);
+    return 0;
+}
+
+/* resize UUID --flavor NAME --vcpus N --memory-mb N [--root-gb N] [--to HOST], and
+ * migrate UUID --to HOST --cold (the same, flavor unchanged). */
+static int cmd_resize(Ctl *c, gboolean cold, int argc, char **argv, const char *to)
+{
+    g_autofree char *flavor = NULL, *dest = g_strdup(to);
+    int vcpus = 0, mem = 0, root = -1, eph = 0, swap = 0;
+    GOptionEntry e[] = {
+        { "to", 0, 0, G_OPTION_ARG_STRING, &dest, "Destination host (default: its own)", "HOST" },
+        { "flavor", 0, 0, G_OPTION_ARG_STRING, &flavor, "New flavor name", "NAME" },
+        { "vcpus", 0, 0, G_OPTION_ARG_INT, &vcpus, "vCPUs", "N" },
+        { "memory-mb", 0, 0, G_OPTION_ARG_INT, &mem, "Memory MiB", "N" },
+        { "root-gb", 0, 0, G_OPTION_ARG_INT, &root, "Root disk GiB (grows only)", "N" },
+        { "ephemeral-gb", 0, 0, G_OPTION_ARG_INT, &eph, "Ephemeral disk GiB (unchanged)", "N" },
+        { "swap-mb", 0, 0, G_OPTION_ARG_INT, &swap, "Swap MiB (unchanged)", "N" },
+        { NULL, 0, 0, 0, NULL, NULL, NULL },
+    };
+    g_autoptr(GOptionContext) ctx = g_option_context_new("UUID");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(json_object) args = NULL;
+    g_autoptr(json_object) res = NULL;
+    const char *host;
+
+    if (!cold) {
+        g_option_context_add_main_entries(ctx, e, NULL);
+        if (!g_option_context_parse(ctx, &argc, &argv, &err) || argc != 2 || !vcpus || !mem)
+            die(2,
+                "resize UUID --vcpus N --memory-mb N [--flavor NAME] [--root-gb N] [--to "
+                "HOST]: %s",
+                err ? err->message : "a uuid, --vcpus and --memory-mb are needed");
+    }
+    args = uuid_args(argv[1]);
+    host = host_of(c, argv[1]);
+    if (dest)
+        json_object_object_add(args, "dest_host", json_object_new_string(dest));
+    if (!cold) {
+        json_object *fl = json_object_new_object();
+        if (root < 0) {
+            /* the root disk as it is: from what the agent says of the instance */
+            g_autoptr(json_object) q = uuid_args(argv[1]);
+            g_autoptr(json_object) i = call(c, host, "get_instance", q, c->timeout);
+            root = json_object_get_int(vn_json_member(vn_json_member(i, "flavor"), "root_gb"));
+        }
+        json_object_object_add(fl, "name", json_object_new_string(flavor ? flavor : "custom"));
+        json_object_object_add(fl, "vcpus", json_object_new_int(vcpus));
+        json_object_object_add(fl, "memory_mb", json_object_new_int(mem));
+        json_object_object_add(fl, "root_gb", json_object_new_int(root));
+        json_object_object_add(fl, "ephemeral_gb", json_object_new_int(eph));
+        json_object_object_add(fl, "swap_mb", json_object_new_int(swap));
+        json_object_object_add(fl, "extra_specs", json_object_new_object());
+        json_object_object_add(args, "flavor", fl);
+    }
+    fprintf(stderr, "%s %s on %s%s%s\n", cold ? "cold-migrating" : "resizing", argv[1], host,
+            dest ? " to " : "", dest ? dest : "");
+    res = call_watched(c, host, host, "resize_instance", argv[1], args);
+    print_instance(c, res);
+    if (!c->json)
+        fprintf(stderr,
+                "confirm with 'virtnodectl resize-confirm %s', or revert with "
+                "'virtnodectl resize-revert %s'\n",
+                argv[1], argv[1]);
+    return 0;
+}
+
+/* snapshot UUID --image-id ID --upload-url URL */
+static int cmd_snapshot(Ctl *c, int argc, char **argv)
+{
+    g_autofree char *id = NULL, *url = NULL;
+    GOptionEntry e[] = {
+        { "image-id", 0, 0, G_OPTION_ARG_STRING, &id, "The new image's id", "ID" },
+        { "upload-url", 0, 0, G_OPTION_ARG_STRING, &url, "Where to PUT it (http/https)", "URL" },
+        { NULL, 0, 0, 0, NULL, NULL, NULL },
+    };
+    g_autoptr(GOptionContext) ctx = g_option_context_new("UUID");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(json_object) args = NULL;
+    g_autoptr(json_object) res = NULL;
+    const char *host;
+
+    g_option_context_add_main_entries(ctx, e, NULL);
+    if (!g_option_context_parse(ctx, &argc, &argv, &err) || argc != 2 || !id || !url)
+        die(2, "snapshot UUID --image-id ID --upload-url URL: %s",
+            err ? err->message : "all three are needed");
+    args = uuid_args(argv[1]);
+    host = host_of(c, argv[1]);
+    json_object_object_add(args, "image_id", json_object_new_string(id));
+    json_object_object_add(args, "upload_url", json_object_new_string(url));
+    res = call_watched(c, host, host, "snapshot_instance", argv[1], args);
+    if (c->json)
+        print_json(res);
+    else
+        printf("image %s: %s bytes, sha256 %s%s\n", str(res, "image_id"), str(res, "size"),
+               str(res, "sha256"),
+               json_object_get_boolean(vn_json_member(res, "quiesced")) ? ", quiesced" : "");
+    return 0;
 }
 
 /* The central database's migrations row (it outlives the move: the instance's host is then
@@ -669,6 +931,13 @@ static const char *usage =
     "  console UUID [--lines N]     the tail of the serial console\n"
     "  host [HOST]                  capacity and heartbeat age (central database)\n"
     "  migrate UUID --to HOST [--block|--no-block]   live migration with progress\n"
+    "  migrate UUID --to HOST --cold   stop, move and start there (confirm or revert next)\n"
+    "  resize UUID --vcpus N --memory-mb N [--root-gb N] [--flavor NAME] [--to HOST]\n"
+    "  resize-confirm UUID | resize-revert UUID   end a resize or cold migration\n"
+    "  rebuild UUID [--image-url U --image-sha256 H ...]   a new root disk, same guest\n"
+    "  evacuate UUID --to HOST [--port FILE] [--volume FILE] [--meta K=V]   a dead host's\n"
+    "                               guest brought up on HOST (its spec: central database)\n"
+    "  snapshot UUID --image-id ID --upload-url URL   upload an image of its root disk\n"
     "  migration-show UUID | migration-abort UUID | migration-force-complete UUID\n"
     "  host-disable [REASON] | host-enable   the host refuses (or takes again) new guests\n"
     "  maintenance on [REASON] | maintenance off   disable for maintenance; lists what runs\n"
@@ -719,9 +988,10 @@ int main(int argc, char **argv)
     if (*cmd == '-')
         die(2, "unknown option %s (see --help)", cmd);
     /* commands without options of their own: what looks like one is a mistake */
-    static const char *const parsed[] = { "boot",    "delete",  "start",  "stop",   "pause",
-                                          "unpause", "suspend", "resume", "reboot", "show",
-                                          "console", "migrate", "call",   "cast",   NULL };
+    static const char *const parsed[] = { "boot",     "delete",  "start",    "stop",   "pause",
+                                          "unpause",  "suspend", "resume",   "reboot", "show",
+                                          "console",  "migrate", "call",     "cast",   "rebuild",
+                                          "evacuate", "resize",  "snapshot", NULL };
     if (!g_strv_contains(parsed, cmd)) {
         for (int i = 1; i < argc; i++) {
             if (argv[i][0] == '-' && argv[i][1])
@@ -811,6 +1081,23 @@ int main(int argc, char **argv)
         rc = 0;
     } else if (strcmp(cmd, "migrate") == 0) {
         rc = cmd_migrate(&c, argc, argv);
+    } else if (strcmp(cmd, "rebuild") == 0 || strcmp(cmd, "evacuate") == 0) {
+        rc = cmd_rebuild(&c, strcmp(cmd, "evacuate") == 0, argc, argv);
+    } else if (strcmp(cmd, "resize") == 0) {
+        rc = cmd_resize(&c, FALSE, argc, argv, NULL);
+    } else if (strcmp(cmd, "resize-confirm") == 0 || strcmp(cmd, "resize-revert") == 0) {
+        g_autoptr(json_object) args = NULL;
+        g_autoptr(json_object) res = NULL;
+        if (argc != 2)
+            die(2, "%s UUID", cmd);
+        args = uuid_args(argv[1]);
+        res = call(&c, host_of(&c, argv[1]),
+                   strcmp(cmd, "resize-confirm") == 0 ? "confirm_resize" : "revert_resize", args,
+                   c.timeout);
+        print_instance(&c, res);
+        rc = 0;
+    } else if (strcmp(cmd, "snapshot") == 0) {
+        rc = cmd_snapshot(&c, argc, argv);
     } else if (strcmp(cmd, "migration-show") == 0 || strcmp(cmd, "migration-abort") == 0 ||
                strcmp(cmd, "migration-force-complete") == 0) {
         const char *method = strcmp(cmd, "migration-show") == 0 ? "get_migration"

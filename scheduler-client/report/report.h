@@ -198,6 +198,11 @@ char **vn_report_query_moved(const char *connection, const char *password, const
 /* The same, for @r's host, over a connection of its own (any thread). */
 char **vn_reporter_query_moved(VnReporter *r, const char *const *uuids, GError **error);
 
+/* For virtnodectl: what the central database knows of instance @uuid (name, owner, host,
+ * vm_state, flavor, image) as a JSON text.  Caller frees. */
+char *vn_report_query_instance(const char *connection, const char *password, const char *uuid,
+                               GError **error);
+
 /* For virtnodectl: the last migrations row of instance @uuid as a JSON text (the record
  * that outlives the agents' own, which forget a migration once it ended).  Caller
  * frees. */

@@ -1037,6 +1037,19 @@ char **vn_report_query_moved(const char *connection, const char *password, const
     return (char **)g_ptr_array_free(g_steal_pointer(&out), FALSE);
 }
 
+char *vn_report_query_instance(const char *connection, const char *password, const char *uuid,
+                               GError **error)
+{
+    g_autofree char *what = g_strdup_printf("instance %s", uuid);
+
+    return query_text(connection, password,
+                      "SELECT json_build_object('uuid', uuid, 'name', name, 'project_id',"
+                      " project_id, 'user_id', user_id, 'host', host, 'vm_state', vm_state,"
+                      " 'flavor', flavor, 'image', image)::text FROM instances"
+                      " WHERE uuid = $1::uuid",
+                      uuid, what, error);
+}
+
 char **vn_reporter_query_moved(VnReporter *r, const char *const *uuids, GError **error)
 {
     /* conninfo, password and host are set at creation and never change */

@@ -1,7 +1,8 @@
 """virtnodectl as an operator uses it: the common options anywhere on the line, --json on
 every command (one JSON document on stdout), the documented exit codes (0 done, 1 failed,
-2 bad usage), an unreachable broker reported in one line at once, and migration-show
-after the move answered from the central database."""
+2 bad usage), an unreachable broker reported in one line at once, migration-show after
+the move answered from the central database, and the move-and-recover commands (resize,
+cold migrate, confirm, revert, rebuild, snapshot, evacuate) with their progress."""
 
 import json
 import os
@@ -97,6 +98,51 @@ class Ctl(vntest.AgentTestCase):
         done = j(self.ctl("delete", u, "--json", *c))
         self.assertEqual((done["uuid"], done["vm_state"]), (u, "deleted"), done)
 
+
+    def test_move_and_recover_commands(self):
+        a = self.agent("a").start()
+        b = self.agent("b").start()
+        c = self.common()
+        j = lambda r: json.loads(r.stdout)  # noqa: E731 - exactly one JSON document
+        url, sha, size = vntest.publish_image()
+        u = j(self.ctl("boot", "--name", "ctl-move", "--image-url", url, "--image-sha256", sha,
+                       "-H", a.host, "--json", *c))["uuid"]
+        vntest.wait_for(lambda: vntest.db_query("SELECT host FROM instances WHERE uuid = %s "
+                                                "AND task_state IS NULL", u) == [(a.host,)],
+                        30, what="the database to place the guest on A")
+
+        r = self.ctl("resize", u, "--vcpus", "2", "--memory-mb", "192", "--flavor", "m1.mid",
+                     "--to", b.host, *c)
+        self.assertIn("resized", r.stdout)
+        self.assertIn("resize_migrating", r.stderr)  # the progress it showed
+        r = j(self.ctl("resize-revert", u, "--json", *c))
+        self.assertEqual((r["vm_state"], r["host"]), ("active", a.host))
+        r = j(self.ctl("migrate", u, "--to", b.host, "--cold", "--json", *c))
+        self.assertEqual((r["vm_state"], r["host"], r["flavor"]["memory_mb"]),
+                         ("resized", b.host, 128))
+        r = j(self.ctl("resize-confirm", u, "--json", *c))
+        self.assertEqual((r["vm_state"], r["host"]), ("active", b.host))
+        self.assertNotIn(u, vntest.domain_uuids("a"))
+
+        r = j(self.ctl("rebuild", u, "--json", *c))
+        self.assertEqual((r["vm_state"], r["host"]), ("active", b.host))
+        up = vntest.ENV["IMAGE_URL"] + "/uploads/ctl-%s.qcow2" % u[:8]
+        r = j(self.ctl("snapshot", u, "--image-id", "ctl-snap", "--upload-url", up, "--json", *c))
+        with open(os.path.join(vntest.RUN, "images", "uploads", "ctl-%s.qcow2" % u[:8]),
+                  "rb") as f:
+            self.assertEqual(r["size"], len(f.read()))
+
+        # B dies; its guest comes up on A from the central database's record of it
+        vntest.wait_for(lambda: vntest.db_query("SELECT host, task_state FROM instances "
+                                                "WHERE uuid = %s", u) == [(b.host, None)],
+                        30, what="the database to place the guest on B")
+        vntest.harness("host-crash", "b")
+        try:
+            r = j(self.ctl("evacuate", u, "--to", a.host, "--json", *c))
+            self.assertEqual((r["vm_state"], r["host"]), ("active", a.host))
+        finally:
+            vntest.harness("host-start", "b")
+        self.ctl("delete", u, *c)
 
 if __name__ == "__main__":
     unittest.main()
