@@ -14,7 +14,6 @@ import json
 import os
 import re
 import subprocess
-import time
 import unittest
 import urllib.request
 
