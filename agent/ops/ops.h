@@ -29,6 +29,8 @@ gboolean vn_op_confirm_resize(VnOp *op, json_object **result, GError **error);
 gboolean vn_op_confirm_resize_source(VnOp *op, json_object **result, GError **error);
 gboolean vn_op_revert_resize(VnOp *op, json_object **result, GError **error);
 gboolean vn_op_finish_revert_resize(VnOp *op, json_object **result, GError **error);
+/* A resized guest deleted before its resize was confirmed: the source's copy goes too. */
+gboolean vn_resize_drop_source(VnAgent *a, const char *uuid, GError **error);
 
 /* snapshot.c */
 gboolean vn_op_snapshot(VnOp *op, json_object **result, GError **error);

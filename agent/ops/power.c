@@ -271,6 +271,11 @@ gboolean vn_op_terminate(VnOp *op, json_object **result, GError **error)
     if (!vn_instance_store_begin_task(a->store, uuid, any, VN_TASK_DELETING, op->request_id, error))
         return FALSE;
     vn_agent_notify_instance(a, "instance.delete.start", rec, NULL);
+    /* deleting a resized guest confirms its resize: the source's copy goes first */
+    if (rec->vm_state == VN_VM_RESIZED && !vn_resize_drop_source(a, uuid, &err)) {
+        vn_warn_error(&err, "removing the source's copy of resized instance %s", uuid);
+        g_clear_error(&err);
+    }
     if (!vn_guest_remove(a, uuid, &err)) {
         {
             g_autoptr(GError) e = NULL;

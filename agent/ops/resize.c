@@ -758,6 +758,30 @@ static void source_drop(VnAgent *a, const char *uuid, gboolean same_host)
     vn_agent_capacity_changed(a);
 }
 
+/* The source's copy removed, on this host or the source's agent. */
+static gboolean drop_source_copy(VnAgent *a, const char *uuid, const ResizeNote *note,
+                                 GError **error)
+{
+    g_autoptr(json_object) out = NULL;
+
+    if (is_here(a, note->source_host)) {
+        source_drop(a, uuid, TRUE);
+        return TRUE;
+    }
+    out = vn_peer_call(a, note->source_host, "confirm_resize_at_source", uuid, NULL, 600, error);
+    return out != NULL;
+}
+
+gboolean vn_resize_drop_source(VnAgent *a, const char *uuid, GError **error)
+{
+    g_auto(ResizeNote) note = { 0 };
+    g_autofree char *path = vn_guest_file(a, uuid, RESIZE_NOTE);
+
+    if (!g_file_test(path, G_FILE_TEST_EXISTS))
+        return TRUE;
+    return read_note(a, uuid, &note, error) && drop_source_copy(a, uuid, &note, error);
+}
+
 gboolean vn_op_confirm_resize_source(VnOp *op, json_object **result, GError **error)
 {
     (void)error;
@@ -789,18 +813,12 @@ gboolean vn_op_confirm_resize(VnOp *op, json_object **result, GError **error)
 
     if (!begin_settle(op, VN_TASK_RESIZE_CONFIRMING, &note, error))
         return FALSE;
-    if (is_here(a, note.source_host)) {
-        source_drop(a, uuid, TRUE);
-    } else {
-        g_autoptr(json_object) out =
-            vn_peer_call(a, note.source_host, "confirm_resize_at_source", uuid, NULL, 600, error);
-        if (!out) {
-            g_autoptr(GError) e = NULL;
-            if (!vn_instance_store_end_task(a->store, uuid, VN_TASK_RESIZE_CONFIRMING,
-                                            VN_VM_RESIZED, power_of(a, uuid), &e))
-                vn_warn_error(&e, "ending the confirm of instance %s", uuid);
-            return FALSE;
-        }
+    if (!drop_source_copy(a, uuid, &note, error)) {
+        g_autoptr(GError) e = NULL;
+        if (!vn_instance_store_end_task(a->store, uuid, VN_TASK_RESIZE_CONFIRMING, VN_VM_RESIZED,
+                                        power_of(a, uuid), &e))
+            vn_warn_error(&e, "ending the confirm of instance %s", uuid);
+        return FALSE;
     }
     g_unlink(path);
     power = power_of(a, uuid);

@@ -72,6 +72,14 @@ class Move(vntest.AgentTestCase):
             vntest.harness("host-start", "a")
         super().tearDown()
 
+    def record(self, host, uuid):
+        try:
+            return self.rpc.call(host, "get_instance", instance_uuid=uuid)
+        except self.rpc.om.RemoteError as e:
+            if e.exc_type != "InstanceNotFound":
+                raise
+            return None
+
     def db_host(self, uuid):
         rows = vntest.db_query("SELECT host, vm_state, task_state FROM instances WHERE uuid = %s",
                                uuid)
@@ -302,6 +310,15 @@ class Move(vntest.AgentTestCase):
         self.assertEqual(vntest.virt("a").lookupByUUIDString(u).state()[0],
                          libvirt.VIR_DOMAIN_SHUTOFF)
         self.assertTrue(os.path.isdir(a.instance_dir(u) + "_resize"))
+        if confirm == "delete":
+            # deleting the resized guest confirms the resize: the source's copy goes too
+            self.rpc.call(b.host, "terminate_instance", timeout=300, instance_uuid=u)
+            self.assertNotIn(u, vntest.domain_uuids("a") + vntest.domain_uuids("b"))
+            self.assertFalse(os.path.exists(a.instance_dir(u) + "_resize"))
+            self.assertIsNone(self.record(a.host, u))
+            a.stop()
+            b.stop()
+            return first
         if confirm:
             r = self.rpc.call(b.host, "confirm_resize", version=V, timeout=300, instance_uuid=u)
             self.assertEqual((r["vm_state"], r["task_state"]), ("active", None))
@@ -347,8 +364,9 @@ class Move(vntest.AgentTestCase):
     def test_resize_local_storage_confirm_and_revert(self):
         self.resize_across(shared=False, confirm=True)
         self.resize_across(shared=False, confirm=False)
-        print("resize (local storage, disks over libvirt storage streams): confirmed and "
-              "reverted")
+        self.resize_across(shared=False, confirm="delete")
+        print("resize (local storage, disks over libvirt storage streams): confirmed, "
+              "reverted, and deleted while resized (the source's copy went too)")
 
     def test_resize_refused_and_same_host(self):
         a = self.agent("a").start()
