@@ -443,6 +443,22 @@ static gboolean check_flavor(const VnInstanceRecord *rec, const VnFlavor *f, GEr
     return TRUE;
 }
 
+/* A destination's refusal keeps its class (InsufficientResources, ComputeHostDisabled, ...)
+ * when the reply named one of the contract's. */
+static void keep_peer_class(GError *err)
+{
+    if (!err || err->domain == VN_API_ERROR)
+        return;
+    for (int c = 0; c < VN_API_ERROR_LAST; c++) {
+        g_autofree char *tag = g_strdup_printf(" %s: ", vn_api_error_class(c));
+        if (strstr(err->message, tag)) {
+            err->domain = VN_API_ERROR;
+            err->code = c;
+            return;
+        }
+    }
+}
+
 /* The destination's claim, and whether it sees this host's instance storage. */
 static gboolean prepare(Resize *r, GError **error)
 {
@@ -467,6 +483,8 @@ static gboolean prepare(Resize *r, GError **error)
         out = vn_peer_call(a, r->dest, "prep_resize", r->uuid, md, 900, error);
         g_unlink(probe_path);
         ok = out != NULL;
+        if (!ok)
+            keep_peer_class(*error);
     }
     if (!ok)
         return FALSE;

@@ -377,10 +377,11 @@ class Move(vntest.AgentTestCase):
         first = wait_console(a, u, WROTE)
         boots = a.console(u).count("VIRTNODE-GUEST-BOOTED")
         # a flavor that does not fit on B: refused before anything moves
-        huge = dict(self.SMALL, name="m1.huge", memory_mb=64 << 20)
+        huge = dict(self.SMALL, name="m1.huge", memory_mb=8 << 20)
         with self.assertRaises(self.rpc.om.RemoteError) as e:
             self.rpc.call(a.host, "resize_instance", version=V, timeout=300, instance_uuid=u,
                           dest_host=b.host, flavor=huge)
+        self.assertEqual(e.exception.exc_type, "InsufficientResources")
         self.assertIn("memory", str(e.exception).lower())
         r = self.rpc.call(a.host, "get_instance", instance_uuid=u)
         self.assertEqual((r["vm_state"], r["task_state"], r["power_state"]), ("active", None, 1))
@@ -391,7 +392,8 @@ class Move(vntest.AgentTestCase):
         with self.assertRaises(self.rpc.om.RemoteError) as e:
             self.rpc.call(a.host, "resize_instance", version=V, timeout=300, instance_uuid=u,
                           dest_host=b.host)
-        self.assertIn("disabled", str(e.exception))
+        self.assertEqual(e.exception.exc_type, "ComputeHostDisabled")
+        self.assertIn("full", str(e.exception))
         self.rpc.call(b.host, "set_host_enabled", version="1.3", enabled=True)
         # on its own host: the new size after a restart of the guest, then confirmed
         mark = len(a.console(u))
