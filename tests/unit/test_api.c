@@ -577,6 +577,47 @@ static void test_rebuild_and_snapshot_requests(void **state)
     assert_null(strstr(json_object_to_json_string(journaled), "tok"));
 }
 
+/* resize_instance: a flavor (validated as a build's) and a destination, both optional. */
+static void test_resize_requests(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnRequest) r = NULL;
+
+    (void)state;
+    r = parse(VN_METHOD_RESIZE_INSTANCE,
+              "{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\", \"dest_host\": "
+              "\"host-b\", \"flavor\": {\"name\": \"m1.small\", \"vcpus\": 2, \"memory_mb\": "
+              "256, \"root_gb\": 2}}",
+              &err);
+    assert_non_null(r);
+    assert_string_equal(r->dest_host, "host-b");
+    assert_int_equal(r->flavor->vcpus, 2);
+    assert_int_equal(r->flavor->root_gb, 2);
+    g_clear_pointer(&r, vn_request_free);
+
+    r = parse(VN_METHOD_RESIZE_INSTANCE,
+              "{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\"}", &err);
+    assert_non_null(r);
+    assert_null(r->flavor);
+    assert_null(r->dest_host);
+    g_clear_pointer(&r, vn_request_free);
+
+    r = parse(VN_METHOD_RESIZE_INSTANCE,
+              "{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\", \"flavor\": "
+              "{\"vcpus\": 0, \"memory_mb\": 256}}",
+              &err);
+    assert_null(r);
+    assert_non_null(strstr(err->message, "flavor.vcpus"));
+    g_clear_error(&err);
+
+    r = parse(VN_METHOD_RESIZE_INSTANCE,
+              "{\"instance_uuid\": \"0b5e1c5e-8f1d-4c1a-9d4e-2f7c9a6b1e01\", \"dest_host\": "
+              "\"../etc\"}",
+              &err);
+    assert_null(r);
+    assert_non_null(strstr(err->message, "dest_host"));
+}
+
 static void test_boot_from_volume_without_image(void **state)
 {
     g_autoptr(GError) err = NULL;
@@ -614,6 +655,7 @@ int main(void)
         cmocka_unit_test(test_secrets_redacted_in_journaled_args),
         cmocka_unit_test(test_boot_from_volume_without_image),
         cmocka_unit_test(test_rebuild_and_snapshot_requests),
+        cmocka_unit_test(test_resize_requests),
         cmocka_unit_test(test_record_round_trip),
         cmocka_unit_test(test_uuid_canonical),
     };
