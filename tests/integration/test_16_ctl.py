@@ -127,10 +127,11 @@ class Ctl(vntest.AgentTestCase):
         r = j(self.ctl("rebuild", u, "--json", *c))
         self.assertEqual((r["vm_state"], r["host"]), ("active", b.host))
         up = vntest.ENV["IMAGE_URL"] + "/uploads/ctl-%s.qcow2" % u[:8]
-        r = j(self.ctl("snapshot", u, "--image-id", "ctl-snap", "--upload-url", up, "--json", *c))
+        r = self.ctl("snapshot", u, "--image-id", "ctl-snap", "--upload-url", up, *c)
+        self.assertRegex(r.stderr, r"image_(snapshot|uploading)")  # the progress it showed
         with open(os.path.join(vntest.RUN, "images", "uploads", "ctl-%s.qcow2" % u[:8]),
                   "rb") as f:
-            self.assertEqual(r["size"], len(f.read()))
+            self.assertIn("image ctl-snap: %d bytes" % len(f.read()), r.stdout)
 
         # B dies; its guest comes up on A from the central database's record of it
         vntest.wait_for(lambda: vntest.db_query("SELECT host, task_state FROM instances "
