@@ -378,7 +378,7 @@ static gboolean evacuation_recover(VnOp *op, gboolean *finished, GError **error)
     /* only what this very request took over is touched */
     if (!rec || g_strcmp0(rec->request_id, op->request_id) != 0)
         return TRUE;
-    vn_domain_power_state(a->virt, uuid, &power, NULL);
+    power = vn_guest_power(a, uuid);
     if (rec->vm_state == VN_VM_ACTIVE && rec->task_state == VN_TASK_NONE && rec->security_label &&
         power == VN_POWER_RUNNING) {
         if (!vn_guest_record_owner(a, uuid, error))

@@ -345,3 +345,13 @@ gboolean vn_guest_define_and_start(VnAgent *a, const VnInstanceRecord *rec, GCan
     *labels = vn_guest_verify_confinement(a, rec, rec->guest_uid, error);
     return *labels != NULL;
 }
+
+VnPowerState vn_guest_power(VnAgent *a, const char *uuid)
+{
+    VnPowerState p = VN_POWER_NOSTATE;
+    g_autoptr(GError) err = NULL;
+
+    if (!vn_domain_power_state(a->virt, uuid, &p, &err))
+        g_debug("power state of %s: %s", uuid, err->message);
+    return p;
+}

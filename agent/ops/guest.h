@@ -63,5 +63,9 @@ char *vn_guest_verify_confinement(VnAgent *a, const VnInstanceRecord *rec, int d
 gboolean vn_guest_define_and_start(VnAgent *a, const VnInstanceRecord *rec, GCancellable *cancel,
                                    char **labels, GError **error);
 
+/* The power state libvirt reports for @uuid; VN_POWER_NOSTATE when it has no domain (or
+ * cannot be asked). */
+VnPowerState vn_guest_power(VnAgent *a, const char *uuid);
+
 /* Powers off and removes the domain, then the instance folder.  Idempotent. */
 gboolean vn_guest_remove(VnAgent *a, const char *uuid, GError **error);

@@ -27,16 +27,6 @@ typedef struct {
     VnVmState end_vm;
 } PowerOp;
 
-static VnPowerState current_power(VnAgent *a, const char *uuid)
-{
-    VnPowerState p = VN_POWER_NOSTATE;
-    g_autoptr(GError) err = NULL;
-
-    if (!vn_domain_power_state(a->virt, uuid, &p, &err))
-        g_debug("power state of %s: %s", uuid, err->message);
-    return p;
-}
-
 static gboolean run_power_op(VnOp *op, const PowerOp *p, json_object **result, GError **error)
 {
     VnAgent *a = op->agent;
@@ -53,7 +43,7 @@ static gboolean run_power_op(VnOp *op, const PowerOp *p, json_object **result, G
     vn_agent_notify_instance(a, ev, rec, NULL);
     if (!p->act(op, rec, &err)) {
         g_autofree char *ev_err = g_strdup_printf("%s.error", p->event);
-        VnPowerState power = current_power(a, uuid);
+        VnPowerState power = vn_guest_power(a, uuid);
         /* the action may have got part of the way: the record says what runs now (a
          * running guest is never recorded stopped) */
         VnVmState vm = rec->vm_state == VN_VM_STOPPED && power == VN_POWER_RUNNING ? VN_VM_ACTIVE
@@ -68,7 +58,7 @@ static gboolean run_power_op(VnOp *op, const PowerOp *p, json_object **result, G
         g_propagate_error(error, g_steal_pointer(&err));
         return FALSE;
     }
-    if (!vn_instance_store_end_task(a->store, uuid, p->task, p->end_vm, current_power(a, uuid),
+    if (!vn_instance_store_end_task(a->store, uuid, p->task, p->end_vm, vn_guest_power(a, uuid),
                                     error))
         return FALSE;
     done = vn_instance_store_get(a->store, uuid);
@@ -92,7 +82,7 @@ static gboolean act_start(VnOp *op, VnInstanceRecord *rec, GError **error)
 {
     /* already running: a start replayed after the agent died between starting the guest
      * and recording it has nothing left to do */
-    if (current_power(op->agent, rec->uuid) == VN_POWER_RUNNING)
+    if (vn_guest_power(op->agent, rec->uuid) == VN_POWER_RUNNING)
         return TRUE;
     return vn_domain_start(op->agent->virt, rec->uuid, error) && wait_running(op->agent, op, error);
 }

@@ -101,14 +101,6 @@ static gboolean respawn(Rebuild *r, char **labels, GError **error)
     return vn_guest_define_and_start(r->a, rec, r->op->cancel, labels, error);
 }
 
-static VnPowerState power_of(VnAgent *a, const char *uuid)
-{
-    VnPowerState p = VN_POWER_NOSTATE;
-
-    vn_domain_power_state(a->virt, uuid, &p, NULL);
-    return p;
-}
-
 /* Fails the rebuild: before the swap the guest is put back as it was, after it the
  * instance is in error.  Always FALSE. */
 static gboolean rebuild_failed(Rebuild *r, const VnInstanceRecord *before, GError *err,
@@ -120,11 +112,11 @@ static gboolean rebuild_failed(Rebuild *r, const VnInstanceRecord *before, GErro
 
     if (!r->swapped) {
         drop_new_disk(a, r->uuid);
-        if (r->was_running && power_of(a, r->uuid) != VN_POWER_RUNNING &&
+        if (r->was_running && vn_guest_power(a, r->uuid) != VN_POWER_RUNNING &&
             !vn_domain_start(a->virt, r->uuid, &e))
             vn_warn_error(&e, "starting instance %s again after its failed rebuild", r->uuid);
         if (!vn_instance_store_end_task(a->store, r->uuid, r->task, before->vm_state,
-                                        power_of(a, r->uuid), &e))
+                                        vn_guest_power(a, r->uuid), &e))
             vn_warn_error(&e, "ending the rebuild of instance %s", r->uuid);
         g_prefix_error(&err, "rebuild of %s failed; the guest is as it was: ", r->uuid);
     } else {
@@ -169,12 +161,14 @@ static gboolean rebuild_here(VnOp *op, json_object **result, GError **error)
                                       error))
         return FALSE;
     vn_agent_notify_instance(a, "instance.rebuild.start", before, NULL);
-    r.was_running = power_of(a, uuid) == VN_POWER_RUNNING;
+    r.was_running = vn_guest_power(a, uuid) == VN_POWER_RUNNING;
     if (!make_new_disk(&r, before, &err))
         return rebuild_failed(&r, before, err, error);
-    /* the new disk is ready: only now does the guest stop */
-    if (!vn_domain_stop(a->virt, uuid, cfg->shutdown_timeout, cfg->shutdown_retry_interval, TRUE,
-                        op->cancel, &graceful, &err) ||
+    /* the new disk is ready: only now does the guest stop (an instance in error may have
+     * no domain left: the rebuild defines it again) */
+    if ((vn_guest_power(a, uuid) != VN_POWER_NOSTATE &&
+         !vn_domain_stop(a->virt, uuid, cfg->shutdown_timeout, cfg->shutdown_retry_interval, TRUE,
+                         op->cancel, &graceful, &err)) ||
         !vn_instance_store_next_task(a->store, uuid, VN_TASK_REBUILDING, VN_TASK_REBUILD_SPAWNING,
                                      &err))
         return rebuild_failed(&r, before, err, error);

@@ -83,14 +83,6 @@ static gboolean resize_error(GError **error, const char *fmt, ...)
     return FALSE;
 }
 
-static VnPowerState power_of(VnAgent *a, const char *uuid)
-{
-    VnPowerState p = VN_POWER_NOSTATE;
-
-    vn_domain_power_state(a->virt, uuid, &p, NULL);
-    return p;
-}
-
 static void warn_if(gboolean ok, GError **err, const char *what, const char *uuid)
 {
     if (!ok)
@@ -303,7 +295,7 @@ static gboolean dest_finish(VnOp *op, const VnInstanceRecord *inst, const char *
             return FALSE;
     }
     if (!vn_instance_store_end_task(a->store, inst->uuid, VN_TASK_RESIZE_FINISH, VN_VM_RESIZED,
-                                    power_of(a, inst->uuid), error))
+                                    vn_guest_power(a, inst->uuid), error))
         return FALSE;
     /* the claim is the instance's now */
     vn_tracker_claim(a->tracker, inst->uuid, &inst->flavor, NULL);
@@ -509,7 +501,7 @@ static gboolean move_disks(Resize *r, GError **error)
     g_autoptr(GPtrArray) names = g_ptr_array_new();
     gboolean graceful = FALSE;
 
-    r->was_running = power_of(a, r->uuid) == VN_POWER_RUNNING;
+    r->was_running = vn_guest_power(a, r->uuid) == VN_POWER_RUNNING;
     if (!vn_domain_stop(a->virt, r->uuid, cfg->shutdown_timeout, cfg->shutdown_retry_interval, TRUE,
                         r->op->cancel, &graceful, error))
         return FALSE;
@@ -595,7 +587,7 @@ static void undo(Resize *r)
         warn_if(xml && vn_domain_redefine(a->virt, xml, &err), &err, "defining the guest again",
                 r->uuid);
     }
-    if (r->was_running && power_of(a, r->uuid) != VN_POWER_RUNNING)
+    if (r->was_running && vn_guest_power(a, r->uuid) != VN_POWER_RUNNING)
         warn_if(vn_domain_start(a->virt, r->uuid, &err), &err, "starting the guest again", r->uuid);
     vn_agent_capacity_changed(a);
 }
@@ -741,7 +733,7 @@ gboolean vn_op_resize(VnOp *op, json_object **result, GError **error)
             g_autoptr(GError) e = NULL;
             if (now && now->task_state != VN_TASK_NONE &&
                 !vn_instance_store_end_task(a->store, uuid, now->task_state, r.before->vm_state,
-                                            power_of(a, uuid), &e))
+                                            vn_guest_power(a, uuid), &e))
                 vn_warn_error(&e, "ending the resize of instance %s", uuid);
         }
         g_clear_pointer(&now, vn_instance_record_free);
@@ -834,12 +826,12 @@ gboolean vn_op_confirm_resize(VnOp *op, json_object **result, GError **error)
     if (!drop_source_copy(a, uuid, &note, error)) {
         g_autoptr(GError) e = NULL;
         if (!vn_instance_store_end_task(a->store, uuid, VN_TASK_RESIZE_CONFIRMING, VN_VM_RESIZED,
-                                        power_of(a, uuid), &e))
+                                        vn_guest_power(a, uuid), &e))
             vn_warn_error(&e, "ending the confirm of instance %s", uuid);
         return FALSE;
     }
     g_unlink(path);
-    power = power_of(a, uuid);
+    power = vn_guest_power(a, uuid);
     if (!vn_instance_store_end_task(a->store, uuid, VN_TASK_RESIZE_CONFIRMING,
                                     power == VN_POWER_RUNNING ? VN_VM_ACTIVE : VN_VM_STOPPED, power,
                                     error))
@@ -867,7 +859,7 @@ static gboolean source_restore(VnOp *op, const VnInstanceRecord *old, gboolean r
     now = vn_instance_store_get(a->store, uuid);
     if (!now)
         return resize_error(error, "instance %s has no record here to revert to", uuid);
-    if (old->vm_state == VN_VM_ACTIVE && power_of(a, uuid) != VN_POWER_RUNNING) {
+    if (old->vm_state == VN_VM_ACTIVE && vn_guest_power(a, uuid) != VN_POWER_RUNNING) {
         if (!vn_guest_define_and_start(a, now, op->cancel, &labels, error))
             return FALSE;
     } else {
@@ -906,7 +898,7 @@ gboolean vn_op_finish_revert_resize(VnOp *op, json_object **result, GError **err
     if (!source_restore(op, rec, shared, error))
         return FALSE;
     if (!vn_instance_store_end_task(a->store, uuid, VN_TASK_RESIZE_REVERTING, rec->vm_state,
-                                    power_of(a, uuid), error))
+                                    vn_guest_power(a, uuid), error))
         return FALSE;
     done = vn_instance_store_get(a->store, uuid);
     vn_agent_notify_instance(a, "instance.resize_revert.end", done, NULL);
@@ -940,7 +932,7 @@ gboolean vn_op_revert_resize(VnOp *op, json_object **result, GError **error)
             !vn_instance_store_set_flavor(a->store, uuid, &old->flavor, error) ||
             !source_restore(op, old, TRUE, error) ||
             !vn_instance_store_end_task(a->store, uuid, VN_TASK_RESIZE_REVERTING, old->vm_state,
-                                        power_of(a, uuid), error))
+                                        vn_guest_power(a, uuid), error))
             return FALSE;
         done = vn_instance_store_get(a->store, uuid);
         vn_agent_notify_instance(a, "instance.resize_revert.end", done, NULL);
@@ -958,7 +950,7 @@ gboolean vn_op_revert_resize(VnOp *op, json_object **result, GError **error)
     if (!out) {
         g_autoptr(GError) e = NULL;
         if (!vn_instance_store_end_task(a->store, uuid, VN_TASK_RESIZE_REVERTING, VN_VM_RESIZED,
-                                        power_of(a, uuid), &e))
+                                        vn_guest_power(a, uuid), &e))
             vn_warn_error(&e, "ending the revert of instance %s", uuid);
         return FALSE;
     }

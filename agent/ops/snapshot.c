@@ -212,10 +212,8 @@ gboolean vn_op_snapshot(VnOp *op, json_object **result, GError **error)
         /* the task ends where it is: the guest's state never changed */
         g_autoptr(VnInstanceRecord) now = vn_instance_store_get(a->store, uuid);
         g_autoptr(GError) e = NULL;
-        VnPowerState power = VN_POWER_NOSTATE;
-        vn_domain_power_state(a->virt, uuid, &power, NULL);
-        if (now &&
-            !vn_instance_store_end_task(a->store, uuid, now->task_state, rec->vm_state, power, &e))
+        if (now && !vn_instance_store_end_task(a->store, uuid, now->task_state, rec->vm_state,
+                                               vn_guest_power(a, uuid), &e))
             vn_warn_error(&e, "ending the snapshot of instance %s", uuid);
     }
     done = vn_instance_store_get(a->store, uuid);
