@@ -5,6 +5,7 @@
 #include <libvirt/virterror.h>
 
 #include "agent/virt/domain.h"
+#include "agent/virt/domain_xml.h"
 #include "agent/virt/job.h"
 #include "agent/virt/host.h"
 #include "agent/virt/virt.h"
@@ -548,18 +549,11 @@ gboolean vn_domain_backup_begin(VnVirtConn *c, const char *uuid, const char *tar
                                 const char *path, GError **error)
 {
     g_autoptr(virDomain) dom = domain_get(c, uuid, error);
-    g_autoptr(GString) xml = g_string_new("<domainbackup mode='push'><disks>");
-    g_autofree char *esc = g_markup_escape_text(path, -1);
+    g_autofree char *xml = vn_backup_xml(target, path);
 
     if (!dom)
         return FALSE;
-    g_string_append_printf(xml,
-                           "<disk name='%s' backup='yes' type='file'><target file='%s'/>"
-                           "<driver type='qcow2'/></disk>",
-                           target, esc);
-    /* with <disks> given, only the disks it lists take part */
-    g_string_append(xml, "</disks></domainbackup>");
-    if (virDomainBackupBegin(dom, xml->str, NULL, 0) < 0)
+    if (virDomainBackupBegin(dom, xml, NULL, 0) < 0)
         return vn_virt_error(error, "starting the copy of disk %s of instance %s", target, uuid);
     return TRUE;
 }

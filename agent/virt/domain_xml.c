@@ -384,6 +384,56 @@ char *vn_domain_xml_volume(const VnVolDiskSpec *d)
     return vn_xml_dump(doc);
 }
 
+/* A document whose root element is @name; *@root gets it. */
+static xmlDocPtr new_doc(const char *name, xmlNodePtr *root)
+{
+    xmlDocPtr doc = xmlNewDoc(BAD_CAST "1.0");
+
+    *root = xmlNewNode(NULL, BAD_CAST name);
+    xmlDocSetRootElement(doc, *root);
+    return doc;
+}
+
+char *vn_backup_xml(const char *target, const char *path)
+{
+    xmlNodePtr root, disk;
+    g_autoptr(xmlDoc) doc = new_doc("domainbackup", &root);
+
+    prop(root, "mode", "push");
+    /* with <disks> given, only the disks it lists take part */
+    disk = child(child(root, "disks", NULL), "disk", NULL);
+    prop(disk, "name", target);
+    prop(disk, "backup", "yes");
+    prop(disk, "type", "file");
+    prop(child(disk, "target", NULL), "file", path);
+    prop(child(disk, "driver", NULL), "type", "qcow2");
+    return vn_xml_dump(doc);
+}
+
+char *vn_dir_pool_xml(const char *name, const char *path)
+{
+    xmlNodePtr root;
+    g_autoptr(xmlDoc) doc = new_doc("pool", &root);
+
+    prop(root, "type", "dir");
+    child(root, "name", name);
+    child(child(root, "target", NULL), "path", path);
+    return vn_xml_dump(doc);
+}
+
+char *vn_raw_volume_xml(const char *name, guint64 capacity)
+{
+    xmlNodePtr root, target;
+    g_autoptr(xmlDoc) doc = new_doc("volume", &root);
+
+    child(root, "name", name);
+    prop(childf(root, "capacity", "%" G_GUINT64_FORMAT, capacity), "unit", "bytes");
+    target = child(root, "target", NULL);
+    prop(child(target, "format", NULL), "type", "raw");
+    child(child(target, "permissions", NULL), "mode", "0600");
+    return vn_xml_dump(doc);
+}
+
 static void build_config_drive(xmlNodePtr devices, const char *path)
 {
     xmlNodePtr n = child(devices, "disk", NULL);

@@ -66,6 +66,16 @@ void vn_vol_disk_spec_free(VnVolDiskSpec *d);
 /* The <disk> element of a volume alone, as a document (for hot-plug).  Caller frees. */
 char *vn_domain_xml_volume(const VnVolDiskSpec *d);
 
+/* libvirt's push-mode backup of disk @target alone into a new qcow2 file @path.  Caller
+ * frees. */
+char *vn_backup_xml(const char *target, const char *path);
+
+/* A directory storage pool @name over the folder @path.  Caller frees. */
+char *vn_dir_pool_xml(const char *name, const char *path);
+
+/* A raw storage volume @name of @capacity bytes, mode 0600.  Caller frees. */
+char *vn_raw_volume_xml(const char *name, guint64 capacity);
+
 /* A guest network port on a Linux bridge (libvirt makes the tap and puts it there). */
 typedef struct {
     char *mac;

@@ -8,6 +8,7 @@
 
 #include <libvirt/virterror.h>
 
+#include "agent/virt/domain_xml.h"
 #include "agent/virt/transfer.h"
 #include "agent/virt/virt.h"
 
@@ -55,7 +56,6 @@ static gboolean send_file(virConnectPtr conn, virStoragePoolPtr pool, const char
 {
     g_autoptr(virStorageVol) vol = NULL;
     g_autoptr(virStream) st = NULL;
-    g_autofree char *esc = g_markup_escape_text(name, -1);
     g_autofree char *xml = NULL;
     struct stat sb;
 
@@ -65,10 +65,7 @@ static gboolean send_file(virConnectPtr conn, virStoragePoolPtr pool, const char
                     g_strerror(errno));
         goto fail;
     }
-    xml = g_strdup_printf("<volume><name>%s</name><capacity unit='bytes'>%lld</capacity>"
-                          "<target><format type='raw'/><permissions><mode>0600</mode>"
-                          "</permissions></target></volume>",
-                          esc, (long long)sb.st_size);
+    xml = vn_raw_volume_xml(name, (guint64)sb.st_size);
     vol = virStorageVolCreateXML(pool, xml, 0);
     st = vol ? virStreamNew(conn, 0) : NULL;
     if (!st) {
@@ -110,9 +107,9 @@ gboolean vn_transfer_files(const char *uri, const char *from_dir, const char *to
 {
     g_autoptr(virConnect) conn = virConnectOpen(uri);
     g_autoptr(virStoragePool) pool = NULL;
-    g_autofree char *esc = g_markup_escape_text(to_dir, -1);
     g_autofree char *rnd = g_uuid_string_random();
-    g_autofree char *xml = NULL;
+    g_autofree char *name = g_strdup_printf("vn-transfer-%.8s", rnd);
+    g_autofree char *xml = vn_dir_pool_xml(name, to_dir);
     Source s = { .fd = -1, .cancel = cancel, .progress = progress, .user_data = user_data };
     gboolean ok = TRUE;
 
@@ -125,9 +122,6 @@ gboolean vn_transfer_files(const char *uri, const char *from_dir, const char *to
             s.total += (guint64)sb.st_size;
     }
     /* a transient pool over the destination folder: gone with this call, its files stay */
-    xml = g_strdup_printf("<pool type='dir'><name>vn-transfer-%.8s</name><target><path>%s</path>"
-                          "</target></pool>",
-                          rnd, esc);
     pool = virStoragePoolCreateXML(conn, xml, 0);
     if (!pool)
         return vn_virt_error(error, "opening %s on the destination", to_dir);

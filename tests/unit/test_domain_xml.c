@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "agent/virt/domain_xml.h"
+#include "agent/virt/xmlutil.h"
 #include "agent/virt/nwfilter.h"
 #include "api/port.h"
 #include "agent/virt/virt.h"
@@ -295,13 +296,50 @@ static void test_volume_disks(void **state)
     assert_non_null(strstr(one, "<target dev=\"vde\" bus=\"virtio\"/>"));
 }
 
+/* The documents of a snapshot's copy and a cold migration's transfer, built with libxml2:
+ * names and paths escaped, read back as written. */
+static void test_backup_pool_volume(void **state)
+{
+    g_autofree char *b = vn_backup_xml("vda", "/srv/i/a&b<c>/disk.snapshot");
+    g_autofree char *p = vn_dir_pool_xml("vn-transfer-1", "/srv/i/x'y\"z");
+    g_autofree char *v = vn_raw_volume_xml("disk", G_GUINT64_CONSTANT(1) << 40);
+    g_autoptr(xmlDoc) bd = vn_xml_read(b, strlen(b), "domainbackup", NULL);
+    g_autoptr(xmlDoc) pd = vn_xml_read(p, strlen(p), "pool", NULL);
+    g_autoptr(xmlDoc) vd = vn_xml_read(v, strlen(v), "volume", NULL);
+    g_autoptr(xmlXPathContext) bc = NULL, pc = NULL, vc = NULL;
+    g_autofree char *file = NULL, *mode = NULL, *path = NULL, *cap = NULL, *fmt = NULL;
+    g_auto(GStrv) disks = NULL;
+
+    (void)state;
+    assert_non_null(bd);
+    assert_non_null(pd);
+    assert_non_null(vd);
+    bc = xmlXPathNewContext(bd);
+    pc = xmlXPathNewContext(pd);
+    vc = xmlXPathNewContext(vd);
+    mode = vn_xpath_string(bc, "/domainbackup/@mode");
+    assert_string_equal(mode, "push");
+    disks = vn_xpath_strings(bc, "/domainbackup/disks/disk[@backup='yes']/@name");
+    assert_int_equal(g_strv_length(disks), 1);
+    assert_string_equal(disks[0], "vda");
+    file = vn_xpath_string(bc, "/domainbackup/disks/disk/target/@file");
+    assert_string_equal(file, "/srv/i/a&b<c>/disk.snapshot");
+    path = vn_xpath_string(pc, "/pool[@type='dir']/target/path");
+    assert_string_equal(path, "/srv/i/x'y\"z");
+    cap = vn_xpath_string(vc, "/volume/capacity[@unit='bytes']");
+    assert_string_equal(cap, "1099511627776");
+    fmt = vn_xpath_string(vc, "/volume/target/format/@type");
+    assert_string_equal(fmt, "raw");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_volume_disks),     cmocka_unit_test(test_cpu_element),
-        cmocka_unit_test(test_iface_and_filter), cmocka_unit_test(test_golden),
-        cmocka_unit_test(test_parse_back),       cmocka_unit_test(test_foreign_and_hostile),
-        cmocka_unit_test(test_for_destination),  cmocka_unit_test(test_incomplete_spec),
+        cmocka_unit_test(test_volume_disks),       cmocka_unit_test(test_cpu_element),
+        cmocka_unit_test(test_iface_and_filter),   cmocka_unit_test(test_golden),
+        cmocka_unit_test(test_parse_back),         cmocka_unit_test(test_foreign_and_hostile),
+        cmocka_unit_test(test_for_destination),    cmocka_unit_test(test_incomplete_spec),
+        cmocka_unit_test(test_backup_pool_volume),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
