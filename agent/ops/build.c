@@ -332,6 +332,24 @@ static gboolean build_failed(Build *b, GError *err, GError **error)
     return FALSE;
 }
 
+/* A build (or evacuation) that got to its end: its hold on the image goes, the record is
+ * the reply.  Always TRUE. */
+static gboolean build_done(Build *b, const char *event, const char *how, json_object **result)
+{
+    VnAgent *a = b->a;
+    g_autoptr(VnInstanceRecord) done = NULL;
+
+    if (b->image_held)
+        vn_image_cache_release(a->images, b->spec->image.id);
+    done = vn_instance_store_get(a->store, b->spec->uuid);
+    g_message("instance %s ('%s') %s, labels %s", b->spec->uuid, b->spec->name, how,
+              done->security_label);
+    vn_agent_notify_instance(a, event, done, NULL);
+    vn_agent_capacity_changed(a);
+    *result = vn_instance_record_to_reply(done);
+    return TRUE;
+}
+
 gboolean vn_op_build(VnOp *op, json_object **result, GError **error)
 {
     VnAgent *a = op->agent;
@@ -339,7 +357,6 @@ gboolean vn_op_build(VnOp *op, json_object **result, GError **error)
     Build b = { .op = op, .a = a, .spec = spec, .task = VN_TASK_SCHEDULING };
     GError *err = NULL;
     g_autoptr(VnInstanceRecord) rec = NULL;
-    g_autoptr(VnInstanceRecord) done = NULL;
 
     if (op->replayed)
         return recover_interrupted(op, error);
@@ -352,16 +369,8 @@ gboolean vn_op_build(VnOp *op, json_object **result, GError **error)
     vn_agent_notify_instance(a, "instance.create.start", rec, NULL);
     if (!build_steps(&b, &err))
         return build_failed(&b, err, error);
-    if (b.image_held)
-        vn_image_cache_release(a->images, spec->image.id);
     g_atomic_int_inc(&a->counters.builds_ok);
-    done = vn_instance_store_get(a->store, spec->uuid);
-    g_message("instance %s ('%s') is running, labels %s", spec->uuid, spec->name,
-              done->security_label);
-    vn_agent_notify_instance(a, "instance.create.end", done, NULL);
-    vn_agent_capacity_changed(a);
-    *result = vn_instance_record_to_reply(done);
-    return TRUE;
+    return build_done(&b, "instance.create.end", "is running", result);
 }
 
 /* An evacuation the agent's restart interrupted.  When its guest runs here it had got to
@@ -444,13 +453,5 @@ gboolean vn_op_evacuate(VnOp *op, json_object **result, GError **error)
     g_clear_pointer(&done, vn_instance_record_free);
     if (!build_steps(&b, &err))
         return build_failed(&b, err, error);
-    if (b.image_held)
-        vn_image_cache_release(a->images, rec->image.id);
-    done = vn_instance_store_get(a->store, rec->uuid);
-    g_message("instance %s ('%s') runs here after its evacuation, labels %s", rec->uuid, rec->name,
-              done->security_label);
-    vn_agent_notify_instance(a, "instance.evacuate.end", done, NULL);
-    vn_agent_capacity_changed(a);
-    *result = vn_instance_record_to_reply(done);
-    return TRUE;
+    return build_done(&b, "instance.evacuate.end", "runs here after its evacuation", result);
 }

@@ -372,14 +372,14 @@ static json_object *md_get(json_object *md, const char *key)
     return vn_json_member(md, key);
 }
 
-static gboolean md_bool(json_object *md, const char *key)
+gboolean vn_md_bool(json_object *md, const char *key)
 {
     json_object *v = md_get(md, key);
 
     return v && json_object_is_type(v, json_type_boolean) && json_object_get_boolean(v);
 }
 
-static const char *md_str(json_object *md, const char *key)
+const char *vn_md_str(json_object *md, const char *key)
 {
     json_object *v = md_get(md, key);
 
@@ -516,8 +516,8 @@ static gboolean prepare(Flow *f, const VnInstanceRecord *rec, int pref_block, GE
     if (!check)
         return FALSE;
     md_merge(f->md, check);
-    f->shared = md_bool(f->md, "is_shared_instance_path");
-    f->block = md_bool(f->md, "block_migration");
+    f->shared = vn_md_bool(f->md, "is_shared_instance_path");
+    f->block = vn_md_bool(f->md, "block_migration");
     g_message("migration %s of %s to %s: %s storage, %s", f->id, f->uuid, f->dest,
               f->shared ? "shared" : "local", f->block ? "block migration" : "memory only");
     set_status(f, "preparing", NULL);
@@ -871,7 +871,7 @@ static gboolean run_migration(Flow *f, const VnInstanceRecord *rec, GError **err
     g_autofree char *xml = NULL;
     g_autofree char *dest_xml = NULL;
     g_autofree char *src_dir = g_strdup(cfg->instances_path);
-    const char *dest_dir = md_str(f->md, "dest_instances_path");
+    const char *dest_dir = vn_md_str(f->md, "dest_instances_path");
     json_object *uid = md_get(f->md, "dest_guest_uid");
     MigrateThread t = { 0 };
     GThread *th;
@@ -896,9 +896,9 @@ static gboolean run_migration(Flow *f, const VnInstanceRecord *rec, GError **err
         return FALSE;
     t.a = a;
     t.uuid = f->uuid;
-    t.params.dest_uri = md_str(f->md, "dest_uri");
+    t.params.dest_uri = vn_md_str(f->md, "dest_uri");
     t.params.dest_xml = dest_xml;
-    t.params.inbound_addr = md_str(f->md, "inbound_addr");
+    t.params.inbound_addr = vn_md_str(f->md, "inbound_addr");
     t.params.bandwidth_mib = (guint64)cfg->live_migration_bandwidth;
     t.params.parallel = cfg->live_migration_parallel_connections;
     t.params.block = f->block;
@@ -1112,7 +1112,7 @@ gboolean vn_op_check_dest(VnOp *op, json_object **result, GError **error)
     g_autoptr(json_object) src = NULL;
     g_autoptr(json_object) ask = NULL;
     json_object *out;
-    const char *vt = md_str(md, "virt_type");
+    const char *vt = vn_md_str(md, "virt_type");
     int fd;
 
     if (!vn_host_check_enabled(a, "incoming migrations", error))
@@ -1167,16 +1167,17 @@ gboolean vn_op_check_dest(VnOp *op, json_object **result, GError **error)
     json_object_object_add(
         ask, "block_migration",
         md_get(md, "block_migration") ? json_object_get(md_get(md, "block_migration")) : NULL);
-    src = vn_peer_call(a, op->req->source_host ? op->req->source_host : md_str(md, "source_host"),
-                       "check_can_live_migrate_source", inst->uuid, ask, 60, error);
+    src =
+        vn_peer_call(a, op->req->source_host ? op->req->source_host : vn_md_str(md, "source_host"),
+                     "check_can_live_migrate_source", inst->uuid, ask, 60, error);
     g_unlink(probe_path);
     if (!src)
         return FALSE;
     out = json_object_new_object();
     json_object_object_add(out, "is_shared_instance_path",
-                           json_object_new_boolean(md_bool(src, "is_shared_instance_path")));
+                           json_object_new_boolean(vn_md_bool(src, "is_shared_instance_path")));
     json_object_object_add(out, "block_migration",
-                           json_object_new_boolean(md_bool(src, "block_migration")));
+                           json_object_new_boolean(vn_md_bool(src, "block_migration")));
     json_object_object_add(out, "dest_uri", json_object_new_string(cfg->live_migration_target_uri));
     if (*cfg->live_migration_inbound_addr)
         json_object_object_add(out, "inbound_addr",
@@ -1191,7 +1192,7 @@ gboolean vn_op_check_source(VnOp *op, json_object **result, GError **error)
     VnAgent *a = op->agent;
     g_autoptr(VnConfig) cfg = vn_agent_config(a);
     json_object *md = op->req->migrate_data;
-    const char *probe = md_str(md, "probe_name");
+    const char *probe = vn_md_str(md, "probe_name");
     json_object *pref = md_get(md, "block_migration");
     g_autofree char *path = NULL;
     gboolean shared, block;
@@ -1307,7 +1308,7 @@ gboolean vn_op_pre_live_migration(VnOp *op, json_object **result, GError **error
     json_object *md = op->req->migrate_data;
     g_autoptr(VnInstanceRecord) inst =
         vn_host_check_enabled(a, "incoming migrations", error) ? md_instance(md, error) : NULL;
-    gboolean shared = md_bool(md, "is_shared_instance_path");
+    gboolean shared = vn_md_bool(md, "is_shared_instance_path");
     json_object *disks = md_get(md, "disks");
     g_autoptr(GError) err = NULL;
     json_object *out;
@@ -1362,7 +1363,7 @@ gboolean vn_op_pre_live_migration(VnOp *op, json_object **result, GError **error
         g_propagate_error(error, g_steal_pointer(&err));
         return FALSE;
     }
-    record_arrival(a->migrations, inst->uuid, md_str(md, "migration_id"), op->req->source_host,
+    record_arrival(a->migrations, inst->uuid, vn_md_str(md, "migration_id"), op->req->source_host,
                    cfg->host, !shared);
     vn_agent_capacity_changed(a);
     out = json_object_new_object();
@@ -1414,7 +1415,7 @@ gboolean vn_op_rollback_dest(VnOp *op, json_object **result, GError **error)
     json_object *md = op->req->migrate_data;
     /* files are removed only when the source said the storage is not shared */
     gboolean shared =
-        !md_get(md, "is_shared_instance_path") || md_bool(md, "is_shared_instance_path");
+        !md_get(md, "is_shared_instance_path") || vn_md_bool(md, "is_shared_instance_path");
 
     undo_dest(op->agent, op->req->instance_uuid, shared);
     record_end(op->agent->migrations, op->req->instance_uuid, "cancelled",

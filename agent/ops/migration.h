@@ -44,6 +44,10 @@ gboolean vn_migrations_request_abort(VnMigrations *m, const char *uuid, GError *
 gboolean vn_migrations_request_force(VnMigrations *m, const char *uuid, GError **error);
 
 /* The current (or last) migration of @uuid as JSON, or NULL when none is known. */
+/* The boolean (FALSE unless a JSON true) and the string (or NULL) @key of migrate_data. */
+gboolean vn_md_bool(json_object *md, const char *key);
+const char *vn_md_str(json_object *md, const char *key);
+
 /* Calls @method on the agent of @host with the instance, this host as its source and
  * @md as migrate_data (NULL: {}); its result, an object, or NULL with @error. */
 json_object *vn_peer_call(VnAgent *a, const char *host, const char *method, const char *uuid,

@@ -318,25 +318,11 @@ static VnInstanceRecord *md_instance(json_object *md, GError **error)
     return vn_instance_record_from_json(inst, error);
 }
 
-static const char *md_string(json_object *md, const char *key)
-{
-    json_object *v = vn_json_member(md, key);
-
-    return v && json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
-}
-
-static gboolean md_flag(json_object *md, const char *key)
-{
-    json_object *v = vn_json_member(md, key);
-
-    return v && json_object_get_boolean(v);
-}
-
 gboolean vn_op_prep_resize(VnOp *op, json_object **result, GError **error)
 {
     g_autoptr(VnInstanceRecord) inst = md_instance(op->req->migrate_data, error);
 
-    return inst && dest_prep(op->agent, inst, md_string(op->req->migrate_data, "probe_name"), FALSE,
+    return inst && dest_prep(op->agent, inst, vn_md_str(op->req->migrate_data, "probe_name"), FALSE,
                              result, error);
 }
 
@@ -345,7 +331,7 @@ gboolean vn_op_finish_resize(VnOp *op, json_object **result, GError **error)
     VnAgent *a = op->agent;
     json_object *md = op->req->migrate_data;
     g_autoptr(VnInstanceRecord) inst = md_instance(md, error);
-    gboolean shared = md_flag(md, "is_shared_instance_path");
+    gboolean shared = vn_md_bool(md, "is_shared_instance_path");
     GError *err = NULL;
 
     if (!inst)
@@ -363,7 +349,7 @@ gboolean vn_op_finish_resize(VnOp *op, json_object **result, GError **error)
                             "instance %s; undone there",
                             inst->uuid);
     }
-    if (!dest_finish(op, inst, op->req->source_host, md_string(md, "migration_id"), shared, result,
+    if (!dest_finish(op, inst, op->req->source_host, vn_md_str(md, "migration_id"), shared, result,
                      &err)) {
         dest_undo(a, inst->uuid, shared);
         g_propagate_error(error, err);
@@ -376,7 +362,7 @@ gboolean vn_op_abort_resize_dest(VnOp *op, json_object **result, GError **error)
 {
     (void)error;
     dest_undo(op->agent, op->req->instance_uuid,
-              md_flag(op->req->migrate_data, "is_shared_instance_path"));
+              vn_md_bool(op->req->migrate_data, "is_shared_instance_path"));
     *result = json_object_new_object();
     return TRUE;
 }
@@ -481,9 +467,9 @@ static gboolean prepare(Resize *r, GError **error)
     if (!ok)
         return FALSE;
     r->prepared = TRUE;
-    r->shared = md_flag(out, "is_shared_instance_path");
-    r->dest_uri = g_strdup(md_string(out, "dest_uri"));
-    r->dest_dir = g_strdup(md_string(out, "dest_instances_path"));
+    r->shared = vn_md_bool(out, "is_shared_instance_path");
+    r->dest_uri = g_strdup(vn_md_str(out, "dest_uri"));
+    r->dest_dir = g_strdup(vn_md_str(out, "dest_instances_path"));
     if (!r->shared && (!r->dest_uri || !r->dest_dir))
         return resize_error(error, "prep_resize on %s said nothing of where the disks go", r->dest);
     return TRUE;
@@ -880,7 +866,7 @@ gboolean vn_op_finish_revert_resize(VnOp *op, json_object **result, GError **err
     const char *uuid = op->req->instance_uuid;
     g_autoptr(VnInstanceRecord) rec = vn_instance_store_get(a->store, uuid);
     g_autoptr(VnInstanceRecord) done = NULL;
-    gboolean shared = md_flag(op->req->migrate_data, "is_shared_instance_path");
+    gboolean shared = vn_md_bool(op->req->migrate_data, "is_shared_instance_path");
 
     if (!rec)
         return resize_error(error, "instance %s has no copy on this host to revert to", uuid);

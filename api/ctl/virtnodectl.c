@@ -305,6 +305,52 @@ static void wait_settled(Ctl *c, const char *host, const char *uuid, const char 
     }
 }
 
+/* An image reference from the command line's --image-* options (NULL without a URL). */
+static json_object *image_option(const char *url, const char *sha, const char *id, const char *fmt,
+                                 gint64 size)
+{
+    json_object *im;
+
+    if (!url)
+        return NULL;
+    if (!sha)
+        die(2, "--image-url needs --image-sha256");
+    im = json_object_new_object();
+    json_object_object_add(im, "id", json_object_new_string(id ? id : sha));
+    json_object_object_add(im, "url", json_object_new_string(url));
+    json_object_object_add(im, "sha256", json_object_new_string(sha));
+    json_object_object_add(im, "disk_format", json_object_new_string(fmt ? fmt : "qcow2"));
+    if (size > 0)
+        json_object_object_add(im, "size", json_object_new_int64(size));
+    return im;
+}
+
+/* The parts of a build's (or an evacuation's) arguments given on the command line:
+ * --meta KEY=VALUE into @inst's metadata, then @inst, the --port and --volume files. */
+static void add_spec_parts(json_object *args, json_object *inst, char **meta, char **ports,
+                           char **volumes)
+{
+    json_object *md = json_object_new_object();
+    json_object *nets = json_object_new_array();
+    json_object *bdm = json_object_new_array();
+
+    for (char **m = meta; m && *m; m++) {
+        char *eq = strchr(*m, '=');
+        if (!eq)
+            die(2, "--meta '%s' is not KEY=VALUE", *m);
+        *eq = '\0';
+        json_object_object_add(md, *m, json_object_new_string(eq + 1));
+    }
+    json_object_object_add(inst, "metadata", md);
+    json_object_object_add(args, "instance", inst);
+    for (char **p = ports; p && *p; p++)
+        json_object_array_add(nets, read_object(*p));
+    for (char **v = volumes; v && *v; v++)
+        json_object_array_add(bdm, read_object(*v));
+    json_object_object_add(args, "networks", nets);
+    json_object_object_add(args, "block_device_mapping", bdm);
+}
+
 static int cmd_boot(Ctl *c, int argc, char **argv)
 {
     g_autofree char *uuid = NULL, *name = NULL, *image_id = NULL, *url = NULL, *sha = NULL;
@@ -343,8 +389,6 @@ static int cmd_boot(Ctl *c, int argc, char **argv)
     g_autoptr(json_object) args = json_object_new_object();
     json_object *inst = json_object_new_object();
     json_object *fl = json_object_new_object();
-    json_object *im = json_object_new_object();
-    json_object *md = json_object_new_object();
 
     g_option_context_add_main_entries(ctx, e, NULL);
     if (!g_option_context_parse(ctx, &argc, &argv, &err))
@@ -365,30 +409,8 @@ static int cmd_boot(Ctl *c, int argc, char **argv)
     json_object_object_add(fl, "swap_mb", json_object_new_int(swap));
     json_object_object_add(fl, "extra_specs", json_object_new_object());
     json_object_object_add(inst, "flavor", fl);
-    json_object_object_add(im, "id", json_object_new_string(image_id ? image_id : sha));
-    json_object_object_add(im, "url", json_object_new_string(url));
-    json_object_object_add(im, "sha256", json_object_new_string(sha));
-    json_object_object_add(im, "disk_format", json_object_new_string(fmt ? fmt : "qcow2"));
-    if (size > 0)
-        json_object_object_add(im, "size", json_object_new_int64(size));
-    json_object_object_add(inst, "image", im);
-    for (char **m = meta; m && *m; m++) {
-        char *eq = strchr(*m, '=');
-        if (!eq)
-            die(2, "--meta '%s' is not KEY=VALUE", *m);
-        *eq = '\0';
-        json_object_object_add(md, *m, json_object_new_string(eq + 1));
-    }
-    json_object_object_add(inst, "metadata", md);
-    json_object_object_add(args, "instance", inst);
-    json_object *nets = json_object_new_array();
-    json_object *bdm = json_object_new_array();
-    for (char **p = ports; p && *p; p++)
-        json_object_array_add(nets, read_object(*p));
-    for (char **v = volumes; v && *v; v++)
-        json_object_array_add(bdm, read_object(*v));
-    json_object_object_add(args, "networks", nets);
-    json_object_object_add(args, "block_device_mapping", bdm);
+    json_object_object_add(inst, "image", image_option(url, sha, image_id, fmt, size));
+    add_spec_parts(args, inst, meta, ports, volumes);
     if (!c->host)
         die(2, "boot: which host? give -H HOST (or [DEFAULT] host in the configuration)");
     cast(c, c->host, "build_and_run_instance", args);
@@ -655,26 +677,6 @@ static json_object *call_watched(Ctl *c, const char *host, const char *watch_hos
     return result;
 }
 
-/* An image reference from the command line's --image-* options (NULL without a URL). */
-static json_object *image_option(const char *url, const char *sha, const char *id, const char *fmt,
-                                 gint64 size)
-{
-    json_object *im;
-
-    if (!url)
-        return NULL;
-    if (!sha)
-        die(2, "--image-url needs --image-sha256");
-    im = json_object_new_object();
-    json_object_object_add(im, "id", json_object_new_string(id ? id : sha));
-    json_object_object_add(im, "url", json_object_new_string(url));
-    json_object_object_add(im, "sha256", json_object_new_string(sha));
-    json_object_object_add(im, "disk_format", json_object_new_string(fmt ? fmt : "qcow2"));
-    if (size > 0)
-        json_object_object_add(im, "size", json_object_new_int64(size));
-    return im;
-}
-
 /* rebuild UUID [--image-*] and evacuate UUID --to HOST [--image-*] [--port F] [--volume F]
  * [--meta K=V]: an evacuation's spec is the central database's record of the instance
  * (name, owner, flavor, image), with its ports, volumes and metadata given again. */
@@ -716,9 +718,6 @@ static int cmd_rebuild(Ctl *c, gboolean evacuate, int argc, char **argv)
         g_autofree char *text = NULL;
         g_autoptr(json_object) row = NULL;
         json_object *inst = json_object_new_object();
-        json_object *md = json_object_new_object();
-        json_object *nets = json_object_new_array();
-        json_object *bdm = json_object_new_array();
         if (!c->db || !*c->db)
             die(2, "evacuate: the instance's spec comes from the central database: give --db");
         text = vn_report_query_instance(
@@ -733,21 +732,7 @@ static int cmd_rebuild(Ctl *c, gboolean evacuate, int argc, char **argv)
         json_object_object_add(inst, "image",
                                image ? json_object_get(image)
                                      : json_object_get(vn_json_member(row, "image")));
-        for (char **m = meta; m && *m; m++) {
-            char *eq = strchr(*m, '=');
-            if (!eq)
-                die(2, "--meta '%s' is not KEY=VALUE", *m);
-            *eq = '\0';
-            json_object_object_add(md, *m, json_object_new_string(eq + 1));
-        }
-        json_object_object_add(inst, "metadata", md);
-        for (char **p = ports; p && *p; p++)
-            json_object_array_add(nets, read_object(*p));
-        for (char **v = volumes; v && *v; v++)
-            json_object_array_add(bdm, read_object(*v));
-        json_object_object_add(args, "instance", inst);
-        json_object_object_add(args, "networks", nets);
-        json_object_object_add(args, "block_device_mapping", bdm);
+        add_spec_parts(args, inst, meta, ports, volumes);
         json_object_object_add(args, "recreate", json_object_new_boolean(TRUE));
         fprintf(stderr, "evacuating %s (on %s, %s) to %s\n", argv[1], str(row, "host"),
                 str(row, "vm_state"), to);
