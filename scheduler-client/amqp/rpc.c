@@ -3,7 +3,9 @@
  * One thread owns the connection.  Other threads hand it work through the outbox (under
  * the lock) and wake it through an eventfd.  The thread polls the socket and the eventfd,
  * reads frames without blocking, assembles message contents, publishes the outbox on a
- * channel in confirm mode, and reconnects with back-off when anything fails. */
+ * channel in confirm mode, and reconnects with back-off when anything fails.  On a plain
+ * TCP connection the frames of one turn of its loop (replies, acks, calls) go out in one
+ * write before it waits again (frames.h); on TLS librabbitmq writes each frame. */
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
@@ -17,6 +19,7 @@
 #include <amqp_tcp_socket.h>
 #include <openssl/err.h>
 
+#include "scheduler-client/amqp/frames.h"
 #include "scheduler-client/amqp/rpc.h"
 #include "scheduler-client/amqp/url.h"
 #include "scheduler-client/backoff.h"
@@ -99,12 +102,15 @@ struct _VnRpc {
     gboolean stop_consuming;
     gboolean cancel_sent;
     gboolean drained;
+    guint flushing; /* threads waiting in vn_rpc_flush for the link to drain */
     VnRpcStats stats;
     guint64 next_out_id;
     gboolean outbox_overflow_logged;
 
     /* link thread only */
     amqp_connection_state_t conn;
+    gboolean gather; /* plain TCP: frames are gathered in out and written once per turn */
+    VnFrames out;
     guint url_index;
     GHashTable *inflight; /* publish seq -> OutMsg* */
     guint64 publish_seq;
@@ -655,7 +661,8 @@ static void disconnect(VnRpc *rpc)
     amqp_connection_close(rpc->conn, AMQP_REPLY_SUCCESS);
     amqp_destroy_connection(rpc->conn);
     rpc->conn = NULL;
-    rpc->ack_upto = 0; /* the broker delivers them again */
+    vn_frames_reset(&rpc->out); /* their messages are in inflight and go out again */
+    rpc->ack_upto = 0;          /* the broker delivers them again */
     content_reset(&rpc->content);
     g_ptr_array_set_size(rpc->consumer_tags, 0);
     g_clear_pointer(&rpc->reply_tag, g_free);
@@ -720,6 +727,7 @@ static gboolean connect_one(VnRpc *rpc, const char *url_text, GError **error)
     g_free(rpc->where);
     rpc->where = vn_amqp_url_display(url);
     rpc->conn = amqp_new_connection();
+    rpc->gather = !url->ssl;
     if (url->ssl) {
         sock = amqp_ssl_socket_new(rpc->conn);
         if (sock) {
@@ -878,6 +886,50 @@ static gboolean connect_with_backoff(VnRpc *rpc)
     }
 }
 
+/* ------------------------------------------------------------------ link thread: writing */
+
+/* Sends a method frame: gathered on plain TCP, written by librabbitmq on TLS.  A failure
+ * shows on the connection's next write or read. */
+static void link_method(VnRpc *rpc, amqp_channel_t ch, amqp_method_number_t id, void *m)
+{
+    if (rpc->gather) {
+        if (!vn_frames_method(&rpc->out, ch, id, m))
+            g_warning("amqp: cannot encode method 0x%08x", id);
+        return;
+    }
+    amqp_send_method(rpc->conn, ch, id, m);
+}
+
+static void link_ack(VnRpc *rpc, amqp_channel_t ch, guint64 tag, gboolean multiple)
+{
+    amqp_basic_ack_t a = { .delivery_tag = tag, .multiple = multiple ? 1 : 0 };
+
+    link_method(rpc, ch, AMQP_BASIC_ACK_METHOD, &a);
+}
+
+/* Writes the frames gathered so far in one go; waits while the broker reads nothing (as
+ * librabbitmq does while it blocks the connection for a resource alarm) unless the link
+ * is stopping. */
+static gboolean link_write(VnRpc *rpc, GError **error)
+{
+    while (vn_frames_pending(&rpc->out)) {
+        int e = vn_frames_write(&rpc->out, amqp_get_sockfd(rpc->conn), 1000);
+        if (e == 0)
+            return TRUE;
+        if (e == ETIMEDOUT) {
+            g_mutex_lock(&rpc->lock);
+            gboolean stop = rpc->stop;
+            g_mutex_unlock(&rpc->lock);
+            if (!stop)
+                continue;
+        }
+        g_set_error(error, VN_SCHED_ERROR, VN_SCHED_ERROR_CONNECTION,
+                    "connection to %s lost: writing: %s", rpc->where, g_strerror(e));
+        return FALSE;
+    }
+    return TRUE;
+}
+
 /* ------------------------------------------------------------------ link thread: input */
 
 static gboolean is_consumer_tag(VnRpc *rpc, const char *tag)
@@ -998,16 +1050,18 @@ static void handle_request(VnRpc *rpc, Content *c)
         if (c->channel == CH_CONSUME)
             rpc->ack_upto = c->delivery_tag;
         else
-            amqp_basic_ack(rpc->conn, c->channel, c->delivery_tag, 0);
+            link_ack(rpc, c->channel, c->delivery_tag, FALSE);
         break;
     case VN_RPC_REJECT:
         g_mutex_lock(&rpc->lock);
         rpc->stats.rejected++;
         g_mutex_unlock(&rpc->lock);
-        amqp_basic_reject(rpc->conn, c->channel, c->delivery_tag, 0);
+        amqp_basic_reject_t r = { .delivery_tag = c->delivery_tag, .requeue = 0 };
+        link_method(rpc, c->channel, AMQP_BASIC_REJECT_METHOD, &r);
         break;
     case VN_RPC_REQUEUE:
-        amqp_basic_nack(rpc->conn, c->channel, c->delivery_tag, 0, 1);
+        amqp_basic_nack_t n = { .delivery_tag = c->delivery_tag, .multiple = 0, .requeue = 1 };
+        link_method(rpc, c->channel, AMQP_BASIC_NACK_METHOD, &n);
         break;
     }
 }
@@ -1271,9 +1325,16 @@ static gboolean publish(VnRpc *rpc, OutMsg *m, GError **error)
         p._flags |= AMQP_BASIC_EXPIRATION_FLAG;
         p.expiration = amqp_cstring_bytes(exp);
     }
-    st = amqp_basic_publish(rpc->conn, CH_PUBLISH, amqp_cstring_bytes(m->exchange),
-                            amqp_cstring_bytes(m->routing_key), m->mandatory, 0, &p,
-                            amqp_cstring_bytes(m->body));
+    if (rpc->gather)
+        st = vn_frames_publish(&rpc->out, CH_PUBLISH, amqp_cstring_bytes(m->exchange),
+                               amqp_cstring_bytes(m->routing_key), m->mandatory, &p,
+                               amqp_cstring_bytes(m->body), amqp_get_frame_max(rpc->conn))
+                 ? AMQP_STATUS_OK
+                 : AMQP_STATUS_BAD_AMQP_DATA;
+    else
+        st = amqp_basic_publish(rpc->conn, CH_PUBLISH, amqp_cstring_bytes(m->exchange),
+                                amqp_cstring_bytes(m->routing_key), m->mandatory, 0, &p,
+                                amqp_cstring_bytes(m->body));
     if (st != AMQP_STATUS_OK) {
         g_set_error(error, VN_SCHED_ERROR, VN_SCHED_ERROR_CONNECTION, "publishing to %s: %s",
                     rpc->where, amqp_error_string2(st));
@@ -1321,7 +1382,7 @@ static void flush_acks(VnRpc *rpc)
 {
     if (!rpc->ack_upto)
         return;
-    amqp_basic_ack(rpc->conn, CH_CONSUME, rpc->ack_upto, 1);
+    link_ack(rpc, CH_CONSUME, rpc->ack_upto, TRUE);
     rpc->ack_upto = 0;
 }
 
@@ -1420,6 +1481,8 @@ static void run_connected(VnRpc *rpc)
         g_mutex_unlock(&rpc->lock);
         if (stop)
             return;
+        if (cancel && !link_write(rpc, &err))
+            break;
         if (cancel)
             cancel_consumers(rpc);
 
@@ -1427,18 +1490,20 @@ static void run_connected(VnRpc *rpc)
         send_keepalives(rpc, now);
         if (!drain_outbox(rpc, &err) || !read_frames(rpc, &err))
             break;
-        if (rpc->cancelled && !reconsume(rpc, &err))
+        if (rpc->cancelled && (!link_write(rpc, &err) || !reconsume(rpc, &err)))
             break;
         if (!drain_outbox(rpc, &err))
             break;
         flush_acks(rpc);
+        if (!link_write(rpc, &err))
+            break;
 
         g_mutex_lock(&rpc->lock);
         gboolean was_drained = rpc->drained;
         rpc->drained = g_queue_is_empty(&rpc->outbox) && g_hash_table_size(rpc->inflight) == 0 &&
                        g_queue_is_empty(&rpc->retry);
         rpc->stats.outbox = g_queue_get_length(&rpc->outbox);
-        if (rpc->drained && !was_drained) /* vn_rpc_flush waits for this */
+        if (rpc->drained && !was_drained && rpc->flushing) /* vn_rpc_flush waits for this */
             g_cond_broadcast(&rpc->cond);
         gboolean more =
             !g_queue_is_empty(&rpc->outbox) && g_hash_table_size(rpc->inflight) < MAX_INFLIGHT;
@@ -1551,6 +1616,7 @@ VnRpc *vn_rpc_new(const VnRpcConfig *cfg, const VnRpcHandlers *handlers, GError 
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)active_free);
     rpc->consumer_tags = g_ptr_array_new_with_free_func(g_free);
     rpc->drained = TRUE;
+    vn_frames_init(&rpc->out);
     rpc->url_index = g_random_int_range(0, (gint32)g_strv_length(rpc->urls));
     vn_backoff_init(&rpc->backoff, cfg->reconnect_min > 0 ? cfg->reconnect_min : 1,
                     cfg->reconnect_max > 0 ? cfg->reconnect_max : 30);
@@ -1593,10 +1659,12 @@ gboolean vn_rpc_flush(VnRpc *rpc, double timeout_s)
 
     wake(rpc);
     g_mutex_lock(&rpc->lock);
+    rpc->flushing++;
     while (!(rpc->drained && g_queue_is_empty(&rpc->outbox)) && rpc->thread) {
         if (!g_cond_wait_until(&rpc->cond, &rpc->lock, end))
             break;
     }
+    rpc->flushing--;
     ok = rpc->drained && g_queue_is_empty(&rpc->outbox);
     g_mutex_unlock(&rpc->lock);
     return ok;
@@ -1649,6 +1717,7 @@ void vn_rpc_free(VnRpc *rpc)
     g_hash_table_destroy(rpc->calls);
     g_ptr_array_free(rpc->consumer_tags, TRUE);
     content_reset(&rpc->content);
+    vn_frames_clear(&rpc->out);
     close(rpc->wake_fd);
     g_mutex_clear(&rpc->lock);
     g_cond_clear(&rpc->cond);

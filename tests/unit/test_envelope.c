@@ -1,9 +1,18 @@
-/* Unit tests of scheduler-client: the oslo.messaging envelope, broker URLs, back-off. */
+/* Unit tests of scheduler-client: the oslo.messaging envelope, broker URLs, back-off, the
+ * gathered AMQP frames. */
 #include "tests/unit/testutil.h"
 
 #include <string.h>
 
+#include <errno.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <amqp_tcp_socket.h>
+#include <glib-unix.h>
+
 #include "scheduler-client/amqp/envelope.h"
+#include "scheduler-client/amqp/frames.h"
 #include "scheduler-client/amqp/url.h"
 #include "scheduler-client/backoff.h"
 #include "scheduler-client/sched_error.h"
@@ -295,6 +304,142 @@ static void test_backoff(void **state)
     assert_true(vn_backoff_next(&b, 0.5) <= 1.0);
 }
 
+/* Everything @fd has to read now (it is non-blocking). */
+static GByteArray *read_all(int fd)
+{
+    GByteArray *b = g_byte_array_new();
+    guint8 chunk[65536];
+    ssize_t n;
+
+    while ((n = read(fd, chunk, sizeof(chunk))) > 0)
+        g_byte_array_append(b, chunk, (guint)n);
+    return b;
+}
+
+/* The gathered frames are byte for byte those librabbitmq writes for the same publish
+ * (a body longer than a frame included) and the same ack: the broker cannot tell them
+ * apart. */
+static void test_frames_match_librabbitmq(void **state)
+{
+    int sv[2];
+    amqp_connection_state_t conn = amqp_new_connection();
+    amqp_socket_t *sock = amqp_tcp_socket_new(conn);
+    amqp_basic_properties_t p;
+    GString *body = g_string_new(NULL);
+    VnFrames f;
+
+    (void)state;
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    amqp_tcp_socket_set_sockfd(sock, sv[0]);
+    int frame_max = amqp_get_frame_max(conn);
+    for (int i = 0; (int)body->len < frame_max + 1000; i++)
+        g_string_append_printf(body, "{\"n\": %d}", i);
+    memset(&p, 0, sizeof(p));
+    p._flags = AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG |
+               AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_EXPIRATION_FLAG;
+    p.content_type = amqp_cstring_bytes("application/json");
+    p.delivery_mode = 2;
+    p.message_id = amqp_cstring_bytes("42");
+    p.expiration = amqp_cstring_bytes("60000");
+
+    vn_frames_init(&f);
+    for (int round = 0; round < 2; round++) {
+        /* a body of several frames, then one of none */
+        amqp_bytes_t b = round == 0 ? (amqp_bytes_t){ body->len, body->str } : amqp_empty_bytes;
+        assert_int_equal(amqp_basic_publish(conn, 2, amqp_cstring_bytes("nova"),
+                                            amqp_cstring_bytes("compute.h1"), 1, 0, &p, b),
+                         AMQP_STATUS_OK);
+        assert_int_equal(amqp_basic_ack(conn, 1, 77, 1), AMQP_STATUS_OK);
+        g_autoptr(GByteArray) want = read_all(sv[1]);
+
+        assert_true(vn_frames_publish(&f, 2, amqp_cstring_bytes("nova"),
+                                      amqp_cstring_bytes("compute.h1"), TRUE, &p, b, frame_max));
+        amqp_basic_ack_t a = { .delivery_tag = 77, .multiple = 1 };
+        assert_true(vn_frames_method(&f, 1, AMQP_BASIC_ACK_METHOD, &a));
+        assert_true(vn_frames_pending(&f));
+        assert_int_equal(vn_frames_write(&f, sv[0], 1000), 0);
+        assert_false(vn_frames_pending(&f));
+        g_autoptr(GByteArray) got = read_all(sv[1]);
+
+        assert_true(want->len > (round == 0 ? (guint)frame_max : 0u));
+        assert_int_equal(got->len, want->len);
+        assert_memory_equal(got->data, want->data, want->len);
+    }
+    vn_frames_clear(&f);
+    g_string_free(body, TRUE);
+    amqp_destroy_connection(conn);
+    close(sv[1]);
+}
+
+typedef struct {
+    int fd;
+    GByteArray *got;
+} Reader;
+
+static gpointer slow_reader(gpointer data)
+{
+    Reader *r = data;
+    guint8 chunk[4096];
+    ssize_t n;
+
+    while ((n = read(r->fd, chunk, sizeof(chunk))) > 0) {
+        g_byte_array_append(r->got, chunk, (guint)n);
+        g_usleep(100);
+    }
+    return NULL;
+}
+
+/* A write larger than the socket takes at once waits for the reader and loses nothing; a
+ * socket nobody reads times out with what was written gone from the buffer and the rest
+ * kept. */
+static void test_frames_partial_writes(void **state)
+{
+    int sv[2], small = 4096;
+    VnFrames f;
+    GString *body = g_string_new(NULL);
+    amqp_basic_properties_t p = { 0 };
+
+    (void)state;
+    for (int i = 0; i < 100000; i++)
+        g_string_append_printf(body, "%d,", i);
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    assert_int_equal(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+    g_unix_set_fd_nonblocking(sv[0], TRUE, NULL);
+    vn_frames_init(&f);
+    assert_true(vn_frames_publish(&f, 2, amqp_empty_bytes, amqp_cstring_bytes("q"), FALSE, &p,
+                                  (amqp_bytes_t){ body->len, body->str }, 131072));
+    g_autoptr(GByteArray) sent = g_byte_array_new();
+    g_byte_array_append(sent, f.buf->data, f.buf->len);
+
+    /* nobody reads: a timeout, part of it written */
+    assert_int_equal(vn_frames_write(&f, sv[0], 50), ETIMEDOUT);
+    assert_true(vn_frames_pending(&f));
+    guint left = f.buf->len;
+    assert_true(left < sent->len);
+    assert_memory_equal(f.buf->data, sent->data + (sent->len - left), left);
+
+    Reader r = { sv[1], g_byte_array_new() };
+    GThread *t = g_thread_new("reader", slow_reader, &r);
+    assert_int_equal(vn_frames_write(&f, sv[0], 5000), 0);
+    close(sv[0]);
+    g_thread_join(t);
+    assert_int_equal(r.got->len, sent->len);
+    assert_memory_equal(r.got->data, sent->data, sent->len);
+    g_byte_array_free(r.got, TRUE);
+
+    /* a closed peer is an error, not a hang */
+    int sv2[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv2), 0);
+    close(sv2[1]);
+    assert_true(vn_frames_publish(&f, 2, amqp_empty_bytes, amqp_cstring_bytes("q"), FALSE, &p,
+                                  amqp_cstring_bytes("x"), 131072));
+    assert_int_equal(vn_frames_write(&f, sv2[0], 50), EPIPE);
+    close(sv2[0]);
+    vn_frames_clear(&f);
+    close(sv[1]);
+    g_string_free(body, TRUE);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -308,6 +453,8 @@ int main(void)
         cmocka_unit_test(test_notification),
         cmocka_unit_test(test_urls),
         cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_frames_match_librabbitmq),
+        cmocka_unit_test(test_frames_partial_writes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
