@@ -1,5 +1,18 @@
-/* agent/state/journal.c - SQLite journal (see journal.h). */
+/* agent/state/journal.c - SQLite journal (see journal.h).
+ *
+ * Durability.  The database runs in WAL mode with synchronous=NORMAL: every commit is
+ * written to the log before it returns (it survives the process being killed at once),
+ * and the log reaches the disk at checkpoints.  A durable write does not return before
+ * the log is on disk up to its commit: it commits, leaves the connection's lock, and
+ * waits for an fdatasync of the log that started after its commit (sync_upto).  One
+ * thread syncs at a time; commits made meanwhile by other threads wait for the next sync,
+ * which covers them all (a group commit): ten builds finishing a step together pay one
+ * flush instead of ten, and none holds the connection while the disk works. */
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <glib.h>
 #include <sqlite3.h>
@@ -9,11 +22,21 @@
 #define SCHEMA_VERSION 1
 
 struct _VnJournal {
-    GMutex lock; /* the connection and everything below are used under it */
+    GMutex lock; /* the connection, stmts and committed are used under it */
     sqlite3 *db;
     GHashTable *stmts; /* SQL text -> sqlite3_stmt*: each statement compiled once */
+    guint64 committed; /* writes committed to the log so far */
     char *path;        /* immutable */
+    char *wal_path;    /* immutable */
     char *id;          /* immutable once opened */
+
+    GMutex sync_lock;     /* everything below is under it; never taken with lock held */
+    GCond sync_cond;      /* a sync ended */
+    gboolean syncing;     /* a thread is in fdatasync (outside sync_lock) */
+    guint64 synced;       /* writes up to this count are on disk */
+    int wal_fd;           /* the log, opened for fdatasync; -1 until first needed */
+    guint64 syncs;        /* fdatasyncs made */
+    int (*flush)(int fd); /* fdatasync; tests slow it down */
 };
 
 GQuark vn_journal_error_quark(void)
@@ -63,12 +86,12 @@ static const char *schema =
     "  id INTEGER PRIMARY KEY AUTOINCREMENT, event_type TEXT NOT NULL,"
     "  priority TEXT NOT NULL, payload TEXT NOT NULL, created_at INTEGER NOT NULL);";
 
-/* A relaxed write is committed without waiting for the disk (synchronous=NORMAL in WAL
- * mode): it survives the process being killed at once, and a power loss from the next
- * durable commit on, which writes the log up to it.  For rows whose loss costs at most a
- * repeat: a request's "running" mark and its action's start, an action's end written
- * just before its request's durable finish, an action marked reported (the report is an
- * idempotent upsert), a confirmed notification's removal (sent again). */
+/* A relaxed write returns without waiting for the disk: it survives the process being
+ * killed at once, and a power loss from the next durable write on, whose sync writes the
+ * log up to it.  For rows whose loss costs at most a repeat: a request's "running" mark
+ * and its action's start, an action's end written just before its request's durable
+ * finish, an action marked reported (the report is an idempotent upsert), a confirmed
+ * notification's removal (sent again). */
 /* A prepared statement, compiled the first time its SQL is used and kept; the caller
  * binds and steps it, and g_autoptr(VnStmt) resets it for the next one. */
 typedef sqlite3_stmt VnStmt;
@@ -100,13 +123,76 @@ static VnStmt *prepare(VnJournal *j, const char *sql, GError **error)
     return st;
 }
 
-static void relax_locked(VnJournal *j, gboolean relaxed)
+/* Opens the log for fdatasync, again if SQLite made a new file.  Under sync_lock. */
+static int wal_fd(VnJournal *j)
 {
-    g_autoptr(VnStmt) st =
-        prepare(j, relaxed ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL", NULL);
+    struct stat a, b;
 
-    if (!st || sqlite3_step(st) != SQLITE_DONE)
-        g_warning("journal %s: cannot set its synchronous mode", j->path);
+    if (j->wal_fd >= 0 && (stat(j->wal_path, &a) != 0 || fstat(j->wal_fd, &b) != 0 ||
+                           a.st_ino != b.st_ino || a.st_dev != b.st_dev)) {
+        close(j->wal_fd);
+        j->wal_fd = -1;
+    }
+    if (j->wal_fd < 0)
+        j->wal_fd = open(j->wal_path, O_RDONLY | O_CLOEXEC);
+    return j->wal_fd;
+}
+
+/* Returns once every write counted up to @upto is on disk (see the top of this file). */
+static gboolean sync_upto(VnJournal *j, guint64 upto, GError **error)
+{
+    int err = 0;
+
+    g_mutex_lock(&j->sync_lock);
+    while (j->synced < upto && !err) {
+        if (j->syncing) {
+            g_cond_wait(&j->sync_cond, &j->sync_lock);
+            continue;
+        }
+        j->syncing = TRUE;
+        int fd = wal_fd(j);
+        g_mutex_unlock(&j->sync_lock);
+
+        /* what is counted now was written to the log before this sync starts */
+        g_mutex_lock(&j->lock);
+        guint64 target = j->committed;
+        g_mutex_unlock(&j->lock);
+        err = fd < 0 ? errno : j->flush(fd) == 0 ? 0 : errno;
+
+        g_mutex_lock(&j->sync_lock);
+        j->syncing = FALSE;
+        j->syncs++;
+        if (!err)
+            j->synced = MAX(j->synced, target);
+        g_cond_broadcast(&j->sync_cond);
+    }
+    g_mutex_unlock(&j->sync_lock);
+    if (err) {
+        g_set_error(error, VN_JOURNAL_ERROR, SQLITE_IOERR, "journal %s: flushing its log: %s",
+                    j->path, g_strerror(err));
+        return FALSE;
+    }
+    return TRUE;
+}
+
+gint64 vn_journal_memory_used(void)
+{
+    return sqlite3_memory_used();
+}
+
+guint64 vn_journal_syncs(VnJournal *j)
+{
+    g_mutex_lock(&j->sync_lock);
+    guint64 n = j->syncs;
+    g_mutex_unlock(&j->sync_lock);
+    return n;
+}
+
+void vn_journal_set_flush(VnJournal *j, int (*flush)(int fd))
+{
+    g_mutex_lock(&j->sync_lock);
+    j->flush = flush ? flush : fdatasync;
+    g_mutex_unlock(&j->sync_lock);
 }
 
 static void bind_text(sqlite3_stmt *st, int i, const char *s)
@@ -129,8 +215,13 @@ VnJournal *vn_journal_open(const char *path, GError **error)
     g_autoptr(VnJournal) j = g_new0(VnJournal, 1);
 
     g_mutex_init(&j->lock);
+    g_mutex_init(&j->sync_lock);
+    g_cond_init(&j->sync_cond);
+    j->wal_fd = -1;
+    j->flush = fdatasync;
     j->stmts = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, stmt_finalize);
     j->path = g_strdup(path);
+    j->wal_path = g_strconcat(path, "-wal", NULL);
     if (sqlite3_open_v2(path, &j->db,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         NULL) != SQLITE_OK) {
@@ -138,7 +229,7 @@ VnJournal *vn_journal_open(const char *path, GError **error)
         return NULL;
     }
     sqlite3_busy_timeout(j->db, 5000);
-    if (!exec(j, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+    if (!exec(j, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
               error) ||
         !exec(j, "BEGIN;", error) || !exec(j, schema, error))
         return NULL;
@@ -147,7 +238,7 @@ VnJournal *vn_journal_open(const char *path, GError **error)
         g_strdup_printf("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '%d');"
                         "INSERT OR IGNORE INTO meta (key, value) VALUES ('journal_id', '%s');",
                         SCHEMA_VERSION, uuid);
-    if (!exec(j, sql, error) || !exec(j, "COMMIT;", error))
+    if (!exec(j, sql, error) || !exec(j, "COMMIT;", error) || !sync_upto(j, ++j->committed, error))
         return NULL;
     {
         g_autoptr(VnStmt) st = prepare(j, "SELECT value FROM meta WHERE key = 'journal_id'", error);
@@ -167,8 +258,13 @@ void vn_journal_free(VnJournal *j)
     g_hash_table_destroy(j->stmts); /* finalized before the connection closes */
     if (j->db)
         sqlite3_close(j->db);
+    if (j->wal_fd >= 0)
+        close(j->wal_fd);
     g_mutex_clear(&j->lock);
+    g_mutex_clear(&j->sync_lock);
+    g_cond_clear(&j->sync_cond);
     g_free(j->path);
+    g_free(j->wal_path);
     g_free(j->id);
     g_free(j);
 }
@@ -261,11 +357,17 @@ VnJournalVerdict vn_journal_accept(VnJournal *j, const VnJournalRequest *r,
 {
     VnJournalVerdict v;
 
+    guint64 mine = 0;
+
     if (previous)
         *previous = NULL;
     g_mutex_lock(&j->lock);
     v = accept_locked(j, r, previous, error);
+    if (v == VN_JOURNAL_NEW)
+        mine = ++j->committed;
     g_mutex_unlock(&j->lock);
+    if (mine && !sync_upto(j, mine, error))
+        return (VnJournalVerdict)-1;
     return v;
 }
 
@@ -274,10 +376,9 @@ static gboolean exec_text_args(VnJournal *j, gboolean relaxed, const char *sql, 
 {
     va_list ap;
     gboolean ok = FALSE;
+    guint64 mine = 0;
 
     g_mutex_lock(&j->lock);
-    if (relaxed)
-        relax_locked(j, TRUE);
     {
         g_autoptr(VnStmt) st = prepare(j, sql, error);
         if (st) {
@@ -288,10 +389,9 @@ static gboolean exec_text_args(VnJournal *j, gboolean relaxed, const char *sql, 
             ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, what);
         }
     }
-    if (relaxed)
-        relax_locked(j, FALSE);
+    mine = ok ? ++j->committed : 0;
     g_mutex_unlock(&j->lock);
-    return ok;
+    return ok && (relaxed || sync_upto(j, mine, error));
 }
 
 gboolean vn_journal_meta_set(VnJournal *j, const char *key, const char *value, GError **error)
@@ -460,7 +560,6 @@ gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *reque
     gboolean ok;
 
     g_mutex_lock(&j->lock);
-    relax_locked(j, TRUE);
     ok = exec(j, "BEGIN;", error);
     /* a request run again after a restart continues its action: one action per request */
     if (ok && unique_id) {
@@ -504,8 +603,9 @@ gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *reque
     if (!ok) {
         exec(j, "ROLLBACK;", NULL);
         id = -1;
+    } else {
+        j->committed++;
     }
-    relax_locked(j, FALSE);
     g_mutex_unlock(&j->lock);
     return id;
 }
@@ -514,10 +614,9 @@ gboolean vn_journal_action_finish(VnJournal *j, gint64 id, const char *result, c
                                   gint64 finish, gboolean relaxed, GError **error)
 {
     gboolean ok = FALSE;
+    guint64 mine;
 
     g_mutex_lock(&j->lock);
-    if (relaxed)
-        relax_locked(j, TRUE);
     {
         g_autoptr(VnStmt) st = prepare(j,
                                        "UPDATE actions SET result = ?2, message = ?3, "
@@ -531,10 +630,9 @@ gboolean vn_journal_action_finish(VnJournal *j, gint64 id, const char *result, c
             ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "finishing an action");
         }
     }
-    if (relaxed)
-        relax_locked(j, FALSE);
+    mine = ok ? ++j->committed : 0;
     g_mutex_unlock(&j->lock);
-    return ok;
+    return ok && (relaxed || sync_upto(j, mine, error));
 }
 
 void vn_journal_action_free(VnJournalAction *a)
@@ -578,7 +676,6 @@ gboolean vn_journal_actions_mark_reported(VnJournal *j, const VnJournalAction *a
     gboolean ok = FALSE;
 
     g_mutex_lock(&j->lock);
-    relax_locked(j, TRUE);
     {
         /* only when unchanged since read: a finish that raced the report is sent again */
         g_autoptr(VnStmt) st = prepare(j,
@@ -594,7 +691,7 @@ gboolean vn_journal_actions_mark_reported(VnJournal *j, const VnJournalAction *a
             ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "marking an action");
         }
     }
-    relax_locked(j, FALSE);
+    j->committed += ok;
     g_mutex_unlock(&j->lock);
     return ok;
 }
@@ -621,7 +718,10 @@ gint64 vn_journal_outbox_add(VnJournal *j, const char *event_type, const char *p
                 db_error(j, error, "queueing a notification");
         }
     }
+    guint64 mine = id > 0 ? ++j->committed : 0;
     g_mutex_unlock(&j->lock);
+    if (mine && !sync_upto(j, mine, error))
+        return -1;
     return id;
 }
 
@@ -630,7 +730,6 @@ gboolean vn_journal_outbox_remove(VnJournal *j, gint64 id, GError **error)
     gboolean ok = FALSE;
 
     g_mutex_lock(&j->lock);
-    relax_locked(j, TRUE);
     {
         g_autoptr(VnStmt) st = prepare(j, "DELETE FROM outbox WHERE id = ?1", error);
         if (st) {
@@ -638,7 +737,7 @@ gboolean vn_journal_outbox_remove(VnJournal *j, gint64 id, GError **error)
             ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "removing a notification");
         }
     }
-    relax_locked(j, FALSE);
+    j->committed += ok;
     g_mutex_unlock(&j->lock);
     return ok;
 }

@@ -51,12 +51,19 @@ char *vn_journal_meta_get(VnJournal *j, const char *key);
 void vn_journal_free(VnJournal *j);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(VnJournal, vn_journal_free)
 
+/* Bytes SQLite holds in this process (every journal's page cache and statements). */
+gint64 vn_journal_memory_used(void);
+/* The log's flushes so far: concurrent durable writes share one (journal.c). */
+guint64 vn_journal_syncs(VnJournal *j);
+/* Replaces fdatasync for the log's flushes (NULL: fdatasync again); for tests. */
+void vn_journal_set_flush(VnJournal *j, int (*flush)(int fd));
+
 /* Records @r unless its unique_id is known.  For a duplicate, *previous (when not NULL)
  * receives the stored request (with its reply once done). */
 VnJournalVerdict vn_journal_accept(VnJournal *j, const VnJournalRequest *r,
                                    VnJournalRequest **previous, GError **error);
 
-/* Relaxed (journal.c, relax_locked): a request found "accepted" after a power loss runs
+/* Relaxed (journal.c): a request found "accepted" after a power loss runs
  * again all the same. */
 gboolean vn_journal_set_running(VnJournal *j, const char *unique_id, GError **error);
 

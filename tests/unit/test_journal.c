@@ -2,6 +2,7 @@
 #include "tests/unit/testutil.h"
 
 #include <string.h>
+#include <unistd.h>
 
 #include "agent/state/instance_store.h"
 #include "agent/state/journal.h"
@@ -239,6 +240,77 @@ static void test_uid_allocation_unique(void **state)
                      30000);
 }
 
+static gint slow_flushes;
+
+/* A disk that takes 20 ms per flush, and counts them. */
+static int slow_flush(int fd)
+{
+    g_atomic_int_inc(&slow_flushes);
+    g_usleep(20 * 1000);
+    return fdatasync(fd);
+}
+
+typedef struct {
+    VnJournal *j;
+    int thread;
+} Writer;
+
+#define WRITERS 8
+#define WRITES  5
+
+static gpointer durable_writer(gpointer data)
+{
+    Writer *w = data;
+
+    for (int i = 0; i < WRITES; i++) {
+        g_autoptr(GError) err = NULL;
+        g_autofree char *uuid = g_strdup_printf("writer-%d-%d", w->thread, i);
+        if (!vn_journal_save_instance(w->j, uuid, "{}", &err))
+            g_error("%s", err->message);
+    }
+    return NULL;
+}
+
+/* A durable write returns after a flush of the log that started after its commit; a
+ * relaxed one flushes nothing; writers committing while another's flush runs share the
+ * next one (group commit), and every write is there after a reopen. */
+static void test_group_commit(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    VnJournal *j = open_journal();
+    GThread *t[WRITERS];
+    Writer w[WRITERS];
+
+    (void)state;
+    vn_journal_set_flush(j, slow_flush);
+    guint64 before = vn_journal_syncs(j);
+    assert_true(vn_journal_set_running(j, "nothing", &err));
+    assert_int_equal(vn_journal_syncs(j), before);
+    assert_true(vn_journal_save_instance(j, "one", "{}", &err));
+    assert_int_equal(vn_journal_syncs(j), before + 1);
+    assert_int_equal(g_atomic_int_get(&slow_flushes), 1);
+
+    before = vn_journal_syncs(j);
+    for (int i = 0; i < WRITERS; i++) {
+        w[i] = (Writer){ j, i };
+        t[i] = g_thread_new("writer", durable_writer, &w[i]);
+    }
+    for (int i = 0; i < WRITERS; i++)
+        g_thread_join(t[i]);
+    guint64 flushes = vn_journal_syncs(j) - before;
+    /* 40 durable writes: each writer's next write waits for at most two flushes, and the
+     * others' commits ride on them */
+    assert_true(flushes >= WRITES);
+    assert_true(flushes <= 2 * WRITES + 2);
+    vn_journal_free(j);
+
+    j = open_journal();
+    g_autoptr(GPtrArray) all = vn_journal_load_instances(j, &err);
+    assert_non_null(all);
+    assert_int_equal(all->len, 1 + WRITERS * WRITES);
+    vn_journal_free(j);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -252,6 +324,7 @@ int main(void)
                                         vn_test_dir_teardown),
         cmocka_unit_test_setup_teardown(test_uid_allocation_unique, vn_test_dir_setup,
                                         vn_test_dir_teardown),
+        cmocka_unit_test_setup_teardown(test_group_commit, vn_test_dir_setup, vn_test_dir_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
