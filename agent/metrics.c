@@ -1,4 +1,6 @@
 /* agent/metrics.c - Prometheus exposition of the agent's counters and gauges. */
+#include <malloc.h>
+
 #include "agent/metrics.h"
 #include "api/instance.h"
 
@@ -166,6 +168,21 @@ char *vn_agent_metrics(VnAgent *a)
     if (a->images)
         metric(out, "virtnode_image_cache_bytes", "gauge", "Bytes of cached images", NULL,
                (double)vn_image_cache_usage(a->images));
+    /* where the process's memory goes: the allocator's live and held-but-free bytes, and
+     * the journal's page cache and statements */
+    struct mallinfo2 mi = mallinfo2();
+    g_string_append(out, "# HELP virtnode_heap_bytes The allocator's memory: in use by the agent "
+                         "and the libraries in its process, or free but kept for reuse\n"
+                         "# TYPE virtnode_heap_bytes gauge\n");
+    sample(out, "virtnode_heap_bytes", "{state=\"in_use\"}", (double)(mi.uordblks + mi.hblkhd));
+    sample(out, "virtnode_heap_bytes", "{state=\"free\"}", (double)mi.fordblks);
+    metric(out, "virtnode_journal_memory_bytes", "gauge",
+           "Memory of the journal's SQLite (page cache, statements), part of the heap", NULL,
+           (double)vn_journal_memory_used());
+    if (a->journal)
+        metric(out, "virtnode_journal_flushes_total", "counter",
+               "Flushes of the journal's log to disk (durable writes made together share one)",
+               NULL, (double)vn_journal_syncs(a->journal));
     durations(out, a);
     return g_string_free(out, FALSE);
 }

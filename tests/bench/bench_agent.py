@@ -7,7 +7,9 @@
    guest over idle.  The baseline, in the same run: bench_bare holding as many guests
    (its idle: one guest), that is libvirt's test driver (which runs inside either
    process) with the same domains, and nothing of the agent; the agent's own cost per
-   guest is its growth less the bare program's.
+   guest is its growth less the bare program's.  The agent's /metrics tells how its heap
+   grows: bytes in use (the agent, and libvirt's test driver inside it), bytes free but held
+   by the allocator, and SQLite's share.
 2. Capacity freshness: --changes changes of the host's usage, alternately a build and a
    terminate (calls), each timed from the call sent to the first moment the host's
    compute_nodes row in PostgreSQL shows the new memory_mb_used (polled every 2 ms on a
@@ -18,6 +20,7 @@ Prints a table, or one JSON line with --json."""
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -37,6 +40,16 @@ def memory_kib(pid):
             elif key == "Rss":
                 rss = int(rest.split()[0])
     return priv, rss
+
+
+def heap_kib(metrics):
+    """The agent's own account of its heap (its /metrics), KiB: in use, free but held by
+    the allocator, and SQLite's part of what is in use."""
+    def value(pattern):
+        return int(float(re.search(pattern + r" (\S+)", metrics)[1]) / 1024)
+    return {"heap_in_use_kib": value(r'virtnode_heap_bytes\{state="in_use"\}'),
+            "heap_free_kib": value(r'virtnode_heap_bytes\{state="free"\}'),
+            "sqlite_kib": value(r"virtnode_journal_memory_bytes")}
 
 
 def build_until(rpc, agent, have, want):
@@ -69,7 +82,9 @@ def bench_memory(rpc, steps):
                 have = want
             time.sleep(12)  # a capacity check, a heartbeat and a probe ran with them
             priv, rss = memory_kib(agent.proc.pid)
-            out.append({"guests": want, "private_kib": priv, "rss_kib": rss})
+            row = {"guests": want, "private_kib": priv, "rss_kib": rss}
+            row.update(heap_kib(agent.metrics()))
+            out.append(row)
     finally:
         agent.stop()
     for row in out:
@@ -173,6 +188,8 @@ def main():
             row["bare_growth_kib_per_guest"] = round((row["bare_private_kib"] - bare_idle) / n, 1)
             row["own_kib_per_guest"] = round(row["growth_kib_per_guest"]
                                              - row["bare_growth_kib_per_guest"], 1)
+            for k in ("heap_in_use", "heap_free", "sqlite"):
+                row[k + "_kib_per_guest"] = round((row[k + "_kib"] - mem[0][k + "_kib"]) / n, 1)
     fresh = {"changes": a.changes,
              "p50_ms": round(statistics.median(lat) * 1000, 1),
              "p90_ms": round(pct(lat, 0.9) * 1000, 1),
@@ -193,6 +210,14 @@ def main():
               % (row["guests"], row["private_kib"], row["rss_kib"], row["ratio_to_idle"],
                  row.get("growth_kib_per_guest", "-"), row["bare_private_kib"],
                  row.get("bare_growth_kib_per_guest", "-"), row.get("own_kib_per_guest", "-")))
+    print("the agent's heap (its /metrics), KiB; per guest: growth over idle")
+    print("  %7s %9s %9s %9s %10s %10s %10s" % ("guests", "in use", "free", "sqlite",
+                                              "in use/g", "free/g", "sqlite/g"))
+    for row in mem:
+        print("  %7d %9d %9d %9d %10s %10s %10s"
+              % (row["guests"], row["heap_in_use_kib"], row["heap_free_kib"], row["sqlite_kib"],
+                 row.get("heap_in_use_kib_per_guest", "-"), row.get("heap_free_kib_per_guest", "-"),
+                 row.get("sqlite_kib_per_guest", "-")))
     print("capacity row after a change, %d changes (build / terminate), call sent to row "
           "visible" % a.changes)
     print("  p50 %.1f ms  p90 %.1f ms  p99 %.1f ms  max %.1f ms"

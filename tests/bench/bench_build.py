@@ -231,14 +231,20 @@ def warm_up(rpc, agent, name):
     return args
 
 
+def journal_flushes(agent):
+    return int(float(re.search(r"virtnode_journal_flushes_total (\S+)", agent.metrics())[1]))
+
+
 def agent_builds(rpc, name, n):
     """@n build_and_run_instance casts, as Nova's conductor sends them, published at once
     to a new agent on the test driver.  Returns (seconds from the first cast sent to the
-    last build done, seconds from the first receipt to the last build done)."""
+    last build done, seconds from the first receipt to the last build done, flushes of the
+    journal's log per build)."""
     agent = test_agent(name, log_level="info")
     agent.start()
     try:
         warm_up(rpc, agent, "bench-warm")
+        flushes0 = journal_flushes(agent)
         casts = [vntest.build_args("bench-c%03d" % i, memory_mb=64) for i in range(n)]
         t0 = time.time()
         for args in casts:
@@ -250,21 +256,23 @@ def agent_builds(rpc, name, n):
         if running != n + 1:
             raise SystemExit("%d domains running, expected %d" % (running, n + 1))
         first, last = agent_window(agent, n)
-        return last - t0, last - first
+        return last - t0, last - first, (journal_flushes(agent) - flushes0) / n
     finally:
         agent.stop()
 
 
 def bench_concurrent(rpc, n, batches):
     """Agent batches and bare batches, alternating.  Returns lists of builds/s: the agent
-    from the first cast, the agent within itself, the bare program."""
-    vn, inside, bare = [], [], []
+    from the first cast, the agent within itself, the bare program; and the agent's
+    journal flushes per build."""
+    vn, inside, bare, flushes = [], [], [], []
     for i in range(batches):
-        wall, window = agent_builds(rpc, "bench-build-test-%d" % i, n)
+        wall, window, f = agent_builds(rpc, "bench-build-test-%d" % i, n)
         vn.append(n / wall)
         inside.append(n / window)
+        flushes.append(f)
         bare.append(n / bare_builds(n)[0])
-    return vn, inside, bare
+    return vn, inside, bare, flushes
 
 
 def bench_curve(rpc, sizes):
@@ -272,7 +280,7 @@ def bench_curve(rpc, sizes):
     the bare program with as many.  Returns [(builds, virtnode/s, bare/s)]."""
     out = []
     for n in sizes:
-        wall, _ = agent_builds(rpc, "bench-build-curve-%d" % n, n)
+        wall, _, _ = agent_builds(rpc, "bench-build-curve-%d" % n, n)
         out.append((n, n / wall, n / bare_builds(n)[0]))
     return out
 
@@ -289,7 +297,7 @@ def main():
     rpc = Rpc()
     try:
         cold, vn, inside, lv = bench_real(rpc, a.rounds)
-        c_vn, c_inside, c_bare = bench_concurrent(rpc, a.concurrent, a.batches)
+        c_vn, c_inside, c_bare, c_flushes = bench_concurrent(rpc, a.concurrent, a.batches)
         curve = bench_curve(rpc, [int(x) for x in a.curve.split(",") if x])
     finally:
         rpc.close()
@@ -317,6 +325,7 @@ def main():
         "bare_builds_per_s": fig(c_bare),
         "builds_ratio": fig(c_ratios),
         "builds_ratio_inside_agent": fig(c_ratios_inside),
+        "journal_flushes_per_build": fig(c_flushes),
         "curve": [{"builds": n, "builds_per_s": round(v, 1), "bare_builds_per_s": round(b, 1),
                    "ratio": round(v / b, 3)} for n, v, b in curve],
     }
@@ -344,6 +353,7 @@ def main():
     line("bare program: the same steps", c_bare, "/s")
     line("ratio virtnode (cast to done)/bare", c_ratios, "  ")
     line("ratio virtnode (inside)/bare", c_ratios_inside, "  ")
+    line("virtnode: journal flushes per build", c_flushes, "  ")
     if curve:
         print("scale curve: builds published at once (one batch each), builds/s")
         print("  %8s %10s %10s %8s" % ("builds", "virtnode", "bare", "ratio"))

@@ -5,6 +5,7 @@ and transient queues when configured (a broker restart is in tests/faults)."""
 import glob
 import json
 import os
+import re
 import time
 import unittest
 import uuid as uuidlib
@@ -89,6 +90,11 @@ class Messaging(vntest.AgentTestCase):
                                 r'"stop_instance",le="\+Inf"\} 1')
             self.assertRegex(m, r'virtnode_build_info\{version="[0-9.]+"\} 1')
             self.assertIn("virtnode_ready 1\n", m)
+            # where the memory goes: the heap in use and the journal's part of it
+            heap = int(float(re.search(r'virtnode_heap_bytes\{state="in_use"\} (\S+)', m)[1]))
+            journal = int(float(re.search(r"virtnode_journal_memory_bytes (\S+)", m)[1]))
+            self.assertGreater(journal, 0)
+            self.assertGreater(heap, journal)
             self.assertTrue(a.ready())
             rpc.call("host-a", "terminate_instance", instance_uuid=u)
         finally:
