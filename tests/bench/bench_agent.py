@@ -46,7 +46,7 @@ def heap_kib(metrics):
     """The agent's own account of its heap (its /metrics), KiB: in use, free but held by
     the allocator, and SQLite's part of what is in use."""
     def value(pattern):
-        return int(float(re.search(pattern + r" (\S+)", metrics)[1]) / 1024)
+        return int(float(re.search(r"(?m)^" + pattern + r" (\S+)", metrics)[1]) / 1024)
     return {"heap_in_use_kib": value(r'virtnode_heap_bytes\{state="in_use"\}'),
             "heap_free_kib": value(r'virtnode_heap_bytes\{state="free"\}'),
             "sqlite_kib": value(r"virtnode_journal_memory_bytes")}

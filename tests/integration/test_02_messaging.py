@@ -92,7 +92,7 @@ class Messaging(vntest.AgentTestCase):
             self.assertIn("virtnode_ready 1\n", m)
             # where the memory goes: the heap in use and the journal's part of it
             heap = int(float(re.search(r'virtnode_heap_bytes\{state="in_use"\} (\S+)', m)[1]))
-            journal = int(float(re.search(r"virtnode_journal_memory_bytes (\S+)", m)[1]))
+            journal = int(float(re.search(r"(?m)^virtnode_journal_memory_bytes (\S+)", m)[1]))
             self.assertGreater(journal, 0)
             self.assertGreater(heap, journal)
             self.assertTrue(a.ready())
