@@ -98,6 +98,7 @@ struct _VnAgent {
     gint probing;      /* a command-path probe is in flight */
     gint probe_ok_s;   /* monotonic second the last probe came back (0: none yet) */
     gint loop_beat;    /* monotonic second the main loop last turned (/healthz) */
+    gint trim_due;     /* the last running operation ended: give freed memory back */
     VnAgentCounters counters;
 
     /* under @host_lock: the host's own state (ops/host.c), kept in the journal */

@@ -221,7 +221,8 @@ static void worker(gpointer data, gpointer user_data)
     g_atomic_int_inc(&a->counters.ops_running);
     g_debug("%s started%s", op->info->name, op->replayed ? " (after a restart)" : "");
     ok = vn_ops_run(op, &result, &err);
-    g_atomic_int_dec_and_test(&a->counters.ops_running);
+    if (g_atomic_int_dec_and_test(&a->counters.ops_running))
+        g_atomic_int_set(&a->trim_due, 1);
     vn_agent_observe_duration(a, op->info->method,
                               (g_get_monotonic_time() - op->received_us) / 1e6);
     /* reads are polled (get_instance, get_migration): their success is debug, not info */
