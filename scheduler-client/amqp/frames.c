@@ -12,7 +12,8 @@
 
 #define FRAME_HEADER 7
 #define FRAME_END    0xCE
-#define ROOM         4096 /* the most a method or a content header of ours encodes to */
+#define ROOM         4096  /* the most a method or a content header of ours encodes to */
+#define KEEP         65536 /* a buffer that grew past this is not kept once written */
 
 void vn_frames_init(VnFrames *f)
 {
@@ -151,6 +152,12 @@ int vn_frames_write(VnFrames *f, int fd, int timeout_ms)
         err = n < 0 ? errno : EPIPE;
         break;
     }
-    g_byte_array_remove_range(f->buf, 0, (guint)done);
+    if (done == f->buf->len && done > KEEP) {
+        /* a large message went out: its buffer goes with it */
+        g_byte_array_free(f->buf, TRUE);
+        f->buf = g_byte_array_sized_new(ROOM);
+    } else {
+        g_byte_array_remove_range(f->buf, 0, (guint)done);
+    }
     return err;
 }
