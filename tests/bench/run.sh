@@ -1,7 +1,7 @@
 #!/bin/bash
 # tests/bench/run.sh - runs virtnode's benchmarks against real services.
 #
-#   tests/bench/run.sh [rpc|build|agent|report|migration|coldmig|net|volumes|cell|all]...
+#   tests/bench/run.sh [rpc|build|agent|heap|report|migration|coldmig|net|volumes|cell|all]...
 #
 # (default: all but cell, the simulated 1,000-host cell, which takes about 15 minutes and
 # about 10 GiB of memory; "all" includes it)
@@ -17,11 +17,11 @@ BUILD=${BUILD:-$SRC/build}
 PY=/usr/bin/python3
 JSON=${BENCH_JSON:+--json}
 which=("$@")
-[ ${#which[@]} -gt 0 ] || which=(rpc build agent report migration coldmig net volumes)
-[ "${which[*]}" = all ] && which=(rpc build agent report migration coldmig net volumes cell)
+[ ${#which[@]} -gt 0 ] || which=(rpc build agent heap report migration coldmig net volumes)
+[ "${which[*]}" = all ] && which=(rpc build agent heap report migration coldmig net volumes cell)
 
 for b in "${which[@]}"; do
-    case $b in rpc | build | agent | report | migration | coldmig | net | volumes | cell) ;; *) echo "unknown benchmark: $b" >&2; exit 2 ;; esac
+    case $b in rpc | build | agent | heap | report | migration | coldmig | net | volumes | cell) ;; *) echo "unknown benchmark: $b" >&2; exit 2 ;; esac
 done
 
 cmake -S "$SRC" -B "$BUILD" > /dev/null
@@ -88,6 +88,7 @@ for b in "${which[@]}"; do
         ;;
     build) (cd "$SRC/tests/bench" && $PY -W ignore bench_build.py $JSON) ;;
     agent) (cd "$SRC/tests/bench" && $PY -W ignore bench_agent.py $JSON) ;;
+    heap) (cd "$SRC/tests/bench" && $PY -W ignore bench_heap.py --guests "${BENCH_HEAP_GUESTS:-200}" $JSON) ;;
     report) "$BUILD/bin/bench_report" --dsn "$PG_DSN" -n "${BENCH_AGENTS:-200}" \
         --seconds "${BENCH_SECONDS:-120}" $JSON ;;
     migration) (cd "$SRC/tests/bench" && $PY -W ignore bench_migration.py $JSON) ;;
