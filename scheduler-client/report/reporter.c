@@ -511,30 +511,27 @@ static gboolean write_capacity(VnReporter *r, const VnCapacity *c, gboolean *los
     return ok;
 }
 
-static gboolean write_instance(VnReporter *r, const VnInstanceRow *row, gboolean *lost,
-                               GError **error)
+static const char *instance_params(VnReporter *r, gconstpointer data, Params *p_)
 {
-    Params p;
-    gboolean ok;
+    const VnInstanceRow *row = data;
+    Params *p = p_;
 
-    p_init(&p);
-    p_str(&p, row->uuid);
-    p_str(&p, row->host);
-    p_str(&p, row->name ? row->name : "");
-    p_str(&p, row->project_id);
-    p_str(&p, row->user_id);
-    p_str(&p, row->vm_state);
-    p_str(&p, row->task_state);
-    p_int(&p, row->power_state);
-    p_str(&p, row->flavor ? row->flavor : "{}");
-    p_str(&p, row->image ? row->image : "{}");
-    p_str(&p, row->fault);
-    p_time(&p, row->launched_at);
-    p_time(&p, row->terminated_at);
-    p_int(&p, row->generation);
-    ok = run_prepared(r, "vn_instance", &p, lost, error);
-    p_clear(&p);
-    return ok;
+    (void)r;
+    p_str(p, row->uuid);
+    p_str(p, row->host);
+    p_str(p, row->name ? row->name : "");
+    p_str(p, row->project_id);
+    p_str(p, row->user_id);
+    p_str(p, row->vm_state);
+    p_str(p, row->task_state);
+    p_int(p, row->power_state);
+    p_str(p, row->flavor ? row->flavor : "{}");
+    p_str(p, row->image ? row->image : "{}");
+    p_str(p, row->fault);
+    p_time(p, row->launched_at);
+    p_time(p, row->terminated_at);
+    p_int(p, row->generation);
+    return "vn_instance";
 }
 
 static gboolean write_action(VnReporter *r, const VnActionRow *a, gboolean *lost, GError **error)
@@ -558,41 +555,115 @@ static gboolean write_action(VnReporter *r, const VnActionRow *a, gboolean *lost
     return ok;
 }
 
-static gboolean write_migration(VnReporter *r, const VnMigrationRow *m, gboolean *lost,
-                                GError **error)
+static const char *migration_params(VnReporter *r, gconstpointer data, Params *p)
+{
+    const VnMigrationRow *m = data;
+
+    (void)r;
+    p_str(p, m->id);
+    p_str(p, m->instance_uuid);
+    p_str(p, m->source_host);
+    p_str(p, m->dest_host);
+    p_str(p, m->status);
+    p_str(p, m->block_migration ? "true" : "false");
+    p_int(p, m->memory_total);
+    p_int(p, m->memory_processed);
+    p_int(p, m->memory_remaining);
+    p_int(p, m->disk_total);
+    p_int(p, m->disk_processed);
+    p_int(p, m->disk_remaining);
+    if (m->downtime_ms >= 0)
+        p_int(p, m->downtime_ms);
+    else
+        p_str(p, NULL);
+    p_time(p, m->started_at);
+    p_time(p, m->finished_at);
+    p_str(p, m->error_message);
+    return "vn_migration";
+}
+
+typedef const char *(*RowParams)(VnReporter *r, gconstpointer row, Params *p);
+
+/* Writes one row: its statement on its own. */
+static gboolean write_row(VnReporter *r, RowParams params, gconstpointer row, gboolean *lost,
+                          GError **error)
 {
     Params p;
-    gboolean ok;
 
     p_init(&p);
-    p_str(&p, m->id);
-    p_str(&p, m->instance_uuid);
-    p_str(&p, m->source_host);
-    p_str(&p, m->dest_host);
-    p_str(&p, m->status);
-    p_str(&p, m->block_migration ? "true" : "false");
-    p_int(&p, m->memory_total);
-    p_int(&p, m->memory_processed);
-    p_int(&p, m->memory_remaining);
-    p_int(&p, m->disk_total);
-    p_int(&p, m->disk_processed);
-    p_int(&p, m->disk_remaining);
-    if (m->downtime_ms >= 0)
-        p_int(&p, m->downtime_ms);
-    else
-        p_str(&p, NULL);
-    p_time(&p, m->started_at);
-    p_time(&p, m->finished_at);
-    p_str(&p, m->error_message);
-    ok = run_prepared(r, "vn_migration", &p, lost, error);
+    const char *name = params(r, row, &p);
+    gboolean ok = run_prepared(r, name, &p, lost, error);
     p_clear(&p);
+    return ok;
+}
+
+#define PIPELINE_ROWS 64
+
+/* Writes @n rows in one libpq pipeline: one round trip and one transaction (the implicit
+ * one up to the sync) instead of one each.  TRUE when every row was written; FALSE when
+ * the connection was lost (*lost) or any row failed, and then none was: the pipeline's
+ * transaction is rolled back, and the caller writes the rows one by one to find the one
+ * the database refuses. */
+static gboolean write_pipeline(VnReporter *r, RowParams params, gconstpointer *rows, guint n,
+                               gboolean *lost)
+{
+    gboolean ok = TRUE;
+    guint sent = 0;
+
+    *lost = FALSE;
+    if (!PQenterPipelineMode(r->conn))
+        return FALSE;
+    for (; sent < n; sent++) {
+        Params p;
+        p_init(&p);
+        const char *name = params(r, rows[sent], &p);
+        int queued = PQsendQueryPrepared(r->conn, name, p.n, p.v, NULL, NULL, 0);
+        p_clear(&p);
+        if (!queued)
+            break;
+    }
+    /* the sync ends the pipeline's transaction, whatever was queued */
+    ok = sent == n;
+    if (PQpipelineSync(r->conn)) {
+        /* one result (then NULL) per statement queued, then the sync's */
+        for (guint i = 0; i < sent; i++) {
+            PGresult *res = PQgetResult(r->conn);
+            if (!res) {
+                ok = FALSE;
+                break;
+            }
+            ok = ok && exec_ok(res);
+            PQclear(res);
+            while ((res = PQgetResult(r->conn)))
+                PQclear(res);
+        }
+        PGresult *res;
+        while ((res = PQgetResult(r->conn))) {
+            gboolean sync = PQresultStatus(res) == PGRES_PIPELINE_SYNC;
+            PQclear(res);
+            if (sync)
+                break;
+        }
+    } else {
+        ok = FALSE;
+    }
+    if (!PQexitPipelineMode(r->conn) || PQstatus(r->conn) != CONNECTION_OK) {
+        /* gone, or in a state nothing else here can use: a new connection takes over */
+        *lost = TRUE;
+        return FALSE;
+    }
+    if (ok) {
+        g_mutex_lock(&r->lock);
+        r->stats.writes += n;
+        g_mutex_unlock(&r->lock);
+    }
     return ok;
 }
 
 /* Writes the rows waiting in @table with @write; keeps those not written (unless a newer
  * one arrived meanwhile).  FALSE when the connection was lost. */
 static gboolean write_table(VnReporter *r, GHashTable **table, GDestroyNotify free_row,
-                            gboolean (*write)(VnReporter *, gconstpointer, gboolean *, GError **))
+                            RowParams params)
 {
     GHashTable *batch;
     GHashTableIter it;
@@ -608,15 +679,29 @@ static gboolean write_table(VnReporter *r, GHashTable **table, GDestroyNotify fr
     *table = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, free_row);
     g_mutex_unlock(&r->lock);
 
-    g_hash_table_iter_init(&it, batch);
-    while (!lost && g_hash_table_iter_next(&it, &k, &v)) {
-        g_autoptr(GError) err = NULL;
-        if (write(r, v, &lost, &err)) {
-            g_hash_table_iter_remove(&it);
-        } else if (!lost) {
-            /* the database refused this row: log it and move on */
-            g_warning("database: dropping an update of %s: %s", (char *)k, err->message);
-            g_hash_table_iter_remove(&it);
+    /* rows go in pipelines; a pipeline with a refused row is written again row by row */
+    guint len;
+    g_autofree gpointer *keys = g_hash_table_get_keys_as_array(batch, &len);
+    for (guint at = 0; !lost && at < len; at += PIPELINE_ROWS) {
+        guint n = MIN(PIPELINE_ROWS, len - at);
+        gconstpointer rows[PIPELINE_ROWS];
+        for (guint i = 0; i < n; i++)
+            rows[i] = g_hash_table_lookup(batch, keys[at + i]);
+        if (n > 1 && write_pipeline(r, params, rows, n, &lost)) {
+            for (guint i = 0; i < n; i++)
+                g_hash_table_remove(batch, keys[at + i]);
+            continue;
+        }
+        for (guint i = 0; i < n && !lost; i++) {
+            g_autoptr(GError) err = NULL;
+            k = keys[at + i];
+            if (write_row(r, params, rows[i], &lost, &err)) {
+                g_hash_table_remove(batch, k);
+            } else if (!lost) {
+                /* the database refused this row: log it and move on */
+                g_warning("database: dropping an update of %s: %s", (char *)k, err->message);
+                g_hash_table_remove(batch, k);
+            }
         }
     }
     /* what was not written goes back, unless something newer replaced it meanwhile */
@@ -631,16 +716,6 @@ static gboolean write_table(VnReporter *r, GHashTable **table, GDestroyNotify fr
     g_mutex_unlock(&r->lock);
     g_hash_table_destroy(batch);
     return !lost;
-}
-
-static gboolean write_instance_any(VnReporter *r, gconstpointer row, gboolean *lost, GError **e)
-{
-    return write_instance(r, row, lost, e);
-}
-
-static gboolean write_migration_any(VnReporter *r, gconstpointer row, gboolean *lost, GError **e)
-{
-    return write_migration(r, row, lost, e);
 }
 
 static gboolean write_actions(VnReporter *r)
@@ -719,9 +794,8 @@ static gboolean work(VnReporter *r)
             }
         }
     }
-    if (!write_table(r, &r->instances, (GDestroyNotify)vn_instance_row_free, write_instance_any) ||
-        !write_table(r, &r->migrations, (GDestroyNotify)vn_migration_row_free,
-                     write_migration_any) ||
+    if (!write_table(r, &r->instances, (GDestroyNotify)vn_instance_row_free, instance_params) ||
+        !write_table(r, &r->migrations, (GDestroyNotify)vn_migration_row_free, migration_params) ||
         !write_actions(r))
         return FALSE;
     return TRUE;

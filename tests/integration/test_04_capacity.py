@@ -76,6 +76,56 @@ class Capacity(vntest.AgentTestCase):
         self.assertEqual(vntest.db_query("SELECT vm_state FROM instances WHERE uuid = %s", u),
                          [("deleted",)])
 
+    def test_rows_written_together_and_one_refused(self):
+        """Instance rows changed together go to PostgreSQL in one pipeline; a row the
+        database refuses is dropped alone, and the others of its pipeline are written."""
+        a = self.agent("a", shared=False, name="host-batch",
+                       extra={"libvirt.uri": "test:///default",
+                              "libvirt.require_confinement": "false",
+                              "ram_allocation_ratio": "32", "cpu_allocation_ratio": "64",
+                              "disk_allocation_ratio": "100"}).start()
+        builds = [vntest.build_args("batch-%d" % i, memory_mb=64) for i in range(12)]
+        bad = builds[5]["instance"]["uuid"]
+        conn = vntest.db()
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("CREATE OR REPLACE FUNCTION vn_test_refuse() RETURNS trigger AS $$ "
+                        "BEGIN IF NEW.uuid = '%s' THEN RAISE EXCEPTION 'refused by the test'; "
+                        "END IF; RETURN NEW; END $$ LANGUAGE plpgsql" % bad)
+            cur.execute("CREATE TRIGGER vn_test_refuse BEFORE INSERT OR UPDATE ON instances "
+                        "FOR EACH ROW EXECUTE FUNCTION vn_test_refuse()")
+        try:
+            # the table held while the guests are built: their rows pile up in the agent
+            lock = vntest.db()
+            lock.autocommit = False
+            with lock.cursor() as cur:
+                cur.execute("LOCK TABLE instances IN EXCLUSIVE MODE")
+                for args in builds:
+                    self.rpc.cast("host-batch", "build_and_run_instance", **args)
+
+                def running():
+                    listed = self.rpc.call("host-batch", "list_instances", timeout=60)
+                    return sum(1 for i in listed if i["vm_state"] == "active") == len(builds)
+                vntest.wait_for(running, 120, what="12 guests active")
+                time.sleep(1)
+            lock.rollback()
+            lock.close()
+            good = [b["instance"]["uuid"] for b in builds if b["instance"]["uuid"] != bad]
+
+            def written():
+                rows = vntest.db_query("SELECT uuid, vm_state FROM instances WHERE host = %s",
+                                       "host-batch")
+                return sorted(rows) if len(rows) >= len(good) else None
+            rows = vntest.wait_for(written, 30, what="the instance rows")
+            self.assertEqual(rows, sorted((u, "active") for u in good))
+            vntest.wait_for(lambda: "dropping an update of %s" % bad in a.log_text(), 10,
+                            what="the refused row in the log")
+        finally:
+            with conn.cursor() as cur:
+                cur.execute("DROP TRIGGER IF EXISTS vn_test_refuse ON instances")
+                cur.execute("DROP FUNCTION IF EXISTS vn_test_refuse()")
+            conn.close()
+
     def test_database_outage(self):
         """PostgreSQL stops for 30 s while guests are built and deleted: the agent goes on,
         logs the outage once, and the rows are exact again within a report interval."""
