@@ -112,9 +112,11 @@ class Capacity(vntest.AgentTestCase):
             lock.close()
             good = [b["instance"]["uuid"] for b in builds if b["instance"]["uuid"] != bad]
 
+            every = [b["instance"]["uuid"] for b in builds]
+
             def written():
-                rows = vntest.db_query("SELECT uuid, vm_state FROM instances WHERE host = %s",
-                                       "host-batch")
+                rows = vntest.db_query("SELECT uuid::text, vm_state FROM instances "
+                                       "WHERE uuid::text = ANY(%s)", every)
                 return sorted(rows) if len(rows) >= len(good) else None
             rows = vntest.wait_for(written, 30, what="the instance rows")
             self.assertEqual(rows, sorted((u, "active") for u in good))
