@@ -151,13 +151,15 @@ static gboolean sync_upto(VnJournal *j, guint64 upto, GError **error)
         }
         j->syncing = TRUE;
         int fd = wal_fd(j);
+        int open_err = fd < 0 ? errno : 0;
+        int (*flush)(int) = j->flush;
         g_mutex_unlock(&j->sync_lock);
 
         /* what is counted now was written to the log before this sync starts */
         g_mutex_lock(&j->lock);
         guint64 target = j->committed;
         g_mutex_unlock(&j->lock);
-        err = fd < 0 ? errno : j->flush(fd) == 0 ? 0 : errno;
+        err = fd < 0 ? open_err : flush(fd) == 0 ? 0 : errno;
 
         g_mutex_lock(&j->sync_lock);
         j->syncing = FALSE;
