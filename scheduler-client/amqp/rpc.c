@@ -1059,10 +1059,11 @@ static void handle_request(VnRpc *rpc, Content *c)
         amqp_basic_reject_t r = { .delivery_tag = c->delivery_tag, .requeue = 0 };
         link_method(rpc, c->channel, AMQP_BASIC_REJECT_METHOD, &r);
         break;
-    case VN_RPC_REQUEUE:
+    case VN_RPC_REQUEUE: {
         amqp_basic_nack_t n = { .delivery_tag = c->delivery_tag, .multiple = 0, .requeue = 1 };
         link_method(rpc, c->channel, AMQP_BASIC_NACK_METHOD, &n);
         break;
+    }
     }
 }
 

@@ -11,6 +11,7 @@
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <glib.h>
 #include <netlink/netlink.h>
@@ -99,6 +100,10 @@ int main(int argc, char **argv)
         gint64 t2 = g_get_monotonic_time();
         g_autofree char *br2 = vn_net_acquire(h, &seg, "p2", &err);
         gint64 t3 = g_get_monotonic_time();
+        if (!br2 || strcmp(br, br2) != 0) {
+            fprintf(stderr, "bench_net: the second port got %s\n", br2 ? br2 : err->message);
+            return 1;
+        }
         vn_net_release(h, seg.network_id, "p2");
         vn_net_release(h, seg.network_id, "p1");
         gint64 t4 = g_get_monotonic_time();

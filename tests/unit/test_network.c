@@ -142,6 +142,8 @@ static void test_bridges(void **state)
     assert_int_equal(vn_net_uses(h, "net-a-0001"), 2);
     /* the same holder again: no second use */
     g_autofree char *br2b = vn_net_acquire(h, &flat, "p2", &err);
+    assert_non_null(br2b);
+    assert_string_equal(br2b, br);
     assert_int_equal(vn_net_uses(h, "net-a-0001"), 2);
 
     /* the same physical interface cannot serve a second flat network */
