@@ -20,7 +20,6 @@ Prints a table, or one JSON line with --json."""
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import time
@@ -45,11 +44,11 @@ def memory_kib(pid):
 def heap_kib(metrics):
     """The agent's own account of its heap (its /metrics), KiB: in use, free but held by
     the allocator, and SQLite's part of what is in use."""
-    def value(pattern):
-        return int(float(re.search(r"(?m)^" + pattern + r" (\S+)", metrics)[1]) / 1024)
-    return {"heap_in_use_kib": value(r'virtnode_heap_bytes\{state="in_use"\}'),
-            "heap_free_kib": value(r'virtnode_heap_bytes\{state="free"\}'),
-            "sqlite_kib": value(r"virtnode_journal_memory_bytes")}
+    def value(sample):
+        return int(vntest.metric_value(metrics, sample) / 1024)
+    return {"heap_in_use_kib": value('virtnode_heap_bytes{state="in_use"}'),
+            "heap_free_kib": value('virtnode_heap_bytes{state="free"}'),
+            "sqlite_kib": value("virtnode_journal_memory_bytes")}
 
 
 def build_until(rpc, agent, have, want):

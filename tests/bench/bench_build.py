@@ -232,7 +232,7 @@ def warm_up(rpc, agent, name):
 
 
 def journal_flushes(agent):
-    return int(float(re.search(r"(?m)^virtnode_journal_flushes_total (\S+)", agent.metrics())[1]))
+    return int(agent.metric("virtnode_journal_flushes_total"))
 
 
 def agent_builds(rpc, name, n):

@@ -5,7 +5,6 @@ and transient queues when configured (a broker restart is in tests/faults)."""
 import glob
 import json
 import os
-import re
 import time
 import unittest
 import uuid as uuidlib
@@ -94,7 +93,7 @@ class Messaging(vntest.AgentTestCase):
             # replaces it, so only its presence is checked) and the journal's part
             self.assertRegex(m, r'(?m)^virtnode_heap_bytes\{state="in_use"\} [0-9]')
             self.assertRegex(m, r'(?m)^virtnode_heap_bytes\{state="free"\} [0-9]')
-            journal = int(float(re.search(r"(?m)^virtnode_journal_memory_bytes (\S+)", m)[1]))
+            journal = a.metric("virtnode_journal_memory_bytes", m)
             self.assertGreater(journal, 0)
             self.assertTrue(a.ready())
             rpc.call("host-a", "terminate_instance", instance_uuid=u)

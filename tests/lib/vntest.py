@@ -9,6 +9,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -300,6 +301,11 @@ class Agent:
         with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.api_port) as r:
             return r.read().decode()
 
+    def metric(self, sample, text=None):
+        """The value of one sample of /metrics (or of @text), e.g.
+        'virtnode_heap_bytes{state="in_use"}'."""
+        return metric_value(self.metrics() if text is None else text, sample)
+
     def stop(self, timeout=60):
         """SIGTERM and wait; returns the exit status."""
         if not self.proc or self.proc.poll() is not None:
@@ -426,6 +432,11 @@ def db_query(sql, *args):
             return cur.fetchall() if cur.description else None
     finally:
         conn.close()
+
+
+def metric_value(text, sample):
+    """The value of @sample (a metric's name with its labels) in Prometheus @text."""
+    return float(re.search(r"(?m)^" + re.escape(sample) + r" (\S+)", text)[1])
 
 
 def actions_by_request(prefix, n, timeout=90):
