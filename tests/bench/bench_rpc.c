@@ -97,16 +97,25 @@ typedef struct {
     double p50_ms;
     double p99_ms;
     double server_cpu_us; /* CPU time of the serving side per call: the agent or the echo */
+    GArray *lat;          /* the round's latencies in seconds, sorted (owned) */
 } Result;
 
+/* The @q quantile of the sorted @v of @n values. */
+static double quantile(const double *v, guint n, double q)
+{
+    return v[MIN(n - 1, (guint)(n * q))];
+}
+
+/* Takes @lat, which must outlive the result's use (the pooled tails read it again). */
 static Result summarize(GArray *lat, double wall)
 {
     Result r = { 0 };
 
     g_array_sort(lat, cmp_double);
     r.calls_per_s = lat->len / wall;
-    r.p50_ms = g_array_index(lat, double, lat->len / 2) * 1000;
-    r.p99_ms = g_array_index(lat, double, MIN(lat->len - 1, (guint)(lat->len * 0.99))) * 1000;
+    r.p50_ms = quantile((double *)lat->data, lat->len, 0.50) * 1000;
+    r.p99_ms = quantile((double *)lat->data, lat->len, 0.99) * 1000;
+    r.lat = lat;
     return r;
 }
 
@@ -142,7 +151,7 @@ static Result median_result(const Result *rs, int v)
     return (Result){ median_field(rs, v, G_STRUCT_OFFSET(Result, calls_per_s)),
                      median_field(rs, v, G_STRUCT_OFFSET(Result, p50_ms)),
                      median_field(rs, v, G_STRUCT_OFFSET(Result, p99_ms)),
-                     median_field(rs, v, G_STRUCT_OFFSET(Result, server_cpu_us)) };
+                     median_field(rs, v, G_STRUCT_OFFSET(Result, server_cpu_us)), NULL };
 }
 
 typedef struct {
@@ -164,26 +173,95 @@ static Spread spread(const Result *rs, int a, int b)
         p99[r] = x->p99_ms / y->p99_ms;
     }
     s.med = (Result){ median_of(c, opt_rounds), median_of(p50, opt_rounds),
-                      median_of(p99, opt_rounds), 0 };
-    s.min = (Result){ c[0], p50[0], p99[0], 0 }; /* sorted by median_of */
-    s.max = (Result){ c[opt_rounds - 1], p50[opt_rounds - 1], p99[opt_rounds - 1], 0 };
+                      median_of(p99, opt_rounds), 0, NULL };
+    s.min = (Result){ c[0], p50[0], p99[0], 0, NULL }; /* sorted by median_of */
+    s.max = (Result){ c[opt_rounds - 1], p50[opt_rounds - 1], p99[opt_rounds - 1], 0, NULL };
     return s;
 }
 
-static void append_spread_json(GString *o, const char *key, const Spread *s)
+/* The @q quantile of variant @v's latencies (ms) pooled over the rounds @pick[0..n-1]
+ * (a round may be picked more than once). */
+static double pooled_quantile(const Result *rs, int v, const int *pick, int n, double q)
+{
+    g_autoptr(GArray) all = g_array_new(FALSE, FALSE, sizeof(double));
+
+    for (int i = 0; i < n; i++) {
+        const GArray *lat = rs[pick[i] * N_VARIANTS + v].lat;
+        g_array_append_vals(all, lat->data, lat->len);
+    }
+    g_array_sort(all, cmp_double);
+    return quantile((double *)all->data, all->len, q) * 1000;
+}
+
+/* A round's tail is a handful of calls, and a stall of the machine lands on all the
+ * clients of a round at once, so a p99 round by round swings more than the difference it
+ * should show.  The tails are therefore also taken over every round's calls together,
+ * with a 90 % interval for their ratio from resampling whole rounds (each resample keeps
+ * the variants of a round together, as they ran interleaved). */
+typedef struct {
+    double p99[N_VARIANTS]; /* pooled, ms */
+    double ratio, lo, hi;   /* pooled p99 of a over b, and its 90 % interval */
+} PooledTail;
+
+#define RESAMPLES 400
+
+static PooledTail pooled_tail(const Result *rs, int a, int b)
+{
+    g_autofree int *all = g_new(int, opt_rounds);
+    g_autofree int *pick = g_new(int, opt_rounds);
+    double ratios[RESAMPLES];
+    g_autoptr(GRand) rng = g_rand_new_with_seed(12345);
+    PooledTail t = { 0 };
+
+    for (int r = 0; r < opt_rounds; r++)
+        all[r] = r;
+    for (int v = 0; v < N_VARIANTS; v++)
+        t.p99[v] = pooled_quantile(rs, v, all, opt_rounds, 0.99);
+    t.ratio = t.p99[a] / t.p99[b];
+    for (int i = 0; i < RESAMPLES; i++) {
+        for (int r = 0; r < opt_rounds; r++)
+            pick[r] = g_rand_int_range(rng, 0, opt_rounds);
+        ratios[i] = pooled_quantile(rs, a, pick, opt_rounds, 0.99) /
+                    pooled_quantile(rs, b, pick, opt_rounds, 0.99);
+    }
+    qsort(ratios, RESAMPLES, sizeof(double), cmp_double);
+    t.lo = ratios[RESAMPLES / 20];
+    t.hi = ratios[RESAMPLES - 1 - RESAMPLES / 20];
+    return t;
+}
+
+/* Frees the rounds' latencies (with --hosts, two variants share one round's). */
+static void free_rounds(Result *rs)
+{
+    for (int i = 0; i < opt_rounds * N_VARIANTS; i++) {
+        GArray *lat = rs[i].lat;
+        for (int j = i; lat && j < opt_rounds * N_VARIANTS; j++) {
+            if (rs[j].lat == lat)
+                rs[j].lat = NULL;
+        }
+        if (lat)
+            g_array_unref(lat);
+    }
+}
+
+static void append_spread_json(GString *o, const char *key, const Spread *s, const PooledTail *t)
 {
     g_string_append_printf(o,
                            ", \"%s\": {\"calls_per_s\": %.3f, \"p50\": %.3f, \"p99\": %.3f, "
-                           "\"calls_per_s_range\": [%.3f, %.3f], \"p99_range\": [%.3f, %.3f]}",
+                           "\"calls_per_s_range\": [%.3f, %.3f], \"p99_range\": [%.3f, %.3f], "
+                           "\"p99_pooled\": %.3f, \"p99_pooled_interval\": [%.3f, %.3f]}",
                            key, s->med.calls_per_s, s->med.p50_ms, s->med.p99_ms,
-                           s->min.calls_per_s, s->max.calls_per_s, s->min.p99_ms, s->max.p99_ms);
+                           s->min.calls_per_s, s->max.calls_per_s, s->min.p99_ms, s->max.p99_ms,
+                           t->ratio, t->lo, t->hi);
 }
 
-static void print_spread(const char *label, const Spread *s)
+static void print_spread(const char *label, const Spread *s, const PooledTail *t)
 {
     printf("%-38s %10.3f %10.3f %10.3f   (calls/s %.3f-%.3f, p99 %.3f-%.3f)\n", label,
            s->med.calls_per_s, s->med.p50_ms, s->med.p99_ms, s->min.calls_per_s, s->max.calls_per_s,
            s->min.p99_ms, s->max.p99_ms);
+    printf("%-38s %32.3f   (90 %% interval %.3f-%.3f)\n", "  p99 over all rounds' calls", t->ratio,
+           t->lo, t->hi);
 }
 
 /* ------------------------------------------------------------------ raw librabbitmq */
@@ -362,7 +440,8 @@ static gpointer raw_client(gpointer data)
 {
     RawClient *c = data;
     amqp_connection_state_t conn = raw_connect(c->url);
-    g_autofree char *name = g_strdup_printf("reply_%s", vn_envelope_new_id());
+    g_autofree char *qid = vn_envelope_new_id();
+    g_autofree char *name = g_strdup_printf("reply_%s", qid);
     g_autoptr(GPtrArray) bodies = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GPtrArray) ids = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GPtrArray) replies = g_ptr_array_new_with_free_func((GDestroyNotify)g_bytes_unref);
@@ -441,7 +520,7 @@ static Result run_raw_clients(const RawClient *proto, int calls, int clients)
 {
     g_autoptr(GPtrArray) threads = g_ptr_array_new();
     g_autofree RawClient *cs = g_new0(RawClient, clients);
-    g_autoptr(GArray) all = g_array_new(FALSE, FALSE, sizeof(double));
+    GArray *all = g_array_new(FALSE, FALSE, sizeof(double));
     double start = G_MAXDOUBLE, end = 0;
 
     for (int i = 0; i < clients; i++) {
@@ -496,7 +575,7 @@ static Result bench_agent_raw(const VnAmqpUrl *url, int calls, int clients)
     Result r;
     double cpu0;
 
-    run_raw_clients(&proto, 5 * clients, clients); /* warm-up */
+    g_array_unref(run_raw_clients(&proto, 5 * clients, clients).lat); /* warm-up */
     cpu0 = opt_agent_pid > 0 ? process_cpu_s(opt_agent_pid) : 0;
     r = run_raw_clients(&proto, calls, clients);
     if (opt_agent_pid > 0)
@@ -574,7 +653,7 @@ static Result bench_ping(int calls, int clients)
 {
     g_autoptr(GPtrArray) threads = g_ptr_array_new();
     g_autofree PingClient *cs = g_new0(PingClient, clients);
-    g_autoptr(GArray) all = g_array_new(FALSE, FALSE, sizeof(double));
+    GArray *all = g_array_new(FALSE, FALSE, sizeof(double));
     double t0;
 
     for (int i = 0; i < clients; i++) {
@@ -670,6 +749,7 @@ int main(int argc, char **argv)
     }
     Result med[N_VARIANTS];
     Spread ratio = spread(rs, V_AGENT, V_RAW), ratio_same = spread(rs, V_AGENT, V_SAME);
+    PooledTail tail = pooled_tail(rs, V_AGENT, V_RAW), tail_same = pooled_tail(rs, V_AGENT, V_SAME);
     for (int v = 0; v < N_VARIANTS; v++)
         med[v] = median_result(rs, v);
     if (opt_json) {
@@ -681,27 +761,33 @@ int main(int argc, char **argv)
         for (int v = 0; v < N_VARIANTS; v++)
             g_string_append_printf(o,
                                    ", \"%s\": {\"calls_per_s\": %.1f, \"p50_ms\": %.3f, "
-                                   "\"p99_ms\": %.3f, \"server_cpu_us\": %.1f}",
+                                   "\"p99_ms\": %.3f, \"p99_pooled_ms\": %.3f, "
+                                   "\"server_cpu_us\": %.1f}",
                                    variant_key[v], med[v].calls_per_s, med[v].p50_ms, med[v].p99_ms,
-                                   med[v].server_cpu_us);
-        append_spread_json(o, "ratio", &ratio);
-        append_spread_json(o, "ratio_same_path", &ratio_same);
+                                   tail.p99[v], med[v].server_cpu_us);
+        append_spread_json(o, "ratio", &ratio, &tail);
+        append_spread_json(o, "ratio_same_path", &ratio_same, &tail_same);
         printf("%s}\n", o->str);
+        free_rounds(rs);
         return 0;
     }
     printf("ping calls to virtnoded '%s' vs raw librabbitmq request/reply (%zu-byte messages)\n"
            "%d calls, %d concurrent clients, each on its own connection, %d interleaved "
            "rounds (medians)\n\n",
            opt_host, strlen(body), opt_calls, opt_clients, opt_rounds);
-    printf("%-38s %10s %10s %10s %12s\n", "", "calls/s", "p50 ms", "p99 ms", "server CPU");
+    printf("%-38s %10s %10s %10s %12s %12s\n", "", "calls/s", "p50 ms", "p99 ms", "server CPU",
+           "pooled p99");
     for (int v = 0; v < N_VARIANTS; v++) {
         printf("%-38s %10.1f %10.3f %10.3f", variant_label[v], med[v].calls_per_s, med[v].p50_ms,
                med[v].p99_ms);
         if (opt_agent_pid > 0 || v >= V_RAW)
             printf(" %9.1f us", med[v].server_cpu_us);
-        printf("\n");
+        else
+            printf(" %12s", "");
+        printf(" %9.3f ms\n", tail.p99[v]);
     }
-    print_spread("ratio virtnode/raw", &ratio);
-    print_spread("ratio virtnode/raw on the same path", &ratio_same);
+    print_spread("ratio virtnode/raw", &ratio, &tail);
+    print_spread("ratio virtnode/raw on the same path", &ratio_same, &tail_same);
+    free_rounds(rs);
     return 0;
 }

@@ -78,10 +78,12 @@ for b in "${which[@]}"; do
     rpc)
         rpc_agent
         # the scale curve: 1, 8, 32 and 128 concurrent clients, each with its own connection
+        rounds=${BENCH_RPC_ROUNDS:-10}
         for c in ${BENCH_RPC_CLIENTS:-1 8 32 128}; do
             "$BUILD/bin/bench_rpc" --url "$AMQP_URL" --host bench-rpc \
                 --agent-pid "$(cat "$RUN/agents/bench-rpc/pid")" -c "$c" \
-                -n "$(case $c in 1) echo 4000 ;; 8) echo 8000 ;; *) echo $((c * 200)) ;; esac)" --rounds 5 $JSON
+                -n "$(case $c in 1) echo $((rounds * 800)) ;; 8) echo $((rounds * 1600)) ;; *) echo $((rounds * c * 40)) ;; esac)" \
+                --rounds "$rounds" $JSON
         done
         kill "$(cat "$RUN/agents/bench-rpc/pid")"
         wait "$(cat "$RUN/agents/bench-rpc/pid")" 2> /dev/null || true
