@@ -14,8 +14,10 @@
    build done, and within the agent from the first receipt to the last build done; next to a bare program (bench_bare) doing the same steps for as many
    guests with the same concurrency (max_concurrent_builds): a qcow2 overlay on the same
    image written by the agent's own in-process writer, a domain defined and started on its
-   own test:///default connection, and as many durable SQLite commits (WAL,
-   synchronous=FULL) as the agent's journal makes for a build.  The two alternate,
+   own test:///default connection, and as many durable SQLite commits as the agent's
+   journal makes for a build, flushed as the journal flushes them (to the WAL, then an
+   fdatasync of the WAL that commits made together share); and a second bare program
+   whose commits each flush on their own, under its database's lock.  The three alternate,
    --batches times each.  Then the scale curve (--curve): 1, 8, 32 and 128 builds at
    once, one batch each, next to the bare program with as many.
 
@@ -183,17 +185,18 @@ def bare_base():
     return os.path.join(vntest.RUN, "images", "guest.qcow2")
 
 
-def bare_builds(n, workers=10):
+def bare_builds(n, workers=10, flush_each=False):
     """The bare program (bench_bare): @n builds, @workers at a time (the agent's
-    max_concurrent_builds).  Returns (the seconds they took, its private memory in KiB
-    once they are done)."""
+    max_concurrent_builds); with @flush_each, each commit flushes on its own.  Returns
+    (the seconds they took, its private memory in KiB once they are done, its flushes per
+    build)."""
     workdir = tempfile.mkdtemp(prefix="bench-bare-", dir=vntest.ENV["PRIVATE_DIR"])
     try:
         out = subprocess.check_output(
             [os.path.join(vntest.BIN, "bench_bare"), "--base", bare_base(), "--dir", workdir,
-             "-n", str(n), "-w", str(workers), "--commits", str(JOURNAL_COMMITS_PER_BUILD)],
-            text=True).split()
-        return float(out[0]), int(out[2])
+             "-n", str(n), "-w", str(workers), "--commits", str(JOURNAL_COMMITS_PER_BUILD)]
+            + (["--flush-each"] if flush_each else []), text=True).split()
+        return float(out[0]), int(out[2]), float(out[3])
     finally:
         subprocess.check_call(["rm", "-rf", workdir])
 
@@ -264,24 +267,29 @@ def agent_builds(rpc, name, n):
 def bench_concurrent(rpc, n, batches):
     """Agent batches and bare batches, alternating.  Returns lists of builds/s: the agent
     from the first cast, the agent within itself, the bare program; and the agent's
-    journal flushes per build."""
-    vn, inside, bare, flushes = [], [], [], []
+    journal flushes per build, the bare program's, and the builds/s of the bare program
+    flushing each commit."""
+    vn, inside, bare, flushes, bare_flushes, each = [], [], [], [], [], []
     for i in range(batches):
         wall, window, f = agent_builds(rpc, "bench-build-test-%d" % i, n)
         vn.append(n / wall)
         inside.append(n / window)
         flushes.append(f)
-        bare.append(n / bare_builds(n)[0])
-    return vn, inside, bare, flushes
+        took, _, bf = bare_builds(n)
+        bare.append(n / took)
+        bare_flushes.append(bf)
+        each.append(n / bare_builds(n, flush_each=True)[0])
+    return vn, inside, bare, flushes, bare_flushes, each
 
 
 def bench_curve(rpc, sizes):
     """Builds/s with 1, 8, 32, 128... builds published at once (one batch each), next to
-    the bare program with as many.  Returns [(builds, virtnode/s, bare/s)]."""
+    the bare programs with as many.  Returns [(builds, virtnode/s, bare/s, bare flushing
+    each commit/s)]."""
     out = []
     for n in sizes:
         wall, _, _ = agent_builds(rpc, "bench-build-curve-%d" % n, n)
-        out.append((n, n / wall, n / bare_builds(n)[0]))
+        out.append((n, n / wall, n / bare_builds(n)[0], n / bare_builds(n, flush_each=True)[0]))
     return out
 
 
@@ -297,7 +305,8 @@ def main():
     rpc = Rpc()
     try:
         cold, vn, inside, lv = bench_real(rpc, a.rounds)
-        c_vn, c_inside, c_bare, c_flushes = bench_concurrent(rpc, a.concurrent, a.batches)
+        c_vn, c_inside, c_bare, c_flushes, c_bare_flushes, c_each = bench_concurrent(
+            rpc, a.concurrent, a.batches)
         curve = bench_curve(rpc, [int(x) for x in a.curve.split(",") if x])
     finally:
         rpc.close()
@@ -305,6 +314,7 @@ def main():
     ratios_rt = [v / l for v, l in zip(vn, lv)]
     c_ratios = [v / b for v, b in zip(c_vn, c_bare)]
     c_ratios_inside = [v / b for v, b in zip(c_inside, c_bare)]
+    c_ratios_each = [v / b for v, b in zip(c_vn, c_each)]
 
     def fig(xs):
         m, q1, q3 = spread(xs)
@@ -326,8 +336,12 @@ def main():
         "builds_ratio": fig(c_ratios),
         "builds_ratio_inside_agent": fig(c_ratios_inside),
         "journal_flushes_per_build": fig(c_flushes),
+        "bare_flushes_per_build": fig(c_bare_flushes),
+        "bare_flush_each_builds_per_s": fig(c_each),
+        "builds_ratio_flush_each": fig(c_ratios_each),
         "curve": [{"builds": n, "builds_per_s": round(v, 1), "bare_builds_per_s": round(b, 1),
-                   "ratio": round(v / b, 3)} for n, v, b in curve],
+                   "ratio": round(v / b, 3), "bare_flush_each_builds_per_s": round(e, 1),
+                   "ratio_flush_each": round(v / e, 3)} for n, v, b, e in curve],
     }
     if a.json:
         print(json.dumps(res))
@@ -350,15 +364,19 @@ def main():
           % (a.concurrent, a.batches))
     line("virtnode: first cast sent to last build done", c_vn, "/s")
     line("virtnode: first receipt to last build done", c_inside, "/s")
-    line("bare program: the same steps", c_bare, "/s")
+    line("bare program: the same steps, flushes grouped", c_bare, "/s")
+    line("bare program: each commit flushed on its own", c_each, "/s")
     line("ratio virtnode (cast to done)/bare", c_ratios, "  ")
     line("ratio virtnode (inside)/bare", c_ratios_inside, "  ")
+    line("ratio virtnode (cast to done)/bare flushing each", c_ratios_each, "  ")
     line("virtnode: journal flushes per build", c_flushes, "  ")
+    line("bare program: flushes per build", c_bare_flushes, "  ")
     if curve:
         print("scale curve: builds published at once (one batch each), builds/s")
-        print("  %8s %10s %10s %8s" % ("builds", "virtnode", "bare", "ratio"))
-        for n, v, b in curve:
-            print("  %8d %10.1f %10.1f %8.3f" % (n, v, b, v / b))
+        print("  %8s %10s %10s %8s %12s %8s" % ("builds", "virtnode", "bare", "ratio",
+                                               "flush each", "ratio"))
+        for n, v, b, e in curve:
+            print("  %8d %10.1f %10.1f %8.3f %12.1f %8.3f" % (n, v, b, v / b, e, v / e))
 
 
 if __name__ == "__main__":
