@@ -84,6 +84,7 @@ struct _VnVirtConn {
     gboolean outage_logged;
     gboolean was_down; /* closed or unreachable since the last successful open */
     gint64 last_attempt;
+    char **security_models; /* read from @conn once, dropped with it (NULL: not yet) */
 
     /* the handlers run under the read side; vn_virt_conn_silence takes the write side */
     GRWLock handlers_lock;
@@ -174,6 +175,7 @@ static Held take_locked(VnVirtConn *c)
     Held h = { c->conn, c->cb_lifecycle, c->cb_job };
 
     c->conn = NULL;
+    g_clear_pointer(&c->security_models, g_strfreev);
     c->cb_lifecycle = c->cb_job = -1;
     return h;
 }
@@ -334,6 +336,27 @@ gboolean vn_virt_conn_is_alive(VnVirtConn *c)
     virResetLastError();
     g_mutex_unlock(&c->lock);
     return alive;
+}
+
+char **vn_virt_conn_security_models(VnVirtConn *c, virConnectPtr conn)
+{
+    char **out = NULL;
+
+    g_mutex_lock(&c->lock);
+    if (conn == c->conn && c->security_models)
+        out = g_strdupv(c->security_models);
+    g_mutex_unlock(&c->lock);
+    return out;
+}
+
+void vn_virt_conn_keep_security_models(VnVirtConn *c, virConnectPtr conn, char **models)
+{
+    g_mutex_lock(&c->lock);
+    if (conn == c->conn) { /* still the connection in use: they were read from it */
+        g_strfreev(c->security_models);
+        c->security_models = g_strdupv(models);
+    }
+    g_mutex_unlock(&c->lock);
 }
 
 const char *vn_virt_conn_uri(VnVirtConn *c)

@@ -39,4 +39,10 @@ virConnectPtr vn_virt_conn_get(VnVirtConn *c, GError **error);
 /* TRUE when the connection is open and libvirtd answers keepalives. */
 gboolean vn_virt_conn_is_alive(VnVirtConn *c);
 
+/* The host's security models as read from @conn (vn_host_security_models), when @conn is
+ * the connection in use and they were kept for it; NULL otherwise.  A connection made
+ * again (libvirtd restarted, perhaps with other security drivers) starts without. */
+char **vn_virt_conn_security_models(VnVirtConn *c, virConnectPtr conn);
+void vn_virt_conn_keep_security_models(VnVirtConn *c, virConnectPtr conn, char **models);
+
 const char *vn_virt_conn_uri(VnVirtConn *c);

@@ -62,6 +62,10 @@ char **vn_host_security_models(VnVirtConn *c, GError **error)
 
     if (!conn)
         return NULL;
+    /* read once per connection: each build's label check names its models */
+    char **kept = vn_virt_conn_security_models(c, conn);
+    if (kept)
+        return kept;
     caps = virConnectGetCapabilities(conn);
     if (!caps) {
         vn_virt_error(error, "reading the host capabilities");
@@ -69,7 +73,10 @@ char **vn_host_security_models(VnVirtConn *c, GError **error)
     }
     gboolean ok = vn_host_parse_capabilities(caps, f, error);
     free(caps);
-    return ok ? g_steal_pointer(&f->security_models) : NULL;
+    if (!ok)
+        return NULL;
+    vn_virt_conn_keep_security_models(c, conn, f->security_models);
+    return g_steal_pointer(&f->security_models);
 }
 
 VnHostFacts *vn_host_facts_read(VnVirtConn *c, GError **error)

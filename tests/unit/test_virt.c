@@ -127,6 +127,46 @@ static void test_host_facts(void **state)
     assert_non_null(strstr(cpu, "\"topology\""));
 }
 
+/* The label check names each label's model: read once per connection, and only for the
+ * connection they were read from. */
+static void test_security_models_kept_per_connection(void **state)
+{
+    g_autoptr(VnVirtConn) c = vn_virt_conn_new("test:///default", 5, 5, NULL);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnHostFacts) f = vn_host_facts_read(c, &err);
+    g_auto(GStrv) first = NULL;
+    g_auto(GStrv) again = NULL;
+    g_auto(GStrv) kept = NULL;
+    g_auto(GStrv) fake = g_strsplit("selinux,dac", ",", -1);
+    virConnectPtr other = virConnectOpen("test:///default");
+
+    (void)state;
+    assert_non_null(f);
+    assert_non_null(other);
+    g_autoptr(virConnect) conn = vn_virt_conn_get(c, &err);
+    assert_non_null(conn);
+    assert_null(vn_virt_conn_security_models(c, conn)); /* nothing read yet */
+
+    first = vn_host_security_models(c, &err);
+    assert_non_null(first);
+    assert_true(g_strv_equal((const char *const *)first, (const char *const *)f->security_models));
+    kept = vn_virt_conn_security_models(c, conn);
+    assert_non_null(kept);
+    assert_true(g_strv_equal((const char *const *)kept, (const char *const *)first));
+
+    /* another connection's models are not this one's */
+    assert_null(vn_virt_conn_security_models(c, other));
+    vn_virt_conn_keep_security_models(c, other, fake);
+    assert_null(vn_virt_conn_security_models(c, other));
+
+    /* what is kept is what the next check gets, without reading the host again */
+    vn_virt_conn_keep_security_models(c, conn, fake);
+    again = vn_host_security_models(c, &err);
+    assert_non_null(again);
+    assert_true(g_strv_equal((const char *const *)again, (const char *const *)fake));
+    virConnectClose(other);
+}
+
 static void test_unreachable_uri(void **state)
 {
     g_autoptr(VnVirtConn) c =
@@ -146,6 +186,7 @@ int main(void)
         cmocka_unit_test(test_lifecycle),
         cmocka_unit_test(test_create_failure_leaves_nothing),
         cmocka_unit_test(test_host_facts),
+        cmocka_unit_test(test_security_models_kept_per_connection),
         cmocka_unit_test(test_unreachable_uri),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
