@@ -205,15 +205,14 @@ int main(int argc, char **argv)
     db = g_build_filename(opt_dir, "journal.db", NULL);
     if (sqlite3_open(db, &journal) != SQLITE_OK ||
         sqlite3_exec(journal,
-                     opt_flush_each ? "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
-                                      "CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER);"
-                                    : "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
-                                      "CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER);",
+                     opt_flush_each ? "PRAGMA synchronous=FULL;" : "PRAGMA synchronous=NORMAL;",
+                     NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_exec(journal,
+                     "PRAGMA journal_mode=WAL; CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER);",
                      NULL, NULL, NULL) != SQLITE_OK)
         die("cannot make the journal %s", db);
     g_autofree char *wal_path = g_strconcat(db, "-wal", NULL);
-    wal = open(wal_path, O_RDONLY | O_CLOEXEC);
-    if (wal < 0)
+    if (!opt_flush_each && (wal = open(wal_path, O_RDONLY | O_CLOEXEC)) < 0)
         die("cannot open the journal's WAL %s: %s", wal_path, g_strerror(errno));
 
     t0 = g_get_monotonic_time();

@@ -230,18 +230,11 @@ static PooledTail pooled_tail(const Result *rs, int a, int b)
     return t;
 }
 
-/* Frees the rounds' latencies (with --hosts, two variants share one round's). */
+/* Drops the rounds' latencies (each result holds a reference). */
 static void free_rounds(Result *rs)
 {
-    for (int i = 0; i < opt_rounds * N_VARIANTS; i++) {
-        GArray *lat = rs[i].lat;
-        for (int j = i; lat && j < opt_rounds * N_VARIANTS; j++) {
-            if (rs[j].lat == lat)
-                rs[j].lat = NULL;
-        }
-        if (lat)
-            g_array_unref(lat);
-    }
+    for (int i = 0; i < opt_rounds * N_VARIANTS; i++)
+        g_clear_pointer(&rs[i].lat, g_array_unref);
 }
 
 static void append_spread_json(GString *o, const char *key, const Spread *s, const PooledTail *t)
@@ -745,6 +738,8 @@ int main(int argc, char **argv)
         if (opt_hosts > 0) { /* a random agent each call: no raw client to it */
             row[V_AGENT] = row[V_LIBRARY];
             row[V_SAME] = row[V_RAW];
+            g_array_ref(row[V_AGENT].lat);
+            g_array_ref(row[V_SAME].lat);
         }
     }
     Result med[N_VARIANTS];
