@@ -6,13 +6,20 @@
 #include "api/error.h"
 #include "api/json.h"
 
+/* A change is written to the journal's log under the lock, and the lock is left while the
+ * log is flushed: the changes of other instances go on meanwhile and share the flush.
+ * Until its flush ends the change waits in @pending, where the next change of the same
+ * instance waits for it; only then does it become the record readers see. */
 struct _VnInstanceStore {
     GMutex lock;
-    VnJournal *journal;
-    char *host;
-    GHashTable *records; /* uuid -> VnInstanceRecord* */
-    VnInstanceChangedFunc listener;
-    gpointer listener_data;
+    GCond settled;                  /* a pending change ended (under lock) */
+    VnJournal *journal;             /* immutable */
+    char *host;                     /* immutable */
+    GHashTable *records;            /* uuid -> VnInstanceRecord*: durable state; under lock */
+    GHashTable *pending;            /* uuid -> VnInstanceRecord* in the log, waiting for its flush
+                                     * (NULL: a removal); under lock */
+    VnInstanceChangedFunc listener; /* under lock */
+    gpointer listener_data;         /* under lock */
 };
 
 static gint64 now_s(void)
@@ -26,9 +33,12 @@ VnInstanceStore *vn_instance_store_new(VnJournal *journal, const char *host, GEr
     g_autoptr(GPtrArray) rows = NULL;
 
     g_mutex_init(&s->lock);
+    g_cond_init(&s->settled);
     s->journal = journal;
     s->host = g_strdup(host);
     s->records = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                       (GDestroyNotify)vn_instance_record_free);
+    s->pending = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                        (GDestroyNotify)vn_instance_record_free);
     rows = vn_journal_load_instances(journal, error);
     if (!rows)
@@ -52,6 +62,9 @@ void vn_instance_store_free(VnInstanceStore *s)
     if (!s)
         return;
     g_hash_table_destroy(s->records);
+    if (s->pending)
+        g_hash_table_destroy(s->pending);
+    g_cond_clear(&s->settled);
     g_mutex_clear(&s->lock);
     g_free(s->host);
     g_free(s);
@@ -103,20 +116,11 @@ GPtrArray *vn_instance_store_list(VnInstanceStore *s, gboolean with_deleted)
     return out;
 }
 
-/* Persists @rec (called with the lock held); on failure the caller restores the old
- * record, so memory never shows what the journal does not hold. */
-static gboolean persist_locked(VnInstanceStore *s, VnInstanceRecord *rec, GError **error)
+/* Waits (with the lock held) until no change of @uuid waits for its flush. */
+static void settle_locked(VnInstanceStore *s, const char *uuid)
 {
-    g_autoptr(json_object) obj = NULL;
-    g_autofree char *text = NULL;
-
-    rec->updated_at = now_s();
-    /* a clock-based generation stays ahead of anything an earlier life of this uuid (or
-     * another host, before a migration) wrote */
-    rec->generation = MAX(rec->generation + 1, g_get_real_time());
-    obj = vn_instance_record_to_json(rec);
-    text = vn_json_to_string(obj);
-    return vn_journal_save_instance(s->journal, rec->uuid, text, error);
+    while (g_hash_table_contains(s->pending, uuid))
+        g_cond_wait(&s->settled, &s->lock);
 }
 
 static void notify(VnInstanceStore *s, VnInstanceRecord *copy)
@@ -133,19 +137,57 @@ static void notify(VnInstanceStore *s, VnInstanceRecord *copy)
     vn_instance_record_free(copy);
 }
 
-/* Called with the lock held, which it releases: persists @rec (taken), makes it the record
- * of its uuid and tells the listener.  On failure the old record stays. */
-static gboolean commit_locked(VnInstanceStore *s, VnInstanceRecord *rec, GError **error)
+/* Called with the lock held (after settle_locked), which it releases: writes @rec (taken;
+ * NULL removes the record of @uuid) to the journal's log, waits outside the lock until
+ * the log is on disk, then makes it the record of its uuid and tells the listener.  On
+ * failure the old record stays, so memory never shows what the journal does not hold. */
+static gboolean commit_locked(VnInstanceStore *s, const char *uuid, VnInstanceRecord *rec,
+                              GError **error)
 {
-    VnInstanceRecord *copy;
+    g_autofree char *key = g_strdup(uuid);
+    guint64 logged = 0;
+    gboolean ok;
 
-    if (!persist_locked(s, rec, error)) {
+    if (rec) {
+        g_autoptr(json_object) obj = NULL;
+        g_autofree char *text = NULL;
+        rec->updated_at = now_s();
+        /* a clock-based generation stays ahead of anything an earlier life of this uuid
+         * (or another host, before a migration) wrote */
+        rec->generation = MAX(rec->generation + 1, g_get_real_time());
+        obj = vn_instance_record_to_json(rec);
+        text = vn_json_to_string(obj);
+        ok = vn_journal_save_instance(s->journal, key, text, &logged, error);
+    } else {
+        ok = vn_journal_delete_instance(s->journal, key, &logged, error);
+    }
+    if (!ok) {
         vn_instance_record_free(rec);
         g_mutex_unlock(&s->lock);
         return FALSE;
     }
-    g_hash_table_replace(s->records, g_strdup(rec->uuid), rec);
-    copy = vn_instance_record_copy(rec);
+    g_hash_table_insert(s->pending, g_strdup(key), rec);
+    g_mutex_unlock(&s->lock);
+
+    ok = vn_journal_wait_logged(s->journal, logged, error);
+
+    g_mutex_lock(&s->lock);
+    gpointer pending_key = NULL;
+    g_hash_table_steal_extended(s->pending, key, &pending_key, NULL); /* @rec stays ours */
+    g_free(pending_key);
+    g_cond_broadcast(&s->settled);
+    if (!ok) {
+        g_mutex_unlock(&s->lock);
+        vn_instance_record_free(rec);
+        return FALSE;
+    }
+    if (!rec) {
+        g_hash_table_remove(s->records, key);
+        g_mutex_unlock(&s->lock);
+        return TRUE;
+    }
+    g_hash_table_replace(s->records, g_strdup(key), rec);
+    VnInstanceRecord *copy = vn_instance_record_copy(rec);
     g_mutex_unlock(&s->lock);
     notify(s, copy);
     return TRUE;
@@ -161,6 +203,7 @@ static gboolean update(VnInstanceStore *s, const char *uuid, Change change, gpoi
     VnInstanceRecord *cur, *next;
 
     g_mutex_lock(&s->lock);
+    settle_locked(s, uuid);
     cur = g_hash_table_lookup(s->records, uuid);
     if (!cur) {
         g_mutex_unlock(&s->lock);
@@ -174,7 +217,7 @@ static gboolean update(VnInstanceStore *s, const char *uuid, Change change, gpoi
         g_mutex_unlock(&s->lock);
         return FALSE;
     }
-    return commit_locked(s, next, error);
+    return commit_locked(s, uuid, next, error);
 }
 
 gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *spec,
@@ -183,6 +226,7 @@ gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *sp
     VnInstanceRecord *cur, *rec;
 
     g_mutex_lock(&s->lock);
+    settle_locked(s, spec->uuid);
     cur = g_hash_table_lookup(s->records, spec->uuid);
     if (cur && cur->vm_state != VN_VM_DELETED) {
         g_mutex_unlock(&s->lock);
@@ -211,7 +255,7 @@ gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *sp
     g_clear_pointer(&rec->security_label, g_free);
     g_free(rec->request_id);
     rec->request_id = g_strdup(request_id);
-    return commit_locked(s, rec, error);
+    return commit_locked(s, spec->uuid, rec, error);
 }
 
 gboolean vn_instance_store_arrive(VnInstanceStore *s, const VnInstanceRecord *in, GError **error)
@@ -225,6 +269,7 @@ gboolean vn_instance_store_take_over(VnInstanceStore *s, const VnInstanceRecord 
     VnInstanceRecord *cur, *rec;
 
     g_mutex_lock(&s->lock);
+    settle_locked(s, in->uuid);
     cur = g_hash_table_lookup(s->records, in->uuid);
     if (cur && cur->vm_state != VN_VM_DELETED &&
         !(over_error && cur->vm_state == VN_VM_ERROR && cur->task_state == VN_TASK_NONE)) {
@@ -242,7 +287,7 @@ gboolean vn_instance_store_take_over(VnInstanceStore *s, const VnInstanceRecord 
     rec->guest_uid = 0;
     g_clear_pointer(&rec->security_label, g_free);
     rec->progress = 0;
-    return commit_locked(s, rec, error);
+    return commit_locked(s, in->uuid, rec, error);
 }
 
 typedef struct {
@@ -642,14 +687,9 @@ gboolean vn_instance_store_mark_deleted(VnInstanceStore *s, const char *uuid, GE
 
 gboolean vn_instance_store_forget(VnInstanceStore *s, const char *uuid, GError **error)
 {
-    gboolean ok;
-
     g_mutex_lock(&s->lock);
-    ok = vn_journal_delete_instance(s->journal, uuid, error);
-    if (ok)
-        g_hash_table_remove(s->records, uuid);
-    g_mutex_unlock(&s->lock);
-    return ok;
+    settle_locked(s, uuid);
+    return commit_locked(s, uuid, NULL, error);
 }
 
 void vn_instance_store_set_progress(VnInstanceStore *s, const char *uuid, int percent)
@@ -658,6 +698,9 @@ void vn_instance_store_set_progress(VnInstanceStore *s, const char *uuid, int pe
 
     g_mutex_lock(&s->lock);
     r = g_hash_table_lookup(s->records, uuid);
+    if (r)
+        r->progress = CLAMP(percent, 0, 100);
+    r = g_hash_table_lookup(s->pending, uuid); /* else the change would take it back */
     if (r)
         r->progress = CLAMP(percent, 0, 100);
     g_mutex_unlock(&s->lock);
@@ -670,7 +713,8 @@ typedef struct {
     int exact; /* > 0: this uid or none */
 } UidArgs;
 
-/* Runs under the store's lock (inside update), so two builds never get the same uid. */
+/* Runs under the store's lock (inside update), and sees the changes still waiting for
+ * their flush, so two builds never get the same uid. */
 static gboolean change_uid(VnInstanceRecord *r, gpointer data, GError **error)
 {
     UidArgs *a = data;
@@ -682,11 +726,16 @@ static gboolean change_uid(VnInstanceRecord *r, gpointer data, GError **error)
         a->uid = r->guest_uid;
         return TRUE;
     }
-    g_hash_table_iter_init(&it, a->store->records);
-    while (g_hash_table_iter_next(&it, &k, &v)) {
-        VnInstanceRecord *o = v;
-        if (o->vm_state != VN_VM_DELETED && o->guest_uid > 0 && strcmp(o->uuid, r->uuid) != 0)
-            g_hash_table_add(used, GINT_TO_POINTER(o->guest_uid));
+    /* the records, and the changes still waiting for their flush */
+    GHashTable *tables[] = { a->store->records, a->store->pending };
+    for (guint t = 0; t < G_N_ELEMENTS(tables); t++) {
+        g_hash_table_iter_init(&it, tables[t]);
+        while (g_hash_table_iter_next(&it, &k, &v)) {
+            VnInstanceRecord *o = v;
+            if (o && o->vm_state != VN_VM_DELETED && o->guest_uid > 0 &&
+                strcmp(o->uuid, r->uuid) != 0)
+                g_hash_table_add(used, GINT_TO_POINTER(o->guest_uid));
+        }
     }
     if (a->exact) {
         if (g_hash_table_contains(used, GINT_TO_POINTER(a->exact))) {

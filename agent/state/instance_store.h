@@ -1,10 +1,13 @@
 /* agent/state/instance_store.h - the instances of this host and their state machine.
  *
- * Records live in memory and in the journal (every change is persisted before it is
- * visible).  Changes are compare-and-set under one lock: an operation claims an instance
- * by setting its task_state, and only when no other task is running and the vm_state
- * allows it (Nova's expected_task_state), so two operations can never both proceed.
- * Readers get copies. */
+ * Records live in memory and in the journal (every change is durable before it is
+ * visible).  Changes are compare-and-set: an operation claims an instance by setting its
+ * task_state, and only when no other task is running and the vm_state allows it (Nova's
+ * expected_task_state), so two operations can never both proceed.  A change is decided
+ * and written to the journal's log under the store's lock; the lock is not held while
+ * the log is flushed, so the changes of different instances share flushes, and the next
+ * change of the same instance waits for the flush of the one before.  Readers get
+ * copies. */
 #pragma once
 
 #include <glib.h>

@@ -373,7 +373,9 @@ VnJournalVerdict vn_journal_accept(VnJournal *j, const VnJournalRequest *r,
     return v;
 }
 
-static gboolean exec_text_args(VnJournal *j, gboolean relaxed, const char *sql, const char *what,
+/* Runs @sql with @n text arguments and commits it to the log.  With @logged NULL it returns
+ * once the write is durable; otherwise *logged receives its mark for sync_upto. */
+static gboolean exec_text_args(VnJournal *j, guint64 *logged, const char *sql, const char *what,
                                GError **error, int n, ...)
 {
     va_list ap;
@@ -393,15 +395,17 @@ static gboolean exec_text_args(VnJournal *j, gboolean relaxed, const char *sql, 
     }
     mine = ok ? ++j->committed : 0;
     g_mutex_unlock(&j->lock);
-    return ok && (relaxed || sync_upto(j, mine, error));
+    if (ok && logged)
+        *logged = mine;
+    return ok && (logged || sync_upto(j, mine, error));
 }
 
 gboolean vn_journal_meta_set(VnJournal *j, const char *key, const char *value, GError **error)
 {
     if (!value)
-        return exec_text_args(j, FALSE, "DELETE FROM meta WHERE key = ?1", "forgetting a setting",
+        return exec_text_args(j, NULL, "DELETE FROM meta WHERE key = ?1", "forgetting a setting",
                               error, 1, key);
-    return exec_text_args(j, FALSE, "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+    return exec_text_args(j, NULL, "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
                           "recording a setting", error, 2, key, value);
 }
 
@@ -424,7 +428,9 @@ char *vn_journal_meta_get(VnJournal *j, const char *key)
 
 gboolean vn_journal_set_running(VnJournal *j, const char *unique_id, GError **error)
 {
-    return exec_text_args(j, TRUE, "UPDATE requests SET state = 'running' WHERE unique_id = ?1",
+    guint64 relaxed;
+
+    return exec_text_args(j, &relaxed, "UPDATE requests SET state = 'running' WHERE unique_id = ?1",
                           "marking a request running", error, 1, unique_id);
 }
 
@@ -432,7 +438,7 @@ gboolean vn_journal_finish(VnJournal *j, const char *unique_id, const char *repl
 {
     g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
 
-    return exec_text_args(j, FALSE,
+    return exec_text_args(j, NULL,
                           "UPDATE requests SET state = 'done', reply = ?2, finished_at = ?3 "
                           "WHERE unique_id = ?1",
                           "finishing a request", error, 3, unique_id, reply, now);
@@ -509,21 +515,27 @@ int vn_journal_prune(VnJournal *j, gint64 before, GError **error)
     return n;
 }
 
-gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *json, GError **error)
+gboolean vn_journal_wait_logged(VnJournal *j, guint64 logged, GError **error)
+{
+    return sync_upto(j, logged, error);
+}
+
+gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *json, guint64 *logged,
+                                  GError **error)
 {
     g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
 
-    return exec_text_args(j, FALSE,
+    return exec_text_args(j, logged,
                           "INSERT INTO instances (uuid, record, updated_at) VALUES (?1, ?2, ?3) "
                           "ON CONFLICT (uuid) DO UPDATE SET record = excluded.record, "
                           "updated_at = excluded.updated_at",
                           "saving an instance", error, 3, uuid, json, now);
 }
 
-gboolean vn_journal_delete_instance(VnJournal *j, const char *uuid, GError **error)
+gboolean vn_journal_delete_instance(VnJournal *j, const char *uuid, guint64 *logged, GError **error)
 {
-    return exec_text_args(j, FALSE, "DELETE FROM instances WHERE uuid = ?1", "deleting an instance",
-                          error, 1, uuid);
+    return exec_text_args(j, logged, "DELETE FROM instances WHERE uuid = ?1",
+                          "deleting an instance", error, 1, uuid);
 }
 
 static gpointer row_text0(sqlite3_stmt *st)
@@ -541,7 +553,7 @@ gboolean vn_journal_save_migration(VnJournal *j, const char *uuid, const char *j
 {
     g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
 
-    return exec_text_args(j, FALSE,
+    return exec_text_args(j, NULL,
                           "INSERT INTO migrations (instance_uuid, record, updated_at) "
                           "VALUES (?1, ?2, ?3) ON CONFLICT (instance_uuid) DO UPDATE SET "
                           "record = excluded.record, updated_at = excluded.updated_at",

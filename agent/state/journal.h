@@ -76,9 +76,17 @@ GPtrArray *vn_journal_unfinished(VnJournal *j, GError **error);
 /* Forgets done requests received before @before (unix seconds); returns how many. */
 int vn_journal_prune(VnJournal *j, gint64 before, GError **error);
 
-/* Instances: @json is the record's JSON text. */
-gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *json, GError **error);
-gboolean vn_journal_delete_instance(VnJournal *j, const char *uuid, GError **error);
+/* Instances: @json is the record's JSON text.  With @logged NULL, _save and _delete return
+ * once the change is durable.  Otherwise they return once it is in the log (it survives
+ * the process being killed at once) and *logged receives the mark that
+ * vn_journal_wait_logged waits for: the caller need not hold anything while the disk
+ * works. */
+gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *json, guint64 *logged,
+                                  GError **error);
+gboolean vn_journal_delete_instance(VnJournal *j, const char *uuid, guint64 *logged,
+                                    GError **error);
+/* Returns once the log is on disk up to @logged; waits made together share one flush. */
+gboolean vn_journal_wait_logged(VnJournal *j, guint64 logged, GError **error);
 GPtrArray *vn_journal_load_instances(VnJournal *j, GError **error); /* char* JSON texts */
 
 /* The last live migration of each instance (JSON text), so that its row is closed and

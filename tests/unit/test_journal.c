@@ -265,7 +265,7 @@ static gpointer durable_writer(gpointer data)
     for (int i = 0; i < WRITES; i++) {
         g_autoptr(GError) err = NULL;
         g_autofree char *uuid = g_strdup_printf("writer-%d-%d", w->thread, i);
-        if (!vn_journal_save_instance(w->j, uuid, "{}", &err))
+        if (!vn_journal_save_instance(w->j, uuid, "{}", NULL, &err))
             g_error("%s", err->message);
     }
     return NULL;
@@ -286,7 +286,7 @@ static void test_group_commit(void **state)
     guint64 before = vn_journal_syncs(j);
     assert_true(vn_journal_set_running(j, "nothing", &err));
     assert_int_equal(vn_journal_syncs(j), before);
-    assert_true(vn_journal_save_instance(j, "one", "{}", &err));
+    assert_true(vn_journal_save_instance(j, "one", "{}", NULL, &err));
     assert_int_equal(vn_journal_syncs(j), before + 1);
     assert_int_equal(g_atomic_int_get(&slow_flushes), 1);
 
@@ -311,6 +311,138 @@ static void test_group_commit(void **state)
     vn_journal_free(j);
 }
 
+/* A flush that waits until the test opens its gate (and says when it is waiting). */
+static GMutex gate_lock;
+static GCond gate_cond;
+static gboolean gate_open;
+static int gate_waiting;
+
+static int gated_flush(int fd)
+{
+    g_mutex_lock(&gate_lock);
+    gate_waiting++;
+    g_cond_broadcast(&gate_cond);
+    while (!gate_open)
+        g_cond_wait(&gate_cond, &gate_lock);
+    g_mutex_unlock(&gate_lock);
+    return fdatasync(fd);
+}
+
+/* Waits up to 5 s until @done (under gate_lock) is set. */
+static gboolean wait_flag(gboolean *done)
+{
+    gint64 end = g_get_monotonic_time() + 5 * G_TIME_SPAN_SECOND;
+    gboolean ok;
+
+    g_mutex_lock(&gate_lock);
+    while (!*done && g_cond_wait_until(&gate_cond, &gate_lock, end))
+        ;
+    ok = *done;
+    g_mutex_unlock(&gate_lock);
+    return ok;
+}
+
+typedef struct {
+    VnInstanceStore *s;
+    const char *uuid;
+    int uid;
+    gboolean done; /* under gate_lock */
+    VnTaskState seen_task;
+    int seen_uid;
+} StoreCall;
+
+static gpointer allocate_uid_thread(gpointer data)
+{
+    StoreCall *c = data;
+    g_autoptr(GError) err = NULL;
+
+    c->uid = vn_instance_store_allocate_uid(c->s, c->uuid, 30000, 30001, &err);
+    g_mutex_lock(&gate_lock);
+    c->done = TRUE;
+    g_cond_broadcast(&gate_cond);
+    g_mutex_unlock(&gate_lock);
+    return NULL;
+}
+
+static gpointer read_thread(gpointer data)
+{
+    StoreCall *c = data;
+    g_autoptr(VnInstanceRecord) r = vn_instance_store_get(c->s, c->uuid);
+    g_autoptr(GPtrArray) all = vn_instance_store_list(c->s, FALSE);
+
+    c->seen_task = r->task_state;
+    c->seen_uid = r->guest_uid;
+    g_assert_cmpuint(all->len, ==, 2);
+    g_mutex_lock(&gate_lock);
+    c->done = TRUE;
+    g_cond_broadcast(&gate_cond);
+    g_mutex_unlock(&gate_lock);
+    return NULL;
+}
+
+/* The store does not hold its lock while the journal's log is flushed: while one change
+ * waits for its flush, the records can be read (and show the change only once it is
+ * durable), and another instance's change is written to the log and shares the next
+ * flush; a uid given to a change still waiting for its flush is not given again. */
+static void test_store_flush_outside_lock(void **state)
+{
+    g_autoptr(VnJournal) j = open_journal();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnInstanceStore) s = vn_instance_store_new(j, "h", &err);
+    g_autoptr(VnInstanceRecord) x = spec("44444444-4444-4444-8444-444444444440");
+    g_autoptr(VnInstanceRecord) y = spec("44444444-4444-4444-8444-444444444441");
+    StoreCall a = { .s = s, .uuid = x->uuid }, b = { .s = s, .uuid = y->uuid };
+    StoreCall rd = { .s = s, .uuid = x->uuid };
+
+    (void)state;
+    assert_true(vn_instance_store_create(s, x, NULL, &err));
+    assert_true(vn_instance_store_create(s, y, NULL, &err));
+    gate_open = FALSE;
+    gate_waiting = 0;
+    vn_journal_set_flush(j, gated_flush);
+    guint64 before = vn_journal_syncs(j);
+
+    /* x's uid is in the log, its flush held at the gate */
+    GThread *ta = g_thread_new("a", allocate_uid_thread, &a);
+    g_mutex_lock(&gate_lock);
+    while (gate_waiting < 1)
+        g_cond_wait(&gate_cond, &gate_lock);
+    g_mutex_unlock(&gate_lock);
+
+    /* readers are not held up, and do not see the change before it is on disk */
+    GThread *tr = g_thread_new("read", read_thread, &rd);
+    assert_true(wait_flag(&rd.done));
+    g_thread_join(tr);
+    assert_int_equal(rd.seen_task, VN_TASK_SCHEDULING);
+    assert_int_equal(rd.seen_uid, 0);
+
+    /* y's change goes to the log meanwhile and waits for the next flush */
+    GThread *tb = g_thread_new("b", allocate_uid_thread, &b);
+    g_usleep(100 * 1000);
+    g_mutex_lock(&gate_lock);
+    assert_false(b.done); /* it needs a flush that starts after its commit */
+    g_mutex_unlock(&gate_lock);
+
+    g_mutex_lock(&gate_lock);
+    gate_open = TRUE;
+    g_cond_broadcast(&gate_cond);
+    g_mutex_unlock(&gate_lock);
+    g_thread_join(ta);
+    g_thread_join(tb);
+    vn_journal_set_flush(j, NULL);
+
+    /* two uids, distinct, both durable; the two changes took at most two flushes */
+    assert_true(a.uid >= 30000 && a.uid <= 30001);
+    assert_true(b.uid >= 30000 && b.uid <= 30001);
+    assert_int_not_equal(a.uid, b.uid);
+    assert_true(vn_journal_syncs(j) - before <= 2);
+    g_autoptr(VnInstanceRecord) rx = vn_instance_store_get(s, x->uuid);
+    assert_int_equal(rx->guest_uid, a.uid);
+    g_autoptr(VnInstanceStore) again = vn_instance_store_new(j, "h", &err);
+    g_autoptr(VnInstanceRecord) ry = vn_instance_store_get(again, y->uuid);
+    assert_int_equal(ry->guest_uid, b.uid);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -325,6 +457,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_uid_allocation_unique, vn_test_dir_setup,
                                         vn_test_dir_teardown),
         cmocka_unit_test_setup_teardown(test_group_commit, vn_test_dir_setup, vn_test_dir_teardown),
+        cmocka_unit_test_setup_teardown(test_store_flush_outside_lock, vn_test_dir_setup,
+                                        vn_test_dir_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
