@@ -183,6 +183,7 @@ struct _VnReporter {
     gint64 capacity_due;
     gboolean actions_pending;
     GHashTable *instances;  /* uuid -> VnInstanceRow* */
+    gint64 instances_due;   /* monotonic time the rows waiting in @instances go */
     GHashTable *migrations; /* id -> VnMigrationRow* */
     gboolean idle;          /* nothing waits to be written */
     VnReporterStats stats;
@@ -599,6 +600,10 @@ static gboolean write_row(VnReporter *r, RowParams params, gconstpointer row, gb
 
 #define PIPELINE_ROWS 64
 
+/* Instance rows wait this long for the changes that follow them: a build's steps, or a
+ * burst of builds, then go in one pipeline, and each instance's row once, as it is by then. */
+#define INSTANCE_GATHER_MS 50
+
 /* Writes @n rows in one libpq pipeline: one round trip and one transaction (the implicit
  * one up to the sync) instead of one each.  TRUE when every row was written; FALSE when
  * the connection was lost (*lost) or any row failed, and then none was: the pipeline's
@@ -812,7 +817,9 @@ static gint64 next_due_locked(VnReporter *r)
         return r->next_connect;
     if (r->capacity_dirty)
         next = MIN(next, r->capacity_due);
-    if (g_hash_table_size(r->instances) || g_hash_table_size(r->migrations) || r->actions_pending)
+    if (g_hash_table_size(r->instances))
+        next = MIN(next, r->instances_due);
+    if (g_hash_table_size(r->migrations) || r->actions_pending)
         next = 0;
     return next;
 }
@@ -828,7 +835,8 @@ static gpointer reporter_thread(gpointer data)
             break;
         }
         gint64 due = next_due_locked(r);
-        r->idle = r->conn && due > g_get_monotonic_time() && !r->capacity_dirty;
+        r->idle = r->conn && due > g_get_monotonic_time() && !r->capacity_dirty &&
+                  g_hash_table_size(r->instances) == 0;
         g_cond_broadcast(&r->cond);
         if (due > g_get_monotonic_time())
             g_cond_wait_until(&r->cond, &r->lock, due);
@@ -927,9 +935,20 @@ void vn_reporter_capacity_changed(VnReporter *r)
 void vn_reporter_instance(VnReporter *r, VnInstanceRow *row)
 {
     g_mutex_lock(&r->lock);
+    VnInstanceRow *waiting = g_hash_table_lookup(r->instances, row->uuid);
+    if (waiting && waiting->generation > row->generation) {
+        /* a later state got here first: the changes' announcements crossed */
+        g_mutex_unlock(&r->lock);
+        vn_instance_row_free(row);
+        return;
+    }
+    if (g_hash_table_size(r->instances) == 0) {
+        /* the first row of a round: the changes made until it is due go with it */
+        r->instances_due = g_get_monotonic_time() + INSTANCE_GATHER_MS * 1000;
+        g_cond_broadcast(&r->cond);
+    }
     g_hash_table_replace(r->instances, g_strdup(row->uuid), row);
     r->idle = FALSE;
-    g_cond_broadcast(&r->cond);
     g_mutex_unlock(&r->lock);
 }
 
