@@ -184,6 +184,7 @@ struct _VnReporter {
     gboolean actions_pending;
     GHashTable *instances;  /* uuid -> VnInstanceRow* */
     gint64 instances_due;   /* monotonic time the rows waiting in @instances go */
+    gint64 actions_due;     /* monotonic time the actions pending go */
     GHashTable *migrations; /* id -> VnMigrationRow* */
     gboolean idle;          /* nothing waits to be written */
     VnReporterStats stats;
@@ -535,25 +536,21 @@ static const char *instance_params(VnReporter *r, gconstpointer data, Params *p_
     return "vn_instance";
 }
 
-static gboolean write_action(VnReporter *r, const VnActionRow *a, gboolean *lost, GError **error)
+static const char *action_params(VnReporter *r, gconstpointer data, Params *p)
 {
-    Params p;
-    gboolean ok;
+    const VnActionRow *a = data;
 
-    p_init(&p);
-    p_str(&p, r->host);
-    p_str(&p, a->journal_id);
-    p_int(&p, a->local_id);
-    p_str(&p, a->instance_uuid);
-    p_str(&p, a->request_id);
-    p_str(&p, a->action);
-    p_time(&p, a->start);
-    p_time(&p, a->finish);
-    p_str(&p, a->result);
-    p_str(&p, a->message);
-    ok = run_prepared(r, "vn_action", &p, lost, error);
-    p_clear(&p);
-    return ok;
+    p_str(p, r->host);
+    p_str(p, a->journal_id);
+    p_int(p, a->local_id);
+    p_str(p, a->instance_uuid);
+    p_str(p, a->request_id);
+    p_str(p, a->action);
+    p_time(p, a->start);
+    p_time(p, a->finish);
+    p_str(p, a->result);
+    p_str(p, a->message);
+    return "vn_action";
 }
 
 static const char *migration_params(VnReporter *r, gconstpointer data, Params *p)
@@ -600,9 +597,10 @@ static gboolean write_row(VnReporter *r, RowParams params, gconstpointer row, gb
 
 #define PIPELINE_ROWS 64
 
-/* Instance rows wait this long for the changes that follow them: a build's steps, or a
- * burst of builds, then go in one pipeline, and each instance's row once, as it is by then. */
-#define INSTANCE_GATHER_MS 50
+/* Instance rows and actions wait this long for the changes that follow them: a build's
+ * steps, or a burst of builds, then go in one pipeline, and each instance's row once, as
+ * it is by then. */
+#define ROW_GATHER_MS 50
 
 /* Writes @n rows in one libpq pipeline: one round trip and one transaction (the implicit
  * one up to the sync) instead of one each.  TRUE when every row was written; FALSE when
@@ -665,15 +663,62 @@ static gboolean write_pipeline(VnReporter *r, RowParams params, gconstpointer *r
     return ok;
 }
 
-/* Writes the rows waiting in @table with @write; keeps those not written (unless a newer
- * one arrived meanwhile).  FALSE when the connection was lost. */
+/* Names a row in the log line that drops it. */
+typedef char *(*RowLabel)(gconstpointer row);
+
+/* Writes @n rows in pipelines of up to PIPELINE_ROWS; a pipeline with a refused row is
+ * written again row by row, and the row the database refuses is logged and dropped.
+ * Sets settled[i] for each row written or dropped; FALSE when the connection was lost
+ * (the rows not settled are to be written again). */
+static gboolean write_rows(VnReporter *r, RowParams params, RowLabel label, gconstpointer *rows,
+                           guint n, gboolean *settled)
+{
+    gboolean lost = FALSE;
+
+    for (guint at = 0; !lost && at < n; at += PIPELINE_ROWS) {
+        guint len = MIN(PIPELINE_ROWS, n - at);
+        if (len > 1 && write_pipeline(r, params, rows + at, len, &lost)) {
+            for (guint i = at; i < at + len; i++)
+                settled[i] = TRUE;
+            continue;
+        }
+        for (guint i = at; i < at + len && !lost; i++) {
+            g_autoptr(GError) err = NULL;
+            if (!write_row(r, params, rows[i], &lost, &err) && !lost) {
+                /* the database refused this row: log it and move on */
+                g_autofree char *what = label(rows[i]);
+                g_warning("database: dropping %s: %s", what, err->message);
+            }
+            settled[i] = !lost;
+        }
+    }
+    return !lost;
+}
+
+static char *instance_label(gconstpointer row)
+{
+    return g_strdup_printf("an update of %s", ((const VnInstanceRow *)row)->uuid);
+}
+
+static char *migration_label(gconstpointer row)
+{
+    return g_strdup_printf("an update of %s", ((const VnMigrationRow *)row)->id);
+}
+
+static char *action_label(gconstpointer row)
+{
+    return g_strdup_printf("action %" G_GINT64_FORMAT, ((const VnActionRow *)row)->local_id);
+}
+
+/* Writes the rows waiting in @table; keeps those not written (unless a newer one arrived
+ * meanwhile).  FALSE when the connection was lost. */
 static gboolean write_table(VnReporter *r, GHashTable **table, GDestroyNotify free_row,
-                            RowParams params)
+                            RowParams params, RowLabel label)
 {
     GHashTable *batch;
     GHashTableIter it;
     gpointer k, v;
-    gboolean lost = FALSE;
+    gboolean ok;
 
     g_mutex_lock(&r->lock);
     if (g_hash_table_size(*table) == 0) {
@@ -684,30 +729,16 @@ static gboolean write_table(VnReporter *r, GHashTable **table, GDestroyNotify fr
     *table = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, free_row);
     g_mutex_unlock(&r->lock);
 
-    /* rows go in pipelines; a pipeline with a refused row is written again row by row */
     guint len;
     g_autofree gpointer *keys = g_hash_table_get_keys_as_array(batch, &len);
-    for (guint at = 0; !lost && at < len; at += PIPELINE_ROWS) {
-        guint n = MIN(PIPELINE_ROWS, len - at);
-        gconstpointer rows[PIPELINE_ROWS];
-        for (guint i = 0; i < n; i++)
-            rows[i] = g_hash_table_lookup(batch, keys[at + i]);
-        if (n > 1 && write_pipeline(r, params, rows, n, &lost)) {
-            for (guint i = 0; i < n; i++)
-                g_hash_table_remove(batch, keys[at + i]);
-            continue;
-        }
-        for (guint i = 0; i < n && !lost; i++) {
-            g_autoptr(GError) err = NULL;
-            k = keys[at + i];
-            if (write_row(r, params, rows[i], &lost, &err)) {
-                g_hash_table_remove(batch, k);
-            } else if (!lost) {
-                /* the database refused this row: log it and move on */
-                g_warning("database: dropping an update of %s: %s", (char *)k, err->message);
-                g_hash_table_remove(batch, k);
-            }
-        }
+    g_autofree gconstpointer *rows = g_new(gconstpointer, len);
+    g_autofree gboolean *settled = g_new0(gboolean, len);
+    for (guint i = 0; i < len; i++)
+        rows[i] = g_hash_table_lookup(batch, keys[i]);
+    ok = write_rows(r, params, label, rows, len, settled);
+    for (guint i = 0; i < len; i++) {
+        if (settled[i])
+            g_hash_table_remove(batch, keys[i]);
     }
     /* what was not written goes back, unless something newer replaced it meanwhile */
     g_mutex_lock(&r->lock);
@@ -720,14 +751,14 @@ static gboolean write_table(VnReporter *r, GHashTable **table, GDestroyNotify fr
     }
     g_mutex_unlock(&r->lock);
     g_hash_table_destroy(batch);
-    return !lost;
+    return ok;
 }
 
 static gboolean write_actions(VnReporter *r)
 {
     g_autoptr(GPtrArray) rows = NULL;
     g_autoptr(GPtrArray) done = g_ptr_array_new();
-    gboolean lost = FALSE;
+    gboolean ok;
 
     g_mutex_lock(&r->lock);
     gboolean pending = r->actions_pending;
@@ -736,23 +767,23 @@ static gboolean write_actions(VnReporter *r)
     if (!pending || !r->hooks.pending_actions)
         return TRUE;
     rows = r->hooks.pending_actions(r->hooks.user_data);
-    for (guint i = 0; rows && i < rows->len && !lost; i++) {
-        g_autoptr(GError) err = NULL;
-        VnActionRow *a = g_ptr_array_index(rows, i);
-        if (write_action(r, a, &lost, &err) || !lost)
-            g_ptr_array_add(done, a);
-        if (err && !lost)
-            g_warning("database: dropping action %" G_GINT64_FORMAT ": %s", a->local_id,
-                      err->message);
+    if (!rows)
+        return TRUE;
+    g_autofree gboolean *settled = g_new0(gboolean, rows->len + 1);
+    ok = write_rows(r, action_params, action_label, (gconstpointer *)rows->pdata, rows->len,
+                    settled);
+    for (guint i = 0; i < rows->len; i++) {
+        if (settled[i])
+            g_ptr_array_add(done, g_ptr_array_index(rows, i));
     }
     if (done->len && r->hooks.actions_written)
         r->hooks.actions_written(done, r->hooks.user_data);
-    if (lost) {
+    if (!ok) {
         g_mutex_lock(&r->lock);
         r->actions_pending = TRUE;
         g_mutex_unlock(&r->lock);
     }
-    return !lost;
+    return ok;
 }
 
 /* One round of due work; FALSE when the connection was lost. */
@@ -799,8 +830,10 @@ static gboolean work(VnReporter *r)
             }
         }
     }
-    if (!write_table(r, &r->instances, (GDestroyNotify)vn_instance_row_free, instance_params) ||
-        !write_table(r, &r->migrations, (GDestroyNotify)vn_migration_row_free, migration_params) ||
+    if (!write_table(r, &r->instances, (GDestroyNotify)vn_instance_row_free, instance_params,
+                     instance_label) ||
+        !write_table(r, &r->migrations, (GDestroyNotify)vn_migration_row_free, migration_params,
+                     migration_label) ||
         !write_actions(r))
         return FALSE;
     return TRUE;
@@ -819,7 +852,9 @@ static gint64 next_due_locked(VnReporter *r)
         next = MIN(next, r->capacity_due);
     if (g_hash_table_size(r->instances))
         next = MIN(next, r->instances_due);
-    if (g_hash_table_size(r->migrations) || r->actions_pending)
+    if (r->actions_pending)
+        next = MIN(next, r->actions_due);
+    if (g_hash_table_size(r->migrations))
         next = 0;
     return next;
 }
@@ -836,7 +871,7 @@ static gpointer reporter_thread(gpointer data)
         }
         gint64 due = next_due_locked(r);
         r->idle = r->conn && due > g_get_monotonic_time() && !r->capacity_dirty &&
-                  g_hash_table_size(r->instances) == 0;
+                  g_hash_table_size(r->instances) == 0 && !r->actions_pending;
         g_cond_broadcast(&r->cond);
         if (due > g_get_monotonic_time())
             g_cond_wait_until(&r->cond, &r->lock, due);
@@ -926,9 +961,9 @@ void vn_reporter_capacity_changed(VnReporter *r)
     if (!r->capacity_dirty) {
         r->capacity_dirty = TRUE;
         r->capacity_due = g_get_monotonic_time() + (gint64)r->debounce_ms * 1000;
+        g_cond_broadcast(&r->cond);
     }
     r->idle = FALSE;
-    g_cond_broadcast(&r->cond);
     g_mutex_unlock(&r->lock);
 }
 
@@ -944,7 +979,7 @@ void vn_reporter_instance(VnReporter *r, VnInstanceRow *row)
     }
     if (g_hash_table_size(r->instances) == 0) {
         /* the first row of a round: the changes made until it is due go with it */
-        r->instances_due = g_get_monotonic_time() + INSTANCE_GATHER_MS * 1000;
+        r->instances_due = g_get_monotonic_time() + ROW_GATHER_MS * 1000;
         g_cond_broadcast(&r->cond);
     }
     g_hash_table_replace(r->instances, g_strdup(row->uuid), row);
@@ -964,9 +999,12 @@ void vn_reporter_migration(VnReporter *r, VnMigrationRow *row)
 void vn_reporter_actions_pending(VnReporter *r)
 {
     g_mutex_lock(&r->lock);
-    r->actions_pending = TRUE;
+    if (!r->actions_pending) {
+        r->actions_pending = TRUE;
+        r->actions_due = g_get_monotonic_time() + ROW_GATHER_MS * 1000;
+        g_cond_broadcast(&r->cond);
+    }
     r->idle = FALSE;
-    g_cond_broadcast(&r->cond);
     g_mutex_unlock(&r->lock);
 }
 
