@@ -3,11 +3,12 @@
  *
  *   bench_bare --base IMAGE --dir DIR [-n BUILDS] [-w WORKERS] [--commits N] [--flush-each]
  *
- * @n builds, WORKERS at a time (the agent's max_concurrent_builds), each: a folder, a
- * qcow2 overlay on IMAGE written in-process (the agent's own writer, storage/qcow2.c), a
- * domain defined and started on one shared connection to libvirt's test:///default
- * driver, and N durable commits to one SQLite database, as the agent's journal makes for
- * a build, made durable as the journal makes them: each commit goes to the WAL
+ * @n builds, WORKERS at a time (the agent's max_concurrent_builds), each: a folder with
+ * the guest's console log, a qcow2 overlay on IMAGE written in-process (the agent's own
+ * writer, storage/qcow2.c), the domain the agent defines for such a guest (the same
+ * devices and metadata) defined and started on one shared connection to libvirt's
+ * test:///default driver, and N durable commits to one SQLite database, as the agent's journal
+ * makes for a build, made durable as the journal makes them: each commit goes to the WAL
  * (synchronous=NORMAL) under the connection's lock, then waits outside it for an
  * fdatasync of the WAL that started after it, so that commits made together share one
  * flush.  With --flush-each, each commit flushes on its own while it holds the lock
@@ -136,13 +137,17 @@ static void build(gpointer data, gpointer user_data)
     g_autofree char *uuid = g_uuid_string_random();
     g_autofree char *dir = g_build_filename(opt_dir, uuid, NULL);
     g_autofree char *disk = g_build_filename(dir, "disk", NULL);
+    g_autofree char *console = g_build_filename(dir, "console.log", NULL);
     g_autoptr(GError) err = NULL;
+    int fd;
 
     (void)user_data;
-    if (g_mkdir(dir, 0700) < 0) {
+    if (g_mkdir(dir, 0700) < 0 ||
+        (fd = open(console, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600)) < 0) {
         g_atomic_int_inc(&failures);
         return;
     }
+    close(fd);
     for (int c = 0; c < opt_commits; c++) {
         if (c == 1 && !vn_qcow2_create(disk, 1ull << 30, opt_base, "qcow2", &err)) {
             fprintf(stderr, "bench_bare: %s\n", err->message);
@@ -150,14 +155,35 @@ static void build(gpointer data, gpointer user_data)
             return;
         }
         if (c == 4) {
-            g_autofree char *xml =
-                g_strdup_printf("<domain type='test'><name>bare-%d-%.8s</name><uuid>%s</uuid>"
-                                "<memory unit='MiB'>64</memory><vcpu>1</vcpu>"
-                                "<os><type arch='x86_64'>hvm</type></os><devices>"
-                                "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
-                                "<source file='%s'/><target dev='vda' bus='virtio'/></disk>"
-                                "</devices></domain>",
-                                i, uuid, uuid, disk);
+            /* the domain the agent defines for such a guest on this driver, device by
+             * device (its metadata, smbios, console log, the overlay's backing chain) */
+            g_autofree char *xml = g_strdup_printf(
+                "<domain type='qemu'><name>bare-%d-%.8s</name><uuid>%s</uuid>"
+                "<title>bare-%d</title><metadata>"
+                "<vn:instance xmlns:vn='http://virtnode.org/xmlns/instance/1.0'>"
+                "<vn:uuid>%s</vn:uuid><vn:name>bare-%d</vn:name>"
+                "<vn:created>2026-01-01T00:00:00Z</vn:created><vn:owner project='p1' user='u1'/>"
+                "<vn:flavor name='m1.tiny' vcpus='1' memory_mb='64' root_gb='1' "
+                "ephemeral_gb='0' swap_mb='0'/><vn:image id='guest-1' sha256='%064d'/>"
+                "<vn:request id='req-%s'/></vn:instance></metadata>"
+                "<memory unit='MiB'>64</memory><currentMemory unit='MiB'>64</currentMemory>"
+                "<vcpu>1</vcpu><sysinfo type='smbios'><system>"
+                "<entry name='manufacturer'>bare</entry><entry name='product'>bare</entry>"
+                "<entry name='serial'>%s</entry><entry name='uuid'>%s</entry></system></sysinfo>"
+                "<os><type arch='x86_64'>hvm</type><boot dev='hd'/><smbios mode='sysinfo'/></os>"
+                "<features><acpi/><apic/></features><clock offset='utc'/>"
+                "<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot>"
+                "<on_crash>destroy</on_crash><devices>"
+                "<disk type='file' device='disk'>"
+                "<driver name='qemu' type='qcow2' cache='none' discard='unmap'/>"
+                "<source file='%s'/><backingStore type='file'><format type='qcow2'/>"
+                "<source file='%s'/><backingStore/></backingStore>"
+                "<target dev='vda' bus='virtio'/></disk>"
+                "<serial type='file'><source path='%s' append='on'/></serial>"
+                "<console type='file'><source path='%s' append='on'/><target type='serial'/>"
+                "</console><memballoon model='virtio'><stats period='10'/></memballoon>"
+                "</devices></domain>",
+                i, uuid, uuid, i, uuid, i, 0, uuid, uuid, uuid, disk, opt_base, console, console);
             virDomainPtr dom = virDomainDefineXML(conn, xml);
             if (!dom || virDomainCreate(dom) < 0) {
                 fprintf(stderr, "bench_bare: %s\n", virGetLastErrorMessage());
