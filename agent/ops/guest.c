@@ -241,37 +241,21 @@ static gboolean label_fail(GError **error, const char *fmt, ...)
     return FALSE;
 }
 
-/* The uuid of another running guest that carries @label, or NULL. */
-static const char *label_owner(const char *uuid, const char *label, GPtrArray *recs)
-{
-    for (guint i = 0; i < recs->len; i++) {
-        VnInstanceRecord *r = g_ptr_array_index(recs, i);
-        if (strcmp(r->uuid, uuid) == 0 || !r->security_label || r->power_state != VN_POWER_RUNNING)
-            continue;
-        g_auto(GStrv) parts = g_strsplit(r->security_label, ";", -1);
-        if (g_strv_contains((const char *const *)parts, label))
-            return r->uuid;
-    }
-    return NULL;
-}
-
 char *vn_guest_verify_confinement(VnAgent *a, const VnInstanceRecord *rec, int dac_uid,
                                   GError **error)
 {
     g_autoptr(VnConfig) cfg = vn_agent_config(a);
     g_autoptr(GPtrArray) labels = vn_domain_security_labels(a->virt, rec->uuid, error);
-    g_autoptr(GPtrArray) recs = NULL;
     g_autofree char *want_dac = NULL;
     gboolean dac_seen = FALSE, mac_seen = FALSE;
 
     if (!labels)
         return NULL;
-    recs = vn_instance_store_list(a->store, FALSE);
     if (dac_uid > 0)
         want_dac = g_strdup_printf("dac:+%d:+%d", dac_uid, dac_uid);
     for (guint i = 0; i < labels->len; i++) {
         const char *l = g_ptr_array_index(labels, i);
-        const char *owner;
+        g_autofree char *owner = NULL;
         if (g_str_has_prefix(l, "dac:")) {
             dac_seen = TRUE;
             if (want_dac && strcmp(l, want_dac) != 0)
@@ -291,7 +275,7 @@ char *vn_guest_verify_confinement(VnAgent *a, const VnInstanceRecord *rec, int d
          * models (a test driver's) are not meant to be unique */
         gboolean own = (dac_uid > 0 && g_str_has_prefix(l, "dac:")) ||
                        (a->mac_model && g_str_has_prefix(l, a->mac_model));
-        if (own && (owner = label_owner(rec->uuid, l, recs)))
+        if (own && (owner = vn_instance_store_label_owner(a->store, rec->uuid, l)))
             return label_fail(error, "security label '%s' is also the label of instance %s", l,
                               owner),
                    NULL;

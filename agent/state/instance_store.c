@@ -90,6 +90,36 @@ VnInstanceRecord *vn_instance_store_get(VnInstanceStore *s, const char *uuid)
     return r;
 }
 
+/* Whether @label is one of the ';'-separated labels of @labels. */
+static gboolean has_label(const char *labels, const char *label)
+{
+    gsize n = strlen(label);
+
+    for (const char *p = labels; p; p = strchr(p, ';'), p = p ? p + 1 : NULL) {
+        if (strncmp(p, label, n) == 0 && (p[n] == ';' || p[n] == '\0'))
+            return TRUE;
+    }
+    return FALSE;
+}
+
+char *vn_instance_store_label_owner(VnInstanceStore *s, const char *uuid, const char *label)
+{
+    GHashTableIter it;
+    gpointer k, v;
+    char *owner = NULL;
+
+    g_mutex_lock(&s->lock);
+    g_hash_table_iter_init(&it, s->records);
+    while (!owner && g_hash_table_iter_next(&it, &k, &v)) {
+        const VnInstanceRecord *r = v;
+        if (r->vm_state != VN_VM_DELETED && r->power_state == VN_POWER_RUNNING &&
+            r->security_label && strcmp(r->uuid, uuid) != 0 && has_label(r->security_label, label))
+            owner = g_strdup(r->uuid);
+    }
+    g_mutex_unlock(&s->lock);
+    return owner;
+}
+
 static gint by_uuid(gconstpointer a, gconstpointer b)
 {
     const VnInstanceRecord *x = *(VnInstanceRecord *const *)a;

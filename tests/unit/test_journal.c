@@ -443,6 +443,39 @@ static void test_store_flush_outside_lock(void **state)
     assert_int_equal(ry->guest_uid, b.uid);
 }
 
+/* Whose label is it: another running instance's, matched label by label (not by prefix),
+ * never the asking instance's own nor a stopped one's. */
+static void test_store_label_owner(void **state)
+{
+    g_autoptr(VnJournal) j = open_journal();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnInstanceStore) s = vn_instance_store_new(j, "h", &err);
+    g_autoptr(VnInstanceRecord) x = spec("66666666-6666-4666-8666-666666666660");
+    g_autoptr(VnInstanceRecord) y = spec("66666666-6666-4666-8666-666666666661");
+    static const VnVmState active[] = { VN_VM_ACTIVE, VN_VM_LAST };
+
+    (void)state;
+    assert_true(vn_instance_store_create(s, x, NULL, &err));
+    assert_true(vn_instance_store_create(s, y, NULL, &err));
+    assert_true(vn_instance_store_launched(s, x->uuid, VN_TASK_SCHEDULING,
+                                           "dac:+30012:+30012;selinux:c1,c2", &err));
+    char *o = vn_instance_store_label_owner(s, y->uuid, "dac:+30012:+30012");
+    assert_string_equal(o, x->uuid);
+    g_free(o);
+    o = vn_instance_store_label_owner(s, y->uuid, "selinux:c1,c2");
+    assert_string_equal(o, x->uuid);
+    g_free(o);
+    assert_null(vn_instance_store_label_owner(s, y->uuid, "dac:+3001:+3001"));
+    assert_null(vn_instance_store_label_owner(s, y->uuid, "dac:+30012"));
+    assert_null(vn_instance_store_label_owner(s, y->uuid, "selinux:c1"));
+    assert_null(vn_instance_store_label_owner(s, x->uuid, "dac:+30012:+30012"));
+    /* a stopped guest holds no label */
+    assert_true(vn_instance_store_begin_task(s, x->uuid, active, VN_TASK_POWERING_OFF, NULL, &err));
+    assert_true(vn_instance_store_end_task(s, x->uuid, VN_TASK_POWERING_OFF, VN_VM_STOPPED,
+                                           VN_POWER_SHUTDOWN, &err));
+    assert_null(vn_instance_store_label_owner(s, y->uuid, "dac:+30012:+30012"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -458,6 +491,8 @@ int main(void)
                                         vn_test_dir_teardown),
         cmocka_unit_test_setup_teardown(test_group_commit, vn_test_dir_setup, vn_test_dir_teardown),
         cmocka_unit_test_setup_teardown(test_store_flush_outside_lock, vn_test_dir_setup,
+                                        vn_test_dir_teardown),
+        cmocka_unit_test_setup_teardown(test_store_label_owner, vn_test_dir_setup,
                                         vn_test_dir_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
