@@ -52,18 +52,37 @@ gboolean vn_guest_prepare_dir(VnAgent *a, const char *uuid, int gid, GError **er
     return TRUE;
 }
 
-/* A one-line note of the agent's beside the disks (0600, written whole or not at all). */
+/* A one-line note of the agent's beside the disks (0600, written whole or not at all).  A
+ * new note is one write to a file made for it; one that exists is replaced through a
+ * temporary file, so that it is the old line or the new one. */
 static gboolean write_note(VnAgent *a, const char *uuid, const char *name, const char *value,
                            const char *what, GError **error)
 {
     g_autofree char *path = vn_guest_file(a, uuid, name);
     g_autofree char *text = g_strconcat(value, "\n", NULL);
+    gssize len = (gssize)strlen(text);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 
-    if (!g_file_set_contents_full(path, text, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600, error)) {
-        g_prefix_error(error, "recording the %s of %s: ", what, uuid);
-        return FALSE;
+    if (fd >= 0) {
+        gssize n = write(fd, text, len);
+        int err = n < 0 ? errno : n != len ? EIO : 0;
+        if (close(fd) != 0 && !err)
+            err = errno;
+        if (!err)
+            return TRUE;
+        unlink(path);
+        g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(err), "writing '%s': %s", path,
+                    g_strerror(err));
+    } else if (errno == EEXIST) {
+        if (g_file_set_contents_full(path, text, len, G_FILE_SET_CONTENTS_CONSISTENT, 0600, error))
+            return TRUE;
+    } else {
+        int err = errno;
+        g_set_error(error, G_FILE_ERROR, g_file_error_from_errno(err), "creating '%s': %s", path,
+                    g_strerror(err));
     }
-    return TRUE;
+    g_prefix_error(error, "recording the %s of %s: ", what, uuid);
+    return FALSE;
 }
 
 static char *read_note(const char *instance_dir, const char *name)
