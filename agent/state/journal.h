@@ -1,4 +1,5 @@
-/* agent/state/journal.h - the agent's memory across crashes, in SQLite (WAL, synchronous=FULL):
+/* agent/state/journal.h - the agent's memory across crashes, in SQLite (WAL; durable writes
+ * wait for an fdatasync of the log that they share, journal.c):
  *
  *   requests   every state-changing request, recorded before the broker is acknowledged,
  *              with its _unique_id (duplicates are recognised for duplicate_window
