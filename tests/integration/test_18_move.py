@@ -22,9 +22,10 @@ import libvirt
 import vntest
 
 MARK = {"vn.rootmark": "1"}
-WROTE = re.compile(r"VIRTNODE-ROOT-WROTE (VNROOT-[0-9a-f-]+)")
-READ = re.compile(r"VIRTNODE-ROOT-READ (VNROOT-[0-9a-f-]+)")
-SIZE = re.compile(r"VIRTNODE-GUEST-SIZE cpus=(\d+ mem_mb=\d+)")
+# each up to its line's end: the guest's serial console is read while it is being written
+WROTE = re.compile(r"VIRTNODE-ROOT-WROTE (VNROOT-[0-9a-f-]+)\r?\n")
+READ = re.compile(r"VIRTNODE-ROOT-READ (VNROOT-[0-9a-f-]+)\r?\n")
+SIZE = re.compile(r"VIRTNODE-GUEST-SIZE cpus=(\d+ mem_mb=\d+)\r?\n")
 V = "1.4"
 
 
