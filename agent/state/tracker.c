@@ -1,5 +1,6 @@
 /* agent/state/tracker.c - host resources, claims and the capacity row (see tracker.h). */
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 
 #include <json-c/json.h>
@@ -16,6 +17,15 @@ typedef struct {
     gint64 disk_gb;
 } Allocation;
 
+/* A disk's virtual size as read from its header, kept while the file is the same one,
+ * unchanged since (a resize rewrites the header, and so the time of the last change). */
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+    gint64 mtime_ns;
+    guint64 virtual_size; /* 0: not a disk image */
+} SizeSeen;
+
 struct _VnTracker {
     GMutex lock;
     char *host;
@@ -31,6 +41,9 @@ struct _VnTracker {
     int running_ops;
     guint64 failed_builds;
     char **storage_degraded; /* health keys of the volume storage that fails its probe */
+
+    GMutex sizes_lock; /* sizes; held through one pass over the disks */
+    GHashTable *sizes; /* disk path -> SizeSeen*: the virtual sizes read at the last pass */
 };
 
 static void inventory_clear(VnHostInventory *i)
@@ -50,6 +63,8 @@ VnTracker *vn_tracker_new(const char *host, const char *instances_path, VnInstan
     t->instances_path = g_strdup(instances_path);
     t->store = store;
     t->alloc = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    g_mutex_init(&t->sizes_lock);
+    t->sizes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     t->cpu_ratio = 4.0;
     t->ram_ratio = 1.0;
     t->disk_ratio = 1.0;
@@ -63,6 +78,8 @@ void vn_tracker_free(VnTracker *t)
         return;
     inventory_clear(&t->inv);
     g_hash_table_destroy(t->alloc);
+    g_hash_table_destroy(t->sizes);
+    g_mutex_clear(&t->sizes_lock);
     g_mutex_clear(&t->lock);
     g_free(t->host);
     g_free(t->instances_path);
@@ -254,25 +271,47 @@ void vn_tracker_set_workload(VnTracker *t, int running_ops, guint64 failed_build
 }
 
 /* Bytes the instances' thin disks may still grow by: virtual size - allocated. */
-static guint64 growth_bytes(const char *instances_path, GPtrArray *recs)
+/* What the instances' thin disks may still grow by: virtual size less what is allocated.
+ * A disk's header is read again only when the file changed since the last pass. */
+static guint64 growth_bytes(VnTracker *t, GPtrArray *recs)
 {
+    GHashTable *seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     guint64 total = 0;
 
+    g_mutex_lock(&t->sizes_lock);
     for (guint i = 0; i < recs->len; i++) {
         VnInstanceRecord *r = g_ptr_array_index(recs, i);
-        g_autofree char *dir = g_build_filename(instances_path, r->uuid, NULL);
+        g_autofree char *dir = g_build_filename(t->instances_path, r->uuid, NULL);
         g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
         const char *name;
         while (d && (name = g_dir_read_name(d))) {
-            g_autofree char *p = g_build_filename(dir, name, NULL);
-            guint64 virt = 0;
-            if (!g_str_has_prefix(name, "disk") || !vn_disk_virtual_size(p, &virt, NULL))
+            struct stat st;
+            if (!g_str_has_prefix(name, "disk"))
                 continue;
-            guint64 alloc = vn_disk_allocated(p);
-            if (virt > alloc)
-                total += virt - alloc;
+            char *p = g_build_filename(dir, name, NULL);
+            if (stat(p, &st) != 0 || !S_ISREG(st.st_mode)) {
+                g_free(p);
+                continue;
+            }
+            gint64 mtime_ns =
+                (gint64)st.st_mtim.tv_sec * G_GINT64_CONSTANT(1000000000) + st.st_mtim.tv_nsec;
+            SizeSeen *was = g_hash_table_lookup(t->sizes, p);
+            SizeSeen *now = g_new(SizeSeen, 1);
+            *now = (SizeSeen){ st.st_dev, st.st_ino, mtime_ns, 0 };
+            if (was && was->dev == now->dev && was->ino == now->ino && was->mtime_ns == mtime_ns)
+                now->virtual_size = was->virtual_size;
+            else if (!vn_disk_virtual_size(p, &now->virtual_size, NULL))
+                now->virtual_size = 0;
+            guint64 alloc = (guint64)st.st_blocks * 512;
+            if (now->virtual_size > alloc)
+                total += now->virtual_size - alloc;
+            g_hash_table_replace(seen, p, now);
         }
     }
+    /* the disks gone since are forgotten */
+    g_hash_table_destroy(t->sizes);
+    t->sizes = seen;
+    g_mutex_unlock(&t->sizes_lock);
     return total;
 }
 
@@ -316,7 +355,7 @@ VnCapacity *vn_tracker_capacity(VnTracker *t)
     }
     if (statvfs(t->instances_path, &st) == 0)
         free_bytes = (guint64)st.f_frsize * st.f_bavail;
-    guint64 growth = growth_bytes(t->instances_path, recs);
+    guint64 growth = growth_bytes(t, recs);
     gint64 total_gb = disk_total_gb(t->instances_path);
 
     g_mutex_lock(&t->lock);

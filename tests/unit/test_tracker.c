@@ -1,13 +1,17 @@
 /* Unit tests of agent/tracker: claims after ratios and reservations, and the capacity row. */
 #include "tests/unit/testutil.h"
 
+#include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <json-c/json.h>
 
 #include "agent/state/tracker.h"
 #include "api/error.h"
+#include "storage/qcow2.h"
 
 static char *dir;
 static VnJournal *journal;
@@ -137,12 +141,70 @@ static void test_capacity_row(void **state)
     assert_int_equal(after->vcpus_used, 0);
 }
 
+/* Rewrites the virtual size in the qcow2 header of @path in place (as `qemu-img resize`
+ * does: same file, a later change time). */
+static void resize_in_place(const char *path, guint64 size)
+{
+    guint64 be = GUINT64_TO_BE(size);
+    struct stat st;
+    int fd = open(path, O_WRONLY);
+
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, &be, sizeof(be), 24), sizeof(be));
+    assert_int_equal(fstat(fd, &st), 0);
+    struct timespec times[2] = { st.st_atim, { st.st_mtim.tv_sec + 1, st.st_mtim.tv_nsec } };
+    assert_int_equal(futimens(fd, times), 0);
+    close(fd);
+}
+
+/* disk_available_least: free space less what the thin disks may still grow by; a disk
+ * resized in place is read again, one removed no longer counts. */
+static void test_growth_follows_disks(void **state)
+{
+    g_autoptr(VnTracker) t = tracker(2, 4096);
+    g_autoptr(GError) err = NULL;
+    VnInstanceRecord *sp = vn_instance_record_new();
+    struct statvfs st;
+
+    (void)state;
+    sp->uuid = g_strdup("77777777-7777-4777-8777-777777777777");
+    sp->name = g_strdup("vm");
+    sp->flavor.name = g_strdup("f");
+    assert_true(vn_instance_store_create(store, sp, NULL, &err));
+    g_autofree char *idir = g_build_filename(dir, sp->uuid, NULL);
+    g_autofree char *disk = g_build_filename(idir, "disk", NULL);
+    assert_int_equal(mkdir(idir, 0700), 0);
+    vn_instance_record_free(sp);
+
+    assert_int_equal(statvfs(dir, &st), 0);
+    gint64 free_gb = (gint64)((guint64)st.f_frsize * st.f_bavail >> 30);
+    assert_true(free_gb >= 8);
+    gint64 quarter = free_gb / 4;
+    g_autoptr(VnCapacity) none = vn_tracker_capacity(t);
+    assert_true(vn_qcow2_create(disk, (guint64)quarter << 30, NULL, NULL, &err));
+    g_autoptr(VnCapacity) one = vn_tracker_capacity(t);
+    assert_true(labs((none->disk_available_least - one->disk_available_least) - quarter) <= 1);
+    /* the same disk, unchanged: the same answer */
+    g_autoptr(VnCapacity) same = vn_tracker_capacity(t);
+    assert_int_equal(same->disk_available_least, one->disk_available_least);
+    /* grown in place to half of the free space */
+    resize_in_place(disk, (guint64)(2 * quarter) << 30);
+    g_autoptr(VnCapacity) grown = vn_tracker_capacity(t);
+    assert_true(labs((none->disk_available_least - grown->disk_available_least) - 2 * quarter) <=
+                1);
+    /* gone */
+    assert_int_equal(unlink(disk), 0);
+    g_autoptr(VnCapacity) gone = vn_tracker_capacity(t);
+    assert_true(labs(gone->disk_available_least - none->disk_available_least) <= 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fits),
         cmocka_unit_test_setup_teardown(test_claims, setup, teardown),
         cmocka_unit_test_setup_teardown(test_capacity_row, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_growth_follows_disks, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
