@@ -179,10 +179,14 @@ char *vn_agent_metrics(VnAgent *a)
     metric(out, "virtnode_journal_memory_bytes", "gauge",
            "Memory of the journal's SQLite (page cache, statements), part of the heap", NULL,
            (double)vn_journal_memory_used());
-    if (a->journal)
+    if (a->journal) {
         metric(out, "virtnode_journal_flushes_total", "counter",
                "Flushes of the journal's log to disk (durable writes made together share one)",
                NULL, (double)vn_journal_syncs(a->journal));
+        metric(out, "virtnode_journal_durable_writes_total", "counter",
+               "Journal writes made durable (on disk before the call returned)", NULL,
+               (double)vn_journal_durable_writes(a->journal));
+    }
     durations(out, a);
     return g_string_free(out, FALSE);
 }

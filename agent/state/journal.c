@@ -36,6 +36,7 @@ struct _VnJournal {
     guint64 synced;       /* writes up to this count are on disk */
     int wal_fd;           /* the log, opened for fdatasync; -1 until first needed */
     guint64 syncs;        /* fdatasyncs made */
+    guint64 durable;      /* durable writes waited for */
     int (*flush)(int fd); /* fdatasync; tests slow it down */
 };
 
@@ -144,6 +145,7 @@ static gboolean sync_upto(VnJournal *j, guint64 upto, GError **error)
     int err = 0;
 
     g_mutex_lock(&j->sync_lock);
+    j->durable++;
     while (j->synced < upto && !err) {
         if (j->syncing) {
             g_cond_wait(&j->sync_cond, &j->sync_lock);
@@ -186,6 +188,14 @@ guint64 vn_journal_syncs(VnJournal *j)
 {
     g_mutex_lock(&j->sync_lock);
     guint64 n = j->syncs;
+    g_mutex_unlock(&j->sync_lock);
+    return n;
+}
+
+guint64 vn_journal_durable_writes(VnJournal *j)
+{
+    g_mutex_lock(&j->sync_lock);
+    guint64 n = j->durable;
     g_mutex_unlock(&j->sync_lock);
     return n;
 }

@@ -56,6 +56,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(VnJournal, vn_journal_free)
 gint64 vn_journal_memory_used(void);
 /* The log's flushes so far: concurrent durable writes share one (journal.c). */
 guint64 vn_journal_syncs(VnJournal *j);
+/* The durable writes so far (each waited for a flush, its own or a shared one). */
+guint64 vn_journal_durable_writes(VnJournal *j);
 /* Replaces fdatasync for the log's flushes (NULL: fdatasync again); for tests. */
 void vn_journal_set_flush(VnJournal *j, int (*flush)(int fd));
 

@@ -171,11 +171,6 @@ def spread(xs):
     return statistics.median(xs), q[0], q[2]
 
 
-# The journal's durable commits for one build (docs/benchmarks.md counts them): the
-# request accepted; the instance record at scheduling, block_device_mapping, networking and
-# spawning, its guest identity, the guest active; the two notifications queued; the request
-# finished.
-JOURNAL_COMMITS_PER_BUILD = 10
 
 
 def bare_base():
@@ -185,16 +180,17 @@ def bare_base():
     return os.path.join(vntest.RUN, "images", "guest.qcow2")
 
 
-def bare_builds(n, workers=10, flush_each=False):
+def bare_builds(n, commits, workers=10, flush_each=False):
     """The bare program (bench_bare): @n builds, @workers at a time (the agent's
-    max_concurrent_builds); with @flush_each, each commit flushes on its own.  Returns
+    max_concurrent_builds), each with @commits durable commits (as many as the agent's
+    journal made per build); with @flush_each, each commit flushes on its own.  Returns
     (the seconds they took, its private memory in KiB once they are done, its flushes per
     build)."""
     workdir = tempfile.mkdtemp(prefix="bench-bare-", dir=vntest.ENV["PRIVATE_DIR"])
     try:
         out = subprocess.check_output(
             [os.path.join(vntest.BIN, "bench_bare"), "--base", bare_base(), "--dir", workdir,
-             "-n", str(n), "-w", str(workers), "--commits", str(JOURNAL_COMMITS_PER_BUILD)]
+             "-n", str(n), "-w", str(workers), "--commits", str(commits)]
             + (["--flush-each"] if flush_each else []), text=True).split()
         return float(out[0]), int(out[2]), float(out[3])
     finally:
@@ -238,16 +234,21 @@ def journal_flushes(agent):
     return int(agent.metric("virtnode_journal_flushes_total"))
 
 
+def journal_durable(agent):
+    return int(agent.metric("virtnode_journal_durable_writes_total"))
+
+
 def agent_builds(rpc, name, n):
     """@n build_and_run_instance casts, as Nova's conductor sends them, published at once
     to a new agent on the test driver.  Returns (seconds from the first cast sent to the
     last build done, seconds from the first receipt to the last build done, flushes of the
-    journal's log per build)."""
+    journal's log per build, its durable writes per build)."""
     agent = test_agent(name, log_level="info")
     agent.start()
     try:
         warm_up(rpc, agent, "bench-warm")
         flushes0 = journal_flushes(agent)
+        durable0 = journal_durable(agent)
         casts = [vntest.build_args("bench-c%03d" % i, memory_mb=64) for i in range(n)]
         t0 = time.time()
         for args in casts:
@@ -259,7 +260,8 @@ def agent_builds(rpc, name, n):
         if running != n + 1:
             raise SystemExit("%d domains running, expected %d" % (running, n + 1))
         first, last = agent_window(agent, n)
-        return last - t0, last - first, (journal_flushes(agent) - flushes0) / n
+        return (last - t0, last - first, (journal_flushes(agent) - flushes0) / n,
+                round((journal_durable(agent) - durable0) / n))
     finally:
         agent.stop()
 
@@ -267,19 +269,21 @@ def agent_builds(rpc, name, n):
 def bench_concurrent(rpc, n, batches):
     """Agent batches and bare batches, alternating.  Returns lists of builds/s: the agent
     from the first cast, the agent within itself, the bare program; and the agent's
-    journal flushes per build, the bare program's, and the builds/s of the bare program
-    flushing each commit."""
-    vn, inside, bare, flushes, bare_flushes, each = [], [], [], [], [], []
+    journal flushes per build, the bare program's, the builds/s of the bare program
+    flushing each commit, and the agent's durable writes per build (the bare program's
+    commits per build, batch by batch)."""
+    vn, inside, bare, flushes, bare_flushes, each, durable = [], [], [], [], [], [], []
     for i in range(batches):
-        wall, window, f = agent_builds(rpc, "bench-build-test-%d" % i, n)
+        wall, window, f, d = agent_builds(rpc, "bench-build-test-%d" % i, n)
         vn.append(n / wall)
         inside.append(n / window)
         flushes.append(f)
-        took, _, bf = bare_builds(n)
+        durable.append(d)
+        took, _, bf = bare_builds(n, d)
         bare.append(n / took)
         bare_flushes.append(bf)
-        each.append(n / bare_builds(n, flush_each=True)[0])
-    return vn, inside, bare, flushes, bare_flushes, each
+        each.append(n / bare_builds(n, d, flush_each=True)[0])
+    return vn, inside, bare, flushes, bare_flushes, each, durable
 
 
 def bench_curve(rpc, sizes):
@@ -288,8 +292,9 @@ def bench_curve(rpc, sizes):
     each commit/s)]."""
     out = []
     for n in sizes:
-        wall, _, _ = agent_builds(rpc, "bench-build-curve-%d" % n, n)
-        out.append((n, n / wall, n / bare_builds(n)[0], n / bare_builds(n, flush_each=True)[0]))
+        wall, _, _, d = agent_builds(rpc, "bench-build-curve-%d" % n, n)
+        out.append((n, n / wall, n / bare_builds(n, d)[0],
+                    n / bare_builds(n, d, flush_each=True)[0]))
     return out
 
 
@@ -305,7 +310,7 @@ def main():
     rpc = Rpc()
     try:
         cold, vn, inside, lv = bench_real(rpc, a.rounds)
-        c_vn, c_inside, c_bare, c_flushes, c_bare_flushes, c_each = bench_concurrent(
+        c_vn, c_inside, c_bare, c_flushes, c_bare_flushes, c_each, c_durable = bench_concurrent(
             rpc, a.concurrent, a.batches)
         curve = bench_curve(rpc, [int(x) for x in a.curve.split(",") if x])
     finally:
@@ -336,6 +341,7 @@ def main():
         "builds_ratio": fig(c_ratios),
         "builds_ratio_inside_agent": fig(c_ratios_inside),
         "journal_flushes_per_build": fig(c_flushes),
+        "journal_durable_writes_per_build": c_durable,
         "bare_flushes_per_build": fig(c_bare_flushes),
         "bare_flush_each_builds_per_s": fig(c_each),
         "builds_ratio_flush_each": fig(c_ratios_each),
@@ -369,6 +375,8 @@ def main():
     line("ratio virtnode (cast to done)/bare", c_ratios, "  ")
     line("ratio virtnode (inside)/bare", c_ratios_inside, "  ")
     line("ratio virtnode (cast to done)/bare flushing each", c_ratios_each, "  ")
+    print("  %-46s %s" % ("virtnode: durable writes per build (the bare's)",
+                              ", ".join(str(d) for d in c_durable)))
     line("virtnode: journal flushes per build", c_flushes, "  ")
     line("bare program: flushes per build", c_bare_flushes, "  ")
     if curve:

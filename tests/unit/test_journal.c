@@ -284,10 +284,13 @@ static void test_group_commit(void **state)
     (void)state;
     vn_journal_set_flush(j, slow_flush);
     guint64 before = vn_journal_syncs(j);
+    guint64 durable = vn_journal_durable_writes(j);
     assert_true(vn_journal_set_running(j, "nothing", &err));
     assert_int_equal(vn_journal_syncs(j), before);
+    assert_int_equal(vn_journal_durable_writes(j), durable);
     assert_true(vn_journal_save_instance(j, "one", "{}", NULL, &err));
     assert_int_equal(vn_journal_syncs(j), before + 1);
+    assert_int_equal(vn_journal_durable_writes(j), durable + 1);
     assert_int_equal(g_atomic_int_get(&slow_flushes), 1);
 
     before = vn_journal_syncs(j);
@@ -302,6 +305,7 @@ static void test_group_commit(void **state)
      * others' commits ride on them */
     assert_true(flushes >= WRITES);
     assert_true(flushes <= 2 * WRITES + 2);
+    assert_int_equal(vn_journal_durable_writes(j), durable + 1 + WRITERS * WRITES);
     vn_journal_free(j);
 
     j = open_journal();
