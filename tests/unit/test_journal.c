@@ -355,16 +355,21 @@ typedef struct {
     int seen_uid;
 } StoreCall;
 
+static void call_done(StoreCall *c)
+{
+    g_mutex_lock(&gate_lock);
+    c->done = TRUE;
+    g_cond_broadcast(&gate_cond);
+    g_mutex_unlock(&gate_lock);
+}
+
 static gpointer allocate_uid_thread(gpointer data)
 {
     StoreCall *c = data;
     g_autoptr(GError) err = NULL;
 
     c->uid = vn_instance_store_allocate_uid(c->s, c->uuid, 30000, 30001, &err);
-    g_mutex_lock(&gate_lock);
-    c->done = TRUE;
-    g_cond_broadcast(&gate_cond);
-    g_mutex_unlock(&gate_lock);
+    call_done(c);
     return NULL;
 }
 
@@ -377,10 +382,7 @@ static gpointer read_thread(gpointer data)
     c->seen_task = r->task_state;
     c->seen_uid = r->guest_uid;
     g_assert_cmpuint(all->len, ==, 2);
-    g_mutex_lock(&gate_lock);
-    c->done = TRUE;
-    g_cond_broadcast(&gate_cond);
-    g_mutex_unlock(&gate_lock);
+    call_done(c);
     return NULL;
 }
 
