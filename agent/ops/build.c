@@ -270,7 +270,8 @@ static gboolean next_step(Build *b, VnTaskState build_task, GError **error)
         to = build_task == VN_TASK_SPAWNING ? VN_TASK_REBUILD_SPAWNING : VN_TASK_REBUILDING;
     if (to == b->task)
         return TRUE;
-    if (!vn_instance_store_next_task(b->a->store, b->spec->uuid, b->task, to, error))
+    if (!(b->evacuating ? vn_instance_store_next_task : vn_instance_store_build_step)(
+            b->a->store, b->spec->uuid, b->task, to, error))
         return FALSE;
     b->task = to;
     return TRUE;

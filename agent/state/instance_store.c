@@ -169,10 +169,12 @@ static void notify(VnInstanceStore *s, VnInstanceRecord *copy)
 
 /* Called with the lock held (after settle_locked), which it releases: writes @rec (taken;
  * NULL removes the record of @uuid) to the journal's log, waits outside the lock until
- * the log is on disk, then makes it the record of its uuid and tells the listener.  On
- * failure the old record stays, so memory never shows what the journal does not hold. */
+ * the log is on disk (unless @relaxed), then makes it the record of its uuid and tells the
+ * listener.  On failure the old record stays, so memory never shows what the journal's
+ * log does not hold.  A relaxed change is seen at once: it survives the process being
+ * killed, and a power loss from the next durable write on (see journal.c). */
 static gboolean commit_locked(VnInstanceStore *s, const char *uuid, VnInstanceRecord *rec,
-                              GError **error)
+                              gboolean relaxed, GError **error)
 {
     g_autofree char *key = g_strdup(uuid);
     guint64 logged = 0;
@@ -196,16 +198,18 @@ static gboolean commit_locked(VnInstanceStore *s, const char *uuid, VnInstanceRe
         g_mutex_unlock(&s->lock);
         return FALSE;
     }
-    g_hash_table_insert(s->pending, g_strdup(key), rec);
-    g_mutex_unlock(&s->lock);
+    if (!relaxed) {
+        g_hash_table_insert(s->pending, g_strdup(key), rec);
+        g_mutex_unlock(&s->lock);
 
-    ok = vn_journal_wait_logged(s->journal, logged, error);
+        ok = vn_journal_wait_logged(s->journal, logged, error);
 
-    g_mutex_lock(&s->lock);
-    gpointer pending_key = NULL;
-    g_hash_table_steal_extended(s->pending, key, &pending_key, NULL); /* @rec stays ours */
-    g_free(pending_key);
-    g_cond_broadcast(&s->settled);
+        g_mutex_lock(&s->lock);
+        gpointer pending_key = NULL;
+        g_hash_table_steal_extended(s->pending, key, &pending_key, NULL); /* @rec stays ours */
+        g_free(pending_key);
+        g_cond_broadcast(&s->settled);
+    }
     if (!ok) {
         g_mutex_unlock(&s->lock);
         vn_instance_record_free(rec);
@@ -228,7 +232,7 @@ typedef gboolean (*Change)(VnInstanceRecord *rec, gpointer data, GError **error)
 /* Applies @change to a copy of the record of @uuid; when it agrees and the copy is
  * persisted, the copy replaces the record and listeners hear of it. */
 static gboolean update(VnInstanceStore *s, const char *uuid, Change change, gpointer data,
-                       GError **error)
+                       gboolean relaxed, GError **error)
 {
     VnInstanceRecord *cur, *next;
 
@@ -247,7 +251,7 @@ static gboolean update(VnInstanceStore *s, const char *uuid, Change change, gpoi
         g_mutex_unlock(&s->lock);
         return FALSE;
     }
-    return commit_locked(s, uuid, next, error);
+    return commit_locked(s, uuid, next, relaxed, error);
 }
 
 gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *spec,
@@ -285,7 +289,7 @@ gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *sp
     g_clear_pointer(&rec->security_label, g_free);
     g_free(rec->request_id);
     rec->request_id = g_strdup(request_id);
-    return commit_locked(s, spec->uuid, rec, error);
+    return commit_locked(s, spec->uuid, rec, FALSE, error);
 }
 
 gboolean vn_instance_store_arrive(VnInstanceStore *s, const VnInstanceRecord *in, GError **error)
@@ -317,7 +321,7 @@ gboolean vn_instance_store_take_over(VnInstanceStore *s, const VnInstanceRecord 
     rec->guest_uid = 0;
     g_clear_pointer(&rec->security_label, g_free);
     rec->progress = 0;
-    return commit_locked(s, in->uuid, rec, error);
+    return commit_locked(s, in->uuid, rec, FALSE, error);
 }
 
 typedef struct {
@@ -368,7 +372,7 @@ gboolean vn_instance_store_begin_task(VnInstanceStore *s, const char *uuid,
 {
     BeginArgs a = { allowed, task, request_id };
 
-    return update(s, uuid, change_begin, &a, error);
+    return update(s, uuid, change_begin, &a, FALSE, error);
 }
 
 /* Compare-and-set: the operation that set @task must still hold the record. */
@@ -404,7 +408,15 @@ gboolean vn_instance_store_next_task(VnInstanceStore *s, const char *uuid, VnTas
 {
     NextArgs a = { from, to };
 
-    return update(s, uuid, change_next, &a, error);
+    return update(s, uuid, change_next, &a, FALSE, error);
+}
+
+gboolean vn_instance_store_build_step(VnInstanceStore *s, const char *uuid, VnTaskState from,
+                                      VnTaskState to, GError **error)
+{
+    NextArgs a = { from, to };
+
+    return update(s, uuid, change_next, &a, TRUE, error);
 }
 
 typedef struct {
@@ -432,7 +444,7 @@ gboolean vn_instance_store_end_task(VnInstanceStore *s, const char *uuid, VnTask
 {
     EndArgs a = { task, vm, power };
 
-    return update(s, uuid, change_end, &a, error);
+    return update(s, uuid, change_end, &a, FALSE, error);
 }
 
 typedef struct {
@@ -465,7 +477,7 @@ gboolean vn_instance_store_set_error(VnInstanceStore *s, const char *uuid, const
 {
     FaultArgs a = { fault_class, fault_message };
 
-    return update(s, uuid, change_error, &a, error);
+    return update(s, uuid, change_error, &a, FALSE, error);
 }
 
 typedef struct {
@@ -493,7 +505,7 @@ gboolean vn_instance_store_set_power(VnInstanceStore *s, const char *uuid, VnPow
     PowerArgs a = { power, vm };
     g_autoptr(GError) err = NULL;
 
-    if (update(s, uuid, change_power, &a, &err))
+    if (update(s, uuid, change_power, &a, FALSE, &err))
         return TRUE;
     if (g_error_matches(err, VN_API_ERROR, VN_API_ERROR_EXISTS))
         return TRUE; /* nothing to change: no write, no report */
@@ -528,7 +540,7 @@ gboolean vn_instance_store_sync_power(VnInstanceStore *s, const char *uuid, gint
     GuardArgs g = { seen, change_power, &a };
     g_autoptr(GError) err = NULL;
 
-    if (update(s, uuid, change_guarded, &g, &err))
+    if (update(s, uuid, change_guarded, &g, FALSE, &err))
         return TRUE;
     if (g_error_matches(err, VN_API_ERROR, VN_API_ERROR_EXISTS))
         return TRUE;
@@ -543,7 +555,7 @@ gboolean vn_instance_store_sync_error(VnInstanceStore *s, const char *uuid, gint
     FaultArgs a = { fault_class, fault_message };
     GuardArgs g = { seen, change_error, &a };
 
-    return update(s, uuid, change_guarded, &g, error);
+    return update(s, uuid, change_guarded, &g, FALSE, error);
 }
 
 gboolean vn_instance_store_sync_begin(VnInstanceStore *s, const char *uuid, gint64 seen,
@@ -554,7 +566,7 @@ gboolean vn_instance_store_sync_begin(VnInstanceStore *s, const char *uuid, gint
     BeginArgs a = { any, task, NULL };
     GuardArgs g = { seen, change_begin, &a };
 
-    return update(s, uuid, change_guarded, &g, error);
+    return update(s, uuid, change_guarded, &g, FALSE, error);
 }
 
 static gboolean change_ports(VnInstanceRecord *r, gpointer data, GError **error)
@@ -572,7 +584,7 @@ static gboolean change_ports(VnInstanceRecord *r, gpointer data, GError **error)
 gboolean vn_instance_store_set_ports(VnInstanceStore *s, const char *uuid, const GPtrArray *ports,
                                      GError **error)
 {
-    return update(s, uuid, change_ports, (gpointer)ports, error);
+    return update(s, uuid, change_ports, (gpointer)ports, FALSE, error);
 }
 
 static gboolean change_volumes(VnInstanceRecord *r, gpointer data, GError **error)
@@ -594,7 +606,7 @@ static gboolean change_volumes(VnInstanceRecord *r, gpointer data, GError **erro
 gboolean vn_instance_store_set_volumes(VnInstanceStore *s, const char *uuid, const GPtrArray *vols,
                                        GError **error)
 {
-    return update(s, uuid, change_volumes, (gpointer)vols, error);
+    return update(s, uuid, change_volumes, (gpointer)vols, FALSE, error);
 }
 
 static gboolean change_clear_task(VnInstanceRecord *r, gpointer data, GError **error)
@@ -606,7 +618,7 @@ static gboolean change_clear_task(VnInstanceRecord *r, gpointer data, GError **e
 
 gboolean vn_instance_store_clear_task(VnInstanceStore *s, const char *uuid, GError **error)
 {
-    return update(s, uuid, change_clear_task, NULL, error);
+    return update(s, uuid, change_clear_task, NULL, FALSE, error);
 }
 
 typedef struct {
@@ -635,7 +647,7 @@ gboolean vn_instance_store_launched(VnInstanceStore *s, const char *uuid, VnTask
 {
     LaunchArgs l = { task, security_label };
 
-    return update(s, uuid, change_launched, &l, error);
+    return update(s, uuid, change_launched, &l, FALSE, error);
 }
 
 static gboolean change_image(VnInstanceRecord *r, gpointer data, GError **error)
@@ -658,13 +670,13 @@ static gboolean change_flavor(VnInstanceRecord *r, gpointer data, GError **error
 gboolean vn_instance_store_set_flavor(VnInstanceStore *s, const char *uuid, const VnFlavor *flavor,
                                       GError **error)
 {
-    return update(s, uuid, change_flavor, (gpointer)flavor, error);
+    return update(s, uuid, change_flavor, (gpointer)flavor, FALSE, error);
 }
 
 gboolean vn_instance_store_set_image(VnInstanceStore *s, const char *uuid, const VnImageRef *image,
                                      GError **error)
 {
-    return update(s, uuid, change_image, (gpointer)image, error);
+    return update(s, uuid, change_image, (gpointer)image, FALSE, error);
 }
 
 /* A string field of the record (at @offset) and its new value. */
@@ -689,7 +701,7 @@ gboolean vn_instance_store_set_label(VnInstanceStore *s, const char *uuid, const
 {
     StringChange c = { G_STRUCT_OFFSET(VnInstanceRecord, security_label), label };
 
-    return update(s, uuid, change_string, &c, error);
+    return update(s, uuid, change_string, &c, FALSE, error);
 }
 
 gboolean vn_instance_store_set_host(VnInstanceStore *s, const char *uuid, const char *host,
@@ -697,7 +709,7 @@ gboolean vn_instance_store_set_host(VnInstanceStore *s, const char *uuid, const 
 {
     StringChange c = { G_STRUCT_OFFSET(VnInstanceRecord, host), host };
 
-    return update(s, uuid, change_string, &c, error);
+    return update(s, uuid, change_string, &c, FALSE, error);
 }
 
 static gboolean change_deleted(VnInstanceRecord *r, gpointer data, GError **error)
@@ -712,14 +724,14 @@ static gboolean change_deleted(VnInstanceRecord *r, gpointer data, GError **erro
 
 gboolean vn_instance_store_mark_deleted(VnInstanceStore *s, const char *uuid, GError **error)
 {
-    return update(s, uuid, change_deleted, NULL, error);
+    return update(s, uuid, change_deleted, NULL, FALSE, error);
 }
 
 gboolean vn_instance_store_forget(VnInstanceStore *s, const char *uuid, GError **error)
 {
     g_mutex_lock(&s->lock);
     settle_locked(s, uuid);
-    return commit_locked(s, uuid, NULL, error);
+    return commit_locked(s, uuid, NULL, FALSE, error);
 }
 
 void vn_instance_store_set_progress(VnInstanceStore *s, const char *uuid, int percent)
@@ -792,14 +804,14 @@ int vn_instance_store_allocate_uid(VnInstanceStore *s, const char *uuid, int min
 {
     UidArgs a = { s, min, max, 0, 0 };
 
-    return update(s, uuid, change_uid, &a, error) ? a.uid : 0;
+    return update(s, uuid, change_uid, &a, FALSE, error) ? a.uid : 0;
 }
 
 int vn_instance_store_take_uid(VnInstanceStore *s, const char *uuid, int uid, GError **error)
 {
     UidArgs a = { s, uid, uid, 0, uid };
 
-    return update(s, uuid, change_uid, &a, error) ? a.uid : 0;
+    return update(s, uuid, change_uid, &a, FALSE, error) ? a.uid : 0;
 }
 
 guint vn_instance_store_purge_deleted(VnInstanceStore *s, gint64 before)

@@ -1,8 +1,8 @@
 /* agent/state/instance_store.h - the instances of this host and their state machine.
  *
- * Records live in memory and in the journal (every change is durable before it is
- * visible).  Changes are compare-and-set: an operation claims an instance by setting its
- * task_state, and only when no other task is running and the vm_state allows it (Nova's
+ * Records live in memory and in the journal (every change but a build's step is durable
+ * before it is visible).  Changes are compare-and-set: an operation claims an instance by setting
+ * its task_state, and only when no other task is running and the vm_state allows it (Nova's
  * expected_task_state), so two operations can never both proceed.  A change is decided
  * and written to the journal's log under the store's lock; the lock is not held while
  * the log is flushed, so the changes of different instances share flushes, and the next
@@ -69,6 +69,14 @@ gboolean vn_instance_store_begin_task(VnInstanceStore *s, const char *uuid,
 /* Moves from task @from to task @to (a build's steps); fails if @from is not current. */
 gboolean vn_instance_store_next_task(VnInstanceStore *s, const char *uuid, VnTaskState from,
                                      VnTaskState to, GError **error);
+
+/* The same for the steps of a new guest's build (block_device_mapping, networking,
+ * spawning), written to the journal's log without waiting for its flush and seen at
+ * once: a restart rolls an unfinished build back whatever step its record shows, so a
+ * step lost to a power loss costs nothing.  What the step made (its volumes, ports,
+ * label) is recorded durably by the calls that record it. */
+gboolean vn_instance_store_build_step(VnInstanceStore *s, const char *uuid, VnTaskState from,
+                                      VnTaskState to, GError **error);
 
 /* Ends task @task: vm_state @vm, power @power (< 0 keeps it), task none; clears progress.
  * Fails when @task is not the running task (someone else changed the instance). */

@@ -92,7 +92,8 @@ static const char *schema =
  * log up to it.  For rows whose loss costs at most a repeat: a request's "running" mark
  * and its action's start, an action's end written just before its request's durable
  * finish, an action marked reported (the report is an idempotent upsert), a confirmed
- * notification's removal (sent again). */
+ * notification's removal (sent again), a build's step (an unfinished build is rolled
+ * back whatever its step). */
 /* A prepared statement, compiled the first time its SQL is used and kept; the caller
  * binds and steps it, and g_autoptr(VnStmt) resets it for the next one. */
 typedef sqlite3_stmt VnStmt;

@@ -449,6 +449,71 @@ static void test_store_flush_outside_lock(void **state)
     assert_int_equal(ry->guest_uid, b.uid);
 }
 
+static gpointer build_step_thread(gpointer data)
+{
+    StoreCall *c = data;
+    g_autoptr(GError) err = NULL;
+
+    c->uid = vn_instance_store_build_step(c->s, c->uuid, VN_TASK_SCHEDULING,
+                                          VN_TASK_BLOCK_DEVICE_MAPPING, &err);
+    call_done(c);
+    return NULL;
+}
+
+static gpointer next_task_thread(gpointer data)
+{
+    StoreCall *c = data;
+    g_autoptr(GError) err = NULL;
+
+    c->uid = vn_instance_store_next_task(c->s, c->uuid, VN_TASK_BLOCK_DEVICE_MAPPING,
+                                         VN_TASK_NETWORKING, &err);
+    call_done(c);
+    return NULL;
+}
+
+/* A build's step is in the log and seen at once, without waiting for a flush and without
+ * counting as a durable write; a task change that must survive a crash still waits. */
+static void test_store_build_step_relaxed(void **state)
+{
+    g_autoptr(VnJournal) j = open_journal();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnInstanceStore) s = vn_instance_store_new(j, "h", &err);
+    g_autoptr(VnInstanceRecord) x = spec("77777777-7777-4777-8777-777777777770");
+    StoreCall step = { .s = s, .uuid = x->uuid }, next = { .s = s, .uuid = x->uuid };
+
+    (void)state;
+    assert_true(vn_instance_store_create(s, x, NULL, &err));
+    gate_open = FALSE;
+    gate_waiting = 0;
+    vn_journal_set_flush(j, gated_flush);
+    guint64 durable = vn_journal_durable_writes(j);
+
+    GThread *t = g_thread_new("step", build_step_thread, &step);
+    assert_true(wait_flag(&step.done)); /* the flush is held at the gate */
+    g_thread_join(t);
+    assert_true(step.uid);
+    assert_int_equal(vn_journal_durable_writes(j), durable);
+    g_autoptr(VnInstanceRecord) r = vn_instance_store_get(s, x->uuid);
+    assert_int_equal(r->task_state, VN_TASK_BLOCK_DEVICE_MAPPING);
+    /* the log holds it: a store opened from the journal now reads the step */
+    g_autoptr(VnInstanceStore) again = vn_instance_store_new(j, "h", &err);
+    g_autoptr(VnInstanceRecord) ra = vn_instance_store_get(again, x->uuid);
+    assert_int_equal(ra->task_state, VN_TASK_BLOCK_DEVICE_MAPPING);
+
+    /* a durable change waits for the flush */
+    t = g_thread_new("next", next_task_thread, &next);
+    g_usleep(100 * 1000);
+    g_mutex_lock(&gate_lock);
+    assert_false(next.done);
+    gate_open = TRUE;
+    g_cond_broadcast(&gate_cond);
+    g_mutex_unlock(&gate_lock);
+    g_thread_join(t);
+    vn_journal_set_flush(j, NULL);
+    assert_true(next.uid);
+    assert_int_equal(vn_journal_durable_writes(j), durable + 1);
+}
+
 /* Whose label is it: another running instance's, matched label by label (not by prefix),
  * never the asking instance's own nor a stopped one's. */
 static void test_store_label_owner(void **state)
@@ -497,6 +562,8 @@ int main(void)
                                         vn_test_dir_teardown),
         cmocka_unit_test_setup_teardown(test_group_commit, vn_test_dir_setup, vn_test_dir_teardown),
         cmocka_unit_test_setup_teardown(test_store_flush_outside_lock, vn_test_dir_setup,
+                                        vn_test_dir_teardown),
+        cmocka_unit_test_setup_teardown(test_store_build_step_relaxed, vn_test_dir_setup,
                                         vn_test_dir_teardown),
         cmocka_unit_test_setup_teardown(test_store_label_owner, vn_test_dir_setup,
                                         vn_test_dir_teardown),
