@@ -141,10 +141,7 @@ guint64 vn_disk_allocated(const char *path)
 
 char *vn_disk_backing_file(const char *path, GError **error)
 {
-    gsize n = 0;
-    g_autofree guint8 *buf = vn_image_read_header(path, &n, NULL, error);
-
-    return buf ? vn_image_backing_name(buf, n) : NULL;
+    return vn_image_backing_file(path, error);
 }
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)

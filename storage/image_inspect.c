@@ -205,9 +205,17 @@ char *vn_image_backing_name(const guint8 *d, gsize len)
     return g_strndup((const char *)d + off, n);
 }
 
-guint8 *vn_image_read_header(const char *path, gsize *len, guint64 *file_size, GError **error)
+/* What the agent's own disks need: a qcow2 header with its extensions and backing name
+ * end well within the first page.  The whole window is read only when the page is not
+ * enough, so that a disk's size or backing file costs one small read. */
+#define HEADER_PROBE_BYTES 4096
+
+/* The first @max bytes (or fewer) of @path, their number in *len and the file's size in
+ * *file_size.  Caller frees. */
+static guint8 *read_prefix(const char *path, gsize max, gsize *len, guint64 *file_size,
+                           GError **error)
 {
-    g_autofree guint8 *buf = g_malloc(VN_IMAGE_HEADER_BYTES);
+    g_autofree guint8 *buf = g_malloc(max);
     struct stat st;
     ssize_t n;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -220,7 +228,7 @@ guint8 *vn_image_read_header(const char *path, gsize *len, guint64 *file_size, G
                     g_strerror(e));
         return NULL;
     }
-    n = pread(fd, buf, VN_IMAGE_HEADER_BYTES, 0);
+    n = pread(fd, buf, max, 0);
     close(fd);
     if (n < 0) {
         g_set_error(error, VN_STOR_ERROR, VN_STOR_ERROR_IO, "reading '%s': %s", path,
@@ -228,8 +236,7 @@ guint8 *vn_image_read_header(const char *path, gsize *len, guint64 *file_size, G
         return NULL;
     }
     *len = (gsize)n;
-    if (file_size)
-        *file_size = (guint64)st.st_size;
+    *file_size = (guint64)st.st_size;
     return g_steal_pointer(&buf);
 }
 
@@ -237,7 +244,37 @@ gboolean vn_image_inspect_file(const char *path, VnImageInfo *out, GError **erro
 {
     gsize n = 0;
     guint64 size = 0;
-    g_autofree guint8 *buf = vn_image_read_header(path, &n, &size, error);
+    g_autofree guint8 *buf = read_prefix(path, HEADER_PROBE_BYTES, &n, &size, error);
 
-    return buf && vn_image_inspect(buf, n, size, out, error);
+    if (!buf)
+        return FALSE;
+    /* a header inspected whole within the page reads the same in the whole window */
+    if (vn_image_inspect(buf, n, size, out, NULL))
+        return TRUE;
+    if (n == HEADER_PROBE_BYTES) {
+        g_free(buf);
+        buf = read_prefix(path, VN_IMAGE_HEADER_BYTES, &n, &size, error);
+        if (!buf)
+            return FALSE;
+    }
+    return vn_image_inspect(buf, n, size, out, error);
+}
+
+char *vn_image_backing_file(const char *path, GError **error)
+{
+    gsize n = 0;
+    guint64 size = 0;
+    g_autofree guint8 *buf = read_prefix(path, HEADER_PROBE_BYTES, &n, &size, error);
+
+    if (!buf)
+        return NULL;
+    /* a qcow2 header naming a backing file past the page */
+    if (n == HEADER_PROBE_BYTES && be32(buf) == QCOW2_MAGIC &&
+        be64(buf + 8) + be32(buf + 16) > HEADER_PROBE_BYTES) {
+        g_free(buf);
+        buf = read_prefix(path, VN_IMAGE_HEADER_BYTES, &n, &size, error);
+        if (!buf)
+            return NULL;
+    }
+    return vn_image_backing_name(buf, n);
 }

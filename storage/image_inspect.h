@@ -52,9 +52,9 @@ gboolean vn_image_check(const VnImageInfo *info, const char *declared_format,
  * are not a qcow2 header).  Caller frees. */
 char *vn_image_backing_name(const guint8 *data, gsize len);
 
-/* The first VN_IMAGE_HEADER_BYTES (or fewer) bytes of @path, their number in *len and the
- * file's size in *file_size (may be NULL).  Caller frees. */
-guint8 *vn_image_read_header(const char *path, gsize *len, guint64 *file_size, GError **error);
-
-/* Reads the header of @path and inspects it. */
+/* Reads the header of @path (at most VN_IMAGE_HEADER_BYTES) and inspects it. */
 gboolean vn_image_inspect_file(const char *path, VnImageInfo *out, GError **error);
+
+/* The backing file named in the qcow2 header of @path, or NULL when it names none (error
+ * unset) or cannot be read.  Caller frees. */
+char *vn_image_backing_file(const char *path, GError **error);

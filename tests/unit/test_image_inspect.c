@@ -155,6 +155,55 @@ static void test_crafted_headers(void **state)
     assert_false(vn_image_inspect(h, len, len, &i, &err));
 }
 
+static void put_be32(guint8 *p, guint32 v)
+{
+    p[0] = v >> 24;
+    p[1] = v >> 16;
+    p[2] = v >> 8;
+    p[3] = v;
+}
+
+/* A header read from a file is read past its first page when it goes on past it: an
+ * external data file named by an extension after a long one, and a backing file named
+ * past the page, are found as in the whole window; an extension running past the window
+ * still fails. */
+static void test_header_past_first_page(void **state)
+{
+    g_autofree char *p = g_build_filename(vn_test_dir(), "long.qcow2", NULL);
+    g_autoptr(GError) err = NULL;
+    g_autofree char *backing = NULL;
+    gsize len;
+    g_autofree guint8 *h = header_v3(&len);
+    guint8 *f = g_malloc0(VN_IMAGE_HEADER_BYTES);
+    VnImageInfo i;
+
+    (void)state;
+    memcpy(f, h, len);
+    put_be32(f + 104, 0x12345678); /* an unknown extension of 6000 bytes */
+    put_be32(f + 108, 6000);
+    put_be32(f + 112 + 6000, 0x44415441); /* then the data file extension */
+    put_be32(f + 116 + 6000, 8);
+    memcpy(f + 120 + 6000, "data.raw", 8);
+    /* (the end marker follows: zeros) */
+    f[14] = 0x30; /* backing file at 12288 (bytes 8-15), 8 bytes long (16-19) */
+    f[19] = 8;
+    memcpy(f + 0x3000, "base.img", 8);
+    assert_true(g_file_set_contents(p, (const char *)f, VN_IMAGE_HEADER_BYTES, &err));
+    inspect_file(p, &i);
+    assert_int_equal(i.format, VN_IMAGE_FORMAT_QCOW2);
+    assert_true(i.has_data_file);
+    assert_true(i.has_backing_file);
+    backing = vn_disk_backing_file(p, &err);
+    assert_string_equal(backing, "base.img");
+
+    /* an extension that runs past the whole window */
+    put_be32(f + 108, VN_IMAGE_HEADER_BYTES);
+    assert_true(g_file_set_contents(p, (const char *)f, VN_IMAGE_HEADER_BYTES, &err));
+    assert_false(vn_image_inspect_file(p, &i, &err));
+    assert_true(g_error_matches(err, VN_STOR_ERROR, VN_STOR_ERROR_UNSAFE));
+    g_free(f);
+}
+
 static void test_other_formats_detected(void **state)
 {
     static const struct {
@@ -309,7 +358,7 @@ int main(void)
         cmocka_unit_test(test_data_file_refused), cmocka_unit_test(test_encrypted_refused),
         cmocka_unit_test(test_crafted_headers),   cmocka_unit_test(test_other_formats_detected),
         cmocka_unit_test(test_overlay),           cmocka_unit_test(test_disk_cancelled),
-        cmocka_unit_test(test_disks_are_qemus),
+        cmocka_unit_test(test_disks_are_qemus),   cmocka_unit_test(test_header_past_first_page),
     };
     return cmocka_run_group_tests(tests, vn_test_dir_setup, vn_test_dir_teardown);
 }
