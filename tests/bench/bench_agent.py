@@ -88,8 +88,8 @@ def bench_memory(rpc, steps):
         agent.stop()
     for row in out:
         # the bare program's "idle" is one guest: it holds nothing else
-        # the commits per build do not change its memory; 9, as the agent's builds here
-        row["bare_private_kib"] = bare_builds(max(row["guests"], 1), 9)[1]
+        # the commits per build do not change its memory; 6, as the agent's builds here
+        row["bare_private_kib"] = bare_builds(max(row["guests"], 1), 6)[1]
     return out
 
 

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import resource
 import statistics
 import tempfile
 import subprocess
@@ -185,14 +186,17 @@ def bare_builds(n, commits, workers=10, flush_each=False):
     max_concurrent_builds), each with @commits durable commits (as many as the agent's
     journal made per build); with @flush_each, each commit flushes on its own.  Returns
     (the seconds they took, its private memory in KiB once they are done, its flushes per
-    build)."""
+    build, its CPU milliseconds per build)."""
     workdir = tempfile.mkdtemp(prefix="bench-bare-", dir=vntest.ENV["PRIVATE_DIR"])
     try:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = subprocess.check_output(
             [os.path.join(vntest.BIN, "bench_bare"), "--base", bare_base(), "--dir", workdir,
              "-n", str(n), "-w", str(workers), "--commits", str(commits)]
             + (["--flush-each"] if flush_each else []), text=True).split()
-        return float(out[0]), int(out[2]), float(out[3])
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000 / n
+        return float(out[0]), int(out[2]), float(out[3]), cpu
     finally:
         subprocess.check_call(["rm", "-rf", workdir])
 
@@ -238,11 +242,45 @@ def journal_durable(agent):
     return int(agent.metric("virtnode_journal_durable_writes_total"))
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_part(agent_pid):
+    """CPU seconds used so far by the agent's process, the broker (RabbitMQ's Erlang VM),
+    PostgreSQL's processes and this benchmark's own process (which casts the builds as
+    the conductor would), and by the whole machine (from /proc/stat)."""
+    out = {"virtnode": 0.0, "broker": 0.0, "postgresql": 0.0}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        comm = st[st.index("(") + 1:st.rindex(")")]
+        fields = st.rsplit(")", 1)[1].split()
+        used = (int(fields[11]) + int(fields[12])) / TICK
+        if int(d) == agent_pid:
+            out["virtnode"] += used
+        elif comm in ("beam.smp", "erl_child_setup", "inet_gethost", "epmd"):
+            out["broker"] += used
+        elif comm == "postgres":
+            out["postgresql"] += used
+    t = os.times()
+    out["caster"] = t.user + t.system
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    out["machine"] = (sum(v) - v[3] - v[4]) / TICK
+    return out
+
+
 def agent_builds(rpc, name, n):
     """@n build_and_run_instance casts, as Nova's conductor sends them, published at once
     to a new agent on the test driver.  Returns (seconds from the first cast sent to the
     last build done, seconds from the first receipt to the last build done, flushes of the
-    journal's log per build, its durable writes per build)."""
+    journal's log per build, its durable writes per build, and the CPU milliseconds per
+    build each part used from the first cast to the end of the wait, see cpu_by_part)."""
     agent = test_agent(name, log_level="info")
     agent.start()
     try:
@@ -250,18 +288,21 @@ def agent_builds(rpc, name, n):
         flushes0 = journal_flushes(agent)
         durable0 = journal_durable(agent)
         casts = [vntest.build_args("bench-c%03d" % i, memory_mb=64) for i in range(n)]
+        cpu0 = cpu_by_part(agent.proc.pid)
         t0 = time.time()
         for args in casts:
             rpc.cast(agent.host, "build_and_run_instance", **args)
         vntest.wait_for(lambda: agent_window(agent, n + 1), timeout=600,
                         what="%d builds done" % n)
+        cpu1 = cpu_by_part(agent.proc.pid)
         listed = rpc.call(agent.host, "list_instances", timeout=60)
         running = sum(1 for i in listed if i["power_state"] == 1)
         if running != n + 1:
             raise SystemExit("%d domains running, expected %d" % (running, n + 1))
         first, last = agent_window(agent, n)
         return (last - t0, last - first, (journal_flushes(agent) - flushes0) / n,
-                round((journal_durable(agent) - durable0) / n))
+                round((journal_durable(agent) - durable0) / n),
+                {k: (cpu1[k] - cpu0[k]) * 1000 / n for k in cpu0})
     finally:
         agent.stop()
 
@@ -273,17 +314,20 @@ def bench_concurrent(rpc, n, batches):
     flushing each commit, and the agent's durable writes per build (the bare program's
     commits per build, batch by batch)."""
     vn, inside, bare, flushes, bare_flushes, each, durable = [], [], [], [], [], [], []
+    cpu, bare_cpu = [], []
     for i in range(batches):
-        wall, window, f, d = agent_builds(rpc, "bench-build-test-%d" % i, n)
+        wall, window, f, d, c = agent_builds(rpc, "bench-build-test-%d" % i, n)
         vn.append(n / wall)
         inside.append(n / window)
         flushes.append(f)
         durable.append(d)
-        took, _, bf = bare_builds(n, d)
+        cpu.append(c)
+        took, _, bf, bc = bare_builds(n, d)
         bare.append(n / took)
         bare_flushes.append(bf)
+        bare_cpu.append(bc)
         each.append(n / bare_builds(n, d, flush_each=True)[0])
-    return vn, inside, bare, flushes, bare_flushes, each, durable
+    return vn, inside, bare, flushes, bare_flushes, each, durable, cpu, bare_cpu
 
 
 def bench_curve(rpc, sizes):
@@ -292,7 +336,7 @@ def bench_curve(rpc, sizes):
     each commit/s)]."""
     out = []
     for n in sizes:
-        wall, _, _, d = agent_builds(rpc, "bench-build-curve-%d" % n, n)
+        wall, _, _, d, _ = agent_builds(rpc, "bench-build-curve-%d" % n, n)
         out.append((n, n / wall, n / bare_builds(n, d)[0],
                     n / bare_builds(n, d, flush_each=True)[0]))
     return out
@@ -310,8 +354,8 @@ def main():
     rpc = Rpc()
     try:
         cold, vn, inside, lv = bench_real(rpc, a.rounds)
-        c_vn, c_inside, c_bare, c_flushes, c_bare_flushes, c_each, c_durable = bench_concurrent(
-            rpc, a.concurrent, a.batches)
+        (c_vn, c_inside, c_bare, c_flushes, c_bare_flushes, c_each, c_durable, c_cpu,
+         c_bare_cpu) = bench_concurrent(rpc, a.concurrent, a.batches)
         curve = bench_curve(rpc, [int(x) for x in a.curve.split(",") if x])
     finally:
         rpc.close()
@@ -320,6 +364,11 @@ def main():
     c_ratios = [v / b for v, b in zip(c_vn, c_bare)]
     c_ratios_inside = [v / b for v, b in zip(c_inside, c_bare)]
     c_ratios_each = [v / b for v, b in zip(c_vn, c_each)]
+    parts = ("virtnode", "broker", "postgresql", "caster", "machine")
+    cpu = {k: [c[k] for c in c_cpu] for k in parts}
+    cpu_ratios = [c["virtnode"] / b for c, b in zip(c_cpu, c_bare_cpu)]
+    # the CPU two cores give a build at the agent's rate, left idle or used
+    cpu_offered = [2000.0 / v for v in c_vn]
 
     def fig(xs):
         m, q1, q3 = spread(xs)
@@ -345,6 +394,9 @@ def main():
         "bare_flushes_per_build": fig(c_bare_flushes),
         "bare_flush_each_builds_per_s": fig(c_each),
         "builds_ratio_flush_each": fig(c_ratios_each),
+        "cpu_ms_per_build": {k: fig(v) for k, v in cpu.items()},
+        "bare_cpu_ms_per_build": fig(c_bare_cpu),
+        "cpu_ratio": fig(cpu_ratios),
         "curve": [{"builds": n, "builds_per_s": round(v, 1), "bare_builds_per_s": round(b, 1),
                    "ratio": round(v / b, 3), "bare_flush_each_builds_per_s": round(e, 1),
                    "ratio_flush_each": round(v / e, 3)} for n, v, b, e in curve],
@@ -379,6 +431,15 @@ def main():
                               ", ".join(str(d) for d in c_durable)))
     line("virtnode: journal flushes per build", c_flushes, "  ")
     line("bare program: flushes per build", c_bare_flushes, "  ")
+    print("  CPU per build, ms (from the first cast to the end of the wait)")
+    line("  virtnode's process", cpu["virtnode"], "  ")
+    line("  bare program", c_bare_cpu, "  ")
+    line("  ratio virtnode/bare", cpu_ratios, "  ")
+    line("  the broker, during virtnode's batches", cpu["broker"], "  ")
+    line("  PostgreSQL, same", cpu["postgresql"], "  ")
+    line("  the caster (this benchmark), same", cpu["caster"], "  ")
+    line("  whole machine, same", cpu["machine"], "  ")
+    line("  two cores at virtnode's rate", cpu_offered, "  ")
     if curve:
         print("scale curve: builds published at once (one batch each), builds/s")
         print("  %8s %10s %10s %8s %12s %8s" % ("builds", "virtnode", "bare", "ratio",
