@@ -249,16 +249,18 @@ static GPtrArray *hook_pending_actions(gpointer data)
 static void hook_actions_written(GPtrArray *rows, gpointer data)
 {
     VnAgent *a = data;
+    g_autofree VnJournalAction *done = g_new0(VnJournalAction, rows->len);
+    g_autofree const VnJournalAction **each = g_new(const VnJournalAction *, rows->len);
+    g_autoptr(GError) e = NULL;
 
     for (guint i = 0; i < rows->len; i++) {
         VnActionRow *r = g_ptr_array_index(rows, i);
-        VnJournalAction j = { .id = r->local_id, .finish = r->finish };
-        {
-            g_autoptr(GError) e = NULL;
-            if (!vn_journal_actions_mark_reported(a->journal, &j, &e))
-                vn_warn_error(&e, "journal: marking action %" G_GINT64_FORMAT " reported", j.id);
-        }
+        done[i].id = r->local_id;
+        done[i].finish = r->finish;
+        each[i] = &done[i];
     }
+    if (!vn_journal_actions_mark_reported(a->journal, each, rows->len, &e))
+        vn_warn_error(&e, "journal: marking %u actions reported", rows->len);
 }
 
 /* ------------------------------------------------------------------ AMQP hooks */

@@ -135,15 +135,19 @@ static void finish_op(VnDispatcher *d, VnOp *op, gboolean ok, json_object *resul
         g_warning("%s failed: %s", op->info->name, fail.message);
     }
     /* the journal first: a duplicate arriving after the reply gets the recorded one; the
-     * action's end is relaxed when the request's durable finish follows */
+     * action ends in the same commit as its request */
     gboolean finishes = op->info->journaled && op->unique_id;
-    if (op->action_id > 0)
-        vn_journal_action_finish(a->journal, op->action_id, ok ? "Success" : "Error",
-                                 ok ? NULL : fail.message, now, finishes, NULL);
+    VnJournalActionEnd end = { op->action_id, ok ? "Success" : "Error", ok ? NULL : fail.message,
+                               now };
     if (finishes) {
         g_autoptr(GError) jerr = NULL;
         record = reply_record(ok ? result : NULL, ok ? NULL : &fail);
-        if (!vn_journal_finish(a->journal, op->unique_id, record, &jerr))
+        if (!vn_journal_finish(a->journal, op->unique_id, record, op->action_id > 0 ? &end : NULL,
+                               &jerr))
+            g_warning("journal: %s", jerr->message);
+    } else if (op->action_id > 0) {
+        g_autoptr(GError) jerr = NULL;
+        if (!vn_journal_action_finish(a->journal, &end, &jerr))
             g_warning("journal: %s", jerr->message);
     }
     if (op->action_id > 0 && a->reporter)
@@ -203,7 +207,8 @@ static void worker(gpointer data, gpointer user_data)
         release_pending(d);
         return;
     }
-    if (op->info->journaled && op->unique_id) {
+    /* the request is marked running with its action's start, or alone */
+    if (op->info->journaled && op->unique_id && !(op->req && op->req->instance_uuid)) {
         g_autoptr(GError) e = NULL;
         if (!vn_journal_set_running(a->journal, op->unique_id, &e))
             vn_warn_error(&e, "journal: marking request %s running", op->unique_id);
@@ -428,7 +433,7 @@ void vn_dispatcher_replay(VnDispatcher *d, GPtrArray *unfinished)
                       err ? err->message : "?");
             {
                 g_autoptr(GError) e = NULL;
-                if (!vn_journal_finish(d->agent->journal, jr->unique_id, NULL, &e))
+                if (!vn_journal_finish(d->agent->journal, jr->unique_id, NULL, NULL, &e))
                     vn_warn_error(&e, "journal: finishing request %s", jr->unique_id);
             }
             vn_rpc_message_free(msg);

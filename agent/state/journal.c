@@ -90,10 +90,9 @@ static const char *schema =
 /* A relaxed write returns without waiting for the disk: it survives the process being
  * killed at once, and a power loss from the next durable write on, whose sync writes the
  * log up to it.  For rows whose loss costs at most a repeat: a request's "running" mark
- * and its action's start, an action's end written just before its request's durable
- * finish, an action marked reported (the report is an idempotent upsert), a confirmed
- * notification's removal (sent again), a build's step (an unfinished build is rolled
- * back whatever its step). */
+ * and its action's start (one commit), an action marked reported (the report is an idempotent
+ * upsert), a confirmed notification's removal (sent again), a build's step (an unfinished build is
+ * rolled back whatever its step). */
 /* A prepared statement, compiled the first time its SQL is used and kept; the caller
  * binds and steps it, and g_autoptr(VnStmt) resets it for the next one. */
 typedef sqlite3_stmt VnStmt;
@@ -123,6 +122,14 @@ static VnStmt *prepare(VnJournal *j, const char *sql, GError **error)
     }
     g_hash_table_insert(j->stmts, g_strdup(sql), st);
     return st;
+}
+
+/* BEGIN, COMMIT or ROLLBACK, compiled once.  Under lock. */
+static gboolean txn(VnJournal *j, const char *sql, GError **error)
+{
+    g_autoptr(VnStmt) st = prepare(j, sql, error);
+
+    return st && (sqlite3_step(st) == SQLITE_DONE || db_error(j, error, sql));
 }
 
 /* Opens the log for fdatasync, again if SQLite made a new file.  Under sync_lock. */
@@ -445,14 +452,51 @@ gboolean vn_journal_set_running(VnJournal *j, const char *unique_id, GError **er
                           "marking a request running", error, 1, unique_id);
 }
 
-gboolean vn_journal_finish(VnJournal *j, const char *unique_id, const char *reply, GError **error)
+/* The end of action @a, under lock. */
+static gboolean action_end_locked(VnJournal *j, const VnJournalActionEnd *a, GError **error)
 {
-    g_autofree char *now = g_strdup_printf("%" G_GINT64_FORMAT, g_get_real_time() / G_USEC_PER_SEC);
+    g_autoptr(VnStmt) st = prepare(j,
+                                   "UPDATE actions SET result = ?2, message = ?3, "
+                                   "finish = ?4, reported = 0 WHERE id = ?1",
+                                   error);
+    if (!st)
+        return FALSE;
+    sqlite3_bind_int64(st, 1, a->id);
+    bind_text(st, 2, a->result);
+    bind_text(st, 3, a->message);
+    sqlite3_bind_int64(st, 4, a->finish);
+    return sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "finishing an action");
+}
 
-    return exec_text_args(j, NULL,
-                          "UPDATE requests SET state = 'done', reply = ?2, finished_at = ?3 "
-                          "WHERE unique_id = ?1",
-                          "finishing a request", error, 3, unique_id, reply, now);
+gboolean vn_journal_finish(VnJournal *j, const char *unique_id, const char *reply,
+                           const VnJournalActionEnd *action, GError **error)
+{
+    gboolean ok;
+    guint64 mine = 0;
+
+    g_mutex_lock(&j->lock);
+    ok = !action || txn(j, "BEGIN", error);
+    if (ok) {
+        g_autoptr(VnStmt) st = prepare(j,
+                                       "UPDATE requests SET state = 'done', reply = ?2, "
+                                       "finished_at = ?3 WHERE unique_id = ?1",
+                                       error);
+        ok = st != NULL;
+        if (ok) {
+            bind_text(st, 1, unique_id);
+            bind_text(st, 2, reply);
+            sqlite3_bind_int64(st, 3, g_get_real_time() / G_USEC_PER_SEC);
+            ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "finishing a request");
+        }
+    }
+    if (ok && action)
+        ok = action_end_locked(j, action, error) && txn(j, "COMMIT", error);
+    if (!ok && action)
+        txn(j, "ROLLBACK", NULL);
+    if (ok)
+        mine = ++j->committed;
+    g_mutex_unlock(&j->lock);
+    return ok && sync_upto(j, mine, error);
 }
 
 /* Runs @sql (optionally binding @limit to ?1) and collects @row(st) for every row. */
@@ -585,7 +629,16 @@ gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *reque
     gboolean ok;
 
     g_mutex_lock(&j->lock);
-    ok = exec(j, "BEGIN;", error);
+    ok = txn(j, "BEGIN", error);
+    if (ok && unique_id) {
+        g_autoptr(VnStmt) st =
+            prepare(j, "UPDATE requests SET state = 'running' WHERE unique_id = ?1", error);
+        ok = st != NULL;
+        if (ok) {
+            bind_text(st, 1, unique_id);
+            ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "marking a request running");
+        }
+    }
     /* a request run again after a restart continues its action: one action per request */
     if (ok && unique_id) {
         g_autoptr(VnStmt) st =
@@ -624,9 +677,9 @@ gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *reque
         }
     }
     if (ok)
-        ok = exec(j, "COMMIT;", error);
+        ok = txn(j, "COMMIT", error);
     if (!ok) {
-        exec(j, "ROLLBACK;", NULL);
+        txn(j, "ROLLBACK", NULL);
         id = -1;
     } else {
         j->committed++;
@@ -635,29 +688,16 @@ gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *reque
     return id;
 }
 
-gboolean vn_journal_action_finish(VnJournal *j, gint64 id, const char *result, const char *message,
-                                  gint64 finish, gboolean relaxed, GError **error)
+gboolean vn_journal_action_finish(VnJournal *j, const VnJournalActionEnd *a, GError **error)
 {
-    gboolean ok = FALSE;
+    gboolean ok;
     guint64 mine;
 
     g_mutex_lock(&j->lock);
-    {
-        g_autoptr(VnStmt) st = prepare(j,
-                                       "UPDATE actions SET result = ?2, message = ?3, "
-                                       "finish = ?4, reported = 0 WHERE id = ?1",
-                                       error);
-        if (st) {
-            sqlite3_bind_int64(st, 1, id);
-            bind_text(st, 2, result);
-            bind_text(st, 3, message);
-            sqlite3_bind_int64(st, 4, finish);
-            ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "finishing an action");
-        }
-    }
+    ok = action_end_locked(j, a, error);
     mine = ok ? ++j->committed : 0;
     g_mutex_unlock(&j->lock);
-    return ok && (relaxed || sync_upto(j, mine, error));
+    return ok && sync_upto(j, mine, error);
 }
 
 void vn_journal_action_free(VnJournalAction *a)
@@ -696,26 +736,35 @@ GPtrArray *vn_journal_actions_unreported(VnJournal *j, int limit, GError **error
                       "reading actions", error);
 }
 
-gboolean vn_journal_actions_mark_reported(VnJournal *j, const VnJournalAction *a, GError **error)
+gboolean vn_journal_actions_mark_reported(VnJournal *j, const VnJournalAction *const *a, guint n,
+                                          GError **error)
 {
-    gboolean ok = FALSE;
+    gboolean ok;
 
+    if (!n)
+        return TRUE;
     g_mutex_lock(&j->lock);
-    {
+    ok = txn(j, "BEGIN", error);
+    for (guint i = 0; ok && i < n; i++) {
         /* only when unchanged since read: a finish that raced the report is sent again */
         g_autoptr(VnStmt) st = prepare(j,
                                        "UPDATE actions SET reported = 1 WHERE id = ?1 "
                                        "AND finish IS ?2",
                                        error);
-        if (st) {
-            sqlite3_bind_int64(st, 1, a->id);
-            if (a->finish)
-                sqlite3_bind_int64(st, 2, a->finish);
+        ok = st != NULL;
+        if (ok) {
+            sqlite3_bind_int64(st, 1, a[i]->id);
+            if (a[i]->finish)
+                sqlite3_bind_int64(st, 2, a[i]->finish);
             else
                 sqlite3_bind_null(st, 2);
             ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "marking an action");
         }
     }
+    if (ok)
+        ok = txn(j, "COMMIT", error);
+    if (!ok)
+        txn(j, "ROLLBACK", NULL);
     j->committed += ok;
     g_mutex_unlock(&j->lock);
     return ok;

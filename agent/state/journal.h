@@ -70,8 +70,18 @@ VnJournalVerdict vn_journal_accept(VnJournal *j, const VnJournalRequest *r,
  * again all the same. */
 gboolean vn_journal_set_running(VnJournal *j, const char *unique_id, GError **error);
 
-/* Marks the request done and keeps @reply (JSON text, may be NULL) for duplicates. */
-gboolean vn_journal_finish(VnJournal *j, const char *unique_id, const char *reply, GError **error);
+/* The end of an action: its result ("Success" or "Error"), message (may be NULL) and time. */
+typedef struct {
+    gint64 id;
+    const char *result;
+    const char *message;
+    gint64 finish;
+} VnJournalActionEnd;
+
+/* Marks the request done and keeps @reply (JSON text, may be NULL) for duplicates; with
+ * @action, the request's action ends in the same commit. */
+gboolean vn_journal_finish(VnJournal *j, const char *unique_id, const char *reply,
+                           const VnJournalActionEnd *action, GError **error);
 
 /* Requests accepted or running but not done, oldest first (VnJournalRequest*). */
 GPtrArray *vn_journal_unfinished(VnJournal *j, GError **error);
@@ -99,16 +109,15 @@ gboolean vn_journal_save_migration(VnJournal *j, const char *uuid, const char *j
 GPtrArray *vn_journal_load_migrations(VnJournal *j, GError **error); /* char* JSON texts */
 
 /* Actions (instance_actions of the central database). */
-/* Starts the action of a request; a request (@unique_id) run again after a restart gets
- * its first action back, so the cloud sees one action per request.  Relaxed: lost in a
- * power loss only with the request's own progress, which runs it again. */
+/* Starts the action of a request and marks the request (@unique_id, may be NULL) running,
+ * in one commit; a request run again after a restart gets its first action back, so the
+ * cloud sees one action per request.  Relaxed: lost in a power loss only with the
+ * request's own progress, which runs it again. */
 gint64 vn_journal_action_start(VnJournal *j, const char *uuid, const char *request_id,
                                const char *action, const char *unique_id, gint64 start,
                                GError **error);
-/* @relaxed: only when a durable write follows before anything depends on it (the
- * request's finish). */
-gboolean vn_journal_action_finish(VnJournal *j, gint64 id, const char *result, const char *message,
-                                  gint64 finish, gboolean relaxed, GError **error);
+/* Ends an action of no request kept in the journal (vn_journal_finish ends the others). */
+gboolean vn_journal_action_finish(VnJournal *j, const VnJournalActionEnd *a, GError **error);
 
 typedef struct {
     gint64 id;
@@ -124,8 +133,10 @@ typedef struct {
 void vn_journal_action_free(VnJournalAction *a);
 /* Actions changed since they were last reported, up to @limit (VnJournalAction*). */
 GPtrArray *vn_journal_actions_unreported(VnJournal *j, int limit, GError **error);
-/* Relaxed: an action reported again is the same upsert. */
-gboolean vn_journal_actions_mark_reported(VnJournal *j, const VnJournalAction *a, GError **error);
+/* Marks @n actions reported, in one commit, each only if unchanged since it was read.
+ * Relaxed: an action reported again is the same upsert. */
+gboolean vn_journal_actions_mark_reported(VnJournal *j, const VnJournalAction *const *a, guint n,
+                                          GError **error);
 
 /* Notification outbox. */
 gint64 vn_journal_outbox_add(VnJournal *j, const char *event_type, const char *priority,

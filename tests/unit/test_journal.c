@@ -55,9 +55,19 @@ static void test_requests_dedup_across_reopen(void **state)
         assert_string_equal(o->unique_id, "u1");
         assert_string_equal(o->state, "running");
         assert_string_equal(o->reply_q, "reply_x");
-        assert_true(vn_journal_finish(j, "u1", "{\"result\": 1}", &err));
+        /* the request ends with its action, in one commit */
+        gint64 act = vn_journal_action_start(j, "i1", "req-1", "reboot_instance", "u1", 1000, &err);
+        assert_true(act > 0);
+        VnJournalActionEnd end = { act, "Error", "it failed", 1001 };
+        assert_true(vn_journal_finish(j, "u1", "{\"result\": 1}", &end, &err));
         g_autoptr(GPtrArray) none = vn_journal_unfinished(j, &err);
         assert_int_equal(none->len, 0);
+        g_autoptr(GPtrArray) acts = vn_journal_actions_unreported(j, 10, &err);
+        assert_int_equal(acts->len, 1);
+        VnJournalAction *ended = g_ptr_array_index(acts, 0);
+        assert_int_equal(ended->finish, 1001);
+        assert_string_equal(ended->result, "Error");
+        assert_string_equal(ended->message, "it failed");
         assert_int_equal(vn_journal_accept(j, &r, &prev, &err), VN_JOURNAL_DUPLICATE);
         assert_string_equal(prev->reply, "{\"result\": 1}");
         vn_journal_request_free_full(prev);
@@ -65,6 +75,12 @@ static void test_requests_dedup_across_reopen(void **state)
         assert_int_equal(vn_journal_prune(j, 999, &err), 0);
         assert_int_equal(vn_journal_prune(j, 1001, &err), 1);
         assert_int_equal(vn_journal_accept(j, &r, NULL, &err), VN_JOURNAL_NEW);
+        /* an action's start marks its request running */
+        assert_true(vn_journal_action_start(j, "i1", "req-1", "reboot_instance", "u1", 1002, &err) >
+                    0);
+        g_autoptr(GPtrArray) running = vn_journal_unfinished(j, &err);
+        assert_int_equal(running->len, 1);
+        assert_string_equal(((VnJournalRequest *)g_ptr_array_index(running, 0))->state, "running");
     }
 }
 
@@ -85,11 +101,24 @@ static void test_actions_and_outbox(void **state)
     VnJournalAction *act = g_ptr_array_index(pending, 0);
     assert_int_equal(act->finish, 0);
     /* finished after it was read: the earlier report must not hide the finish */
-    assert_true(vn_journal_action_finish(j, a, "Success", NULL, 105, FALSE, &err));
-    assert_true(vn_journal_actions_mark_reported(j, act, &err));
+    VnJournalActionEnd end = { a, "Success", NULL, 105 };
+    assert_true(vn_journal_action_finish(j, &end, &err));
+    assert_true(vn_journal_actions_mark_reported(j, (const VnJournalAction *const *)&act, 1, &err));
     g_autoptr(GPtrArray) again = vn_journal_actions_unreported(j, 10, &err);
     assert_int_equal(again->len, 1);
-    assert_true(vn_journal_actions_mark_reported(j, g_ptr_array_index(again, 0), &err));
+    /* two at once, one of them finished since it was read: that one stays unreported */
+    gint64 b = vn_journal_action_start(j, "i2", "req-3", "reboot_instance", "u-3", 107, &err);
+    g_autoptr(GPtrArray) two = vn_journal_actions_unreported(j, 10, &err);
+    assert_int_equal(two->len, 2);
+    VnJournalActionEnd end_b = { b, "Success", NULL, 108 };
+    assert_true(vn_journal_action_finish(j, &end_b, &err));
+    assert_true(vn_journal_actions_mark_reported(j, (const VnJournalAction *const *)two->pdata,
+                                                 two->len, &err));
+    g_autoptr(GPtrArray) left = vn_journal_actions_unreported(j, 10, &err);
+    assert_int_equal(left->len, 1);
+    assert_int_equal(((VnJournalAction *)g_ptr_array_index(left, 0))->id, b);
+    assert_true(vn_journal_actions_mark_reported(j, (const VnJournalAction *const *)left->pdata,
+                                                 left->len, &err));
     g_autoptr(GPtrArray) none = vn_journal_actions_unreported(j, 10, &err);
     assert_int_equal(none->len, 0);
     /* another request: an action of its own */
