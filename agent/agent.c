@@ -279,15 +279,13 @@ static void on_link_state(gboolean up, gpointer data)
         g_info("amqp: link down; replies and notifications wait for it");
 }
 
-static void on_confirmed(gint64 id, gpointer data)
+static void on_confirmed(const gint64 *ids, guint n, gpointer data)
 {
     VnAgent *a = data;
+    g_autoptr(GError) e = NULL;
 
-    {
-        g_autoptr(GError) e = NULL;
-        if (!vn_journal_outbox_remove(a->journal, id, &e))
-            vn_warn_error(&e, "journal: removing notification %" G_GINT64_FORMAT, id);
-    }
+    if (!vn_journal_outbox_remove(a->journal, ids, n, &e))
+        vn_warn_error(&e, "journal: removing %u confirmed notifications", n);
 }
 
 /* ------------------------------------------------------------------ libvirt hooks */
@@ -937,7 +935,7 @@ static gboolean start_rpc(VnAgent *a, const VnConfig *cfg, GError **error)
             vn_rpc_notify(a->rpc, n->id, n->event_type, n->priority, p);
         else {
             g_autoptr(GError) e = NULL;
-            if (!vn_journal_outbox_remove(a->journal, n->id, &e))
+            if (!vn_journal_outbox_remove(a->journal, &n->id, 1, &e))
                 vn_warn_error(&e, "journal: removing notification %" G_GINT64_FORMAT, n->id);
         }
     }

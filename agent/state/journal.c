@@ -799,17 +799,27 @@ gint64 vn_journal_outbox_add(VnJournal *j, const char *event_type, const char *p
     return id;
 }
 
-gboolean vn_journal_outbox_remove(VnJournal *j, gint64 id, GError **error)
+gboolean vn_journal_outbox_remove(VnJournal *j, const gint64 *ids, guint n, GError **error)
 {
-    gboolean ok = FALSE;
+    gboolean ok;
 
+    if (!n)
+        return TRUE;
     g_mutex_lock(&j->lock);
-    {
+    ok = n == 1 || txn(j, "BEGIN", error);
+    for (guint i = 0; ok && i < n; i++) {
         g_autoptr(VnStmt) st = prepare(j, "DELETE FROM outbox WHERE id = ?1", error);
-        if (st) {
-            sqlite3_bind_int64(st, 1, id);
+        ok = st != NULL;
+        if (ok) {
+            sqlite3_bind_int64(st, 1, ids[i]);
             ok = sqlite3_step(st) == SQLITE_DONE || db_error(j, error, "removing a notification");
         }
+    }
+    if (n > 1) {
+        if (ok)
+            ok = txn(j, "COMMIT", error);
+        if (!ok)
+            txn(j, "ROLLBACK", NULL);
     }
     j->committed += ok;
     g_mutex_unlock(&j->lock);

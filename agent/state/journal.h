@@ -141,9 +141,9 @@ gboolean vn_journal_actions_mark_reported(VnJournal *j, const VnJournalAction *c
 /* Notification outbox. */
 gint64 vn_journal_outbox_add(VnJournal *j, const char *event_type, const char *priority,
                              const char *payload, GError **error);
-/* Relaxed: a confirmed notification found again after a power loss is sent again (at least
- * once, as promised). */
-gboolean vn_journal_outbox_remove(VnJournal *j, gint64 id, GError **error);
+/* Removes the @n confirmed notifications @ids, in one commit.  Relaxed: a confirmed
+ * notification found again after a power loss is sent again (at least once, as promised). */
+gboolean vn_journal_outbox_remove(VnJournal *j, const gint64 *ids, guint n, GError **error);
 
 typedef struct {
     gint64 id;

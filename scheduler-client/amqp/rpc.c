@@ -113,6 +113,7 @@ struct _VnRpc {
     VnFrames out;
     guint url_index;
     GHashTable *inflight; /* publish seq -> OutMsg* */
+    GArray *confirmed;    /* gint64: notifications confirmed in this round, for the hook */
     guint64 publish_seq;
     GHashTable *active;       /* msg_id -> ActiveCall* */
     GQueue retry;             /* OutMsg* whose reply queue did not exist yet */
@@ -1132,8 +1133,8 @@ static void handle_confirm(VnRpc *rpc, guint64 tag, gboolean multiple, gboolean 
             else if (m->kind == OUT_NOTIFY)
                 rpc->stats.notifications_sent++;
             g_mutex_unlock(&rpc->lock);
-            if (m->kind == OUT_NOTIFY && m->notify_id > 0 && rpc->h.confirmed)
-                rpc->h.confirmed(m->notify_id, rpc->h.user_data);
+            if (m->kind == OUT_NOTIFY && m->notify_id > 0)
+                g_array_append_val(rpc->confirmed, m->notify_id);
             out_free(m);
             continue;
         }
@@ -1279,9 +1280,20 @@ static gboolean handle_frame(VnRpc *rpc, amqp_frame_t *f, GError **error)
 }
 
 /* Reads every frame available now; FALSE when the connection failed. */
+/* Tells the hook, at once, of the notifications confirmed in a round. */
+static void report_confirmed(VnRpc *rpc)
+{
+    if (rpc->confirmed->len && rpc->h.confirmed)
+        rpc->h.confirmed((const gint64 *)(gpointer)rpc->confirmed->data, rpc->confirmed->len,
+                         rpc->h.user_data);
+    g_array_set_size(rpc->confirmed, 0);
+}
+
 static gboolean read_frames(VnRpc *rpc, GError **error)
 {
-    for (int i = 0; i < FRAMES_PER_ROUND; i++) {
+    gboolean ok = TRUE;
+
+    for (int i = 0; ok && i < FRAMES_PER_ROUND; i++) {
         amqp_frame_t f;
         struct timeval zero = { 0, 0 };
         /* once what was read is handled, the replies go out before the socket is tried
@@ -1294,14 +1306,16 @@ static gboolean read_frames(VnRpc *rpc, GError **error)
         if (st != AMQP_STATUS_OK) {
             g_set_error(error, VN_SCHED_ERROR, VN_SCHED_ERROR_CONNECTION,
                         "connection to %s lost: %s", rpc->where, amqp_error_string2(st));
-            return FALSE;
+            ok = FALSE;
+        } else {
+            ok = handle_frame(rpc, &f, error);
         }
-        if (!handle_frame(rpc, &f, error))
-            return FALSE;
     }
-    if (!amqp_frames_enqueued(rpc->conn) && !amqp_data_in_buffer(rpc->conn))
+    /* what the broker confirmed holds even when the connection went after it */
+    report_confirmed(rpc);
+    if (ok && !amqp_frames_enqueued(rpc->conn) && !amqp_data_in_buffer(rpc->conn))
         amqp_maybe_release_buffers(rpc->conn);
-    return TRUE;
+    return ok;
 }
 
 /* ------------------------------------------------------------------ link thread: output */
@@ -1613,6 +1627,7 @@ VnRpc *vn_rpc_new(const VnRpcConfig *cfg, const VnRpcHandlers *handlers, GError 
     g_queue_init(&rpc->retry);
     rpc->calls = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     rpc->inflight = g_hash_table_new(g_direct_hash, g_direct_equal);
+    rpc->confirmed = g_array_new(FALSE, FALSE, sizeof(gint64));
     rpc->active =
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)active_free);
     rpc->consumer_tags = g_ptr_array_new_with_free_func(g_free);
@@ -1714,6 +1729,7 @@ void vn_rpc_free(VnRpc *rpc)
     while (g_hash_table_iter_next(&it, &k, &v))
         out_free(v);
     g_hash_table_destroy(rpc->inflight);
+    g_array_unref(rpc->confirmed);
     g_hash_table_destroy(rpc->active);
     g_hash_table_destroy(rpc->calls);
     g_ptr_array_free(rpc->consumer_tags, TRUE);

@@ -66,8 +66,9 @@ typedef VnRpcVerdict (*VnRpcRequestFunc)(VnRpcMessage *msg, gpointer user_data);
 /* Called in the link thread when the link comes up (TRUE) or goes down (FALSE). */
 typedef void (*VnRpcStateFunc)(gboolean connected, gpointer user_data);
 
-/* Called in the link thread when the broker confirmed notification @id. */
-typedef void (*VnRpcConfirmFunc)(gint64 id, gpointer user_data);
+/* Called in the link thread when the broker confirmed the @n notifications @ids (those
+ * of one round of reading, together). */
+typedef void (*VnRpcConfirmFunc)(const gint64 *ids, guint n, gpointer user_data);
 
 typedef struct {
     VnRpcRequestFunc request;

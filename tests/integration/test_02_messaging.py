@@ -5,6 +5,7 @@ and transient queues when configured (a broker restart is in tests/faults)."""
 import glob
 import json
 import os
+import sqlite3
 import time
 import unittest
 import uuid as uuidlib
@@ -71,6 +72,16 @@ class Messaging(vntest.AgentTestCase):
                         events.add(msg["event_type"])
                 return {"instance.create.start", "instance.create.end"} <= events
             vntest.wait_for(notified, 20, what="create notifications")
+
+            # the broker confirmed them: their copies leave the journal's outbox
+            def outbox_empty():
+                c = sqlite3.connect("file:%s?mode=ro" % os.path.join(a.state, "journal.db"),
+                                    uri=True)
+                try:
+                    return c.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+                finally:
+                    c.close()
+            vntest.wait_for(outbox_empty, 20, what="the confirmed notifications removed")
 
             # the guest ignores the power button: stop waits 12 s, longer than the
             # caller's call-monitor timeout of 4 s; keep-alives carry the call through

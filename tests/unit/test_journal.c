@@ -129,9 +129,17 @@ static void test_actions_and_outbox(void **state)
     assert_true(n > 0);
     g_autoptr(GPtrArray) out = vn_journal_outbox_pending(j, &err);
     assert_int_equal(out->len, 1);
-    assert_true(vn_journal_outbox_remove(j, n, &err));
+    assert_true(vn_journal_outbox_remove(j, &n, 1, &err));
     g_autoptr(GPtrArray) out2 = vn_journal_outbox_pending(j, &err);
     assert_int_equal(out2->len, 0);
+    /* several confirmed together go in one commit; the one not confirmed stays */
+    gint64 ids[3];
+    for (int i = 0; i < 3; i++)
+        ids[i] = vn_journal_outbox_add(j, "instance.update", "INFO", "{}", &err);
+    assert_true(vn_journal_outbox_remove(j, ids, 2, &err));
+    g_autoptr(GPtrArray) out3 = vn_journal_outbox_pending(j, &err);
+    assert_int_equal(out3->len, 1);
+    assert_int_equal(((VnJournalNotification *)g_ptr_array_index(out3, 0))->id, ids[2]);
 }
 
 static VnInstanceRecord *spec(const char *uuid)
