@@ -16,6 +16,7 @@
 #define ISCSI_NO_OBJS 21 /* iscsiadm: ISCSI_ERR_NO_OBJS_FOUND */
 #define PROBE_BYTES   "4096"
 #define USE_FILE_MAX  4096
+#define UDEV_WAIT_S   10 /* for the links udev makes for a new device */
 
 struct VnVolumes {
     VnVolumesConfig cfg; /* immutable */
@@ -883,16 +884,30 @@ static gboolean iscsi_kernel_disconnect(VnVolumes *v, const VnVolumeRequest *r, 
     return TRUE;
 }
 
-/* "/<rel>" when it exists under the system root, else @fallback (taken). */
-static char *stable_or(VnVolumes *v, const char *rel, char *fallback)
+/* The node a volume's device is given by.  udev makes @stable_rel (a link named after the
+ * volume, the same on every host, so a live migration keeps the guest's XML) and @named_rel
+ * (NULL: none) a moment after the kernel makes the device: the link is waited for, up to
+ * UDEV_WAIT_S within @deadline; without it, @named_rel when it exists, else the kernel's
+ * own @kernel_rel (devtmpfs makes it with the device).  Never a node that is not there. */
+static char *device_node(VnVolumes *v, const char *stable_rel, const char *named_rel,
+                         const char *kernel_rel, gint64 deadline)
 {
-    g_autofree char *p = g_build_filename(v->cfg.sys_root, rel, NULL);
+    g_autofree char *stable = g_build_filename(v->cfg.sys_root, stable_rel, NULL);
+    g_autofree char *named = named_rel ? g_build_filename(v->cfg.sys_root, named_rel, NULL) : NULL;
+    gint64 start = g_get_monotonic_time();
+    gint64 end = MIN(deadline, start + UDEV_WAIT_S * G_USEC_PER_SEC);
 
-    if (g_file_test(p, G_FILE_TEST_EXISTS)) {
-        g_free(fallback);
-        return g_strconcat("/", rel, NULL);
+    for (;;) {
+        if (g_file_test(stable, G_FILE_TEST_EXISTS))
+            return g_strconcat("/", stable_rel, NULL);
+        if (g_get_monotonic_time() >= end)
+            break;
+        g_usleep(G_USEC_PER_SEC / 20);
     }
-    return fallback;
+    const char *use = named && g_file_test(named, G_FILE_TEST_EXISTS) ? named_rel : kernel_rel;
+    g_warning("/%s did not appear within %.1f s (is udev running?): the device is given as /%s",
+              stable_rel, (double)(g_get_monotonic_time() - start) / G_USEC_PER_SEC, use);
+    return g_strconcat("/", use, NULL);
 }
 
 static gboolean iscsi_kernel_connect(VnVolumes *v, const VnVolumeRequest *r, VnVolumeDisk *out,
@@ -1013,10 +1028,10 @@ static gboolean iscsi_kernel_connect(VnVolumes *v, const VnVolumeRequest *r, VnV
         /* the name udev gives the map is the same on every host (a live migration keeps
          * the guest's XML); the map's own name may differ */
         g_autofree char *stable = g_strdup_printf("dev/disk/by-id/dm-uuid-mpath-%s", wwid);
+        g_autofree char *named = name ? g_strdup_printf("dev/mapper/%s", name) : NULL;
+        g_autofree char *kernel = g_strdup_printf("dev/%s", dm);
         out->kind = VN_VOL_DISK_BLOCK;
-        out->path = stable_or(v, stable,
-                              name ? g_strdup_printf("/dev/mapper/%s", name)
-                                   : g_strdup_printf("/dev/%s", dm));
+        out->path = device_node(v, stable, named, kernel, deadline);
     } else {
         guint first = 0;
         while (!jobs[first].device)
@@ -1024,8 +1039,10 @@ static gboolean iscsi_kernel_connect(VnVolumes *v, const VnVolumeRequest *r, VnV
         g_autofree char *portal = portal_arg(jobs[first].p);
         g_autofree char *stable = g_strdup_printf("dev/disk/by-path/ip-%s-iscsi-%s-lun-%d", portal,
                                                   jobs[first].p->iqn, jobs[first].p->lun);
+        g_autofree char *kernel = g_strdup_printf("dev/%s", jobs[first].device);
+        gint64 deadline = g_get_monotonic_time() + (gint64)v->cfg.attach_timeout * G_USEC_PER_SEC;
         out->kind = VN_VOL_DISK_BLOCK;
-        out->path = stable_or(v, stable, g_strdup_printf("/dev/%s", jobs[first].device));
+        out->path = device_node(v, stable, NULL, kernel, deadline);
     }
     out->format = g_strdup("raw");
     out->health_key = g_strdup_printf("iscsi:%s", wwid);

@@ -23,6 +23,7 @@ typedef struct {
     gboolean map_busy;   /* multipath -f fails */
     int nfs_fail_above;  /* mount fails for NFS versions above this (x10): 42, 41, 30 */
     int next_dev;        /* sd<letter> */
+    gboolean no_udev;    /* no link or /dev/mapper node is made for a new device */
 } Fake;
 
 static Fake fake;
@@ -97,6 +98,11 @@ static void add_lun(int sid, int lun)
     g_autofree char *lunf = at("sys/block/%s/device/lun", dev);
     g_autofree char *l = g_strdup_printf("%d", lun);
     put(lunf, l);
+    if (!fake.no_udev) {
+        g_auto(GStrv) pi = g_strsplit(g_ptr_array_index(fake.sessions, sid - 1), " ", 2);
+        g_autofree char *link = at("dev/disk/by-path/ip-%s-iscsi-%s-lun-%d", pi[0], pi[1], lun);
+        put(link, "");
+    }
 }
 
 static int session_of(const char *portal, const char *iqn)
@@ -229,6 +235,12 @@ static gboolean fake_run_locked(const char *const *argv, int timeout_s, char **o
         put(name, nm);
         g_autofree char *slave = at("sys/block/dm-%s/slaves/%s", lun, dev);
         put(slave, "");
+        if (!fake.no_udev) {
+            g_autofree char *link = at("dev/disk/by-id/dm-uuid-%s", u);
+            put(link, "");
+            g_autofree char *node = at("dev/mapper/%s", nm);
+            put(node, "");
+        }
     } else if (strcmp(argv[0], "multipath") == 0 && strcmp(argv[1], "-f") == 0) {
         if (fake.map_busy) {
             *status = 1;
@@ -240,6 +252,12 @@ static gboolean fake_run_locked(const char *const *argv, int timeout_s, char **o
                 g_autofree char *nf = at("sys/block/%s/dm/name", n);
                 g_autofree char *name = slurp(nf);
                 if (strcmp(name, argv[2]) == 0) {
+                    g_autofree char *uf = at("sys/block/%s/dm/uuid", n);
+                    g_autofree char *uuid = slurp(uf);
+                    g_autofree char *link = at("dev/disk/by-id/dm-uuid-%s", uuid);
+                    g_autofree char *node = at("dev/mapper/%s", name);
+                    g_unlink(link);
+                    g_unlink(node);
                     g_autofree char *dm = at("sys/block/%s", n);
                     vn_test_rmtree(dm);
                     break;
@@ -277,6 +295,7 @@ static int setup(void **state)
     fake.map_busy = FALSE;
     fake.nfs_fail_above = 42;
     fake.next_dev = 0;
+    fake.no_udev = FALSE;
     return 0;
 }
 
@@ -509,7 +528,7 @@ static void test_iscsi_multipath_connect_and_disconnect(void **state)
     (void)state;
     assert_true(connect_lun(v, &r1, 1, &d, &err));
     assert_int_equal(d.kind, VN_VOL_DISK_BLOCK);
-    assert_string_equal(d.path, "/dev/mapper/mpathb");
+    assert_string_equal(d.path, "/dev/disk/by-id/dm-uuid-mpath-36001401");
     assert_string_equal(d.health_key, "iscsi:36001401");
     vn_volume_disk_clear(&d);
     /* both portals: node, CHAP, login; the WWID added to multipath, both paths to the map */
@@ -528,7 +547,7 @@ static void test_iscsi_multipath_connect_and_disconnect(void **state)
 
     /* a second volume on the same target shares the sessions */
     assert_true(connect_lun(v, &r2, 2, &d, &err));
-    assert_string_equal(d.path, "/dev/mapper/mpathc");
+    assert_string_equal(d.path, "/dev/disk/by-id/dm-uuid-mpath-36001402");
     vn_volume_disk_clear(&d);
     assert_int_equal(count_calls("iscsiadm -m node -T " IQN " -p 192.0.2.10:3260 --login"), 2);
 
@@ -653,13 +672,63 @@ static void test_iscsi_single_path_without_multipath(void **state)
     /* only the target portal is logged in to; the guest gets its device */
     assert_int_equal(count_calls("iscsiadm -m node -T " IQN " -p 198.51.100.10:3260 --login"), 0);
     assert_int_equal(count_calls("multipath"), 0);
-    assert_string_equal(d.path, "/dev/sda");
+    assert_string_equal(d.path, "/dev/disk/by-path/ip-192.0.2.10:3260-iscsi-" IQN "-lun-1");
     vn_volume_disk_clear(&d);
     guint64 size = 0;
     assert_true(vn_volumes_extend(v, &r, &size, &err));
     assert_int_equal(size, 131072ull * 512);
     assert_true(vn_volumes_disconnect(v, &r, &err));
     assert_int_equal(session_of("192.0.2.10:3260", IQN), 0);
+}
+
+/* udev makes a new map's link a moment after the map: the connect waits for it rather
+ * than give the guest a node that is not there yet. */
+static gpointer udev_later(gpointer unused)
+{
+    g_usleep(G_USEC_PER_SEC / 4);
+    g_autofree char *link = at("dev/disk/by-id/dm-uuid-mpath-36001401");
+    put(link, "");
+    (void)unused;
+    return NULL;
+}
+
+static void test_iscsi_waits_for_the_udev_link(void **state)
+{
+    g_autoptr(VnVolumes) v = volumes(TRUE);
+    VnVolumeRequest r = iscsi_req("volume-1", two_paths_lun1, 2);
+    VnVolumeDisk d = { 0 };
+    g_autoptr(GError) err = NULL;
+
+    (void)state;
+    fake.no_udev = TRUE;
+    GThread *t = g_thread_new("udev", udev_later, NULL);
+    assert_true(connect_lun(v, &r, 1, &d, &err));
+    g_thread_join(t);
+    assert_string_equal(d.path, "/dev/disk/by-id/dm-uuid-mpath-36001401");
+    vn_volume_disk_clear(&d);
+    assert_true(vn_volumes_disconnect(v, &r, &err));
+}
+
+/* Without udev, after its wait: the kernel's own node, never a name nobody made. */
+static void test_iscsi_without_udev_gives_the_kernel_node(void **state)
+{
+    g_autoptr(VnVolumes) mp = volumes(TRUE);
+    g_autoptr(VnVolumes) single = volumes(FALSE);
+    VnVolumeRequest r1 = iscsi_req("volume-1", two_paths_lun1, 2);
+    VnVolumeRequest r2 = iscsi_req("volume-2", two_paths_lun2, 2);
+    VnVolumeDisk d = { 0 };
+    g_autoptr(GError) err = NULL;
+
+    (void)state;
+    fake.no_udev = TRUE;
+    assert_true(connect_lun(mp, &r1, 1, &d, &err));
+    assert_string_equal(d.path, "/dev/dm-1");
+    vn_volume_disk_clear(&d);
+    assert_true(connect_lun(single, &r2, 2, &d, &err));
+    g_assert_true(g_str_has_prefix(d.path, "/dev/sd"));
+    vn_volume_disk_clear(&d);
+    assert_true(vn_volumes_disconnect(single, &r2, &err));
+    assert_true(vn_volumes_disconnect(mp, &r1, &err));
 }
 
 static void test_qemu_drivers_describe_network_disks(void **state)
@@ -714,6 +783,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_iscsi_busy_map_keeps_everything, setup, teardown),
         cmocka_unit_test_setup_teardown(test_iscsi_sweep_after_crash_mid_attach, setup, teardown),
         cmocka_unit_test_setup_teardown(test_iscsi_single_path_without_multipath, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_iscsi_waits_for_the_udev_link, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_iscsi_without_udev_gives_the_kernel_node, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_qemu_drivers_describe_network_disks, setup, teardown),
     };
 
