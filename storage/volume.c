@@ -921,6 +921,7 @@ static gboolean iscsi_kernel_connect(VnVolumes *v, const VnVolumeRequest *r, VnV
     guint n_ok = 0;
     gboolean ok = FALSE;
     guint wanted = multipath_wanted(v, r) ? r->n_paths : 1;
+    gint64 deadline;
 
     /* the uses first, so that a crash mid-connect leaves what the sweep undoes */
     for (guint i = 0; i < wanted; i++) {
@@ -970,11 +971,12 @@ static gboolean iscsi_kernel_connect(VnVolumes *v, const VnVolumeRequest *r, VnV
         if (!use_add(dir, r->volume_id, use_text, error))
             goto undo;
     }
+    /* the map and the udev link, waited for within attach_timeout from here */
+    deadline = g_get_monotonic_time() + (gint64)v->cfg.attach_timeout * G_USEC_PER_SEC;
     if (multipath_wanted(v, r)) {
         const char *add_wwid[] = { "multipath", "-a", wwid, NULL };
         g_autofree char *dm = NULL;
         g_autofree char *name = NULL;
-        gint64 deadline = g_get_monotonic_time() + (gint64)v->cfg.attach_timeout * G_USEC_PER_SEC;
         if (!run_ok(v, add_wwid, NULL, NULL, error))
             goto undo;
         for (guint i = 0; i < wanted; i++) {
@@ -1040,7 +1042,6 @@ static gboolean iscsi_kernel_connect(VnVolumes *v, const VnVolumeRequest *r, VnV
         g_autofree char *stable = g_strdup_printf("dev/disk/by-path/ip-%s-iscsi-%s-lun-%d", portal,
                                                   jobs[first].p->iqn, jobs[first].p->lun);
         g_autofree char *kernel = g_strdup_printf("dev/%s", jobs[first].device);
-        gint64 deadline = g_get_monotonic_time() + (gint64)v->cfg.attach_timeout * G_USEC_PER_SEC;
         out->kind = VN_VOL_DISK_BLOCK;
         out->path = device_node(v, stable, NULL, kernel, deadline);
     }
