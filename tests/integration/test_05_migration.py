@@ -189,10 +189,14 @@ class Migration(vntest.AgentTestCase):
             self.assertFalse(os.path.exists(b.instance_dir(u)), "disks left on the destination")
 
     def assert_row(self, m, status):
-        rows = vntest.db_query("SELECT status, error_message, downtime_ms FROM migrations "
-                               "WHERE id = %s", m["id"])
-        self.assertEqual(rows[0][0], status)
-        return rows[0]
+        """The central row of @m reaches @status: the reporter writes it a moment after the
+        agent's own record (after a restart, once its database connection is back)."""
+        def row():
+            rows = vntest.db_query("SELECT status, error_message, downtime_ms FROM migrations "
+                                   "WHERE id = %s", m["id"])
+            return rows[0] if rows and rows[0][0] == status else None
+        return vntest.wait_for(row, 15, what="the central row of migration %s to be %s" %
+                               (m["id"], status))
 
     def check_heartbeat(self, tail, t0, m):
         beats = len(tail.beats)
