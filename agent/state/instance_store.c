@@ -146,6 +146,21 @@ GPtrArray *vn_instance_store_list(VnInstanceStore *s, gboolean with_deleted)
     return out;
 }
 
+void vn_instance_store_foreach(VnInstanceStore *s, VnInstanceVisitFunc func, gpointer user_data)
+{
+    GHashTableIter it;
+    gpointer k, v;
+
+    g_mutex_lock(&s->lock);
+    g_hash_table_iter_init(&it, s->records);
+    while (g_hash_table_iter_next(&it, &k, &v)) {
+        const VnInstanceRecord *r = v;
+        if (r->vm_state != VN_VM_DELETED)
+            func(r, user_data);
+    }
+    g_mutex_unlock(&s->lock);
+}
+
 /* Waits (with the lock held) until no change of @uuid waits for its flush. */
 static void settle_locked(VnInstanceStore *s, const char *uuid)
 {

@@ -37,6 +37,12 @@ char *vn_instance_store_label_owner(VnInstanceStore *s, const char *uuid, const 
 /* Copies of all records (deleted ones too when @with_deleted), sorted by uuid. */
 GPtrArray *vn_instance_store_list(VnInstanceStore *s, gboolean with_deleted);
 
+/* Calls @func on every record but the deleted ones, in no order, with the store's lock
+ * held: @func must only read the record, be quick and not call the store.  For a pass over
+ * all records that needs a few fields of each, without copying them. */
+typedef void (*VnInstanceVisitFunc)(const VnInstanceRecord *rec, gpointer user_data);
+void vn_instance_store_foreach(VnInstanceStore *s, VnInstanceVisitFunc func, gpointer user_data);
+
 /* Records a new instance from a build spec: vm_state building, task_state scheduling.
  * A uuid already known (and not deleted) is VN_API_ERROR_EXISTS. */
 gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *spec,

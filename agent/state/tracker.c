@@ -270,18 +270,16 @@ void vn_tracker_set_workload(VnTracker *t, int running_ops, guint64 failed_build
     g_mutex_unlock(&t->lock);
 }
 
-/* Bytes the instances' thin disks may still grow by: virtual size - allocated. */
 /* What the instances' thin disks may still grow by: virtual size less what is allocated.
  * A disk's header is read again only when the file changed since the last pass. */
-static guint64 growth_bytes(VnTracker *t, GPtrArray *recs)
+static guint64 growth_bytes(VnTracker *t, GPtrArray *uuids)
 {
     GHashTable *seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
     guint64 total = 0;
 
     g_mutex_lock(&t->sizes_lock);
-    for (guint i = 0; i < recs->len; i++) {
-        VnInstanceRecord *r = g_ptr_array_index(recs, i);
-        g_autofree char *dir = g_build_filename(t->instances_path, r->uuid, NULL);
+    for (guint i = 0; i < uuids->len; i++) {
+        g_autofree char *dir = g_build_filename(t->instances_path, uuids->pdata[i], NULL);
         g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
         const char *name;
         while (d && (name = g_dir_read_name(d))) {
@@ -315,12 +313,64 @@ static guint64 growth_bytes(VnTracker *t, GPtrArray *recs)
     return total;
 }
 
-static void stats_add(json_object *stats, const char *key)
-{
-    json_object *v = NULL;
-    int n = json_object_object_get_ex(stats, key, &v) ? json_object_get_int(v) : 0;
+/* What the capacity row counts of the host's records, gathered in one pass under the
+ * instance store's lock. */
+typedef struct {
+    int instances;
+    int running;
+    int vm[VN_VM_LAST];
+    int task[VN_TASK_LAST];
+    GHashTable *projects; /* project id -> count */
+    GPtrArray *uuids;
+} Census;
 
-    json_object_object_add(stats, key, json_object_new_int(n + 1));
+static void census_add(const VnInstanceRecord *r, gpointer data)
+{
+    Census *c = data;
+    const char *proj = r->project_id ? r->project_id : "";
+
+    c->instances++;
+    if (r->vm_state >= 0 && r->vm_state < VN_VM_LAST)
+        c->vm[r->vm_state]++;
+    if (r->task_state >= 0 && r->task_state < VN_TASK_LAST)
+        c->task[r->task_state]++;
+    if (r->power_state == VN_POWER_RUNNING)
+        c->running++;
+    g_hash_table_insert(
+        c->projects, g_strdup(proj),
+        GINT_TO_POINTER(GPOINTER_TO_INT(g_hash_table_lookup(c->projects, proj)) + 1));
+    g_ptr_array_add(c->uuids, g_strdup(r->uuid));
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void stats_put(json_object *stats, const char *prefix, const char *name, int n)
+{
+    g_autofree char *key = g_strconcat(prefix, name, NULL);
+
+    json_object_object_add(stats, key, json_object_new_int(n));
+}
+
+/* num_instances, then num_vm_<state>, num_task_<state> and num_proj_<project> of those
+ * with any instance: states in their order, projects sorted. */
+static void census_stats(const Census *c, json_object *stats)
+{
+    g_autofree gpointer *projects = g_hash_table_get_keys_as_array(c->projects, NULL);
+
+    json_object_object_add(stats, "num_instances", json_object_new_int(c->instances));
+    for (int i = 0; i < VN_VM_LAST; i++)
+        if (c->vm[i])
+            stats_put(stats, "num_vm_", vn_vm_state_name(i), c->vm[i]);
+    for (int i = 0; i < VN_TASK_LAST; i++)
+        if (c->task[i])
+            stats_put(stats, "num_task_", i ? vn_task_state_name(i) : "None", c->task[i]);
+    qsort(projects, g_hash_table_size(c->projects), sizeof(gpointer), by_name);
+    for (guint i = 0; i < g_hash_table_size(c->projects); i++)
+        stats_put(stats, "num_proj_", projects[i],
+                  GPOINTER_TO_INT(g_hash_table_lookup(c->projects, projects[i])));
 }
 
 void vn_tracker_set_storage_degraded(VnTracker *t, char **keys)
@@ -333,29 +383,19 @@ void vn_tracker_set_storage_degraded(VnTracker *t, char **keys)
 
 VnCapacity *vn_tracker_capacity(VnTracker *t)
 {
-    g_autoptr(GPtrArray) recs = vn_instance_store_list(t->store, FALSE);
+    g_autoptr(GHashTable) projects = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+    g_autoptr(GPtrArray) uuids = g_ptr_array_new_with_free_func(g_free);
+    Census census = { .projects = projects, .uuids = uuids };
     g_autoptr(json_object) stats = json_object_new_object();
     VnCapacity *c = g_new0(VnCapacity, 1);
     struct statvfs st;
     guint64 free_bytes = 0;
-    int running = 0;
 
-    for (guint i = 0; i < recs->len; i++) {
-        VnInstanceRecord *r = g_ptr_array_index(recs, i);
-        g_autofree char *vm = g_strdup_printf("num_vm_%s", vn_vm_state_name(r->vm_state));
-        g_autofree char *task = g_strdup_printf(
-            "num_task_%s", r->task_state ? vn_task_state_name(r->task_state) : "None");
-        g_autofree char *proj = g_strdup_printf("num_proj_%s", r->project_id ? r->project_id : "");
-        stats_add(stats, "num_instances");
-        stats_add(stats, vm);
-        stats_add(stats, task);
-        stats_add(stats, proj);
-        if (r->power_state == VN_POWER_RUNNING)
-            running++;
-    }
+    vn_instance_store_foreach(t->store, census_add, &census);
+    census_stats(&census, stats);
     if (statvfs(t->instances_path, &st) == 0)
         free_bytes = (guint64)st.f_frsize * st.f_bavail;
-    guint64 growth = growth_bytes(t, recs);
+    guint64 growth = growth_bytes(t, uuids);
     gint64 total_gb = disk_total_gb(t->instances_path);
 
     g_mutex_lock(&t->lock);
@@ -376,7 +416,7 @@ VnCapacity *vn_tracker_capacity(VnTracker *t)
     c->free_disk_gb = c->local_gb - c->local_gb_used;
     c->disk_available_least =
         (gint64)((free_bytes > growth ? free_bytes - growth : 0) / (G_GUINT64_CONSTANT(1) << 30));
-    c->running_vms = running;
+    c->running_vms = census.running;
     c->cpu_allocation_ratio = t->cpu_ratio;
     c->ram_allocation_ratio = t->ram_ratio;
     c->disk_allocation_ratio = t->disk_ratio;
@@ -397,8 +437,6 @@ VnCapacity *vn_tracker_capacity(VnTracker *t)
     json_object_object_add(stats, "image_cache_bytes",
                            json_object_new_int64((gint64)t->cache_bytes));
     g_mutex_unlock(&t->lock);
-    if (!json_object_object_get_ex(stats, "num_instances", NULL))
-        json_object_object_add(stats, "num_instances", json_object_new_int(0));
     c->stats = g_strdup(json_object_to_json_string_ext(stats, JSON_C_TO_STRING_PLAIN));
     return c;
 }

@@ -198,6 +198,56 @@ static void test_growth_follows_disks(void **state)
     assert_true(labs(gone->disk_available_least - none->disk_available_least) <= 1);
 }
 
+/* Records a new instance @uuid of @project (vm_state building, task scheduling). */
+static void add_instance(const char *uuid, const char *project)
+{
+    g_autoptr(GError) err = NULL;
+    VnInstanceRecord *sp = vn_instance_record_new();
+
+    sp->uuid = g_strdup(uuid);
+    sp->name = g_strdup("vm");
+    sp->project_id = g_strdup(project);
+    sp->flavor.name = g_strdup("f");
+    assert_true(vn_instance_store_create(store, sp, NULL, &err));
+    vn_instance_record_free(sp);
+}
+
+static int stat_of(json_object *stats, const char *key)
+{
+    json_object *v = NULL;
+
+    return json_object_object_get_ex(stats, key, &v) ? json_object_get_int(v) : -1;
+}
+
+/* The row's counts: all instances, by state, by task and by project. */
+static void test_capacity_counts(void **state)
+{
+    g_autoptr(VnTracker) t = tracker(2, 4096);
+
+    (void)state;
+    g_autoptr(VnCapacity) empty = vn_tracker_capacity(t);
+    json_object *stats = json_tokener_parse(empty->stats);
+    assert_int_equal(stat_of(stats, "num_instances"), 0);
+    json_object_put(stats);
+
+    add_instance("11111111-1111-4111-8111-111111111111", "p2");
+    add_instance("22222222-2222-4222-8222-222222222222", "p1");
+    add_instance("33333333-3333-4333-8333-333333333333", "p2");
+    g_autoptr(VnCapacity) c = vn_tracker_capacity(t);
+    stats = json_tokener_parse(c->stats);
+    assert_int_equal(stat_of(stats, "num_instances"), 3);
+    assert_int_equal(stat_of(stats, "num_vm_building"), 3);
+    assert_int_equal(stat_of(stats, "num_task_scheduling"), 3);
+    assert_int_equal(stat_of(stats, "num_proj_p1"), 1);
+    assert_int_equal(stat_of(stats, "num_proj_p2"), 2);
+    assert_int_equal(stat_of(stats, "num_vm_active"), -1);
+    json_object_put(stats);
+    /* the projects come sorted, so the same state is the same text */
+    assert_true(strstr(c->stats, "num_proj_p1") < strstr(c->stats, "num_proj_p2"));
+    g_autoptr(VnCapacity) again = vn_tracker_capacity(t);
+    assert_string_equal(c->stats, again->stats);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -205,6 +255,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_claims, setup, teardown),
         cmocka_unit_test_setup_teardown(test_capacity_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_growth_follows_disks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_capacity_counts, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
