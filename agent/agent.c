@@ -272,6 +272,13 @@ static VnRpcVerdict on_request(VnRpcMessage *msg, gpointer data)
     return vn_dispatcher_submit(a->dispatcher, msg);
 }
 
+static gboolean on_round_end(gpointer data)
+{
+    VnAgent *a = data;
+
+    return vn_dispatcher_end_round(a->dispatcher);
+}
+
 static void on_link_state(gboolean up, gpointer data)
 {
     (void)data;
@@ -898,7 +905,11 @@ static gboolean start_rpc(VnAgent *a, const VnConfig *cfg, GError **error)
 {
     g_autofree char *name = g_strdup_printf("virtnoded %s", cfg->host);
     VnRpcConfig rc = { 0 };
-    VnRpcHandlers h = { on_request, on_link_state, on_confirmed, a };
+    VnRpcHandlers h = { .request = on_request,
+                        .state = on_link_state,
+                        .confirmed = on_confirmed,
+                        .round_end = on_round_end,
+                        .user_data = a };
     g_autoptr(GPtrArray) pending = NULL;
 
     rc.urls = cfg->amqp_transport_url;

@@ -27,6 +27,11 @@ struct _VnDispatcher {
     gboolean closing; /* vn_dispatcher_shutdown began: nothing more starts */
     int max_queued;
     GPtrArray *running; /* VnOp* running now (for cancellation at shutdown) */
+
+    /* the AMQP thread's alone (vn_dispatcher_submit, _end_round) */
+    GPtrArray *held;   /* VnOp* of this round, in order, until their records are durable */
+    guint64 held_upto; /* the journal's mark they wait for */
+    guint held_writes; /* the journal writes among them (new requests recorded) */
 };
 
 static void op_free(VnOp *op)
@@ -322,7 +327,7 @@ static void dispatch(VnDispatcher *d, VnOp *op)
 /* ------------------------------------------------------------------ intake */
 
 static gboolean journal_accept(VnDispatcher *d, VnRpcMessage *msg, VnRequest *req,
-                               const VnMethodInfo *info, VnRpcVerdict *verdict)
+                               const VnMethodInfo *info, VnRpcVerdict *verdict, guint64 *logged)
 {
     g_autoptr(GError) err = NULL;
     g_autoptr(VnJournalRequest) prev = NULL;
@@ -344,7 +349,7 @@ static gboolean journal_accept(VnDispatcher *d, VnRpcMessage *msg, VnRequest *re
     jr.request_id = msg->request_id;
     jr.body = body;
     jr.received_at = g_get_real_time() / G_USEC_PER_SEC;
-    v = vn_journal_accept(d->agent->journal, &jr, &prev, &err);
+    v = vn_journal_accept(d->agent->journal, &jr, &prev, logged, &err);
     if ((int)v < 0) {
         /* not recorded: the broker keeps it and delivers it again */
         g_warning("journal: cannot record %s (%s): %s; leaving it to the broker", info->name,
@@ -371,6 +376,7 @@ VnRpcVerdict vn_dispatcher_submit(VnDispatcher *d, VnRpcMessage *msg)
     VnRequest *req;
     VnRpcVerdict verdict = VN_RPC_ACK;
     gboolean accepting;
+    guint64 logged = 0;
 
     g_atomic_int_inc(&d->agent->counters.requests_total);
     info = vn_method_lookup(msg->namespace_, msg->method, msg->version, &err);
@@ -405,14 +411,51 @@ VnRpcVerdict vn_dispatcher_submit(VnDispatcher *d, VnRpcMessage *msg)
             g_info("%s carries no _unique_id: it cannot be recognised if delivered again",
                    info->name);
         }
-        if (!journal_accept(d, msg, req, info, &verdict)) {
+        if (!journal_accept(d, msg, req, info, &verdict, &logged)) {
             vn_request_free(req);
             vn_rpc_message_free(msg);
             return verdict;
         }
     }
-    dispatch(d, op_new(d, info, req, msg));
+    if (logged || d->held->len) {
+        d->held_upto = MAX(d->held_upto, logged);
+        d->held_writes += logged ? 1 : 0;
+        g_ptr_array_add(d->held, op_new(d, info, req, msg));
+    } else {
+        dispatch(d, op_new(d, info, req, msg));
+    }
     return VN_RPC_ACK;
+}
+
+gboolean vn_dispatcher_end_round(VnDispatcher *d)
+{
+    g_autoptr(GError) err = NULL;
+    gboolean durable;
+
+    if (!d->held->len)
+        return TRUE;
+    durable = !d->held_upto ||
+              vn_journal_wait_logged(d->agent->journal, d->held_upto, d->held_writes, &err);
+    if (!durable)
+        g_warning("journal: cannot make %u requests durable: %s; leaving them to the broker",
+                  d->held->len, err->message);
+    for (guint i = 0; i < d->held->len; i++) {
+        VnOp *op = g_ptr_array_index(d->held, i);
+        if (durable) {
+            dispatch(d, op);
+            continue;
+        }
+        if (op->info->journaled) {
+            g_autoptr(GError) e = NULL;
+            if (!vn_journal_forget(d->agent->journal, op->unique_id, &e))
+                vn_warn_error(&e, "journal: forgetting request %s", op->unique_id);
+        }
+        op_free(op);
+    }
+    g_ptr_array_set_size(d->held, 0);
+    d->held_upto = 0;
+    d->held_writes = 0;
+    return durable;
 }
 
 void vn_dispatcher_replay(VnDispatcher *d, GPtrArray *unfinished)
@@ -458,6 +501,7 @@ VnDispatcher *vn_dispatcher_new(VnAgent *agent)
     g_cond_init(&d->idle);
     d->queues = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)queue_free);
     d->running = g_ptr_array_new();
+    d->held = g_ptr_array_new();
     d->accepting = TRUE;
     d->pools[VN_KIND_QUERY] = g_thread_pool_new(worker, d, 8, FALSE, NULL);
     d->pools[VN_KIND_BUILD] = g_thread_pool_new(worker, d, cfg->max_concurrent_builds, FALSE, NULL);
@@ -571,6 +615,10 @@ void vn_dispatcher_free(VnDispatcher *d)
     vn_dispatcher_shutdown(d);
     g_hash_table_destroy(d->queues);
     g_ptr_array_free(d->running, TRUE);
+    /* a round ends before the AMQP link stops: nothing is held here any more */
+    for (guint i = 0; i < d->held->len; i++)
+        op_free(g_ptr_array_index(d->held, i));
+    g_ptr_array_free(d->held, TRUE);
     g_mutex_clear(&d->lock);
     g_cond_clear(&d->idle);
     g_free(d);

@@ -2,7 +2,8 @@
  *
  * In the AMQP thread: the method and version are looked up and the arguments validated
  * (a bad request is answered and rejected at once, touching nothing); a state-changing
- * request is recorded in the journal before the broker is acknowledged, and one whose
+ * request is recorded in the journal before the broker is acknowledged (the requests read
+ * together share one flush of the journal's log), and one whose
  * _unique_id the journal knows is not run again (a finished call gets its stored reply
  * again).  Then the operation waits for the instance (one operation per instance at a
  * time; a delete cancels a build in progress) and for a worker of its kind (builds,
@@ -43,8 +44,16 @@ void vn_dispatcher_free(VnDispatcher *d);
 /* Pool sizes (reloadable). */
 void vn_dispatcher_configure(VnDispatcher *d, const VnConfig *cfg);
 
-/* The AMQP handler: decides ack, reject or requeue.  Takes @msg. */
+/* The AMQP handler: decides ack, reject or requeue.  Takes @msg.  A state-changing
+ * request is written to the journal's log and held, with every request after it, until
+ * vn_dispatcher_end_round; so are the others once one is held, to keep their order. */
 VnRpcVerdict vn_dispatcher_submit(VnDispatcher *d, VnRpcMessage *msg);
+
+/* After the requests read together were submitted, before their acks: makes their records
+ * durable with one flush and hands them on.  FALSE when that flush failed: the requests
+ * held are dropped and forgotten by the journal, and the caller requeues every request of
+ * the round that it has not answered yet. */
+gboolean vn_dispatcher_end_round(VnDispatcher *d);
 
 /* Runs again the requests a crash left unfinished (journal order). */
 void vn_dispatcher_replay(VnDispatcher *d, GPtrArray *unfinished);

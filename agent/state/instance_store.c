@@ -217,7 +217,7 @@ static gboolean commit_locked(VnInstanceStore *s, const char *uuid, VnInstanceRe
         g_hash_table_insert(s->pending, g_strdup(key), rec);
         g_mutex_unlock(&s->lock);
 
-        ok = vn_journal_wait_logged(s->journal, logged, error);
+        ok = vn_journal_wait_logged(s->journal, logged, 1, error);
 
         g_mutex_lock(&s->lock);
         gpointer pending_key = NULL;

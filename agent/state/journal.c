@@ -147,13 +147,14 @@ static int wal_fd(VnJournal *j)
     return j->wal_fd;
 }
 
-/* Returns once every write counted up to @upto is on disk (see the top of this file). */
-static gboolean sync_upto(VnJournal *j, guint64 upto, GError **error)
+/* Returns once every write counted up to @upto is on disk (see the top of this file);
+ * @writes of them are the caller's (for the count of durable writes). */
+static gboolean sync_upto_n(VnJournal *j, guint64 upto, guint writes, GError **error)
 {
     int err = 0;
 
     g_mutex_lock(&j->sync_lock);
-    j->durable++;
+    j->durable += writes;
     while (j->synced < upto && !err) {
         if (j->syncing) {
             g_cond_wait(&j->sync_cond, &j->sync_lock);
@@ -185,6 +186,11 @@ static gboolean sync_upto(VnJournal *j, guint64 upto, GError **error)
         return FALSE;
     }
     return TRUE;
+}
+
+static gboolean sync_upto(VnJournal *j, guint64 upto, GError **error)
+{
+    return sync_upto_n(j, upto, 1, error);
 }
 
 gint64 vn_journal_memory_used(void)
@@ -373,7 +379,7 @@ static VnJournalVerdict accept_locked(VnJournal *j, const VnJournalRequest *r,
 }
 
 VnJournalVerdict vn_journal_accept(VnJournal *j, const VnJournalRequest *r,
-                                   VnJournalRequest **previous, GError **error)
+                                   VnJournalRequest **previous, guint64 *logged, GError **error)
 {
     VnJournalVerdict v;
 
@@ -381,12 +387,16 @@ VnJournalVerdict vn_journal_accept(VnJournal *j, const VnJournalRequest *r,
 
     if (previous)
         *previous = NULL;
+    if (logged)
+        *logged = 0;
     g_mutex_lock(&j->lock);
     v = accept_locked(j, r, previous, error);
     if (v == VN_JOURNAL_NEW)
         mine = ++j->committed;
     g_mutex_unlock(&j->lock);
-    if (mine && !sync_upto(j, mine, error))
+    if (logged)
+        *logged = mine;
+    else if (mine && !sync_upto(j, mine, error))
         return (VnJournalVerdict)-1;
     return v;
 }
@@ -442,6 +452,15 @@ char *vn_journal_meta_get(VnJournal *j, const char *key)
     }
     g_mutex_unlock(&j->lock);
     return out;
+}
+
+gboolean vn_journal_forget(VnJournal *j, const char *unique_id, GError **error)
+{
+    guint64 logged;
+
+    return exec_text_args(j, &logged,
+                          "DELETE FROM requests WHERE unique_id = ?1 AND state = 'accepted'",
+                          "forgetting a request", error, 1, unique_id);
 }
 
 gboolean vn_journal_set_running(VnJournal *j, const char *unique_id, GError **error)
@@ -570,9 +589,9 @@ int vn_journal_prune(VnJournal *j, gint64 before, GError **error)
     return n;
 }
 
-gboolean vn_journal_wait_logged(VnJournal *j, guint64 logged, GError **error)
+gboolean vn_journal_wait_logged(VnJournal *j, guint64 logged, guint writes, GError **error)
 {
-    return sync_upto(j, logged, error);
+    return sync_upto_n(j, logged, writes, error);
 }
 
 gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *json, guint64 *logged,

@@ -62,9 +62,17 @@ guint64 vn_journal_durable_writes(VnJournal *j);
 void vn_journal_set_flush(VnJournal *j, int (*flush)(int fd));
 
 /* Records @r unless its unique_id is known.  For a duplicate, *previous (when not NULL)
- * receives the stored request (with its reply once done). */
+ * receives the stored request (with its reply once done).  With @logged NULL a new record
+ * is durable on return; otherwise it is in the log (it survives the process being killed)
+ * and *logged receives the mark vn_journal_wait_logged waits for (0 for a duplicate), so
+ * that the requests read together are made durable by one flush. */
 VnJournalVerdict vn_journal_accept(VnJournal *j, const VnJournalRequest *r,
-                                   VnJournalRequest **previous, GError **error);
+                                   VnJournalRequest **previous, guint64 *logged, GError **error);
+
+/* Forgets request @unique_id while it is only accepted: for one whose record could not be
+ * made durable and that goes back to the broker, so that its next delivery is taken as
+ * new.  Not waited for. */
+gboolean vn_journal_forget(VnJournal *j, const char *unique_id, GError **error);
 
 /* Relaxed (journal.c): a request found "accepted" after a power loss runs
  * again all the same. */
@@ -98,8 +106,10 @@ gboolean vn_journal_save_instance(VnJournal *j, const char *uuid, const char *js
                                   GError **error);
 gboolean vn_journal_delete_instance(VnJournal *j, const char *uuid, guint64 *logged,
                                     GError **error);
-/* Returns once the log is on disk up to @logged; waits made together share one flush. */
-gboolean vn_journal_wait_logged(VnJournal *j, guint64 logged, GError **error);
+/* Returns once the log is on disk up to @logged; waits made together share one flush.
+ * @writes: how many of the caller's writes it makes durable (counted in
+ * vn_journal_durable_writes). */
+gboolean vn_journal_wait_logged(VnJournal *j, guint64 logged, guint writes, GError **error);
 GPtrArray *vn_journal_load_instances(VnJournal *j, GError **error); /* char* JSON texts */
 
 /* The last live migration of each instance (JSON text), so that its row is closed and

@@ -121,7 +121,8 @@ struct _VnRpc {
     char *reply_tag;
     guint cancelled; /* bit i: the broker cancelled consumer i; bit REPLY_BIT: the reply one */
     Content content;
-    guint64 ack_upto; /* deliveries on CH_CONSUME up to this tag await one multiple ack */
+    guint64 ack_upto;       /* deliveries on CH_CONSUME up to this tag await one multiple ack */
+    GPtrArray *round_calls; /* msg_id: calls of this round given keep-alives and acked */
     VnBackoff backoff;
     char *where; /* "host:port/vhost" of the current broker, for logs */
 };
@@ -1043,6 +1044,8 @@ static void handle_request(VnRpc *rpc, Content *c)
         verdict = rpc->h.request ? rpc->h.request(msg, rpc->h.user_data) : VN_RPC_REJECT;
         if (keepalive && verdict != VN_RPC_ACK)
             g_hash_table_remove(rpc->active, msg_id);
+        else if (keepalive)
+            g_ptr_array_add(rpc->round_calls, g_steal_pointer(&msg_id));
     }
 
     switch (verdict) {
@@ -1313,6 +1316,17 @@ static gboolean read_frames(VnRpc *rpc, GError **error)
     }
     /* what the broker confirmed holds even when the connection went after it */
     report_confirmed(rpc);
+    /* the round's requests are acked once the handler has made them its own; it ends the
+     * round even when the connection went, as it may have taken some */
+    if (rpc->h.round_end && !rpc->h.round_end(rpc->h.user_data)) {
+        amqp_basic_nack_t n = { .delivery_tag = rpc->ack_upto, .multiple = 1, .requeue = 1 };
+        if (ok && rpc->ack_upto)
+            link_method(rpc, CH_CONSUME, AMQP_BASIC_NACK_METHOD, &n);
+        rpc->ack_upto = 0;
+        for (guint i = 0; i < rpc->round_calls->len; i++)
+            g_hash_table_remove(rpc->active, g_ptr_array_index(rpc->round_calls, i));
+    }
+    g_ptr_array_set_size(rpc->round_calls, 0);
     if (ok && !amqp_frames_enqueued(rpc->conn) && !amqp_data_in_buffer(rpc->conn))
         amqp_maybe_release_buffers(rpc->conn);
     return ok;
@@ -1631,6 +1645,7 @@ VnRpc *vn_rpc_new(const VnRpcConfig *cfg, const VnRpcHandlers *handlers, GError 
     rpc->active =
         g_hash_table_new_full(g_str_hash, g_str_equal, g_free, (GDestroyNotify)active_free);
     rpc->consumer_tags = g_ptr_array_new_with_free_func(g_free);
+    rpc->round_calls = g_ptr_array_new_with_free_func(g_free);
     rpc->drained = TRUE;
     vn_frames_init(&rpc->out);
     rpc->url_index = g_random_int_range(0, (gint32)g_strv_length(rpc->urls));
@@ -1733,6 +1748,7 @@ void vn_rpc_free(VnRpc *rpc)
     g_hash_table_destroy(rpc->active);
     g_hash_table_destroy(rpc->calls);
     g_ptr_array_free(rpc->consumer_tags, TRUE);
+    g_ptr_array_free(rpc->round_calls, TRUE);
     content_reset(&rpc->content);
     vn_frames_clear(&rpc->out);
     close(rpc->wake_fd);

@@ -70,10 +70,16 @@ typedef void (*VnRpcStateFunc)(gboolean connected, gpointer user_data);
  * of one round of reading, together). */
 typedef void (*VnRpcConfirmFunc)(const gint64 *ids, guint n, gpointer user_data);
 
+/* Called in the link thread after the requests of one round of reading were handed to
+ * the request handler, before their acks go out.  FALSE: none of them may be acked; every
+ * delivery of the round not yet answered goes back to the queue. */
+typedef gboolean (*VnRpcRoundFunc)(gpointer user_data);
+
 typedef struct {
     VnRpcRequestFunc request;
     VnRpcStateFunc state;
     VnRpcConfirmFunc confirmed;
+    VnRpcRoundFunc round_end; /* NULL: each request is acked as it was handled */
     gpointer user_data;
 } VnRpcHandlers;
 

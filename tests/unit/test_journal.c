@@ -1,6 +1,7 @@
 /* Unit tests of agent/journal (SQLite) and agent/instance_store (compare-and-set). */
 #include "tests/unit/testutil.h"
 
+#include <errno.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -35,9 +36,9 @@ static void test_requests_dedup_across_reopen(void **state)
     (void)state;
     {
         g_autoptr(VnJournal) j = open_journal();
-        assert_int_equal(vn_journal_accept(j, &r, &prev, &err), VN_JOURNAL_NEW);
+        assert_int_equal(vn_journal_accept(j, &r, &prev, NULL, &err), VN_JOURNAL_NEW);
         assert_null(prev);
-        assert_int_equal(vn_journal_accept(j, &r, &prev, &err), VN_JOURNAL_DUPLICATE);
+        assert_int_equal(vn_journal_accept(j, &r, &prev, NULL, &err), VN_JOURNAL_DUPLICATE);
         assert_non_null(prev);
         assert_string_equal(prev->state, "accepted");
         vn_journal_request_free_full(prev);
@@ -68,13 +69,13 @@ static void test_requests_dedup_across_reopen(void **state)
         assert_int_equal(ended->finish, 1001);
         assert_string_equal(ended->result, "Error");
         assert_string_equal(ended->message, "it failed");
-        assert_int_equal(vn_journal_accept(j, &r, &prev, &err), VN_JOURNAL_DUPLICATE);
+        assert_int_equal(vn_journal_accept(j, &r, &prev, NULL, &err), VN_JOURNAL_DUPLICATE);
         assert_string_equal(prev->reply, "{\"result\": 1}");
         vn_journal_request_free_full(prev);
         /* pruning forgets finished requests older than the window */
         assert_int_equal(vn_journal_prune(j, 999, &err), 0);
         assert_int_equal(vn_journal_prune(j, 1001, &err), 1);
-        assert_int_equal(vn_journal_accept(j, &r, NULL, &err), VN_JOURNAL_NEW);
+        assert_int_equal(vn_journal_accept(j, &r, NULL, NULL, &err), VN_JOURNAL_NEW);
         /* an action's start marks its request running */
         assert_true(vn_journal_action_start(j, "i1", "req-1", "reboot_instance", "u1", 1002, &err) >
                     0);
@@ -82,6 +83,64 @@ static void test_requests_dedup_across_reopen(void **state)
         assert_int_equal(running->len, 1);
         assert_string_equal(((VnJournalRequest *)g_ptr_array_index(running, 0))->state, "running");
     }
+}
+
+static int failing_flush(int fd)
+{
+    (void)fd;
+    errno = EIO;
+    return -1;
+}
+
+/* Requests read together: each written to the log at once, all made durable by one flush
+ * afterwards; one whose flush failed is forgotten, so that its next delivery is new. */
+static void test_accept_logged(void **state)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(VnJournal) j = open_journal();
+    VnJournalRequest r = { .method = "stop_instance", .body = "{}", .received_at = 1000 };
+    guint64 marks[3];
+
+    (void)state;
+    guint64 syncs = vn_journal_syncs(j);
+    guint64 durable = vn_journal_durable_writes(j);
+    for (int i = 0; i < 3; i++) {
+        g_autofree char *id = g_strdup_printf("round-%d", i);
+        r.unique_id = id;
+        assert_int_equal(vn_journal_accept(j, &r, NULL, &marks[i], &err), VN_JOURNAL_NEW);
+        assert_true(marks[i] > 0);
+        assert_true(i == 0 || marks[i] > marks[i - 1]);
+    }
+    /* none flushed yet; one flush for the three */
+    assert_int_equal(vn_journal_syncs(j), syncs);
+    assert_true(vn_journal_wait_logged(j, marks[2], 3, &err));
+    assert_int_equal(vn_journal_syncs(j), syncs + 1);
+    assert_int_equal(vn_journal_durable_writes(j), durable + 3);
+    assert_true(vn_journal_wait_logged(j, marks[0], 0, &err));
+    assert_int_equal(vn_journal_syncs(j), syncs + 1);
+
+    /* a duplicate has nothing to wait for */
+    guint64 dup = 99;
+    r.unique_id = "round-1";
+    assert_int_equal(vn_journal_accept(j, &r, NULL, &dup, &err), VN_JOURNAL_DUPLICATE);
+    assert_int_equal(dup, 0);
+
+    /* the flush fails: the request is forgotten and taken as new next time */
+    vn_journal_set_flush(j, failing_flush);
+    guint64 mark = 0;
+    r.unique_id = "lost-flush";
+    assert_int_equal(vn_journal_accept(j, &r, NULL, &mark, &err), VN_JOURNAL_NEW);
+    assert_false(vn_journal_wait_logged(j, mark, 1, &err));
+    g_clear_error(&err);
+    assert_true(vn_journal_forget(j, "lost-flush", &err));
+    vn_journal_set_flush(j, NULL);
+    assert_int_equal(vn_journal_accept(j, &r, NULL, NULL, &err), VN_JOURNAL_NEW);
+
+    /* a request that started is not forgotten */
+    assert_true(vn_journal_set_running(j, "round-0", &err));
+    assert_true(vn_journal_forget(j, "round-0", &err));
+    r.unique_id = "round-0";
+    assert_int_equal(vn_journal_accept(j, &r, NULL, NULL, &err), VN_JOURNAL_DUPLICATE);
 }
 
 static void test_actions_and_outbox(void **state)
@@ -588,6 +647,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_requests_dedup_across_reopen, vn_test_dir_setup,
+                                        vn_test_dir_teardown),
+        cmocka_unit_test_setup_teardown(test_accept_logged, vn_test_dir_setup,
                                         vn_test_dir_teardown),
         cmocka_unit_test_setup_teardown(test_actions_and_outbox, vn_test_dir_setup,
                                         vn_test_dir_teardown),

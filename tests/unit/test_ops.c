@@ -3,6 +3,7 @@
  * the agent's reply seam instead of going to RabbitMQ. */
 #include "tests/unit/testutil.h"
 
+#include <errno.h>
 #include <string.h>
 
 #include "agent/agent.h"
@@ -134,6 +135,17 @@ static VnRpcMessage *message(const char *method, const char *args, gboolean call
     return m;
 }
 
+static gboolean has_reply(Fixture *f, const char *msg_id)
+{
+    gboolean found = FALSE;
+
+    g_mutex_lock(&f->lock);
+    for (guint i = 0; i < f->replies->len && !found; i++)
+        found = strcmp(((Reply *)g_ptr_array_index(f->replies, i))->msg_id, msg_id) == 0;
+    g_mutex_unlock(&f->lock);
+    return found;
+}
+
 static Reply *wait_reply(Fixture *f, const char *msg_id)
 {
     gint64 end = g_get_monotonic_time() + 60 * G_TIME_SPAN_SECOND;
@@ -156,12 +168,22 @@ static Reply *wait_reply(Fixture *f, const char *msg_id)
     return found;
 }
 
+/* Hands @m to the dispatcher as the AMQP link does: one request read alone, its round
+ * ended before its ack. */
+static VnRpcVerdict submit(Fixture *f, VnRpcMessage *m)
+{
+    VnRpcVerdict v = vn_dispatcher_submit(f->agent->dispatcher, m);
+
+    assert_true(vn_dispatcher_end_round(f->agent->dispatcher));
+    return v;
+}
+
 /* Calls @method; returns its reply (caller frees). */
 static Reply *call(Fixture *f, const char *method, const char *args, VnRpcVerdict *verdict)
 {
     VnRpcMessage *m = message(method, args, TRUE);
     g_autofree char *id = g_strdup(m->msg_id);
-    VnRpcVerdict v = vn_dispatcher_submit(f->agent->dispatcher, m);
+    VnRpcVerdict v = submit(f, m);
 
     if (verdict)
         *verdict = v;
@@ -344,10 +366,10 @@ static void test_duplicates_not_applied_twice(void **state)
     /* a redelivery: the same _unique_id, a new reply address */
     g_free(m2->unique_id);
     m2->unique_id = g_strdup(m1->unique_id);
-    assert_int_equal(vn_dispatcher_submit(f->agent->dispatcher, m1), VN_RPC_ACK);
+    assert_int_equal(submit(f, m1), VN_RPC_ACK);
     r1 = wait_reply(f, id1);
     assert_string_equal(state_of(r1), "active");
-    assert_int_equal(vn_dispatcher_submit(f->agent->dispatcher, m2), VN_RPC_ACK);
+    assert_int_equal(submit(f, m2), VN_RPC_ACK);
     r2 = wait_reply(f, id2);
     /* the stored reply, not a second build (which would fail with InstanceExists) */
     assert_null(r2->failure_class);
@@ -357,6 +379,59 @@ static void test_duplicates_not_applied_twice(void **state)
     reply_free(r1);
     reply_free(r2);
     g_autofree char *a = uuid_args(u, NULL);
+    reply_free(call(f, "terminate_instance", a, NULL));
+}
+
+static int failing_flush(int fd)
+{
+    (void)fd;
+    errno = EIO;
+    return -1;
+}
+
+/* Requests read together wait for one flush of the journal's log before they run; when
+ * that flush fails none runs (nor the query read after them), the journal forgets them,
+ * and the broker's next delivery of one is taken as new. */
+static void test_round_made_durable_together(void **state)
+{
+    Fixture *f = *state;
+    VnDispatcher *d = f->agent->dispatcher;
+    const char *u = "aaaaaaaa-0000-4000-8000-000000000007";
+    g_autofree char *b = build_args(f, u, f->sha, 1);
+    g_autofree char *a = uuid_args(u, NULL);
+    VnRpcMessage *build = message("build_and_run_instance", b, TRUE);
+    VnRpcMessage *query = message("get_instance", a, TRUE);
+    VnRpcMessage *again = message("build_and_run_instance", b, TRUE);
+    g_autofree char *bid = g_strdup(build->msg_id);
+    g_autofree char *qid = g_strdup(query->msg_id);
+    g_autofree char *aid = g_strdup(again->msg_id);
+    Reply *r;
+
+    g_free(again->unique_id);
+    again->unique_id = g_strdup(build->unique_id);
+
+    /* the flush fails: nothing runs, nothing is left */
+    vn_journal_set_flush(f->agent->journal, failing_flush);
+    guint64 syncs = vn_journal_syncs(f->agent->journal);
+    assert_int_equal(vn_dispatcher_submit(d, build), VN_RPC_ACK);
+    assert_int_equal(vn_dispatcher_submit(d, query), VN_RPC_ACK);
+    assert_int_equal(vn_journal_syncs(f->agent->journal), syncs);
+    assert_false(vn_dispatcher_end_round(d));
+    vn_journal_set_flush(f->agent->journal, NULL);
+    g_usleep(200 * 1000);
+    assert_false(has_reply(f, bid));
+    assert_false(has_reply(f, qid));
+    assert_null(vn_instance_store_get(f->agent->store, u));
+    assert_false(domain_exists(f, u));
+
+    /* delivered again: taken as new, and built */
+    assert_int_equal(vn_dispatcher_submit(d, again), VN_RPC_ACK);
+    assert_true(vn_dispatcher_end_round(d));
+    r = wait_reply(f, aid);
+    assert_null(r->failure_class);
+    assert_string_equal(state_of(r), "active");
+    reply_free(r);
+    assert_int_equal(g_atomic_int_get(&f->agent->counters.duplicates), 0);
     reply_free(call(f, "terminate_instance", a, NULL));
 }
 
@@ -378,12 +453,12 @@ static void test_busy_queue_and_cancel(void **state)
 
     vn_agent_free(f->agent);
     f->agent = agent_new(f, 1);
-    assert_int_equal(vn_dispatcher_submit(f->agent->dispatcher, build), VN_RPC_ACK);
+    assert_int_equal(submit(f, build), VN_RPC_ACK);
     g_usleep(300 * 1000);
     /* one waits behind the build; the next is refused */
     VnRpcMessage *stop = message("stop_instance", a, TRUE);
     g_autofree char *sid = g_strdup(stop->msg_id);
-    vn_dispatcher_submit(f->agent->dispatcher, stop);
+    submit(f, stop);
     r = call(f, "pause_instance", a, NULL);
     assert_string_equal(r->failure_class, "TooManyOperations");
     reply_free(r);
@@ -407,7 +482,7 @@ static void test_busy_queue_and_cancel(void **state)
         u2, vn_test_http_port(slow), f->sha);
     VnRpcMessage *build2 = message("build_and_run_instance", b2, TRUE);
     g_autofree char *bid2 = g_strdup(build2->msg_id);
-    vn_dispatcher_submit(f->agent->dispatcher, build2);
+    submit(f, build2);
     g_usleep(500 * 1000);
     r = call(f, "terminate_instance", a2, NULL);
     assert_null(r->failure_class);
@@ -610,6 +685,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_requests_rejected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_builds_leave_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicates_not_applied_twice, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_round_made_durable_together, setup, teardown),
         cmocka_unit_test_setup_teardown(test_busy_queue_and_cancel, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reconcile, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_loses_to_an_operation, setup, teardown),
