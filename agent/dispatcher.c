@@ -434,8 +434,8 @@ gboolean vn_dispatcher_end_round(VnDispatcher *d)
 
     if (!d->held->len)
         return TRUE;
-    durable = !d->held_upto ||
-              vn_journal_wait_logged(d->agent->journal, d->held_upto, d->held_writes, &err);
+    /* what is held starts with a request recorded: held_upto is set */
+    durable = vn_journal_wait_logged(d->agent->journal, d->held_upto, d->held_writes, &err);
     if (!durable)
         g_warning("journal: cannot make %u requests durable: %s; leaving them to the broker",
                   d->held->len, err->message);

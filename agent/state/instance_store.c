@@ -128,25 +128,9 @@ static gint by_uuid(gconstpointer a, gconstpointer b)
     return strcmp(x->uuid, y->uuid);
 }
 
-GPtrArray *vn_instance_store_list(VnInstanceStore *s, gboolean with_deleted)
-{
-    GPtrArray *out = g_ptr_array_new_with_free_func((GDestroyNotify)vn_instance_record_free);
-    GHashTableIter it;
-    gpointer k, v;
-
-    g_mutex_lock(&s->lock);
-    g_hash_table_iter_init(&it, s->records);
-    while (g_hash_table_iter_next(&it, &k, &v)) {
-        VnInstanceRecord *r = v;
-        if (with_deleted || r->vm_state != VN_VM_DELETED)
-            g_ptr_array_add(out, vn_instance_record_copy(r));
-    }
-    g_mutex_unlock(&s->lock);
-    g_ptr_array_sort(out, by_uuid);
-    return out;
-}
-
-void vn_instance_store_foreach(VnInstanceStore *s, VnInstanceVisitFunc func, gpointer user_data)
+/* Calls @func on every record (deleted ones too when @with_deleted) under the lock. */
+static void visit(VnInstanceStore *s, gboolean with_deleted, VnInstanceVisitFunc func,
+                  gpointer user_data)
 {
     GHashTableIter it;
     gpointer k, v;
@@ -155,10 +139,29 @@ void vn_instance_store_foreach(VnInstanceStore *s, VnInstanceVisitFunc func, gpo
     g_hash_table_iter_init(&it, s->records);
     while (g_hash_table_iter_next(&it, &k, &v)) {
         const VnInstanceRecord *r = v;
-        if (r->vm_state != VN_VM_DELETED)
+        if (with_deleted || r->vm_state != VN_VM_DELETED)
             func(r, user_data);
     }
     g_mutex_unlock(&s->lock);
+}
+
+static void add_copy(const VnInstanceRecord *r, gpointer out)
+{
+    g_ptr_array_add(out, vn_instance_record_copy(r));
+}
+
+GPtrArray *vn_instance_store_list(VnInstanceStore *s, gboolean with_deleted)
+{
+    GPtrArray *out = g_ptr_array_new_with_free_func((GDestroyNotify)vn_instance_record_free);
+
+    visit(s, with_deleted, add_copy, out);
+    g_ptr_array_sort(out, by_uuid);
+    return out;
+}
+
+void vn_instance_store_foreach(VnInstanceStore *s, VnInstanceVisitFunc func, gpointer user_data)
+{
+    visit(s, FALSE, func, user_data);
 }
 
 /* Waits (with the lock held) until no change of @uuid waits for its flush. */

@@ -1,7 +1,6 @@
 /* Unit tests of agent/journal (SQLite) and agent/instance_store (compare-and-set). */
 #include "tests/unit/testutil.h"
 
-#include <errno.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -85,13 +84,6 @@ static void test_requests_dedup_across_reopen(void **state)
     }
 }
 
-static int failing_flush(int fd)
-{
-    (void)fd;
-    errno = EIO;
-    return -1;
-}
-
 /* Requests read together: each written to the log at once, all made durable by one flush
  * afterwards; one whose flush failed is forgotten, so that its next delivery is new. */
 static void test_accept_logged(void **state)
@@ -126,7 +118,7 @@ static void test_accept_logged(void **state)
     assert_int_equal(dup, 0);
 
     /* the flush fails: the request is forgotten and taken as new next time */
-    vn_journal_set_flush(j, failing_flush);
+    vn_journal_set_flush(j, vn_test_failing_flush);
     guint64 mark = 0;
     r.unique_id = "lost-flush";
     assert_int_equal(vn_journal_accept(j, &r, NULL, &mark, &err), VN_JOURNAL_NEW);

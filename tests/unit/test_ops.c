@@ -3,7 +3,6 @@
  * the agent's reply seam instead of going to RabbitMQ. */
 #include "tests/unit/testutil.h"
 
-#include <errno.h>
 #include <string.h>
 
 #include "agent/agent.h"
@@ -382,13 +381,6 @@ static void test_duplicates_not_applied_twice(void **state)
     reply_free(call(f, "terminate_instance", a, NULL));
 }
 
-static int failing_flush(int fd)
-{
-    (void)fd;
-    errno = EIO;
-    return -1;
-}
-
 /* Requests read together wait for one flush of the journal's log before they run; when
  * that flush fails none runs (nor the query read after them), the journal forgets them,
  * and the broker's next delivery of one is taken as new. */
@@ -411,7 +403,7 @@ static void test_round_made_durable_together(void **state)
     again->unique_id = g_strdup(build->unique_id);
 
     /* the flush fails: nothing runs, nothing is left */
-    vn_journal_set_flush(f->agent->journal, failing_flush);
+    vn_journal_set_flush(f->agent->journal, vn_test_failing_flush);
     guint64 syncs = vn_journal_syncs(f->agent->journal);
     assert_int_equal(vn_dispatcher_submit(d, build), VN_RPC_ACK);
     assert_int_equal(vn_dispatcher_submit(d, query), VN_RPC_ACK);

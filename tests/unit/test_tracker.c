@@ -141,6 +141,20 @@ static void test_capacity_row(void **state)
     assert_int_equal(after->vcpus_used, 0);
 }
 
+/* Records a new instance @uuid of @project (vm_state building, task scheduling). */
+static void add_instance(const char *uuid, const char *project)
+{
+    g_autoptr(GError) err = NULL;
+    VnInstanceRecord *sp = vn_instance_record_new();
+
+    sp->uuid = g_strdup(uuid);
+    sp->name = g_strdup("vm");
+    sp->project_id = g_strdup(project);
+    sp->flavor.name = g_strdup("f");
+    assert_true(vn_instance_store_create(store, sp, NULL, &err));
+    vn_instance_record_free(sp);
+}
+
 /* Rewrites the virtual size in the qcow2 header of @path in place (as `qemu-img resize`
  * does: same file, a later change time). */
 static void resize_in_place(const char *path, guint64 size)
@@ -163,18 +177,14 @@ static void test_growth_follows_disks(void **state)
 {
     g_autoptr(VnTracker) t = tracker(2, 4096);
     g_autoptr(GError) err = NULL;
-    VnInstanceRecord *sp = vn_instance_record_new();
+    const char *uuid = "77777777-7777-4777-8777-777777777777";
     struct statvfs st;
 
     (void)state;
-    sp->uuid = g_strdup("77777777-7777-4777-8777-777777777777");
-    sp->name = g_strdup("vm");
-    sp->flavor.name = g_strdup("f");
-    assert_true(vn_instance_store_create(store, sp, NULL, &err));
-    g_autofree char *idir = g_build_filename(dir, sp->uuid, NULL);
+    add_instance(uuid, NULL);
+    g_autofree char *idir = g_build_filename(dir, uuid, NULL);
     g_autofree char *disk = g_build_filename(idir, "disk", NULL);
     assert_int_equal(mkdir(idir, 0700), 0);
-    vn_instance_record_free(sp);
 
     assert_int_equal(statvfs(dir, &st), 0);
     gint64 free_gb = (gint64)((guint64)st.f_frsize * st.f_bavail >> 30);
@@ -196,20 +206,6 @@ static void test_growth_follows_disks(void **state)
     assert_int_equal(unlink(disk), 0);
     g_autoptr(VnCapacity) gone = vn_tracker_capacity(t);
     assert_true(labs(gone->disk_available_least - none->disk_available_least) <= 1);
-}
-
-/* Records a new instance @uuid of @project (vm_state building, task scheduling). */
-static void add_instance(const char *uuid, const char *project)
-{
-    g_autoptr(GError) err = NULL;
-    VnInstanceRecord *sp = vn_instance_record_new();
-
-    sp->uuid = g_strdup(uuid);
-    sp->name = g_strdup("vm");
-    sp->project_id = g_strdup(project);
-    sp->flavor.name = g_strdup("f");
-    assert_true(vn_instance_store_create(store, sp, NULL, &err));
-    vn_instance_record_free(sp);
 }
 
 static int stat_of(json_object *stats, const char *key)

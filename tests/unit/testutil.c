@@ -1,4 +1,5 @@
 /* tests/unit/testutil.c - see testutil.h. */
+#include <errno.h>
 #include <string.h>
 #include <stdlib.h>
 
@@ -38,6 +39,13 @@ char *vn_test_sha256_file(const char *path)
 
     assert_true(g_file_get_contents(path, &data, &len, NULL));
     return g_compute_checksum_for_data(G_CHECKSUM_SHA256, (const guchar *)data, len);
+}
+
+int vn_test_failing_flush(int fd)
+{
+    (void)fd;
+    errno = EIO;
+    return -1;
 }
 
 gboolean vn_test_run(const char *cmdline)

@@ -24,6 +24,9 @@ void vn_test_write(const char *path, const void *data, gsize len);
 /* The file's sha256 as lower-case hex.  Caller frees. */
 char *vn_test_sha256_file(const char *path);
 
+/* A flush that always fails with EIO: for vn_journal_set_flush, a disk that cannot flush. */
+int vn_test_failing_flush(int fd);
+
 /* Runs a command line; TRUE when it exits 0. */
 gboolean vn_test_run(const char *cmdline);
 
