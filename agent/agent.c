@@ -649,7 +649,8 @@ static gboolean take_lock(VnAgent *a, const char *state_path, GError **error)
 static VnImageCacheConfig cache_config(const VnConfig *cfg)
 {
     VnImageCacheConfig c = { (guint64)cfg->image_max_size_gb << 30, cfg->image_download_timeout,
-                             cfg->image_download_low_speed_timeout, cfg->image_ca_file };
+                             cfg->image_download_low_speed_timeout, cfg->image_ca_file,
+                             cfg->remove_unused_original_minimum_age_seconds };
     return c;
 }
 

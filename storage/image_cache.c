@@ -19,12 +19,26 @@
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(CURL, curl_easy_cleanup)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(CURLU, curl_url_cleanup)
 
+/* Checking a base under its lock (and touching it, so that no host ages it) is good for
+ * a while: a base checked less than LEASE ago, by this process, and unchanged since (the
+ * same file and status change time) is used without taking the lock again.  The lease is
+ * a tenth of aging's minimum age and at most this long; with no minimum age, no lease. */
+#define LEASE_MAX_S 60
+
+/* One image of the cache, every field under the cache's lock. */
 typedef struct {
     int holds;
     gboolean downloading;
     guint generation; /* downloads finished (or failed) for this image */
     GError *error;    /* of the last failed download, shared with its waiters */
     GCond done;
+    /* the last check under the lock that found the base ready */
+    gint64 checked_at; /* monotonic µs; 0: none */
+    dev_t dev;
+    ino_t ino;
+    gint64 ctime_ns;
+    char *sha256;
+    char *format;
 } Entry;
 
 struct _VnImageCache {
@@ -38,6 +52,8 @@ struct _VnImageCache {
 
 static void entry_free(Entry *e)
 {
+    g_free(e->sha256);
+    g_free(e->format);
     g_clear_error(&e->error);
     g_cond_clear(&e->done);
     g_free(e);
@@ -498,10 +514,29 @@ static void unlock_base(const char *base, int fd)
     close(fd);
 }
 
-/* Fetches the base under its cross-process lock (another host may have done it). */
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+    gint64 ctime_ns;
+} FileId;
+
+static gboolean file_id(const char *path, FileId *id)
+{
+    struct stat st;
+
+    if (stat(path, &st) != 0)
+        return FALSE;
+    *id =
+        (FileId){ st.st_dev, st.st_ino,
+                  (gint64)st.st_ctim.tv_sec * G_GINT64_CONSTANT(1000000000) + st.st_ctim.tv_nsec };
+    return TRUE;
+}
+
+/* Fetches the base under its cross-process lock (another host may have done it); on
+ * success *@checked tells whether @id is the file found ready, read under that lock. */
 static gboolean fetch(VnImageCache *c, const VnImageSource *src, const char *base,
                       GCancellable *cancel, VnImageProgressFunc progress, gpointer user_data,
-                      GError **error)
+                      gboolean *checked, FileId *id, GError **error)
 {
     g_autofree char *part = g_strconcat(base, ".part", NULL);
     g_autoptr(GError) err = NULL;
@@ -509,6 +544,7 @@ static gboolean fetch(VnImageCache *c, const VnImageSource *src, const char *bas
     int lock = lock_base(base, cancel, TRUE, error);
     gboolean ok = FALSE;
 
+    *checked = FALSE;
     if (lock < 0)
         return FALSE;
     if (base_ready(base, src, &err)) {
@@ -551,6 +587,7 @@ static gboolean fetch(VnImageCache *c, const VnImageSource *src, const char *bas
             g_message("image '%s' downloaded and verified into %s", src->id, base);
         }
     }
+    *checked = ok && file_id(base, id);
     unlock_base(base, lock);
     return ok;
 }
@@ -567,6 +604,19 @@ static Entry *entry_get(VnImageCache *c, const char *id)
     return e;
 }
 
+/* With c->lock held: whether @e's last check stands for @src, if its base is still @id. */
+static gboolean leased_locked(VnImageCache *c, const Entry *e, const VnImageSource *src, FileId *id)
+{
+    gint64 lease_s = MIN(LEASE_MAX_S, c->cfg.min_age_s / 10);
+
+    if (e->downloading || !e->checked_at ||
+        g_get_monotonic_time() - e->checked_at >= lease_s * G_USEC_PER_SEC ||
+        g_strcmp0(e->sha256, src->sha256) != 0 || g_strcmp0(e->format, src->format) != 0)
+        return FALSE;
+    *id = (FileId){ e->dev, e->ino, e->ctime_ns };
+    return TRUE;
+}
+
 char *vn_image_cache_acquire(VnImageCache *c, const VnImageSource *src, GCancellable *cancel,
                              VnImageProgressFunc progress, gpointer user_data, GError **error)
 {
@@ -574,11 +624,22 @@ char *vn_image_cache_acquire(VnImageCache *c, const VnImageSource *src, GCancell
     g_autoptr(GError) err = NULL;
     Entry *e;
     gboolean ok;
+    FileId leased, now;
+    gboolean checked;
 
     g_mutex_lock(&c->lock);
-    e = entry_get(c, src->id);
+    e = entry_get(c, src->id); /* entries live as long as the cache */
     e->holds++;
-    if (e->downloading) {
+    for (;;) {
+        checked = leased_locked(c, e, src, &leased);
+        g_mutex_unlock(&c->lock);
+        /* looked at outside the lock: a hung shared folder must not hang other images */
+        if (checked && file_id(base, &now) && now.dev == leased.dev && now.ino == leased.ino &&
+            now.ctime_ns == leased.ctime_ns)
+            return g_steal_pointer(&base);
+        g_mutex_lock(&c->lock);
+        if (!e->downloading)
+            break;
         /* someone in this process fetches it: share that download and its outcome */
         guint gen = e->generation;
         while (e->downloading)
@@ -593,12 +654,23 @@ char *vn_image_cache_acquire(VnImageCache *c, const VnImageSource *src, GCancell
     e->downloading = TRUE;
     g_mutex_unlock(&c->lock);
 
-    ok = fetch(c, src, base, cancel, progress, user_data, &err);
+    ok = fetch(c, src, base, cancel, progress, user_data, &checked, &now, &err);
 
     g_mutex_lock(&c->lock);
     e->downloading = FALSE;
     e->generation++;
     g_clear_error(&e->error);
+    e->checked_at = 0;
+    if (checked) {
+        e->checked_at = g_get_monotonic_time();
+        e->dev = now.dev;
+        e->ino = now.ino;
+        e->ctime_ns = now.ctime_ns;
+        g_free(e->sha256);
+        e->sha256 = g_strdup(src->sha256);
+        g_free(e->format);
+        e->format = g_strdup(src->format);
+    }
     if (!ok) {
         e->error = g_error_copy(err);
         e->holds--;

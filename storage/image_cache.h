@@ -18,6 +18,7 @@ typedef struct {
     int timeout_s;        /* whole download */
     int low_speed_time_s; /* abort below 1 KiB/s for this long */
     const char *ca_file;  /* NULL or "": the system's */
+    int min_age_s;        /* aging's minimum age (every host sharing the folder); 0: none */
 } VnImageCacheConfig;
 
 typedef struct {

@@ -2,8 +2,13 @@
  * download for concurrent callers, failures that leave nothing, aging. */
 #include "tests/unit/testutil.h"
 
+#include <fcntl.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <glib/gstdio.h>
 #include <utime.h>
 
 #include "storage/image_cache.h"
@@ -55,9 +60,9 @@ static int teardown(void **state)
     return 0;
 }
 
-static VnImageCache *cache_new(Fixture *f, guint64 max)
+static VnImageCache *cache_new_aged(Fixture *f, guint64 max, int min_age_s)
 {
-    VnImageCacheConfig cfg = { max, 30, 10, NULL };
+    VnImageCacheConfig cfg = { max, 30, 10, NULL, min_age_s };
     g_autoptr(GError) err = NULL;
     VnImageCache *c;
 
@@ -65,6 +70,11 @@ static VnImageCache *cache_new(Fixture *f, guint64 max)
     c = vn_image_cache_new(f->cache_dir, &cfg, &err);
     assert_non_null(c);
     return c;
+}
+
+static VnImageCache *cache_new(Fixture *f, guint64 max)
+{
+    return cache_new_aged(f, max, 0);
 }
 
 static char *url(Fixture *f, const char *name)
@@ -227,7 +237,7 @@ static void test_download_budget(void **state)
     }
     {
         /* a byte per 100 ms: cut when download_timeout (2 s) is spent, with no new try */
-        VnImageCacheConfig cfg = { 1 << 30, 2, 60, NULL };
+        VnImageCacheConfig cfg = { 1 << 30, 2, 60, NULL, 0 };
         g_autoptr(VnImageCache) c = NULL;
         VnImageSource src = { "trickling", trickle, f->sha, "qcow2", 0 };
         vn_test_rmtree(f->cache_dir);
@@ -269,6 +279,97 @@ static void age(const char *path, gint64 seconds)
 
     t.actime = t.modtime = (time_t)(g_get_real_time() / G_USEC_PER_SEC - seconds);
     assert_int_equal(utime(path, &t), 0);
+}
+
+/* Takes the cross-process lock of the base at @base as another host would; returns its fd. */
+static int hold_base_lock(const char *base)
+{
+    g_autofree char *path = g_strconcat(base, ".lock", NULL);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+
+    assert_true(fd >= 0);
+    assert_int_equal(flock(fd, LOCK_EX), 0);
+    return fd;
+}
+
+static void drop_base_lock(const char *base, int fd)
+{
+    g_autofree char *path = g_strconcat(base, ".lock", NULL);
+
+    g_unlink(path);
+    close(fd);
+}
+
+/* Acquires @src while another holds the base's lock: only a lease can serve it (the check
+ * under the lock would wait, and is cancelled at once). */
+static char *acquire_while_locked(VnImageCache *c, const VnImageSource *src, GError **err)
+{
+    g_autoptr(GCancellable) cancel = g_cancellable_new();
+
+    g_cancellable_cancel(cancel);
+    return vn_image_cache_acquire(c, src, cancel, NULL, NULL, err);
+}
+
+/* A base checked under its lock is used again without the lock for a while (a tenth of
+ * aging's minimum age, at most a minute), as long as it is the same file, unchanged, and
+ * the request names the same image; without a minimum age, every use is checked. */
+static void test_checked_base_leased(void **state)
+{
+    Fixture *f = *state;
+    g_autofree char *u = url(f, "good.qcow2");
+    VnImageSource src = { "leased", u, f->sha, "qcow2", f->size };
+    VnImageSource other = src;
+    g_autoptr(GError) err = NULL;
+    guint before = vn_test_http_count(f->http, "/good.qcow2");
+
+    other.sha256 = "0000000000000000000000000000000000000000000000000000000000000000";
+    {
+        g_autoptr(VnImageCache) c = cache_new_aged(f, 1 << 30, 3600);
+        g_autofree char *p = vn_image_cache_acquire(c, &src, NULL, NULL, NULL, &err);
+        g_autofree char *again = NULL;
+        g_autofree char *wrong = NULL;
+        g_autofree char *changed = NULL;
+        g_autofree char *rechecked = NULL;
+        int fd;
+
+        if (!p)
+            fail_msg("%s", err->message);
+        fd = hold_base_lock(p);
+        again = acquire_while_locked(c, &src, &err);
+        if (!again)
+            fail_msg("a base checked a moment ago was checked again: %s", err->message);
+        assert_string_equal(again, p);
+        assert_int_equal(vn_image_cache_holds(c), 2);
+        /* another checksum for the same image is never served by the lease */
+        wrong = acquire_while_locked(c, &other, &err);
+        assert_null(wrong);
+        g_clear_error(&err);
+        /* a base changed since (touched by another host) is checked again */
+        age(p, 10);
+        changed = acquire_while_locked(c, &src, &err);
+        assert_null(changed);
+        assert_true(g_error_matches(err, G_IO_ERROR, G_IO_ERROR_CANCELLED));
+        g_clear_error(&err);
+        drop_base_lock(p, fd);
+        rechecked = vn_image_cache_acquire(c, &src, NULL, NULL, NULL, &err);
+        assert_non_null(rechecked);
+        assert_int_equal(vn_image_cache_holds(c), 3);
+        assert_int_equal(vn_test_http_count(f->http, "/good.qcow2") - before, 1);
+    }
+    {
+        g_autoptr(VnImageCache) c = cache_new_aged(f, 1 << 30, 0);
+        g_autofree char *p = vn_image_cache_acquire(c, &src, NULL, NULL, NULL, &err);
+        g_autofree char *again = NULL;
+        int fd;
+
+        assert_non_null(p);
+        fd = hold_base_lock(p);
+        again = acquire_while_locked(c, &src, &err);
+        assert_null(again);
+        assert_true(g_error_matches(err, G_IO_ERROR, G_IO_ERROR_CANCELLED));
+        drop_base_lock(p, fd);
+        assert_int_equal(vn_image_cache_holds(c), 1);
+    }
 }
 
 static void test_aging(void **state)
@@ -317,6 +418,7 @@ int main(void)
         cmocka_unit_test(test_download_budget),
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_aging),
+        cmocka_unit_test(test_checked_base_leased),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
