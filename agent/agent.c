@@ -319,7 +319,11 @@ static void on_lifecycle(const char *uuid, int event, int detail, gpointer data)
     g_debug("libvirt event %d/%d for %s", event, detail, uuid);
     if (a->migrations)
         vn_migrations_lifecycle(a->migrations, uuid, event, detail);
-    if (a->sync_pool && !g_atomic_int_get(&a->stopping))
+    /* a guest under a task (its build among them) is the task's to report: the sync
+     * would find it so and do nothing, after a hand-over to its thread and a copy of the
+     * record; the task's end and the periodic sync see its state */
+    if (a->sync_pool && !g_atomic_int_get(&a->stopping) &&
+        !vn_instance_store_in_task(a->store, uuid))
         g_thread_pool_push(a->sync_pool, g_strdup(uuid), NULL);
 }
 

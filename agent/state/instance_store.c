@@ -90,6 +90,18 @@ VnInstanceRecord *vn_instance_store_get(VnInstanceStore *s, const char *uuid)
     return r;
 }
 
+gboolean vn_instance_store_in_task(VnInstanceStore *s, const char *uuid)
+{
+    const VnInstanceRecord *r;
+    gboolean in_task;
+
+    g_mutex_lock(&s->lock);
+    r = g_hash_table_lookup(s->records, uuid);
+    in_task = r && (r->vm_state == VN_VM_BUILDING || r->task_state != VN_TASK_NONE);
+    g_mutex_unlock(&s->lock);
+    return in_task;
+}
+
 /* Whether @label is one of the ';'-separated labels of @labels. */
 static gboolean has_label(const char *labels, const char *label)
 {

@@ -30,6 +30,10 @@ void vn_instance_store_set_listener(VnInstanceStore *s, VnInstanceChangedFunc fu
 /* A copy of the record, or NULL when unknown. */
 VnInstanceRecord *vn_instance_store_get(VnInstanceStore *s, const char *uuid);
 
+/* Whether the record of @uuid is being built or under a task (which owns its state until
+ * it ends); FALSE when unknown.  Reads in place: nothing is copied. */
+gboolean vn_instance_store_in_task(VnInstanceStore *s, const char *uuid);
+
 /* The uuid of another running instance one of whose security labels (';'-separated in
  * its record) is @label, or NULL; caller frees. */
 char *vn_instance_store_label_owner(VnInstanceStore *s, const char *uuid, const char *label);
