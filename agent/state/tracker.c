@@ -42,9 +42,29 @@ struct _VnTracker {
     guint64 failed_builds;
     char **storage_degraded; /* health keys of the volume storage that fails its probe */
 
-    GMutex sizes_lock; /* sizes; held through one pass over the disks */
-    GHashTable *sizes; /* disk path -> SizeSeen*: the virtual sizes read at the last pass */
+    gint64 remeasure_us; /* under lock: a guest's disks unchanged in its record are
+                          * measured again after this long (half the report interval) */
+
+    GMutex guests_lock; /* guests; held through one pass over the disks */
+    GHashTable *guests; /* uuid -> Guest*: each guest's disks as last measured */
 };
+
+/* What a guest's disks may still grow by, as measured at measured_at (monotonic µs) for
+ * the record of that generation. */
+typedef struct {
+    gint64 generation;
+    gint64 measured_at;
+    guint64 growth;
+    GHashTable *disks; /* file name -> SizeSeen* */
+} Guest;
+
+static void guest_free(gpointer p)
+{
+    Guest *g = p;
+
+    g_hash_table_destroy(g->disks);
+    g_free(g);
+}
 
 static void inventory_clear(VnHostInventory *i)
 {
@@ -63,8 +83,8 @@ VnTracker *vn_tracker_new(const char *host, const char *instances_path, VnInstan
     t->instances_path = g_strdup(instances_path);
     t->store = store;
     t->alloc = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    g_mutex_init(&t->sizes_lock);
-    t->sizes = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    g_mutex_init(&t->guests_lock);
+    t->guests = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, guest_free);
     t->cpu_ratio = 4.0;
     t->ram_ratio = 1.0;
     t->disk_ratio = 1.0;
@@ -78,8 +98,8 @@ void vn_tracker_free(VnTracker *t)
         return;
     inventory_clear(&t->inv);
     g_hash_table_destroy(t->alloc);
-    g_hash_table_destroy(t->sizes);
-    g_mutex_clear(&t->sizes_lock);
+    g_hash_table_destroy(t->guests);
+    g_mutex_clear(&t->guests_lock);
     g_mutex_clear(&t->lock);
     g_free(t->host);
     g_free(t->instances_path);
@@ -96,6 +116,7 @@ void vn_tracker_set_config(VnTracker *t, const VnConfig *cfg)
     t->reserved_cpus = cfg->reserved_host_cpus;
     t->reserved_mem_mb = cfg->reserved_host_memory_mb;
     t->reserved_disk_mb = cfg->reserved_host_disk_mb;
+    t->remeasure_us = (gint64)cfg->report_interval * G_USEC_PER_SEC / 2;
     g_mutex_unlock(&t->lock);
 }
 
@@ -270,46 +291,81 @@ void vn_tracker_set_workload(VnTracker *t, int running_ops, guint64 failed_build
     g_mutex_unlock(&t->lock);
 }
 
-/* What the instances' thin disks may still grow by: virtual size less what is allocated.
- * A disk's header is read again only when the file changed since the last pass. */
-static guint64 growth_bytes(VnTracker *t, GPtrArray *uuids)
+/* Measures the disks of @uuid: what they may still grow by, virtual size less what is
+ * allocated.  A disk's header is read again only when the file changed since @was. */
+static Guest *measure(VnTracker *t, const char *uuid, gint64 generation, const Guest *was)
 {
-    GHashTable *seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
-    guint64 total = 0;
+    g_autofree char *dir = g_build_filename(t->instances_path, uuid, NULL);
+    g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
+    Guest *g = g_new0(Guest, 1);
+    const char *name;
 
-    g_mutex_lock(&t->sizes_lock);
-    for (guint i = 0; i < uuids->len; i++) {
-        g_autofree char *dir = g_build_filename(t->instances_path, uuids->pdata[i], NULL);
-        g_autoptr(GDir) d = g_dir_open(dir, 0, NULL);
-        const char *name;
-        while (d && (name = g_dir_read_name(d))) {
-            struct stat st;
-            if (!g_str_has_prefix(name, "disk"))
-                continue;
-            char *p = g_build_filename(dir, name, NULL);
-            if (stat(p, &st) != 0 || !S_ISREG(st.st_mode)) {
-                g_free(p);
-                continue;
-            }
-            gint64 mtime_ns =
-                (gint64)st.st_mtim.tv_sec * G_GINT64_CONSTANT(1000000000) + st.st_mtim.tv_nsec;
-            SizeSeen *was = g_hash_table_lookup(t->sizes, p);
-            SizeSeen *now = g_new(SizeSeen, 1);
-            *now = (SizeSeen){ st.st_dev, st.st_ino, mtime_ns, 0 };
-            if (was && was->dev == now->dev && was->ino == now->ino && was->mtime_ns == mtime_ns)
-                now->virtual_size = was->virtual_size;
-            else if (!vn_disk_virtual_size(p, &now->virtual_size, NULL))
-                now->virtual_size = 0;
-            guint64 alloc = (guint64)st.st_blocks * 512;
-            if (now->virtual_size > alloc)
-                total += now->virtual_size - alloc;
-            g_hash_table_replace(seen, p, now);
-        }
+    g->generation = generation;
+    g->measured_at = g_get_monotonic_time();
+    g->disks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, g_free);
+    while (d && (name = g_dir_read_name(d))) {
+        struct stat st;
+        if (!g_str_has_prefix(name, "disk"))
+            continue;
+        g_autofree char *p = g_build_filename(dir, name, NULL);
+        if (stat(p, &st) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        gint64 mtime_ns =
+            (gint64)st.st_mtim.tv_sec * G_GINT64_CONSTANT(1000000000) + st.st_mtim.tv_nsec;
+        SizeSeen *old = was ? g_hash_table_lookup(was->disks, name) : NULL;
+        SizeSeen *now = g_new(SizeSeen, 1);
+        *now = (SizeSeen){ st.st_dev, st.st_ino, mtime_ns, 0 };
+        if (old && old->dev == now->dev && old->ino == now->ino && old->mtime_ns == mtime_ns)
+            now->virtual_size = old->virtual_size;
+        else if (!vn_disk_virtual_size(p, &now->virtual_size, NULL))
+            now->virtual_size = 0;
+        guint64 alloc = (guint64)st.st_blocks * 512;
+        if (now->virtual_size > alloc)
+            g->growth += now->virtual_size - alloc;
+        g_hash_table_replace(g->disks, g_strdup(name), now);
     }
-    /* the disks gone since are forgotten */
-    g_hash_table_destroy(t->sizes);
-    t->sizes = seen;
-    g_mutex_unlock(&t->sizes_lock);
+    return g;
+}
+
+/* What the instances' thin disks may still grow by.  A guest's disks are measured again
+ * when its record changed since they were (a build, resize or delete changes both) or when
+ * they were measured half a report interval ago or more: what its own writes add is seen
+ * by the next periodic row, as before, and a row made for a change costs the guests that
+ * changed rather than every guest of the host. */
+static guint64 growth_bytes(VnTracker *t, GPtrArray *uuids, GArray *generations)
+{
+    GHashTable *seen = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, guest_free);
+    guint64 total = 0;
+    gint64 now = g_get_monotonic_time(), remeasure;
+
+    g_mutex_lock(&t->lock);
+    remeasure = t->remeasure_us;
+    g_mutex_unlock(&t->lock);
+    g_mutex_lock(&t->guests_lock);
+    for (guint i = 0; i < uuids->len; i++) {
+        const char *uuid = uuids->pdata[i];
+        gint64 generation = g_array_index(generations, gint64, i);
+        gpointer key = NULL, value = NULL;
+        Guest *g;
+
+        if (g_hash_table_steal_extended(t->guests, uuid, &key, &value)) {
+            g_free(key);
+            g = value;
+            if (g->generation != generation || now - g->measured_at >= remeasure) {
+                Guest *fresh = measure(t, uuid, generation, g);
+                guest_free(g);
+                g = fresh;
+            }
+        } else {
+            g = measure(t, uuid, generation, NULL);
+        }
+        total += g->growth;
+        g_hash_table_replace(seen, g_strdup(uuid), g);
+    }
+    /* the guests gone since are forgotten */
+    g_hash_table_destroy(t->guests);
+    t->guests = seen;
+    g_mutex_unlock(&t->guests_lock);
     return total;
 }
 
@@ -322,6 +378,7 @@ typedef struct {
     int task[VN_TASK_LAST];
     GHashTable *projects; /* project id -> count */
     GPtrArray *uuids;
+    GArray *generations; /* gint64, the record's of each of uuids */
 } Census;
 
 static void census_add(const VnInstanceRecord *r, gpointer data)
@@ -340,6 +397,7 @@ static void census_add(const VnInstanceRecord *r, gpointer data)
         c->projects, g_strdup(proj),
         GINT_TO_POINTER(GPOINTER_TO_INT(g_hash_table_lookup(c->projects, proj)) + 1));
     g_ptr_array_add(c->uuids, g_strdup(r->uuid));
+    g_array_append_val(c->generations, r->generation);
 }
 
 static int by_name(const void *a, const void *b)
@@ -385,7 +443,8 @@ VnCapacity *vn_tracker_capacity(VnTracker *t)
 {
     g_autoptr(GHashTable) projects = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     g_autoptr(GPtrArray) uuids = g_ptr_array_new_with_free_func(g_free);
-    Census census = { .projects = projects, .uuids = uuids };
+    g_autoptr(GArray) generations = g_array_new(FALSE, FALSE, sizeof(gint64));
+    Census census = { .projects = projects, .uuids = uuids, .generations = generations };
     g_autoptr(json_object) stats = json_object_new_object();
     VnCapacity *c = g_new0(VnCapacity, 1);
     struct statvfs st;
@@ -395,7 +454,7 @@ VnCapacity *vn_tracker_capacity(VnTracker *t)
     census_stats(&census, stats);
     if (statvfs(t->instances_path, &st) == 0)
         free_bytes = (guint64)st.f_frsize * st.f_bavail;
-    guint64 growth = growth_bytes(t, uuids);
+    guint64 growth = growth_bytes(t, uuids, generations);
     gint64 total_gb = disk_total_gb(t->instances_path);
 
     g_mutex_lock(&t->lock);

@@ -171,11 +171,21 @@ static void resize_in_place(const char *path, guint64 size)
     close(fd);
 }
 
-/* disk_available_least: free space less what the thin disks may still grow by; a disk
- * resized in place is read again, one removed no longer counts. */
+/* A change of the record of @uuid, as every build, resize and delete makes. */
+static void touch_record(const char *uuid, const char *label)
+{
+    g_autoptr(GError) err = NULL;
+
+    assert_true(vn_instance_store_set_label(store, uuid, label, &err));
+}
+
+/* disk_available_least: free space less what the thin disks may still grow by.  A guest's
+ * disks are measured again when its record changes: a disk made, one resized in place
+ * (read again), one removed (no longer counted); until then a row reuses what was
+ * measured. */
 static void test_growth_follows_disks(void **state)
 {
-    g_autoptr(VnTracker) t = tracker(2, 4096);
+    g_autoptr(VnTracker) t = tracker(2, 4096); /* the shipped report interval */
     g_autoptr(GError) err = NULL;
     const char *uuid = "77777777-7777-4777-8777-777777777777";
     struct statvfs st;
@@ -192,6 +202,10 @@ static void test_growth_follows_disks(void **state)
     gint64 quarter = free_gb / 4;
     g_autoptr(VnCapacity) none = vn_tracker_capacity(t);
     assert_true(vn_qcow2_create(disk, (guint64)quarter << 30, NULL, NULL, &err));
+    /* the record did not change: the row reuses what it measured */
+    g_autoptr(VnCapacity) unseen = vn_tracker_capacity(t);
+    assert_true(labs(unseen->disk_available_least - none->disk_available_least) <= 1);
+    touch_record(uuid, "a");
     g_autoptr(VnCapacity) one = vn_tracker_capacity(t);
     assert_true(labs((none->disk_available_least - one->disk_available_least) - quarter) <= 1);
     /* the same disk, unchanged: the same answer */
@@ -199,13 +213,46 @@ static void test_growth_follows_disks(void **state)
     assert_int_equal(same->disk_available_least, one->disk_available_least);
     /* grown in place to half of the free space */
     resize_in_place(disk, (guint64)(2 * quarter) << 30);
+    touch_record(uuid, "b");
     g_autoptr(VnCapacity) grown = vn_tracker_capacity(t);
     assert_true(labs((none->disk_available_least - grown->disk_available_least) - 2 * quarter) <=
                 1);
     /* gone */
     assert_int_equal(unlink(disk), 0);
+    touch_record(uuid, "c");
     g_autoptr(VnCapacity) gone = vn_tracker_capacity(t);
     assert_true(labs(gone->disk_available_least - none->disk_available_least) <= 1);
+}
+
+/* What a guest's own writes change (its record does not) is measured again after half a
+ * report interval: the next periodic row sees it. */
+static void test_growth_remeasured_each_interval(void **state)
+{
+    static const char conf[] = "[DEFAULT]\nreport_interval = 1\n";
+    g_autoptr(VnTracker) t = tracker(2, 4096);
+    g_autoptr(VnConfig) cfg = vn_config_load_data(conf, strlen(conf), "test.conf", NULL);
+    g_autoptr(GError) err = NULL;
+    const char *uuid = "88888888-8888-4888-8888-888888888888";
+    struct statvfs st;
+
+    (void)state;
+    assert_non_null(cfg);
+    vn_tracker_set_config(t, cfg);
+    add_instance(uuid, NULL);
+    g_autofree char *idir = g_build_filename(dir, uuid, NULL);
+    g_autofree char *disk = g_build_filename(idir, "disk", NULL);
+    assert_int_equal(mkdir(idir, 0700), 0);
+    assert_int_equal(statvfs(dir, &st), 0);
+    gint64 quarter = (gint64)((guint64)st.f_frsize * st.f_bavail >> 30) / 4;
+
+    g_autoptr(VnCapacity) none = vn_tracker_capacity(t);
+    assert_true(vn_qcow2_create(disk, (guint64)quarter << 30, NULL, NULL, &err));
+    g_autoptr(VnCapacity) soon = vn_tracker_capacity(t);
+    assert_true(labs(soon->disk_available_least - none->disk_available_least) <= 1);
+    g_usleep(G_USEC_PER_SEC / 2 + 50000);
+    g_autoptr(VnCapacity) later = vn_tracker_capacity(t);
+    assert_true(labs((none->disk_available_least - later->disk_available_least) - quarter) <= 1);
+    assert_int_equal(unlink(disk), 0);
 }
 
 static int stat_of(json_object *stats, const char *key)
@@ -251,6 +298,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_claims, setup, teardown),
         cmocka_unit_test_setup_teardown(test_capacity_row, setup, teardown),
         cmocka_unit_test_setup_teardown(test_growth_follows_disks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_growth_remeasured_each_interval, setup, teardown),
         cmocka_unit_test_setup_teardown(test_capacity_counts, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
