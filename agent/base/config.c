@@ -271,7 +271,9 @@ static const OptDef opts[] = {
       NULL, 0, 0, NULL, OPT_RELOAD, "Remove cached images no instance uses." },
     { "image_cache", "remove_unused_original_minimum_age_seconds", OPT_INT,
       O(remove_unused_original_minimum_age_seconds), "86400", NULL, 0, BIG, NULL, OPT_RELOAD,
-      "A cached image is removed only when unused and untouched for this long." },
+      "A cached image is removed only when unused and untouched for this long. A build's "
+      "check of a cached image stands for the next builds of it for a tenth of this, at most "
+      "60 s; 0: every build checks (docs/operations.md)." },
     { "image_cache", "subdirectory_name", OPT_STR, O(image_cache_subdirectory_name), "_base",
       NULL, 0, 0, NULL, 0, "Folder of instances_path that holds the cached images." },
     { "image_cache", "max_image_size_gb", OPT_INT, O(image_max_size_gb), "64", NULL, 1, 65536,
