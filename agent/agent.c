@@ -387,18 +387,24 @@ static char *metrics_body(gpointer data)
 
 /* ------------------------------------------------------------------ periodic tasks */
 
+static void add_uuid(const VnInstanceRecord *r, gpointer data)
+{
+    g_ptr_array_add(data, g_strdup(r->uuid));
+}
+
 static gboolean tick_power_sync(gpointer data)
 {
     VnAgent *a = data;
-    g_autoptr(GPtrArray) recs = NULL;
+    g_autoptr(GPtrArray) uuids = NULL;
 
     if (!g_atomic_int_get(&a->ready) || g_atomic_int_get(&a->stopping))
         return G_SOURCE_CONTINUE;
-    recs = vn_instance_store_list(a->store, FALSE);
+    /* the uuids alone, not a copy of every record: the sync reads each record itself */
+    uuids = g_ptr_array_new();
+    vn_instance_store_foreach(a->store, add_uuid, uuids);
     g_thread_pool_push(a->sync_pool, g_strdup(MOVED_CHECK), NULL);
-    for (guint i = 0; i < recs->len; i++)
-        g_thread_pool_push(a->sync_pool,
-                           g_strdup(((VnInstanceRecord *)g_ptr_array_index(recs, i))->uuid), NULL);
+    for (guint i = 0; i < uuids->len; i++)
+        g_thread_pool_push(a->sync_pool, g_ptr_array_index(uuids, i), NULL); /* taken */
     return G_SOURCE_CONTINUE;
 }
 
