@@ -57,8 +57,7 @@ void vn_reconcile_sync_one(VnAgent *a, const char *uuid)
     gboolean force_off = FALSE;
     int vm;
 
-    if (!rec || rec->vm_state == VN_VM_DELETED || rec->vm_state == VN_VM_BUILDING ||
-        rec->task_state != VN_TASK_NONE)
+    if (!rec || rec->vm_state == VN_VM_DELETED || vn_instance_record_in_task(rec))
         return;
     if (a->dispatcher && vn_dispatcher_busy(a->dispatcher, uuid))
         return;

@@ -90,6 +90,11 @@ VnInstanceRecord *vn_instance_store_get(VnInstanceStore *s, const char *uuid)
     return r;
 }
 
+gboolean vn_instance_record_in_task(const VnInstanceRecord *r)
+{
+    return r->vm_state == VN_VM_BUILDING || r->task_state != VN_TASK_NONE;
+}
+
 gboolean vn_instance_store_in_task(VnInstanceStore *s, const char *uuid)
 {
     const VnInstanceRecord *r;
@@ -97,7 +102,7 @@ gboolean vn_instance_store_in_task(VnInstanceStore *s, const char *uuid)
 
     g_mutex_lock(&s->lock);
     r = g_hash_table_lookup(s->records, uuid);
-    in_task = r && (r->vm_state == VN_VM_BUILDING || r->task_state != VN_TASK_NONE);
+    in_task = r && vn_instance_record_in_task(r);
     g_mutex_unlock(&s->lock);
     return in_task;
 }

@@ -30,8 +30,11 @@ void vn_instance_store_set_listener(VnInstanceStore *s, VnInstanceChangedFunc fu
 /* A copy of the record, or NULL when unknown. */
 VnInstanceRecord *vn_instance_store_get(VnInstanceStore *s, const char *uuid);
 
-/* Whether the record of @uuid is being built or under a task (which owns its state until
- * it ends); FALSE when unknown.  Reads in place: nothing is copied. */
+/* Whether @r is being built or under a task (which owns its state until it ends). */
+gboolean vn_instance_record_in_task(const VnInstanceRecord *r);
+
+/* vn_instance_record_in_task of the record of @uuid; FALSE when unknown.  Reads in place:
+ * nothing is copied. */
 gboolean vn_instance_store_in_task(VnInstanceStore *s, const char *uuid);
 
 /* The uuid of another running instance one of whose security labels (';'-separated in
