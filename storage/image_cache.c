@@ -25,6 +25,34 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(CURLU, curl_url_cleanup)
  * a tenth of aging's minimum age and at most this long; with no minimum age, no lease. */
 #define LEASE_MAX_S 60
 
+/* A file and the time of its last status change: what makes a check of it still hold. */
+typedef struct {
+    dev_t dev;
+    ino_t ino;
+    gint64 ctime_ns;
+} FileId;
+
+static gboolean file_id(const char *path, FileId *id)
+{
+    struct stat st;
+
+    if (stat(path, &st) != 0)
+        return FALSE;
+    *id =
+        (FileId){ st.st_dev, st.st_ino,
+                  (gint64)st.st_ctim.tv_sec * G_GINT64_CONSTANT(1000000000) + st.st_ctim.tv_nsec };
+    return TRUE;
+}
+
+/* Whether @path is still the file @was, unchanged since. */
+static gboolean file_unchanged(const char *path, const FileId *was)
+{
+    FileId now;
+
+    return file_id(path, &now) && now.dev == was->dev && now.ino == was->ino &&
+           now.ctime_ns == was->ctime_ns;
+}
+
 /* One image of the cache, every field under the cache's lock. */
 typedef struct {
     int holds;
@@ -34,9 +62,7 @@ typedef struct {
     GCond done;
     /* the last check under the lock that found the base ready */
     gint64 checked_at; /* monotonic µs; 0: none */
-    dev_t dev;
-    ino_t ino;
-    gint64 ctime_ns;
+    FileId checked;
     char *sha256;
     char *format;
 } Entry;
@@ -514,24 +540,6 @@ static void unlock_base(const char *base, int fd)
     close(fd);
 }
 
-typedef struct {
-    dev_t dev;
-    ino_t ino;
-    gint64 ctime_ns;
-} FileId;
-
-static gboolean file_id(const char *path, FileId *id)
-{
-    struct stat st;
-
-    if (stat(path, &st) != 0)
-        return FALSE;
-    *id =
-        (FileId){ st.st_dev, st.st_ino,
-                  (gint64)st.st_ctim.tv_sec * G_GINT64_CONSTANT(1000000000) + st.st_ctim.tv_nsec };
-    return TRUE;
-}
-
 /* Fetches the base under its cross-process lock (another host may have done it); on
  * success *@checked tells whether @id is the file found ready, read under that lock. */
 static gboolean fetch(VnImageCache *c, const VnImageSource *src, const char *base,
@@ -613,7 +621,7 @@ static gboolean leased_locked(VnImageCache *c, const Entry *e, const VnImageSour
         g_get_monotonic_time() - e->checked_at >= lease_s * G_USEC_PER_SEC ||
         g_strcmp0(e->sha256, src->sha256) != 0 || g_strcmp0(e->format, src->format) != 0)
         return FALSE;
-    *id = (FileId){ e->dev, e->ino, e->ctime_ns };
+    *id = e->checked;
     return TRUE;
 }
 
@@ -624,18 +632,17 @@ char *vn_image_cache_acquire(VnImageCache *c, const VnImageSource *src, GCancell
     g_autoptr(GError) err = NULL;
     Entry *e;
     gboolean ok;
-    FileId leased, now;
+    FileId id;
     gboolean checked;
 
     g_mutex_lock(&c->lock);
     e = entry_get(c, src->id); /* entries live as long as the cache */
     e->holds++;
     for (;;) {
-        checked = leased_locked(c, e, src, &leased);
+        checked = leased_locked(c, e, src, &id);
         g_mutex_unlock(&c->lock);
         /* looked at outside the lock: a hung shared folder must not hang other images */
-        if (checked && file_id(base, &now) && now.dev == leased.dev && now.ino == leased.ino &&
-            now.ctime_ns == leased.ctime_ns)
+        if (checked && file_unchanged(base, &id))
             return g_steal_pointer(&base);
         g_mutex_lock(&c->lock);
         if (!e->downloading)
@@ -654,7 +661,7 @@ char *vn_image_cache_acquire(VnImageCache *c, const VnImageSource *src, GCancell
     e->downloading = TRUE;
     g_mutex_unlock(&c->lock);
 
-    ok = fetch(c, src, base, cancel, progress, user_data, &checked, &now, &err);
+    ok = fetch(c, src, base, cancel, progress, user_data, &checked, &id, &err);
 
     g_mutex_lock(&c->lock);
     e->downloading = FALSE;
@@ -663,9 +670,7 @@ char *vn_image_cache_acquire(VnImageCache *c, const VnImageSource *src, GCancell
     e->checked_at = 0;
     if (checked) {
         e->checked_at = g_get_monotonic_time();
-        e->dev = now.dev;
-        e->ino = now.ino;
-        e->ctime_ns = now.ctime_ns;
+        e->checked = id;
         g_free(e->sha256);
         e->sha256 = g_strdup(src->sha256);
         g_free(e->format);
