@@ -59,13 +59,7 @@ envset() {
 }
 
 free_ports() { # N -> N free TCP ports on loopback, one per line
-    "$PY" - "$1" <<'PY'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
-print("\n".join(str(s.getsockname()[1]) for s in socks))
-PY
+    "$PY" "$(dirname "${BASH_SOURCE[0]}")/ports.py" "$1"
 }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import unittest
@@ -21,6 +20,8 @@ import uuid as uuidlib
 
 import libvirt
 import psycopg2
+
+from ports import free_port  # noqa: F401 (tests pick their ports here)
 
 
 def _load_env():
@@ -83,14 +84,6 @@ def in_host(key, *argv, check=False):
     return p.returncode, p.stdout.decode(errors="replace")
 
 libvirt.registerErrorHandler(lambda *a: None, None)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_for(predicate, timeout, interval=0.2, what="condition"):
