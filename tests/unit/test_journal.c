@@ -234,6 +234,8 @@ static void test_store_compare_and_set(void **state)
     assert_false(vn_instance_store_create(s, sp, "req-2", &err));
     assert_true(g_error_matches(err, VN_API_ERROR, VN_API_ERROR_EXISTS));
     g_clear_error(&err);
+    /* a build is the build's: libvirt's events for it are not the sync's */
+    assert_true(vn_instance_store_in_task(s, sp->uuid));
     /* building: a power operation is not allowed */
     assert_false(
         vn_instance_store_begin_task(s, sp->uuid, active, VN_TASK_POWERING_OFF, NULL, &err));
@@ -243,18 +245,21 @@ static void test_store_compare_and_set(void **state)
         vn_instance_store_next_task(s, sp->uuid, VN_TASK_SCHEDULING, VN_TASK_SPAWNING, &err));
     assert_true(vn_instance_store_end_task(s, sp->uuid, VN_TASK_SPAWNING, VN_VM_ACTIVE,
                                            VN_POWER_RUNNING, &err));
+    assert_false(vn_instance_store_in_task(s, sp->uuid));
     /* two operations race: the first claims, the second is refused */
     assert_true(
         vn_instance_store_begin_task(s, sp->uuid, active, VN_TASK_POWERING_OFF, "r3", &err));
     assert_false(vn_instance_store_begin_task(s, sp->uuid, active, VN_TASK_REBOOTING, "r4", &err));
     assert_non_null(strstr(err->message, "busy: task_state powering-off"));
     g_clear_error(&err);
+    assert_true(vn_instance_store_in_task(s, sp->uuid));
     /* ending someone else's task is refused */
     assert_false(
         vn_instance_store_end_task(s, sp->uuid, VN_TASK_REBOOTING, VN_VM_ACTIVE, -1, &err));
     g_clear_error(&err);
     assert_true(vn_instance_store_end_task(s, sp->uuid, VN_TASK_POWERING_OFF, VN_VM_STOPPED,
                                            VN_POWER_SHUTDOWN, &err));
+    assert_false(vn_instance_store_in_task(s, sp->uuid));
     assert_false(vn_instance_store_begin_task(s, sp->uuid, active, VN_TASK_PAUSING, NULL, &err));
     g_clear_error(&err);
     assert_true(
@@ -266,6 +271,7 @@ static void test_store_compare_and_set(void **state)
                                               VN_TASK_PAUSING, NULL, &err));
     assert_true(g_error_matches(err, VN_API_ERROR, VN_API_ERROR_NOT_FOUND));
     g_clear_error(&err);
+    assert_false(vn_instance_store_in_task(s, "22222222-2222-4222-8222-222222222222"));
 
     /* everything survives a restart */
     g_autoptr(VnInstanceStore) again = vn_instance_store_new(j, "host-a", &err);
