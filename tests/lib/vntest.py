@@ -20,6 +20,7 @@ import uuid as uuidlib
 
 import libvirt
 import psycopg2
+import psycopg2.errors
 
 from ports import free_port  # noqa: F401 (tests pick their ports here)
 
@@ -87,14 +88,22 @@ libvirt.registerErrorHandler(lambda *a: None, None)
 
 
 def wait_for(predicate, timeout, interval=0.2, what="condition"):
-    """Polls @predicate until it returns a true value (returned) or @timeout seconds pass."""
+    """Polls @predicate until it returns a true value (returned) or @timeout seconds pass.
+    A table the predicate reads that does not exist yet (the first agent on an empty
+    database creates the schema while it starts, and is ready before) is a condition not
+    met yet."""
     end = time.monotonic() + timeout
+    pending = None
     while True:
-        v = predicate()
+        try:
+            v = predicate()
+        except psycopg2.errors.UndefinedTable as e:
+            v, pending = None, e
         if v:
             return v
         if time.monotonic() > end:
-            raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+            raise AssertionError("timed out after %.0f s waiting for %s%s" % (
+                timeout, what, " (%s)" % str(pending).strip() if pending else ""))
         time.sleep(interval)
 
 
