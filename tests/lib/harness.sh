@@ -59,7 +59,7 @@ envset() {
 }
 
 free_ports() { # N -> N free TCP ports on loopback, one per line
-    "$PY" "$(dirname "${BASH_SOURCE[0]}")/ports.py" "$1"
+    "$PY" "$HERE/ports.py" "$1"
 }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
@@ -796,7 +796,7 @@ start_all() {
     rm -f "$ENVF"
     mkdir -p "$RUN"
     chmod 755 "$RUN"
-    local ports; mapfile -t ports < <(free_ports 10)
+    local ports; mapfile -t ports < <(free_ports 8)
     envset RUN_DIR "$RUN"
     envset SRC_DIR "$SRC"
     envset RABBIT_NODE "vntest-$$-$RANDOM@localhost"
@@ -806,7 +806,7 @@ start_all() {
     envset AMQP_URL "amqp://guest:guest@127.0.0.1:${ports[0]}/"
     # TLS: amqps://localhost:AMQPS_PORT/ and PostgreSQL's sslmode, with the certificates of
     # tests/lib/pki.py in PKI_DIR (the server's name is localhost only)
-    envset AMQPS_PORT "${ports[9]}"
+    envset AMQPS_PORT "${ports[7]}"
     envset PKI_DIR "$RUN/pki"
     rm -rf "$RUN/pki"
     "$PY" "$HERE/pki.py" "$RUN/pki" || die "making the test certificates failed"
@@ -816,12 +816,13 @@ start_all() {
     envset HOST_B_PORT "${ports[5]}"
     envset HOST_A_URI "qemu+tcp://127.0.0.2:${ports[4]}/system"
     envset HOST_B_URI "qemu+tcp://127.0.0.3:${ports[5]}/system"
-    # migration port ranges: 16 ports each, above the ephemeral range's usual start
-    local base=$(( 20000 + (${ports[6]} % 2000) * 16 ))
+    # migration port ranges: 16 ports each, out of the ranges client sockets and
+    # free_ports draw from
+    local base; base=$("$PY" "$HERE/ports.py" --block 32) || die "no free migration ports"
     envset HOST_A_MIGRATION_PORT "$base"
     envset HOST_B_MIGRATION_PORT "$((base + 16))"
-    envset IMAGE_PORT "${ports[7]}"
-    envset IMAGE_URL "http://127.0.0.1:${ports[7]}"
+    envset IMAGE_PORT "${ports[6]}"
+    envset IMAGE_URL "http://127.0.0.1:${ports[6]}"
     envset SHARED_DIR "$RUN/shared"
     envset PRIVATE_DIR "$RUN/private"
     mkdir -p "$RUN/shared" "$RUN/private" "$RUN/agents"

@@ -30,24 +30,45 @@ def _candidates():
     return range(hi + 1, 65536)
 
 
+def _bindable(port):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def free_port():
     """A loopback TCP port nothing listens on and this process has not handed out."""
     cands = _candidates()
     for _ in range(1000):
         port = random.choice(cands)
-        if port in _given:
-            continue
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            s.close()
-        _given.add(port)
-        return port
+        if port not in _given and _bindable(port):
+            _given.add(port)
+            return port
     raise RuntimeError("no free port in %d-%d" % (cands[0], cands[-1]))
 
 
+def free_block(n):
+    """The first of @n consecutive free ports, for a service that picks its own port in a
+    range when it needs one (libvirt's migration ports): above the ephemeral range when
+    there is room, so that neither a client socket nor a port of free_port() is in it."""
+    lo, hi = _ephemeral_range()
+    first, last = (hi + 1, 65536 - n) if 65536 - (hi + 1) >= 4 * n else (10000, lo - n)
+    for _ in range(1000):
+        base = random.randrange(first, last + 1)
+        block = range(base, base + n)
+        if not _given.intersection(block) and all(_bindable(p) for p in block):
+            _given.update(block)
+            return base
+    raise RuntimeError("no %d free ports in a row in %d-%d" % (n, first, last + n - 1))
+
+
 if __name__ == "__main__":
-    print("\n".join(str(free_port()) for _ in range(int(sys.argv[1]))))
+    if sys.argv[1] == "--block":
+        print(free_block(int(sys.argv[2])))
+    else:
+        print("\n".join(str(free_port()) for _ in range(int(sys.argv[1]))))
