@@ -16,9 +16,9 @@
  * a hung mount or device. */
 #define CREATE_TIMEOUT_S 120
 
-/* One disk being written by its own thread, so that a hung mount pins that thread rather
- * than the caller.  Shared by the two until both let go (ref, atomic); the rest is
- * immutable but for done, ok and error, under lock. */
+/* One disk being written by a thread of the writers' pool, so that a hung mount pins that
+ * thread rather than the caller.  Shared by the two until both let go (ref, atomic); the
+ * rest is immutable but for done, ok and error, under lock. */
 typedef struct {
     gint ref;
     char *path;
@@ -45,12 +45,22 @@ static void create_unref(Create *c)
     g_free(c);
 }
 
-static gpointer create_thread(gpointer data)
+/* Set by tests only, before any disk is written or while none is (atomic). */
+static VnDiskWriter writer = vn_qcow2_create;
+
+void vn_disk_set_writer(VnDiskWriter w)
+{
+    g_atomic_pointer_set(&writer, w ? w : vn_qcow2_create);
+}
+
+static void create_task(gpointer data, gpointer unused)
 {
     Create *c = data;
+    VnDiskWriter write = g_atomic_pointer_get(&writer);
     GError *err = NULL;
-    gboolean ok = vn_qcow2_create(c->path, c->size, c->backing, c->backing_format, &err);
+    gboolean ok = write(c->path, c->size, c->backing, c->backing_format, &err);
 
+    (void)unused;
     g_mutex_lock(&c->lock);
     c->ok = ok;
     c->error = err;
@@ -58,7 +68,22 @@ static gpointer create_thread(gpointer data)
     g_cond_broadcast(&c->cond);
     g_mutex_unlock(&c->lock);
     create_unref(c);
-    return NULL;
+}
+
+/* The writers: without a limit, so that a disk never waits behind one pinned by a hung mount
+ * (a task finding no idle thread of the pool starts one), and shared with GLib's other
+ * pools, so that the thread a disk was written by is kept for the next one instead of
+ * being made and ended for each.  Made once, never freed. */
+static GThreadPool *writers(void)
+{
+    static gsize once;
+    static GThreadPool *pool;
+
+    if (g_once_init_enter(&once)) {
+        pool = g_thread_pool_new(create_task, NULL, -1, FALSE, NULL);
+        g_once_init_leave(&once, 1);
+    }
+    return pool;
 }
 
 /* vn_qcow2_create, given up on when @cancel fires or after CREATE_TIMEOUT_S. */
@@ -67,7 +92,6 @@ static gboolean create_disk(const char *path, guint64 size, const char *backing,
 {
     Create *c = g_new0(Create, 1);
     gint64 end = g_get_monotonic_time() + CREATE_TIMEOUT_S * G_TIME_SPAN_SECOND;
-    GThread *t;
     gboolean ok = FALSE;
 
     c->ref = 2;
@@ -77,8 +101,11 @@ static gboolean create_disk(const char *path, guint64 size, const char *backing,
     c->size = size;
     g_mutex_init(&c->lock);
     g_cond_init(&c->cond);
-    t = g_thread_new("vn-disk", create_thread, c);
-    g_thread_unref(t);
+    if (!g_thread_pool_push(writers(), c, error)) {
+        create_unref(c); /* the task's reference: it never ran */
+        create_unref(c);
+        return FALSE;
+    }
     g_mutex_lock(&c->lock);
     while (!c->done && g_get_monotonic_time() < end && !g_cancellable_is_cancelled(cancel))
         g_cond_wait_until(&c->cond, &c->lock,

@@ -4,9 +4,11 @@
 
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "storage/disk.h"
 #include "storage/image_inspect.h"
+#include "storage/qcow2.h"
 #include "storage/stor_error.h"
 
 #define GIB (G_GUINT64_CONSTANT(1) << 30)
@@ -351,14 +353,137 @@ static void test_disk_cancelled(void **state)
     assert_true(g_error_matches(err, VN_STOR_ERROR, VN_STOR_ERROR_CANCELLED));
 }
 
+/* The writers' threads: which wrote each disk, and one writer held until released. */
+static GMutex writers_lock;
+static GCond writers_cond;
+static GHashTable *writer_tids; /* under writers_lock */
+static gboolean writer_held;    /* under writers_lock: a disk whose name starts "hung" waits */
+
+static gboolean recording_writer(const char *path, guint64 size, const char *backing,
+                                 const char *backing_format, GError **error)
+{
+    g_autofree char *name = g_path_get_basename(path);
+
+    g_mutex_lock(&writers_lock);
+    g_hash_table_add(writer_tids, GINT_TO_POINTER(gettid()));
+    while (writer_held && g_str_has_prefix(name, "hung"))
+        g_cond_wait(&writers_cond, &writers_lock);
+    g_mutex_unlock(&writers_lock);
+    return vn_qcow2_create(path, size, backing, backing_format, error);
+}
+
+/* Disks written one after another reuse the writers' threads instead of making one each. */
+static void test_disk_writers_kept(void **state)
+{
+    (void)state;
+    writer_tids = g_hash_table_new(NULL, NULL);
+    vn_disk_set_writer(recording_writer);
+    for (int i = 0; i < 20; i++) {
+        g_autofree char *name = g_strdup_printf("kept%d", i);
+        g_autofree char *p = g_build_filename(vn_test_dir(), name, NULL);
+        g_autoptr(GError) err = NULL;
+        assert_true(vn_disk_create_blank(p, 8 << 20, NULL, &err));
+    }
+    vn_disk_set_writer(NULL);
+    /* a thread may start while the one before goes back to wait: a few, not twenty */
+    assert_in_range(g_hash_table_size(writer_tids), 1, 4);
+    g_hash_table_destroy(writer_tids);
+}
+
+typedef struct {
+    GCancellable *cancel;
+    gboolean ok;
+    GError *error;
+} HungCall;
+
+static gpointer hung_call(gpointer data)
+{
+    HungCall *h = data;
+    g_autofree char *p = g_build_filename(vn_test_dir(), "hung", NULL);
+
+    h->ok = vn_disk_create_blank(p, 8 << 20, h->cancel, &h->error);
+    return NULL;
+}
+
+/* Cancels a call still running after 20 s, unless told it ended (writers_lock, done). */
+typedef struct {
+    GCancellable *cancel;
+    gboolean done;
+} Bound;
+
+static gpointer cancel_later(gpointer data)
+{
+    Bound *b = data;
+    gint64 end = g_get_monotonic_time() + 20 * G_TIME_SPAN_SECOND;
+
+    g_mutex_lock(&writers_lock);
+    while (!b->done && g_cond_wait_until(&writers_cond, &writers_lock, end))
+        ;
+    if (!b->done)
+        g_cancellable_cancel(b->cancel);
+    g_mutex_unlock(&writers_lock);
+    return NULL;
+}
+
+/* A write pinned by a hung file system holds one thread: the next disk is written by another
+ * at once, and the caller of the pinned one is freed by its cancel. */
+static void test_disk_hung_writer_pins_one_thread(void **state)
+{
+    HungCall h = { .cancel = g_cancellable_new() };
+    g_autofree char *next = g_build_filename(vn_test_dir(), "next", NULL);
+    g_autoptr(GCancellable) bound_cancel = g_cancellable_new();
+    Bound bound = { .cancel = bound_cancel };
+    g_autoptr(GError) err = NULL;
+    VnImageInfo i;
+
+    (void)state;
+    writer_tids = g_hash_table_new(NULL, NULL);
+    writer_held = TRUE;
+    vn_disk_set_writer(recording_writer);
+    GThread *caller = g_thread_new("hung-caller", hung_call, &h);
+    g_usleep(G_USEC_PER_SEC / 5);
+    /* bounded, so that a writer queued behind the hung one fails here rather than in 120 s */
+    GThread *bounder = g_thread_new("bound", cancel_later, &bound);
+    gboolean ok = vn_disk_create_blank(next, 8 << 20, bound_cancel, &err);
+    g_mutex_lock(&writers_lock);
+    bound.done = TRUE;
+    g_cond_broadcast(&writers_cond);
+    g_mutex_unlock(&writers_lock);
+    g_thread_join(bounder);
+    if (!ok)
+        fail_msg("the next disk: %s", err->message);
+    inspect_file(next, &i);
+    assert_int_equal(i.virtual_size, 8 << 20);
+
+    g_cancellable_cancel(h.cancel);
+    g_thread_join(caller);
+    assert_false(h.ok);
+    assert_true(g_error_matches(h.error, VN_STOR_ERROR, VN_STOR_ERROR_CANCELLED));
+
+    g_mutex_lock(&writers_lock);
+    writer_held = FALSE;
+    g_cond_broadcast(&writers_cond);
+    g_mutex_unlock(&writers_lock);
+    vn_disk_set_writer(NULL);
+    g_clear_error(&h.error);
+    g_object_unref(h.cancel);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_plain_qcow2),       cmocka_unit_test(test_backing_file_refused),
-        cmocka_unit_test(test_data_file_refused), cmocka_unit_test(test_encrypted_refused),
-        cmocka_unit_test(test_crafted_headers),   cmocka_unit_test(test_other_formats_detected),
-        cmocka_unit_test(test_overlay),           cmocka_unit_test(test_disk_cancelled),
-        cmocka_unit_test(test_disks_are_qemus),   cmocka_unit_test(test_header_past_first_page),
+        cmocka_unit_test(test_plain_qcow2),
+        cmocka_unit_test(test_backing_file_refused),
+        cmocka_unit_test(test_data_file_refused),
+        cmocka_unit_test(test_encrypted_refused),
+        cmocka_unit_test(test_crafted_headers),
+        cmocka_unit_test(test_other_formats_detected),
+        cmocka_unit_test(test_overlay),
+        cmocka_unit_test(test_disk_cancelled),
+        cmocka_unit_test(test_disks_are_qemus),
+        cmocka_unit_test(test_header_past_first_page),
+        cmocka_unit_test(test_disk_writers_kept),
+        cmocka_unit_test(test_disk_hung_writer_pins_one_thread),
     };
     return cmocka_run_group_tests(tests, vn_test_dir_setup, vn_test_dir_teardown);
 }
