@@ -204,24 +204,28 @@ static void notify(VnInstanceStore *s, VnInstanceRecord *copy)
 
 /* Called with the lock held (after settle_locked), which it releases: writes @rec (taken;
  * NULL removes the record of @uuid) to the journal's log, waits outside the lock until
- * the log is on disk (unless @relaxed), then makes it the record of its uuid and tells the
- * listener.  On failure the old record stays, so memory never shows what the journal's
- * log does not hold.  A relaxed change is seen at once: it survives the process being
- * killed, and a power loss from the next durable write on (see journal.c). */
+ * the log is on disk, then makes it the record of its uuid and tells the listener.  On
+ * failure the old record stays, so memory never shows what the journal's log does not
+ * hold.  A change @in_memory (a new guest's build step) is not written: it is seen at
+ * once, and the journal keeps the record as the durable change before it left it. */
 static gboolean commit_locked(VnInstanceStore *s, const char *uuid, VnInstanceRecord *rec,
-                              gboolean relaxed, GError **error)
+                              gboolean in_memory, GError **error)
 {
     g_autofree char *key = g_strdup(uuid);
     guint64 logged = 0;
-    gboolean ok;
+    gboolean ok = TRUE;
 
     if (rec) {
-        g_autoptr(json_object) obj = NULL;
-        g_autofree char *text = NULL;
         rec->updated_at = now_s();
         /* a clock-based generation stays ahead of anything an earlier life of this uuid
          * (or another host, before a migration) wrote */
         rec->generation = MAX(rec->generation + 1, g_get_real_time());
+    }
+    if (in_memory) {
+        /* nothing waits in the log for this uuid (settle_locked): the map is up to date */
+    } else if (rec) {
+        g_autoptr(json_object) obj = NULL;
+        g_autofree char *text = NULL;
         obj = vn_instance_record_to_json(rec);
         text = vn_json_to_string(obj);
         ok = vn_journal_save_instance(s->journal, key, text, &logged, error);
@@ -233,7 +237,7 @@ static gboolean commit_locked(VnInstanceStore *s, const char *uuid, VnInstanceRe
         g_mutex_unlock(&s->lock);
         return FALSE;
     }
-    if (!relaxed) {
+    if (!in_memory) {
         g_hash_table_insert(s->pending, g_strdup(key), rec);
         g_mutex_unlock(&s->lock);
 
@@ -267,7 +271,7 @@ typedef gboolean (*Change)(VnInstanceRecord *rec, gpointer data, GError **error)
 /* Applies @change to a copy of the record of @uuid; when it agrees and the copy is
  * persisted, the copy replaces the record and listeners hear of it. */
 static gboolean update(VnInstanceStore *s, const char *uuid, Change change, gpointer data,
-                       gboolean relaxed, GError **error)
+                       gboolean in_memory, GError **error)
 {
     VnInstanceRecord *cur, *next;
 
@@ -286,7 +290,7 @@ static gboolean update(VnInstanceStore *s, const char *uuid, Change change, gpoi
         g_mutex_unlock(&s->lock);
         return FALSE;
     }
-    return commit_locked(s, uuid, next, relaxed, error);
+    return commit_locked(s, uuid, next, in_memory, error);
 }
 
 gboolean vn_instance_store_create(VnInstanceStore *s, const VnInstanceRecord *spec,

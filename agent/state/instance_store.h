@@ -1,13 +1,13 @@
 /* agent/state/instance_store.h - the instances of this host and their state machine.
  *
- * Records live in memory and in the journal (every change but a build's step is durable
- * before it is visible).  Changes are compare-and-set: an operation claims an instance by setting
- * its task_state, and only when no other task is running and the vm_state allows it (Nova's
- * expected_task_state), so two operations can never both proceed.  A change is decided
- * and written to the journal's log under the store's lock; the lock is not held while
- * the log is flushed, so the changes of different instances share flushes, and the next
- * change of the same instance waits for the flush of the one before.  Readers get
- * copies. */
+ * Records live in memory and in the journal: every change is durable before it is
+ * visible, but a new guest's build steps, kept in memory only.  Changes are
+ * compare-and-set: an operation claims an instance by setting its task_state, and only when
+ * no other task is running and the vm_state allows it (Nova's expected_task_state), so two
+ * operations can never both proceed.  A change is decided and written to the journal's log
+ * under the store's lock; the lock is not held while the log is flushed, so the changes of
+ * different instances share flushes, and the next change of the same instance waits for
+ * the flush of the one before.  Readers get copies. */
 #pragma once
 
 #include <glib.h>
@@ -84,9 +84,10 @@ gboolean vn_instance_store_next_task(VnInstanceStore *s, const char *uuid, VnTas
                                      VnTaskState to, GError **error);
 
 /* The same for the steps of a new guest's build (block_device_mapping, networking,
- * spawning), written to the journal's log without waiting for its flush and seen at
- * once: a restart rolls an unfinished build back whatever step its record shows, so a
- * step lost to a power loss costs nothing.  What the step made (its volumes, ports,
+ * spawning), kept in memory only: seen at once (reads, listeners), not written to the
+ * journal, whose record stays building/scheduling until the build's next durable change
+ * writes the whole record.  A restart rolls an unfinished build back whatever step it had
+ * reached, so the step has nothing to tell it.  What a step made (its volumes, ports,
  * label) is recorded durably by the calls that record it. */
 gboolean vn_instance_store_build_step(VnInstanceStore *s, const char *uuid, VnTaskState from,
                                       VnTaskState to, GError **error);

@@ -91,8 +91,7 @@ static const char *schema =
  * killed at once, and a power loss from the next durable write on, whose sync writes the
  * log up to it.  For rows whose loss costs at most a repeat: a request's "running" mark
  * and its action's start (one commit), an action marked reported (the report is an idempotent
- * upsert), a confirmed notification's removal (sent again), a build's step (an unfinished build is
- * rolled back whatever its step). */
+ * upsert), a confirmed notification's removal (sent again). */
 /* A prepared statement, compiled the first time its SQL is used and kept; the caller
  * binds and steps it, and g_autoptr(VnStmt) resets it for the next one. */
 typedef sqlite3_stmt VnStmt;
