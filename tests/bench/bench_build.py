@@ -18,8 +18,13 @@
    journal makes for a build, flushed as the journal flushes them (to the WAL, then an
    fdatasync of the WAL that commits made together share); and a second bare program
    whose commits each flush on their own, under its database's lock.  The three alternate,
-   --batches times each.  Then the scale curve (--curve): 1, 8, 32 and 128 builds at
-   once, one batch each, next to the bare program with as many.
+   --batches times each, and so does a fourth pair on one core each: the agent on the
+   machine's last core with the services it talks to (RabbitMQ, PostgreSQL) and this
+   benchmark's own process on the others, then the bare program (grouped flushes) on that
+   same last core, so that each program's builds/s is what one core gives it and the
+   broker's, the database's and the caster's CPU is not taken from it.  Then the scale
+   curve (--curve): 1, 8, 32 and 128 builds at once, one batch each, next to the bare
+   program with as many.
 
 Prints a table, or one JSON line with --json."""
 
@@ -181,19 +186,20 @@ def bare_base():
     return os.path.join(vntest.RUN, "images", "guest.qcow2")
 
 
-def bare_builds(n, commits, workers=10, flush_each=False):
+def bare_builds(n, commits, workers=10, flush_each=False, cpus=None):
     """The bare program (bench_bare): @n builds, @workers at a time (the agent's
     max_concurrent_builds), each with @commits durable commits (as many as the agent's
     journal made per build); with @flush_each, each commit flushes on its own.  Returns
     (the seconds they took, its private memory in KiB once they are done, its flushes per
-    build, its CPU milliseconds per build)."""
+    build, its CPU milliseconds per build).  With @cpus, it runs on those CPUs only."""
     workdir = tempfile.mkdtemp(prefix="bench-bare-", dir=vntest.ENV["PRIVATE_DIR"])
     try:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         out = subprocess.check_output(
             [os.path.join(vntest.BIN, "bench_bare"), "--base", bare_base(), "--dir", workdir,
              "-n", str(n), "-w", str(workers), "--commits", str(commits)]
-            + (["--flush-each"] if flush_each else []), text=True).split()
+            + (["--flush-each"] if flush_each else []), text=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None).split()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000 / n
         return float(out[0]), int(out[2]), float(out[3]), cpu
@@ -275,16 +281,58 @@ def cpu_by_part(agent_pid):
     return out
 
 
-def agent_builds(rpc, name, n):
+SERVICES = ("beam.smp", "erl_child_setup", "inet_gethost", "epmd", "postgres")
+
+
+def set_affinity(pid, cpus):
+    """Every thread of process @pid on @cpus (threads it starts later inherit it)."""
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass  # a thread that has just ended
+
+
+def services_on(cpus):
+    """The broker's and PostgreSQL's processes and this process on @cpus."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/comm" % d) as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if comm in SERVICES:
+            set_affinity(int(d), cpus)
+    set_affinity(os.getpid(), cpus)
+
+
+ALL_CPUS = sorted(os.sched_getaffinity(0))
+# one core for the program measured, the others for the services and the caster
+OWN_CORE = {ALL_CPUS[-1]} if len(ALL_CPUS) > 1 else None
+OTHER_CORES = set(ALL_CPUS[:-1]) if len(ALL_CPUS) > 1 else None
+
+
+def agent_builds(rpc, name, n, own_core=False):
     """@n build_and_run_instance casts, as Nova's conductor sends them, published at once
     to a new agent on the test driver.  Returns (seconds from the first cast sent to the
     last build done, seconds from the first receipt to the last build done, flushes of the
     journal's log per build, its durable writes per build, and the CPU milliseconds per
-    build each part used from the first cast to the end of the wait, see cpu_by_part)."""
+    build each part used from the first cast to the end of the wait, see cpu_by_part).
+    With @own_core, the agent runs on OWN_CORE and the services and this process on the
+    other cores (after the warm-up build)."""
     agent = test_agent(name, log_level="info")
     agent.start()
     try:
         warm_up(rpc, agent, "bench-warm")
+        if own_core:
+            services_on(OTHER_CORES)
+            set_affinity(agent.proc.pid, OWN_CORE)
         flushes0 = journal_flushes(agent)
         durable0 = journal_durable(agent)
         casts = [vntest.build_args("bench-c%03d" % i, memory_mb=64) for i in range(n)]
@@ -304,6 +352,8 @@ def agent_builds(rpc, name, n):
                 round((journal_durable(agent) - durable0) / n),
                 {k: (cpu1[k] - cpu0[k]) * 1000 / n for k in cpu0})
     finally:
+        if own_core:
+            services_on(set(ALL_CPUS))
         agent.stop()
 
 
@@ -315,6 +365,7 @@ def bench_concurrent(rpc, n, batches):
     commits per build, batch by batch)."""
     vn, inside, bare, flushes, bare_flushes, each, durable = [], [], [], [], [], [], []
     cpu, bare_cpu = [], []
+    own = {"virtnode": [], "bare": [], "virtnode_cpu": [], "bare_cpu": []}
     for i in range(batches):
         wall, window, f, d, c = agent_builds(rpc, "bench-build-test-%d" % i, n)
         vn.append(n / wall)
@@ -327,7 +378,14 @@ def bench_concurrent(rpc, n, batches):
         bare_flushes.append(bf)
         bare_cpu.append(bc)
         each.append(n / bare_builds(n, d, flush_each=True)[0])
-    return vn, inside, bare, flushes, bare_flushes, each, durable, cpu, bare_cpu
+        if OWN_CORE:
+            wall, _, _, d, c = agent_builds(rpc, "bench-build-core-%d" % i, n, own_core=True)
+            own["virtnode"].append(n / wall)
+            own["virtnode_cpu"].append(c["virtnode"])
+            took, _, _, bc = bare_builds(n, d, cpus=OWN_CORE)
+            own["bare"].append(n / took)
+            own["bare_cpu"].append(bc)
+    return vn, inside, bare, flushes, bare_flushes, each, durable, cpu, bare_cpu, own
 
 
 def bench_curve(rpc, sizes):
@@ -355,12 +413,13 @@ def main():
     try:
         cold, vn, inside, lv = bench_real(rpc, a.rounds)
         (c_vn, c_inside, c_bare, c_flushes, c_bare_flushes, c_each, c_durable, c_cpu,
-         c_bare_cpu) = bench_concurrent(rpc, a.concurrent, a.batches)
+         c_bare_cpu, own) = bench_concurrent(rpc, a.concurrent, a.batches)
         curve = bench_curve(rpc, [int(x) for x in a.curve.split(",") if x])
     finally:
         rpc.close()
     ratios = [i / l for i, l in zip(inside, lv)]
     ratios_rt = [v / l for v, l in zip(vn, lv)]
+    own_ratios = [v / b for v, b in zip(own["virtnode"], own["bare"])]
     c_ratios = [v / b for v, b in zip(c_vn, c_bare)]
     c_ratios_inside = [v / b for v, b in zip(c_inside, c_bare)]
     c_ratios_each = [v / b for v, b in zip(c_vn, c_each)]
@@ -397,6 +456,11 @@ def main():
         "cpu_ms_per_build": {k: fig(v) for k, v in cpu.items()},
         "bare_cpu_ms_per_build": fig(c_bare_cpu),
         "cpu_ratio": fig(cpu_ratios),
+        "own_core": {"builds_per_s": fig(own["virtnode"]),
+                     "bare_builds_per_s": fig(own["bare"]),
+                     "builds_ratio": fig(own_ratios),
+                     "cpu_ms_per_build": fig(own["virtnode_cpu"]),
+                     "bare_cpu_ms_per_build": fig(own["bare_cpu"])} if own_ratios else None,
         "curve": [{"builds": n, "builds_per_s": round(v, 1), "bare_builds_per_s": round(b, 1),
                    "ratio": round(v / b, 3), "bare_flush_each_builds_per_s": round(e, 1),
                    "ratio_flush_each": round(v / e, 3)} for n, v, b, e in curve],
@@ -440,6 +504,14 @@ def main():
     line("  the caster (this benchmark), same", cpu["caster"], "  ")
     line("  whole machine, same", cpu["machine"], "  ")
     line("  two cores at virtnode's rate", cpu_offered, "  ")
+    if own_ratios:
+        print("  each on one core (CPU %d), the services and the caster on the others"
+              % min(OWN_CORE))
+        line("virtnode: first cast sent to last build done", own["virtnode"], "/s")
+        line("bare program: flushes grouped", own["bare"], "/s")
+        line("ratio virtnode/bare, each on one core", own_ratios, "  ")
+        line("virtnode's CPU per build, ms", own["virtnode_cpu"], "  ")
+        line("bare program's CPU per build, ms", own["bare_cpu"], "  ")
     if curve:
         print("scale curve: builds published at once (one batch each), builds/s")
         print("  %8s %10s %10s %8s %12s %8s" % ("builds", "virtnode", "bare", "ratio",
