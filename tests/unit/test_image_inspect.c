@@ -358,6 +358,7 @@ static GMutex writers_lock;
 static GCond writers_cond;
 static GHashTable *writer_tids; /* under writers_lock */
 static gboolean writer_held;    /* under writers_lock: a disk whose name starts "hung" waits */
+static guint writes_finished;   /* under writers_lock */
 
 static gboolean recording_writer(const char *path, guint64 size, const char *backing,
                                  const char *backing_format, GError **error)
@@ -369,7 +370,12 @@ static gboolean recording_writer(const char *path, guint64 size, const char *bac
     while (writer_held && g_str_has_prefix(name, "hung"))
         g_cond_wait(&writers_cond, &writers_lock);
     g_mutex_unlock(&writers_lock);
-    return vn_qcow2_create(path, size, backing, backing_format, error);
+    gboolean ok = vn_qcow2_create(path, size, backing, backing_format, error);
+    g_mutex_lock(&writers_lock);
+    writes_finished++;
+    g_cond_broadcast(&writers_cond);
+    g_mutex_unlock(&writers_lock);
+    return ok;
 }
 
 /* Disks written one after another reuse the writers' threads instead of making one each. */
@@ -460,11 +466,16 @@ static void test_disk_hung_writer_pins_one_thread(void **state)
     assert_false(h.ok);
     assert_true(g_error_matches(h.error, VN_STOR_ERROR, VN_STOR_ERROR_CANCELLED));
 
+    /* the released writer ends its write before the test's folder goes */
     g_mutex_lock(&writers_lock);
+    guint finished = writes_finished;
     writer_held = FALSE;
     g_cond_broadcast(&writers_cond);
+    while (writes_finished == finished)
+        g_cond_wait(&writers_cond, &writers_lock);
     g_mutex_unlock(&writers_lock);
     vn_disk_set_writer(NULL);
+    g_hash_table_destroy(writer_tids);
     g_clear_error(&h.error);
     g_object_unref(h.cancel);
 }
