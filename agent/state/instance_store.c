@@ -207,7 +207,7 @@ static void notify(VnInstanceStore *s, VnInstanceRecord *copy)
  * the log is on disk, then makes it the record of its uuid and tells the listener.  On
  * failure the old record stays, so memory never shows what the journal's log does not
  * hold.  A change @in_memory (a new guest's build step) is not written: it is seen at
- * once, and the journal keeps the record as the durable change before it left it. */
+ * once, and the journal keeps the record as its last durable change left it. */
 static gboolean commit_locked(VnInstanceStore *s, const char *uuid, VnInstanceRecord *rec,
                               gboolean in_memory, GError **error)
 {
